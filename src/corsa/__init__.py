@@ -1,0 +1,20 @@
+"""corsa: knowledge editing of language models with CoRSA and its baselines."""
+
+from .api import Editor, ask, edit
+from .config import EditConfig
+from .errors import ConfigError, CorsaError, DataError, ModelError, TrainingError
+from .methods import METHODS, Method, get_method
+from .records import Edit, Probe
+
+__version__ = "0.1.0"
+
+
+def load_edits(path, format: str = "auto", limit: int | None = None):
+    """Read edits from a file in any supported format (see `corsa.loaders.FORMATS`)."""
+    from .loaders import load_edits as _load
+
+    return _load(path, format=format, limit=limit)
+
+
+__all__ = ["Editor", "edit", "ask", "EditConfig", "Edit", "Probe", "METHODS", "Method", "get_method",
+           "load_edits", "CorsaError", "ConfigError", "DataError", "ModelError", "TrainingError"]

@@ -1,0 +1,194 @@
+"""The Python API: an Editor holds a model and its one adapter across updates.
+
+    import corsa
+    editor = corsa.Editor("smollm2-135m", method="corsa")
+    editor.update("my_edits.jsonl", out="runs/first")
+    editor.ask(["The Eiffel Tower is located in the city of"])
+
+`corsa.edit(...)` is the one-call form of the same.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import adapter as adapters
+from .config import EditConfig
+from .engine import UpdateResult, train_update
+from .errors import ConfigError, TrainingError
+from .generate import generate
+from .io import atomic_write_json, atomic_write_text, check_writable, library_versions
+from .prompts import PromptFormat, encode_edits
+from .records import Edit
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator the run touches (called inside the run, never at import)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def as_edits(edits, limit: int | None = None) -> list[Edit]:
+    """Edits from a file path, Edit objects or plain dicts."""
+    from .loaders import load_edits
+
+    if isinstance(edits, (str, os.PathLike)):
+        return load_edits(edits, limit=limit)
+    out = [e if isinstance(e, Edit) else Edit.from_dict({"id": f"edit-{i}", **e}) for i, e in enumerate(edits)]
+    return out[:limit] if limit is not None else out
+
+
+@dataclass
+class UpdateRecord:
+    index: int
+    edits: list[Edit]
+    result: UpdateResult
+    out: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Editor:
+    """A base model, its prompt format and the one LoRA adapter that every update trains.
+
+    model: an alias (smollm2-135m), a local folder, a hub id, or an already loaded
+    (model, tokenizer) pair. adapter: a run or adapter folder to continue from.
+    """
+
+    def __init__(self, model=DEFAULT_MODEL, adapter: str | os.PathLike | None = None,
+                 config: EditConfig | None = None, device: str | None = None, progress: bool = True,
+                 **overrides):
+        from .models import load_model, model_fingerprint
+
+        if config is not None and overrides:
+            config = EditConfig.from_dict({**config.resolved(), **overrides})
+        self.config = config or EditConfig(**overrides)
+        self.progress = progress
+        seed_everything(self.config.seed)
+        if isinstance(model, tuple):
+            base, tokenizer = model
+            self.model_name = getattr(base.config, "_name_or_path", "in-memory")
+        else:
+            base, tokenizer = load_model(model, device=device)
+            self.model_name = str(model)
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.fingerprint = model_fingerprint(base)
+        self.fmt = PromptFormat(tokenizer, self.config.template)
+        self.max_length = getattr(base.config, "max_position_embeddings", None)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        if adapter is not None:
+            self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True)
+            self.parent = str(adapters.find_adapter_dir(adapter))
+        else:
+            self.model = adapters.attach_new(base, self.config)
+            self.parent = None
+        self.updates: list[UpdateRecord] = []
+
+    # ------------------------------------------------------------------------------------------
+    def ask(self, prompts: list[str] | str, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
+        """Greedy answers of the edited model (or of the base model with `base=True`)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        n = max_new_tokens or self.config.max_new_tokens
+        if base:
+            with self.model.disable_adapter():
+                return generate(self.model, self.fmt, prompts, n)
+        return generate(self.model, self.fmt, prompts, n)
+
+    def fill_old_targets(self, edits: list[Edit]) -> list[Edit]:
+        """Where y⁻ is not given, take the model's own greedy answer (method.md §4)."""
+        from dataclasses import replace
+
+        missing = [i for i, e in enumerate(edits) if not e.target_old]
+        if not missing:
+            return edits
+        answers = self.ask([edits[i].prompt for i in missing])
+        edits = list(edits)
+        for i, a in zip(missing, answers):
+            edits[i] = replace(edits[i], target_old=a or self.tokenizer.eos_token)
+        return edits
+
+    def update(self, edits, out: str | os.PathLike | None = None, limit: int | None = None) -> UpdateRecord:
+        """Train the adapter on one update's edits; save adapter and run record under `out`."""
+        if out is not None:
+            check_writable(out)
+        edits = self.fill_old_targets(as_edits(edits, limit))
+        if not edits:
+            raise ConfigError("no edits to train on")
+        index = len(self.updates)
+        encoded = encode_edits(self.fmt, edits, self.max_length, need_rejected=True)
+        log_path = Path(out) / "log.jsonl" if out is not None else None
+        if log_path is not None and log_path.exists():
+            log_path.unlink()
+        started = time.time()
+        try:
+            result = train_update(self.model, self.fmt, edits, encoded, self.config, log_path=log_path,
+                                  progress=self.progress, update_index=index)
+        except TrainingError:
+            if out is not None:  # the adapter was restored before the failing step: keep it
+                adapters.save(self.model, Path(out) / "adapter-last-good", self.fingerprint)
+            raise
+        record = UpdateRecord(index, edits, result, Path(out) if out is not None else None)
+        self.updates.append(record)
+        if out is not None:
+            self.save(out, record, started)
+        return record
+
+    def save(self, out: str | os.PathLike, record: UpdateRecord | None = None, started: float | None = None) -> Path:
+        """Write the adapter, the edits (with their filled y⁻) and the run record into `out`."""
+        out = Path(out)
+        adapters.save(self.model, out / "adapter", self.fingerprint, {"model": self.model_name})
+        if record is not None:
+            atomic_write_text(out / "edits.jsonl",
+                              "".join(__import__("json").dumps(e.to_dict(), ensure_ascii=False) + "\n"
+                                      for e in record.edits))
+        run = {
+            "corsa_run": 1,
+            "model": self.model_name,
+            "base_fingerprint": self.fingerprint,
+            "parent_adapter": self.parent,
+            "template": self.fmt.name,
+            "config": self.config.resolved(),
+            "versions": library_versions(),
+            "updates": [{
+                "index": r.index + 1,
+                "edit_ids": [e.id for e in r.edits],
+                "steps": r.result.steps,
+                "epochs": r.result.epochs,
+                "stopped_early": r.result.stopped_early,
+                "train_seconds": round(r.result.seconds, 3),
+                "final": {k: v for k, v in (r.result.history[-1] if r.result.history else {}).items()},
+            } for r in self.updates],
+            "started_at": started,
+            "finished_at": time.time(),
+        }
+        atomic_write_json(out / "run.json", run)
+        return out
+
+
+def edit(edits, model=DEFAULT_MODEL, method: str = "corsa", adapter=None, out=None, progress: bool = True,
+         **overrides) -> Editor:
+    """Edit `model` with `edits` in one update and return the Editor holding the edited model."""
+    editor = Editor(model, adapter=adapter, method=method, progress=progress, **overrides)
+    editor.update(edits, out=out)
+    return editor
+
+
+def ask(prompts, model=DEFAULT_MODEL, adapter=None, max_new_tokens: int = 32, template: str = "auto") -> list[str]:
+    """Greedy answers of a base model, with an adapter if one is given."""
+    editor = Editor(model, adapter=adapter, template=template, progress=False)
+    if adapter is None:
+        return editor.ask(prompts, max_new_tokens, base=True)
+    return editor.ask(prompts, max_new_tokens)
