@@ -10,7 +10,7 @@ from .errors import ConfigError, ModelError
 from .io import atomic_dir
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+from .models import PICKLE_SUFFIXES
 MARKER = "corsa-adapter.json"
 
 

@@ -40,9 +40,9 @@ def seed_everything(seed: int) -> None:
 
 def as_edits(edits, limit: int | None = None) -> list[Edit]:
     """Edits from a file path, Edit objects or plain dicts."""
-    from .loaders import load_edits
-
     if isinstance(edits, (str, os.PathLike)):
+        from .loaders import load_edits
+
         return load_edits(edits, limit=limit)
     out = [e if isinstance(e, Edit) else Edit.from_dict({"id": f"edit-{i}", **e}) for i, e in enumerate(edits)]
     return out[:limit] if limit is not None else out

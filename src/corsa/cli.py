@@ -1,0 +1,162 @@
+"""The `corsa` command line. Options for training are generated from EditConfig's fields."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import typing
+from pathlib import Path
+
+from .config import EditConfig
+from .errors import CorsaError
+
+SAMPLE = Path(__file__).parent / "data" / "counterfact_sample.jsonl"
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One --flag per EditConfig field, with its help text and default (one source of truth)."""
+    hints = typing.get_type_hints(EditConfig)
+    group = parser.add_argument_group("training options (defaults: the authors' release)")
+    for f in dataclasses.fields(EditConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default if f.default is not None else 'method default'})"
+        hint = hints[f.name]
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name == "target_modules":
+            group.add_argument(flag, default=None, help=help_text + "; comma-separated")
+        else:
+            base = next((t for t in typing.get_args(hint) if t is not type(None)), hint) if typing.get_args(hint) else hint
+            group.add_argument(flag, type=base, default=None, help=help_text, dest=f.name)
+
+
+def config_from_args(args) -> EditConfig:
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EditConfig)
+             if getattr(args, f.name, None) is not None}
+    return EditConfig(**given)
+
+
+def cmd_prepare_model(args) -> int:
+    from .models import prepare_alias
+
+    path = prepare_alias(args.name)
+    print(f"{args.name}: ready at {path}")
+    return 0
+
+
+def show_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def contains(answer: str, target: str) -> bool:
+    return " ".join(target.lower().split()) in " ".join(answer.lower().split())
+
+
+def cmd_edit(args) -> int:
+    from .api import Editor, as_edits
+
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    edits = as_edits(args.edits, limit=args.limit)
+    editor = Editor(args.model, adapter=args.adapter, config=cfg, progress=not args.quiet)
+    before = editor.ask([e.prompt for e in edits]) if args.check else None
+    t0 = time.perf_counter()
+    record = editor.update(edits, out=out)
+    seconds = time.perf_counter() - t0
+    edits = record.edits
+    print(f"trained {cfg.method} on {len(edits)} edits: {record.result.steps} steps, "
+          f"{record.result.epochs} epochs{' (stopped early)' if record.result.stopped_early else ''}, "
+          f"{seconds:.1f} s")
+    if args.check:
+        after = editor.ask([e.prompt for e in edits])
+        rows = [[e.id, e.target_new, b[:40], a[:40], "yes" if contains(a, e.target_new) else "no"]
+                for e, b, a in zip(edits, before, after)]
+        print(show_table(rows, ["edit", "new answer", "before", "after", "took"]))
+        took = sum(contains(a, e.target_new) for e, a in zip(edits, after))
+        took_before = sum(contains(b, e.target_new) for e, b in zip(edits, before))
+        print(f"greedy answer contains the new answer: {took}/{len(edits)} after, {took_before}/{len(edits)} before")
+    print(f"adapter and run record: {out}")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    from .api import ask
+
+    for prompt, answer in zip(args.prompt, ask(args.prompt, model=args.model, adapter=args.adapter,
+                                                 max_new_tokens=args.max_new_tokens, template=args.template)):
+        print(f"{prompt} → {answer}" if len(args.prompt) > 1 else answer)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Edit the bundled model with the bundled CounterFact sample and show before and after."""
+    args.edits, args.adapter, args.check, args.limit = str(SAMPLE), None, True, args.limit
+    for f in dataclasses.fields(EditConfig):
+        setattr(args, f.name, getattr(args, f.name, None))
+    return cmd_edit(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corsa", description="Knowledge editing with CoRSA and its baselines.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("edit", help="train the adapter on a file of edits (one update)")
+    e.add_argument("--model", default="smollm2-135m", help="alias, local folder or hub id (default: smollm2-135m)")
+    e.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
+    e.add_argument("--adapter", default=None, help="continue training this adapter (a run or adapter folder)")
+    e.add_argument("--out", required=True, help="output folder for the adapter and the run record")
+    e.add_argument("--limit", type=int, default=None, help="use only the first N edits")
+    e.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="print each edit's greedy answer before and after (default: on)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_options(e)
+    e.set_defaults(func=cmd_edit)
+
+    a = sub.add_parser("ask", help="greedy answers of the model, with an adapter if given")
+    a.add_argument("prompt", nargs="+")
+    a.add_argument("--model", default="smollm2-135m")
+    a.add_argument("--adapter", default=None)
+    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--template", default="auto", choices=["auto", "chat", "raw"])
+    a.set_defaults(func=cmd_ask)
+
+    m = sub.add_parser("prepare-model", help="convert a bundled model alias once into the cache")
+    m.add_argument("name", nargs="?", default="smollm2-135m")
+    m.set_defaults(func=cmd_prepare_model)
+
+    d = sub.add_parser("demo", help="edit the bundled SmolLM2 with bundled CounterFact edits")
+    d.add_argument("--model", default="smollm2-135m")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--method", default="corsa")
+    d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CorsaError as e:
+        if args.debug:
+            raise
+        print(f"corsa: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("corsa: interrupted; completed outputs were saved. Rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
