@@ -9,11 +9,14 @@ from .records import Edit, Probe
 __version__ = "0.1.0"
 
 
-def load_edits(path, format: str = "auto", limit: int | None = None):
-    """Read edits from a file in any supported format (see `corsa.loaders.FORMATS`)."""
+def load_edits(path, format: str = "auto", limit: int | None = None, on_invalid: str = "error"):
+    """Read edits from a file in any supported format (see `corsa.loaders.FORMATS`).
+
+    on_invalid="skip" drops records that break the rules (and logs how many) instead of failing.
+    """
     from .loaders import load_edits as _load
 
-    return _load(path, format=format, limit=limit)
+    return _load(path, format=format, limit=limit, on_invalid=on_invalid)
 
 
 __all__ = ["Editor", "edit", "ask", "EditConfig", "Edit", "Probe", "METHODS", "Method", "get_method",

@@ -38,12 +38,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def as_edits(edits, limit: int | None = None) -> list[Edit]:
+def as_edits(edits, limit: int | None = None, on_invalid: str = "error") -> list[Edit]:
     """Edits from a file path, Edit objects or plain dicts."""
     if isinstance(edits, (str, os.PathLike)):
         from .loaders import load_edits
 
-        return load_edits(edits, limit=limit)
+        return load_edits(edits, limit=limit, on_invalid=on_invalid)
     out = [e if isinstance(e, Edit) else Edit.from_dict({"id": f"edit-{i}", **e}) for i, e in enumerate(edits)]
     return out[:limit] if limit is not None else out
 

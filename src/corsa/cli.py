@@ -62,7 +62,7 @@ def cmd_edit(args) -> int:
 
     cfg = config_from_args(args)
     out = Path(args.out)
-    edits = as_edits(args.edits, limit=args.limit)
+    edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
     editor = Editor(args.model, adapter=args.adapter, config=cfg, progress=not args.quiet)
     before = editor.ask([e.prompt for e in edits]) if args.check else None
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def cmd_ask(args) -> int:
 
 def cmd_demo(args) -> int:
     """Edit the bundled model with the bundled CounterFact sample and show before and after."""
-    args.edits, args.adapter, args.check, args.limit = str(SAMPLE), None, True, args.limit
+    args.edits, args.adapter, args.check, args.skip_invalid = str(SAMPLE), None, True, False
     for f in dataclasses.fields(EditConfig):
         setattr(args, f.name, getattr(args, f.name, None))
     return cmd_edit(args)
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--adapter", default=None, help="continue training this adapter (a run or adapter folder)")
     e.add_argument("--out", required=True, help="output folder for the adapter and the run record")
     e.add_argument("--limit", type=int, default=None, help="use only the first N edits")
+    e.add_argument("--skip-invalid", action="store_true",
+                   help="drop records that break the rules (conflicting or empty targets) instead of failing")
     e.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="print each edit's greedy answer before and after (default: on)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -137,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, default=None)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    from . import commands  # eval, bench and later commands register themselves here
+
+    commands.register(sub)
     return p
 
 

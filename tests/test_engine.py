@@ -1,0 +1,245 @@
+"""The training engine on the tiny Llama: every method learns, and the step is the algorithm."""
+
+import json
+
+import pytest
+import torch
+
+from corsa import ConfigError, EditConfig, Editor, METHODS, ModelError
+from corsa.engine import compute_reference, corsa_step, micro_batches, objective_gradients, trainable_parameters
+from corsa.prompts import PromptFormat, collate, encode_edits, score
+from corsa.sam import sam_perturbation
+
+FAST = dict(epochs=2, batch_size=2, grad_accum=2, lr=1e-2, progress=False)
+
+
+def lora_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def base_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_changes_every_lora_parameter_and_no_base_weight(method, tiny, toy_edits):
+    editor = Editor(tiny, method=method, **FAST)
+    lora0, base0 = lora_state(editor.model), base_state(editor.model)
+    assert lora0 and base0
+    record = editor.update(toy_edits)
+    assert record.result.steps == 2 * 2  # 3 micro-batches → 2 steps per epoch
+    for name, value in lora_state(editor.model).items():
+        assert not torch.equal(value, lora0[name]), f"{method}: {name} did not change"
+    for name, value in base_state(editor.model).items():
+        assert torch.equal(value, base0[name]), f"{method}: base weight {name} changed"
+    log = record.result.history[-1]
+    assert "loss/sft" in log and ("loss/dpo" in log) == METHODS[method].dpo
+    assert ("sam/grad_norm" in log) == METHODS[method].sam
+    assert ("grad/cos_sft_dpo" in log) == METHODS[method].dpo
+
+
+def test_training_raises_the_margin(tiny, toy_edits):
+    from corsa.scoring import margins
+
+    editor = Editor(tiny, method="corsa", epochs=8, batch_size=6, grad_accum=1, lr=2e-2, progress=False)
+    enc = encode_edits(editor.fmt, toy_edits, None, need_rejected=True)
+    before = margins(editor.model, editor.fmt, enc).mean()
+    editor.update(toy_edits)
+    after = margins(editor.model, editor.fmt, enc).mean()
+    assert after > before + 1.0
+
+
+def setup_step(tiny, edits, **cfg):
+    editor = Editor(tiny, progress=False, **cfg)
+    params = trainable_parameters(editor.model)
+    # move B off zero so every LoRA parameter has a gradient
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+    enc = encode_edits(editor.fmt, edits, None, need_rejected=True)
+    ref = compute_reference(editor.model, editor.fmt, enc, editor.config, 8)
+    return editor, params, enc, ref
+
+
+@pytest.mark.parametrize("method", ["lora", "corsa"])
+def test_gradient_accumulation_equals_one_big_batch(method, tiny, toy_edits):
+    editor, params, enc, ref = setup_step(tiny, toy_edits, method=method)
+    pad = editor.tokenizer.pad_token_id
+    whole = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1, 2, 3, 4]], pad)
+    parts = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1], [2, 3], [4]], pad)
+    assert torch.allclose(whole.sft, parts.sft, atol=1e-6, rtol=1e-4)
+    if method == "corsa":
+        assert torch.allclose(whole.dpo, parts.dpo, atol=1e-6, rtol=1e-4)
+    # and the full SAM step (perturbation from the accumulated gradient) agrees too
+    g = torch.Generator().manual_seed(0)
+    corsa_step(editor.model, params, editor.config, enc, ref, [[0, 1, 2, 3, 4]], pad, g)
+    big = torch.cat([p.grad.reshape(-1) for p in params])
+    corsa_step(editor.model, params, editor.config, enc, ref, [[0, 1], [2, 3], [4]], pad, g)
+    small = torch.cat([p.grad.reshape(-1) for p in params])
+    assert torch.allclose(big, small, atol=1e-6, rtol=1e-4)
+
+
+def test_sam_step_uses_gradient_at_perturbed_point_and_restores_exactly(tiny, toy_edits):
+    editor, params, enc, ref = setup_step(tiny, toy_edits, method="corsa", rho=0.5)
+    pad = editor.tokenizer.pad_token_id
+    group = [[0, 1, 2]]
+    before = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(0)
+    corsa_step(editor.model, params, editor.config, enc, ref, group, pad, gen)
+    step_grad = torch.cat([p.grad.reshape(-1) for p in params])
+    assert all(torch.equal(p, b) for p, b in zip(params, before)), "φ not restored bit for bit"
+    # recompute by hand: g at φ, ε = ρ g/‖g‖, g' = PCGrad at φ+ε
+    from corsa.pcgrad import pcgrad
+    grads = objective_gradients(editor.model, params, editor.config, enc, ref, group, pad)
+    eps = sam_perturbation(pcgrad([grads.dpo, grads.sft]), 0.5)
+    assert eps.norm().item() == pytest.approx(0.5, rel=1e-5)
+    with torch.no_grad():
+        off = 0
+        for p in params:
+            p.add_(eps[off:off + p.numel()].view_as(p))
+            off += p.numel()
+    at_eps = objective_gradients(editor.model, params, editor.config, enc, ref, group, pad)
+    expected = pcgrad([at_eps.dpo, at_eps.sft])
+    assert torch.allclose(step_grad, expected, atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(step_grad, pcgrad([grads.dpo, grads.sft]), atol=1e-6)
+
+
+def test_reference_is_computed_once_per_update(tiny, toy_edits, monkeypatch):
+    import corsa.engine as engine
+
+    calls = []
+    real = engine.compute_reference
+    monkeypatch.setattr(engine, "compute_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    editor = Editor(tiny, method="corsa", **FAST)
+    editor.update(toy_edits)
+    editor.update(toy_edits[:3])
+    assert len(calls) == 2
+
+
+def test_base_reference_ignores_the_adapter(tiny, toy_edits):
+    editor, params, enc, _ = setup_step(tiny, toy_edits, method="corsa")
+    ref = compute_reference(editor.model, editor.fmt, enc, editor.config, 8)
+    with editor.model.disable_adapter():
+        direct = score(editor.model, collate([(e.prompt, e.chosen) for e in enc], editor.tokenizer.pad_token_id))
+    assert torch.allclose(ref.chosen, direct.detach(), atol=1e-5)
+    prev = compute_reference(editor.model, editor.fmt, enc, EditConfig(reference="previous"), 8)
+    assert not torch.allclose(prev.chosen, ref.chosen, atol=1e-4)
+
+
+def test_left_padding_does_not_change_scores(tiny):
+    model, tok = tiny
+    fmt = PromptFormat(tok, "raw")
+    a = (fmt.prompt_ids("a short one"), fmt.answer_ids("yes"))
+    b = (fmt.prompt_ids("a much longer prompt that needs padding on the other row"), fmt.answer_ids("no it is not"))
+    alone = score(model, collate([a], tok.pad_token_id))
+    together = score(model, collate([a, b], tok.pad_token_id))
+    assert torch.allclose(alone[0], together[0], atol=1e-4)
+
+
+def test_chat_and_raw_templates(tiny):
+    model, tok = tiny
+    chat, raw = PromptFormat(tok, "auto"), PromptFormat(tok, "raw")
+    assert chat.chat and not raw.chat
+    assert chat.answer_ids("Paris")[-1] == tok.eos_token_id
+    assert raw.answer_ids("Paris")[-1] != tok.eos_token_id
+    assert "<|im_start|>" in tok.decode(chat.prompt_ids("Q"))
+    from corsa.models import tiny_llama
+    _, plain = tiny_llama(chat_template=False)
+    with pytest.raises(ConfigError, match="no chat template"):
+        PromptFormat(plain, "chat")
+    assert not PromptFormat(plain, "auto").chat
+
+
+def test_micro_batches_cover_every_edit_once_grouped_by_length(tiny, toy_edits):
+    _, tok = tiny
+    enc = encode_edits(PromptFormat(tok), toy_edits, None, True)
+    batches = micro_batches(enc, 4, torch.Generator().manual_seed(0))
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert [len(b) for b in sorted(batches, key=len)] == [2, 4]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="nope"), "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad"),
+    (dict(method="lora", rho=0.05), "does not use SAM"),
+    (dict(method="sam", beta=0.1), "does not train DPO"),
+    (dict(method="dpo", combine="pcgrad-release"), "PCGrad methods"),
+    (dict(method="corsa", combine="mean"), "pcgrad-release"),
+    (dict(rho=-1.0), "rho"),
+    (dict(beta=0.0), "beta"),
+    (dict(lr=0.0), "lr"),
+    (dict(lora_r=0), "lora_r"),
+    (dict(reference="other"), "reference"),
+])
+def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        EditConfig(**kwargs)
+
+
+def test_resolved_terms_per_method():
+    assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",
+                                                                "dpo": False, "sam": False}
+    r = EditConfig(method="corsa", combine="pcgrad-release").resolved()["resolved"]
+    assert r == {"rho": 0.05, "beta": 0.1, "combine": "pcgrad-release", "dpo": True, "sam": True}
+    assert EditConfig(method="corsa-no-pcgrad").combiner == "sum"
+
+
+def test_unknown_target_module_lists_the_real_ones(tiny):
+    with pytest.raises(ConfigError, match="q_proj"):
+        Editor(tiny, target_modules="attn_c", progress=False)
+
+
+def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
+    from dataclasses import replace
+
+    editor = Editor(tiny, method="dpo", **FAST)
+    edits = [replace(e, target_old=None) for e in toy_edits[:2]]
+    filled = editor.fill_old_targets(edits)
+    greedy = editor.ask([e.prompt for e in edits])
+    assert [e.target_old for e in filled] == [g or editor.tokenizer.eos_token for g in greedy]
+
+
+def test_save_continue_and_refuse(tmp_path, toy_edits):
+    from corsa.models import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base", seed=0)
+    first = Editor(str(base), method="corsa", **FAST)
+    first.update(toy_edits[:3], out=tmp_path / "run1")
+    assert (tmp_path / "run1" / "adapter" / "adapter_model.safetensors").exists()
+    run = json.loads((tmp_path / "run1" / "run.json").read_text())
+    assert run["config"]["method"] == "corsa" and run["versions"]["torch"]
+    assert run["updates"][0]["edit_ids"] == ["e0", "e1", "e2"]
+    assert (tmp_path / "run1" / "log.jsonl").read_text().count("\n") == run["updates"][0]["steps"]
+    saved = lora_state(first.model)
+
+    second = Editor(str(base), adapter=tmp_path / "run1", method="corsa", **FAST)
+    assert all(torch.equal(v, saved[k]) for k, v in lora_state(second.model).items())
+    second.update(toy_edits[3:], out=tmp_path / "run2")
+    assert any(not torch.equal(v, saved[k]) for k, v in lora_state(second.model).items())
+    assert json.loads((tmp_path / "run2" / "run.json").read_text())["parent_adapter"].endswith("adapter")
+
+    # a pickle adapter is refused, never unpickled
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text((tmp_path / "run1" / "adapter" / "adapter_config.json").read_text())
+    (bad / "adapter_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(ModelError, match="pickle"):
+        Editor(str(base), adapter=bad, progress=False)
+
+    # an adapter made for another base model is refused
+    other = save_tiny_llama(tmp_path / "other", seed=1)
+    with pytest.raises(ModelError, match="different base model"):
+        Editor(str(other), adapter=tmp_path / "run1", progress=False)
+
+
+def test_early_stop_stops_before_the_last_epoch(tiny):
+    from corsa.records import Edit
+
+    # byte-level tiny tokenizer: a two-letter answer is two tokens the tiny model can learn quickly
+    edits = [Edit(id=f"e{i}", prompt=f"The code of item {i} is", target_new="QQ", target_old="AB") for i in range(2)]
+    editor = Editor(tiny, method="corsa", epochs=60, batch_size=6, grad_accum=1, lr=3e-2, early_stop=True,
+                    margin_target=0.5, progress=False, template="raw", max_new_tokens=8)
+    record = editor.update(edits)
+    assert record.result.stopped_early and record.result.epochs < 60
+    checks = [h for h in record.result.history if "early_stop/min_margin" in h]
+    assert checks[-1]["early_stop/done"] and checks[-1]["early_stop/min_margin"] > 0.5
+    assert all(a.startswith("QQ") for a in editor.ask([e.prompt for e in edits]))
