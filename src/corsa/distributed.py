@@ -1,0 +1,157 @@
+"""Data parallelism across processes started by `torchrun` or `accelerate launch` (method.md §3).
+
+The process group is set up by accelerate's `PartialState` (NCCL on GPUs, gloo on CPUs) when a
+launcher started us, and is a no-op single process otherwise: every helper below then returns
+what one process would (world size 1, rank 0, identity reductions), so the engine has one code
+path.
+
+We do not wrap the model in `DistributedDataParallel`. The engine already works with one flat
+gradient vector per objective, and CoRSA needs those vectors *globally averaged before* PCGrad
+and the SAM norm (DDP would average only the final `p.grad`, after the per-worker surgery). So
+each worker computes its shard's share of g_sft and g_dpo and we sum them with one
+`torch.distributed.all_reduce` per objective — the same collective DDP uses, applied where the
+algorithm needs it.
+
+Every function that communicates is *collective*: all workers must call it, in the same order.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def launched() -> bool:
+    """True when a launcher (torchrun, accelerate launch) started more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(cpu: bool | None = None):
+    """Join the launcher's process group (once); returns accelerate's `PartialState`.
+
+    cpu: use gloo on CPU tensors even where CUDA exists; None means "CPU when there is no GPU".
+    Without a launcher this creates no process group and returns a single-process state.
+    """
+    from accelerate import PartialState
+
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
+def _active() -> bool:
+    if launched() and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        init()  # a launched process that skipped Editor (the engine used directly)
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if _active() else 1
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if _active() else 0
+
+
+def is_main() -> bool:
+    """The one process that writes files, logs and progress bars."""
+    return rank() == 0
+
+
+def device(requested: str | None = None) -> str | torch.device | None:
+    """The device this worker should load the model on.
+
+    Under a multi-GPU launch, "auto"/"cuda"/None mean this worker's own GPU (cuda:LOCAL_RANK);
+    any other request, and every request outside a launch, is passed on unchanged.
+    """
+    if not launched() or requested not in (None, "auto", "cuda"):
+        return requested
+    state = init(cpu=False if requested == "cuda" else None)
+    return state.device if state.device.type == "cuda" else requested
+
+
+# ------------------------------------------------------------------------------------------------
+# Collectives
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """tensor ← Σ over workers of tensor, in place (identity in one process)."""
+    if _active():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
+    """Overwrite every worker's tensors with those of worker `src`, in place."""
+    if _active():
+        with torch.no_grad():
+            for t in tensors:
+                torch.distributed.broadcast(t.data, src=src)
+
+
+def barrier() -> None:
+    if _active():
+        torch.distributed.barrier()
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This worker's share of `items`: every world_size-th one from its rank (r::world).
+
+    The shards of all workers are disjoint and together hold every item exactly once.
+    """
+    return list(items[rank()::world_size()])
+
+
+def gather_sharded(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T]) -> list[R]:
+    """fn(items), computed as fn on each worker's shard and gathered, in the order of `items`.
+
+    `fn` maps a list to one result per element (answers, log-probabilities). Every worker gets
+    the full list back. A worker whose shard is empty does not call `fn`.
+    """
+    world = world_size()
+    if world == 1:
+        return list(fn(list(items)))
+    mine = shard(items)
+    local = [r.item() if isinstance(r, torch.Tensor) else r for r in fn(mine)] if mine else []
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, local)
+    out: list = [None] * len(items)
+    for r, part in enumerate(parts):
+        out[r::world] = part
+    return out
+
+
+def on_main(fn: Callable[..., R], *args, **kwargs) -> R:
+    """Run fn on the main process only; every worker returns its result, or raises its error.
+
+    A collective (it waits for the main process), so a failure on the main process, such as an
+    unwritable output folder, stops every worker with the same error instead of a hang.
+    """
+    if not _active():
+        return fn(*args, **kwargs)
+    box: list = [None]
+    if is_main():
+        try:
+            box[0] = ("ok", fn(*args, **kwargs))
+        except Exception as e:  # sent to the other workers, then raised here too
+            box[0] = ("error", e)
+    torch.distributed.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
+
+
+def main_only(fn: Callable[..., R]) -> Callable[..., R]:
+    """Decorator form of :func:`on_main`, for functions that write outputs."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return on_main(fn, *args, **kwargs)
+    return wrapper
