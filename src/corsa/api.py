@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import adapter as adapters
+from . import distributed as dist
 from .config import EditConfig
 from .engine import UpdateResult, train_update
 from .errors import ConfigError, TrainingError
@@ -62,6 +63,10 @@ class Editor:
 
     model: an alias (smollm2-135m), a local folder, a hub id, or an already loaded
     (model, tokenizer) pair. adapter: a run or adapter folder to continue from.
+
+    Under `torchrun` or `accelerate launch` every worker builds its own Editor with the same
+    arguments (each on its own GPU) and calls the same methods in the same order: training
+    and `ask` are split across the workers, and only the main one writes files.
     """
 
     def __init__(self, model=DEFAULT_MODEL, adapter: str | os.PathLike | None = None,
@@ -77,8 +82,10 @@ class Editor:
         if isinstance(model, tuple):
             base, tokenizer = model
             self.model_name = getattr(base.config, "_name_or_path", "in-memory")
+            if dist.launched():
+                dist.init(cpu=next(base.parameters()).device.type == "cpu")
         else:
-            base, tokenizer = load_model(model, device=device)
+            base, tokenizer = load_model(model, device=dist.device(device))
             self.model_name = str(model)
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
@@ -98,14 +105,19 @@ class Editor:
 
     # ------------------------------------------------------------------------------------------
     def ask(self, prompts: list[str] | str, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
-        """Greedy answers of the edited model (or of the base model with `base=True`)."""
+        """Greedy answers of the edited model (or of the base model with `base=True`).
+
+        Under a launcher the prompts are split across workers and every worker gets all the
+        answers back, so every worker must call it with the same prompts.
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         n = max_new_tokens or self.config.max_new_tokens
+        answer = lambda part: generate(self.model, self.fmt, part, n)  # noqa: E731
         if base:
             with self.model.disable_adapter():
-                return generate(self.model, self.fmt, prompts, n)
-        return generate(self.model, self.fmt, prompts, n)
+                return dist.gather_sharded(answer, prompts)
+        return dist.gather_sharded(answer, prompts)
 
     def fill_old_targets(self, edits: list[Edit]) -> list[Edit]:
         """Where y⁻ is not given, take the model's own greedy answer (method.md §4)."""
@@ -123,14 +135,14 @@ class Editor:
     def update(self, edits, out: str | os.PathLike | None = None, limit: int | None = None) -> UpdateRecord:
         """Train the adapter on one update's edits; save adapter and run record under `out`."""
         if out is not None:
-            check_writable(out)
+            dist.on_main(check_writable, out)
         edits = self.fill_old_targets(as_edits(edits, limit))
         if not edits:
             raise ConfigError("no edits to train on")
         index = len(self.updates)
         encoded = encode_edits(self.fmt, edits, self.max_length, need_rejected=True)
         log_path = Path(out) / "log.jsonl" if out is not None else None
-        if log_path is not None and log_path.exists():
+        if log_path is not None and dist.is_main() and log_path.exists():
             log_path.unlink()
         started = time.time()
         try:
@@ -138,7 +150,7 @@ class Editor:
                                   progress=self.progress, update_index=index)
         except TrainingError:
             if out is not None:  # the adapter was restored before the failing step: keep it
-                adapters.save(self.model, Path(out) / "adapter-last-good", self.fingerprint)
+                dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint)
             raise
         record = UpdateRecord(index, edits, result, Path(out) if out is not None else None)
         self.updates.append(record)
@@ -147,8 +159,13 @@ class Editor:
         return record
 
     def save(self, out: str | os.PathLike, record: UpdateRecord | None = None, started: float | None = None) -> Path:
-        """Write the adapter, the edits (with their filled y⁻) and the run record into `out`."""
-        out = Path(out)
+        """Write the adapter, the edits (with their filled y⁻) and the run record into `out`.
+
+        Under a launcher the main process writes and the others wait for it (call it on all).
+        """
+        return dist.on_main(self._write, Path(out), record, started)
+
+    def _write(self, out: Path, record: UpdateRecord | None, started: float | None) -> Path:
         adapters.save(self.model, out / "adapter", self.fingerprint, {"model": self.model_name})
         if record is not None:
             atomic_write_text(out / "edits.jsonl",
@@ -162,6 +179,7 @@ class Editor:
             "template": self.fmt.name,
             "config": self.config.resolved(),
             "versions": library_versions(),
+            "world_size": dist.world_size(),
             "updates": [{
                 "index": r.index + 1,
                 "edit_ids": [e.id for e in r.edits],

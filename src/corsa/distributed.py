@@ -23,6 +23,8 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
+from .errors import CorsaError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -71,10 +73,19 @@ def device(requested: str | None = None) -> str | torch.device | None:
     Under a multi-GPU launch, "auto"/"cuda"/None mean this worker's own GPU (cuda:LOCAL_RANK);
     any other request, and every request outside a launch, is passed on unchanged.
     """
-    if not launched() or requested not in (None, "auto", "cuda"):
+    if not launched():
         return requested
-    state = init(cpu=False if requested == "cuda" else None)
-    return state.device if state.device.type == "cuda" else requested
+    if requested in (None, "auto"):
+        cpu = None
+    else:
+        try:
+            cpu = torch.device(requested).type == "cpu"
+        except (RuntimeError, TypeError):
+            return requested  # load_model says what is wrong with it
+    state = init(cpu=cpu)  # gloo for a CPU model even on a machine with GPUs
+    if requested in (None, "auto", "cuda") and state.device.type == "cuda":
+        return state.device
+    return requested
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,12 +148,18 @@ def on_main(fn: Callable[..., R], *args, **kwargs) -> R:
     if not _active():
         return fn(*args, **kwargs)
     box: list = [None]
+    error: Exception | None = None
     if is_main():
         try:
             box[0] = ("ok", fn(*args, **kwargs))
-        except Exception as e:  # sent to the other workers, then raised here too
-            box[0] = ("error", e)
+        except Exception as e:
+            error = e
+            # CorsaErrors travel as they are; anything else as a plain, surely picklable, summary
+            sent = e if isinstance(e, CorsaError) else RuntimeError(f"on the main process: {type(e).__name__}: {e}")
+            box[0] = ("error", sent)
     torch.distributed.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
     status, value = box[0]
     if status == "error":
         raise value

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from . import distributed as dist
 from .config import EditConfig
 from .errors import TrainingError
 from .io import append_jsonl
@@ -58,13 +59,18 @@ def flat(grads, params) -> torch.Tensor:
 
 def compute_reference(model, fmt: PromptFormat, encoded: list[Encoded], cfg: EditConfig,
                       batch_size: int) -> Reference:
-    """Reference log-probabilities: the base model (adapter off) or the model as it stands now."""
+    """Reference log-probabilities: the base model (adapter off) or the model as it stands now.
+
+    Under data parallelism each worker scores its shard of the pairs and every worker receives
+    all of them, once per update.
+    """
     pairs = [(e.prompt, e.chosen) for e in encoded] + [(e.prompt, e.rejected) for e in encoded]
+    score_pairs = lambda part: answer_logprobs(model, fmt, part, batch_size).tolist()  # noqa: E731
     if cfg.reference == "base":
         with model.disable_adapter():
-            lp = answer_logprobs(model, fmt, pairs, batch_size)
+            lp = torch.tensor(dist.gather_sharded(score_pairs, pairs))
     else:
-        lp = answer_logprobs(model, fmt, pairs, batch_size)
+        lp = torch.tensor(dist.gather_sharded(score_pairs, pairs))
     n = len(encoded)
     return Reference(lp[:n], lp[n:])
 
@@ -76,6 +82,12 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
     Chosen and rejected answers go through ONE forward; both losses come from it, and each
     gradient is one backward through that shared graph. Micro-batch losses are weighted by
     their share of the group's edits, so accumulation equals the large-batch mean exactly.
+
+    Data parallel: `group` is the step's global group, the same on every worker. Each worker
+    takes its shard of every micro-batch (edits r::world), weights it by its share of the
+    *global* group, and the sum over workers (one all-reduce per objective) is then exactly the
+    gradient one process gets. Both objectives are reduced here, before PCGrad and before the
+    SAM norm, so every worker leaves with identical global g_sft and g_dpo (method.md §3).
     """
     spec = cfg.spec
     device = params[0].device
@@ -86,6 +98,9 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
     if spec.dpo:
         stats.update({"loss/dpo": 0.0, "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0})
     for mb in group:
+        mb = dist.shard(mb)                                              # all of it in one process
+        if not mb:
+            continue
         w = len(mb) / n_group
         pairs = [(encoded[i].prompt, encoded[i].chosen) for i in mb]
         if spec.dpo:
@@ -105,6 +120,12 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
             stats["logps/chosen"] += w * lp[:n].mean().item()
             stats["logps/rejected"] += w * lp[n:].mean().item()
         g_sft += flat(torch.autograd.grad(w * cfg.sft_weight * loss_sft, params, allow_unused=True), params)
+    dist.all_reduce_sum_(g_sft)
+    if g_dpo is not None:
+        dist.all_reduce_sum_(g_dpo)
+    if dist.world_size() > 1:  # the logged losses, too, are the global group's
+        summed = dist.all_reduce_sum_(torch.tensor(list(stats.values()), dtype=torch.float64, device=device))
+        stats = dict(zip(stats, summed.tolist()))
     return Gradients(g_sft, g_dpo, stats)
 
 
@@ -118,7 +139,9 @@ def combine(grads: Gradients, cfg: EditConfig, generator: torch.Generator) -> to
 def corsa_step(model, params, cfg, encoded, ref, group, pad_id, generator) -> dict:
     """One optimisation step of method.md §3; returns the step's log entry.
 
-    The optimizer step itself is left to the caller: this fills `p.grad` with g'.
+    The optimizer step itself is left to the caller: this fills `p.grad` with g'. Under data
+    parallelism the gradients arrive already averaged over workers, so PCGrad, ε and g' are
+    computed from identical inputs (and an identical generator) on every worker.
     """
     grads = objective_gradients(model, params, cfg, encoded, ref, group, pad_id)
     g = combine(grads, cfg, generator)                      # g = PCGrad(g_dpo, g_sft)
@@ -167,10 +190,12 @@ def all_learnt(model, fmt, encoded, edits, cfg, batch_size) -> tuple[bool, float
     """Early-stop test: every margin exceeds γ and every greedy answer contains y⁺."""
     from .generate import generate
 
-    m = margins(model, fmt, encoded, batch_size)
+    # split across workers and gathered, so every worker takes the same decision
+    m = torch.tensor(dist.gather_sharded(lambda part: margins(model, fmt, part, batch_size).tolist(), encoded))
     if m.min().item() <= cfg.margin_target:
         return False, m.min().item()
-    answers = generate(model, fmt, [e.prompt for e in edits], cfg.max_new_tokens, batch_size)
+    answers = dist.gather_sharded(
+        lambda part: generate(model, fmt, [e.prompt for e in part], cfg.max_new_tokens, batch_size), edits)
     ok = all(normalise(e.target_new) in normalise(a) for e, a in zip(edits, answers))
     return ok, m.min().item()
 
@@ -181,11 +206,17 @@ def normalise(text: str) -> str:
 
 def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: EditConfig,
                  log_path=None, progress: bool = True, update_index: int = 0) -> UpdateResult:
-    """Train the adapter of `model` (a PeftModel) on one update's edits."""
+    """Train the adapter of `model` (a PeftModel) on one update's edits.
+
+    Under a launcher every worker runs this with the same edits and config: the batch order and
+    PCGrad order come from identically seeded generators, the gradients are all-reduced, so the
+    workers stay identical and only the main one writes the log and shows progress.
+    """
     start = time.perf_counter()
     params = trainable_parameters(model)
     if not params:
         raise TrainingError("the model has no trainable parameters: attach a LoRA adapter first")
+    dist.broadcast_(params)  # start from worker 0's φ, as DDP does, whatever each worker loaded
     tok = fmt.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eval_bs = max(cfg.batch_size, 16)
@@ -199,8 +230,8 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     history: list[dict] = []
     step, stopped_early, epoch = 0, False, 0
     model.train()
-    bar = tqdm(total=total, desc=f"update {update_index + 1} · {cfg.method}", disable=not progress,
-               unit="step", leave=False)
+    bar = tqdm(total=total, desc=f"update {update_index + 1} · {cfg.method}", unit="step", leave=False,
+               disable=not (progress and dist.is_main()))
     for epoch in range(1, cfg.epochs + 1):
         batches = micro_batches(encoded, cfg.batch_size, generator)
         for s in range(0, len(batches), cfg.grad_accum):
@@ -217,7 +248,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
             log.update({"update": update_index + 1, "epoch": epoch, "step": step,
                         "lr": scheduler.get_last_lr()[0], "time/step_s": time.perf_counter() - t0})
             history.append(log)
-            if log_path is not None:
+            if log_path is not None and dist.is_main():
                 append_jsonl(log_path, log)
             bar.update(1)
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in log.items()

@@ -83,6 +83,8 @@ class _Record:
 
     def name(self, edit_id: str | None = None) -> str:
         """The record as error messages name it: its index, its line in JSONL, the edit id."""
+        if edit_id is None and isinstance(self.data, dict) and isinstance(self.data.get("id"), (str, int)):
+            edit_id = str(self.data["id"])
         extra = [f"line {self.line}"] if self.line is not None else []
         extra += [f"id {edit_id}"] if edit_id is not None else []
         return f"{self.index} ({', '.join(extra)})" if extra else str(self.index)
@@ -489,7 +491,7 @@ def load_edits(path: str | os.PathLike, format: str = "auto", limit: int | None 
     elif (problem := _format_problem(records[0], str(path), fmt)) is not None:
         raise problem
     source = f"{fmt}:{path.name}"
-    hint = " (or load with on_invalid='skip' to drop such records)" if on_invalid == "error" else ""
+    hint = " (or drop such records with --skip-invalid, on_invalid='skip' in Python)" if on_invalid == "error" else ""
     edits: list[Edit] = []
     ids: dict[str, str] = {}
     answers: dict[str, tuple[str, str, str]] = {}

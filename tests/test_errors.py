@@ -1,0 +1,149 @@
+"""Bad input through the CLI: one clear paragraph naming file, record and field; no traceback."""
+
+import json
+
+import pytest
+
+from corsa.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from corsa.models import save_tiny_llama
+
+    return str(save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", seed=0))
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+GOOD = {"prompt": "The capital of X is", "target_new": "Y", "target_old": "Z"}
+
+BAD_FILES = [
+    # (name, content, words the message must contain)
+    ("missing", None, ["does not exist"]),
+    ("empty.jsonl", "", ["empty"]),
+    ("bad.json", '[{"prompt": "a", "target_new": }]', ["bad.json"]),
+    ("bad.jsonl", json.dumps(GOOD) + "\n{not json\n", ["line 2"]),
+    ("unknown.json", json.dumps([{"question": "q", "reply": "r"}]), ["format"]),
+    ("noprompt.jsonl", json.dumps({"target_new": "Y"}), ["prompt"]),
+    ("notarget.jsonl", json.dumps({"prompt": "P is"}), ["target_new"]),
+    ("blank.jsonl", json.dumps({"prompt": "P is", "target_new": "   "}), ["target_new"]),
+    ("same.jsonl", json.dumps({"prompt": "P is", "target_new": "Rome", "target_old": " rome"}), ["target_old"]),
+    ("conflict.jsonl", json.dumps({"prompt": "P is", "target_new": "A"}) + "\n"
+     + json.dumps({"prompt": "P is", "target_new": "B"}), ["P is"]),
+    ("nontext.jsonl", json.dumps({"prompt": "P is", "target_new": 42}), ["target_new"]),
+    ("list.jsonl", json.dumps({"prompt": ["P"], "target_new": "A"}), ["prompt"]),
+]
+
+
+@pytest.mark.parametrize("name, content, words", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_edit_files(name, content, words, tmp_path, capsys, tiny_model):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    code, err = run(capsys, "edit", "--model", tiny_model, "--edits", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert err.startswith("corsa: error: ") and "Traceback" not in err
+    assert name in err, err
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "o" / "adapter").exists()
+
+
+def test_record_is_named_by_index_or_id(tmp_path, capsys, tiny_model):
+    path = write(tmp_path / "e.jsonl", json.dumps(GOOD) + "\n" + json.dumps({"id": "mine", "prompt": "Q is"}))
+    code, err = run(capsys, "edit", "--model", tiny_model, "--edits", path, "--out", str(tmp_path / "o"))
+    assert code == 2 and "mine" in err and "target_new" in err
+
+
+def test_edit_longer_than_the_context(tmp_path, capsys, tiny_model):
+    long = {"prompt": "word " * 600, "target_new": "A", "target_old": "B", "id": "long-one"}
+    path = write(tmp_path / "long.jsonl", json.dumps(long))
+    code, err = run(capsys, "edit", "--model", tiny_model, "--edits", path, "--out", str(tmp_path / "o"))
+    assert code == 2 and "context" in err and "long-one" in err and "prompt" in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--method", "magic"], ["unknown method", "corsa-no-pcgrad"]),
+    (["--rho", "-0.1"], ["rho"]),
+    (["--beta", "0"], ["beta"]),
+    (["--lr", "0"], ["lr"]),
+    (["--lora-r", "0"], ["lora_r"]),
+    (["--method", "lora", "--rho", "0.05"], ["does not use SAM"]),
+])
+def test_bad_options(flags, words, tmp_path, capsys, tiny_model):
+    path = write(tmp_path / "e.jsonl", json.dumps(GOOD))
+    code, err = run(capsys, "edit", "--model", tiny_model, "--edits", path, "--out", str(tmp_path / "o"), *flags)
+    assert code == 2 and "Traceback" not in err
+    for w in words:
+        assert w in err, err
+
+
+def test_unknown_model_and_adapter(tmp_path, capsys, tiny_model):
+    path = write(tmp_path / "e.jsonl", json.dumps(GOOD))
+    code, err = run(capsys, "edit", "--model", str(tmp_path / "nowhere"), "--edits", path, "--out", str(tmp_path / "o"))
+    assert code == 2 and "nowhere" in err
+    code, err = run(capsys, "edit", "--model", tiny_model, "--adapter", str(tmp_path / "noadapter"),
+                    "--edits", path, "--out", str(tmp_path / "o"))
+    assert code == 2 and "noadapter" in err and "does not exist" in err
+
+
+def test_unwritable_output_is_reported_before_training(tmp_path, capsys, tiny_model):
+    path = write(tmp_path / "e.jsonl", json.dumps(GOOD))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, err = run(capsys, "edit", "--model", tiny_model, "--edits", path, "--out", str(blocker / "out"))
+    assert code == 2 and "not writable" in err
+
+
+def test_disk_full_is_reported_before_training(tmp_path, capsys, tiny_model, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1024, 1024))
+    path = write(tmp_path / "e.jsonl", json.dumps(GOOD))
+    code, err = run(capsys, "edit", "--model", tiny_model, "--edits", path, "--out", str(tmp_path / "o"))
+    assert code == 2 and "MiB free" in err
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_model):
+    from corsa import DataError
+
+    with pytest.raises(DataError):
+        main(["--debug", "edit", "--model", tiny_model, "--edits", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")])
+
+
+def test_non_finite_loss_stops_with_step_and_batch_and_keeps_last_good(tmp_path, monkeypatch, tiny_model):
+    import torch
+
+    import corsa.engine as engine
+    from corsa import Editor, TrainingError
+
+    real = engine.sft_loss
+    calls = {"n": 0}
+
+    def poisoned(lp, n):
+        calls["n"] += 1
+        loss = real(lp, n)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(engine, "sft_loss", poisoned)
+    editor = Editor(tiny_model, method="lora", epochs=5, batch_size=2, grad_accum=1, progress=False)
+    edits = [{"id": f"e{i}", "prompt": f"Fact {i} is", "target_new": "A", "target_old": "B"} for i in range(2)]
+    with pytest.raises(TrainingError, match=r"non-finite .* at step 5 on the edit batch \['e0', 'e1'\]"):
+        editor.update(edits, out=tmp_path / "o")
+    saved = tmp_path / "o" / "adapter-last-good" / "adapter_model.safetensors"
+    assert saved.exists()
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(saved).values())
