@@ -23,7 +23,7 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
-from .errors import CorsaError
+from .errors import ConfigError, CorsaError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,6 +42,11 @@ def init(cpu: bool | None = None):
     """
     from accelerate import PartialState
 
+    for variable, engine in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(variable, "false").lower() == "true":
+            raise ConfigError(f"corsa does not support {engine} yet and would silently train without it "
+                              f"(see docs/scaling-out.md); launch plain data parallelism instead: "
+                              f"accelerate launch --multi_gpu, or torchrun")
     if cpu is None:
         cpu = not torch.cuda.is_available()
     return PartialState(cpu=cpu)

@@ -9,14 +9,22 @@ from .prompts import PromptFormat
 
 @torch.no_grad()
 def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int = 16,
-             batch_size: int = 16, progress=None) -> list[str]:
-    """Greedy answers to `prompts`, decoded up to the end of turn (chat) or line (raw)."""
+             batch_size: int = 16, progress=None, num_samples: int = 0,
+             temperature: float = 1.0) -> list[str] | list[list[str]]:
+    """Greedy answers to `prompts`, decoded up to the end of turn (chat) or line (raw).
+
+    With `num_samples` > 0, each prompt gets that many answers sampled at `temperature` (no
+    top-k or top-p), returned as a list per prompt; seed torch's generator first to repeat them.
+    """
     tok = fmt.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    answers: list[str | None] = [None] * len(prompts)
+    answers: list = [None] * len(prompts)
+    n = max(num_samples, 1)
+    decoding = (dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=n)
+                if num_samples > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
     # longest first, so batches hold prompts of similar length and padding stays small
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     for start in range(0, len(order), batch_size):
@@ -29,12 +37,12 @@ def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int =
             input_ids[b, T - len(x):] = torch.tensor(x)
             mask[b, T - len(x):] = 1
         out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=pad_id, eos_token_id=tok.eos_token_id,
-                             temperature=None, top_p=None, top_k=None)
-        for b, i in enumerate(idx):
-            answers[i] = fmt.decode_answer(out[b, T:].tolist())
+                             max_new_tokens=max_new_tokens, num_beams=1,
+                             pad_token_id=pad_id, eos_token_id=tok.eos_token_id, **decoding)
+        for b, i in enumerate(idx):  # sampled rows come n per prompt, in prompt order
+            texts = [fmt.decode_answer(out[b * n + s, T:].tolist()) for s in range(n)]
+            answers[i] = texts if num_samples > 0 else texts[0]
         if progress is not None:
             progress.update(len(idx))
     model.train(was_training)
-    return answers  # type: ignore[return-value]
+    return answers

@@ -1,0 +1,303 @@
+"""Measuring a list of edits on a model (method.md §5), every number tagged with its protocol.
+
+:func:`evaluate` runs ONE batched generation pass over every prompt the edits hold (edit
+prompts, all paraphrases, locality probes, portability questions; each distinct prompt once)
+and ONE teacher-forced pass over every answer to score. It returns per-edit records, and
+:func:`summarise` turns any subset of records into metrics — so one pass after an update gives
+reliability on each earlier update as well (the retention matrix of §6).
+
+Metric keys name their protocol:
+
+- ``generated/…``: greedy decoding of up to ``max_new_tokens`` tokens with the edit's prompt
+  format (chat template when the tokenizer has one); or, with ``sample=n``, n answers drawn
+  at ``temperature`` per prompt, each prompt scoring the fraction of its samples that pass.
+
+  - ``reliability``: the answer to the edit prompt contains y⁺ (:func:`corsa.metrics.contains`);
+    ``reliability_strict`` also requires that y⁻ is not mentioned;
+  - ``generality`` / ``generality_strict``: the same, pooled over all paraphrases of all edits;
+  - ``locality``: the probe's answer is unchanged from the unedited model's answer (cached once,
+    adapter disabled); ``locality_gold``: it contains the probe's gold answer (probes that have
+    one). Locality is always greedy, even with sampling: two samples differ even when the model
+    has not changed;
+  - ``portability``: a multi-hop question (MQuAKE) is answered with its new answer or an alias;
+    a question shared by several edits of a case counts once.
+
+- ``teacher_forced/…``: log-probabilities summed over the answer tokens, same prompt format.
+
+  - ``efficacy``: fraction of edits with margin m = log p(y⁺|x) − log p(y⁻|x) > 0;
+    ``margin_mean``, ``margin_median``, ``margin_q10`` …: statistics of m;
+  - ``generality``: the same sign test on every paraphrase, ``paraphrase_margin_mean`` its mean;
+  - ``locality`` (ROME's neighbourhood score): fraction of locality probes q where
+    log p(a|q) > log p(y⁺|q), a being the probe's gold answer, or the unedited model's answer
+    when it has none — the edit has not leaked into its neighbours; ``locality_margin_mean`` is
+    the mean of log p(a|q) − log p(y⁺|q);
+  - ``mmlu_accuracy``: zero-shot MMLU on the subset given (:mod:`corsa.mmlu`).
+
+A metric with nothing to measure (no paraphrases, no probes) is ``None``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics as M
+from .config import EditConfig
+from .errors import ConfigError
+from .generate import generate
+from .records import Edit
+from .scoring import answer_logprobs
+
+_DEFAULT_NEW_TOKENS = {f.name: f.default for f in dataclasses.fields(EditConfig)}["max_new_tokens"]
+
+# the short names of the headline numbers, and the protocol key each stands for
+HEADLINE = {"reliability": "generated/reliability", "generality": "generated/generality",
+            "locality": "generated/locality", "efficacy": "teacher_forced/efficacy",
+            "margin_mean": "teacher_forced/margin_mean",
+            "reliability_strict": "generated/reliability_strict", "generality_strict": "generated/generality_strict",
+            "locality_gold": "generated/locality_gold", "portability": "generated/portability",
+            "mmlu_accuracy": "teacher_forced/mmlu_accuracy"}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How answers are produced; every field but `batch_size` changes the numbers."""
+
+    max_new_tokens: int = _DEFAULT_NEW_TOKENS
+    sample: int = 0            # 0: greedy; n > 0: n sampled answers per prompt
+    temperature: float = 0.7   # for sampling (the release samples at 0.7)
+    seed: int = 0              # for sampling
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        if self.sample < 0:
+            raise ConfigError(f"--sample must be 0 (greedy) or a number of samples, not {self.sample}")
+        if self.sample and not self.temperature > 0:
+            raise ConfigError(f"--temperature must be positive when sampling, not {self.temperature}")
+        if self.batch_size < 1:
+            raise ConfigError(f"the evaluation batch size must be at least 1, not {self.batch_size}")
+
+    def protocol(self, template: str) -> dict:
+        """What every metric key's prefix means for this run."""
+        decoding = (f"sampled: {self.sample} answers per prompt at temperature {self.temperature}, "
+                    f"seed {self.seed}" if self.sample else "greedy")
+        return {
+            "generated": {"decoding": decoding, "max_new_tokens": self.max_new_tokens, "template": template,
+                          "match": "whole words, case- and whitespace-normalised (corsa.metrics.contains)",
+                          "locality": "greedy, compared with the unedited model's greedy answer"},
+            "teacher_forced": {"score": "log-probability summed over answer tokens", "template": template,
+                               "mmlu": "zero-shot raw prompt, letter with the highest log-probability"},
+        }
+
+    def identity(self) -> dict:
+        """The settings two evaluations must share to be compared (not the batch size)."""
+        d = dataclasses.asdict(self)
+        d.pop("batch_size")
+        if not self.sample:
+            d.pop("temperature"), d.pop("seed")
+        return d
+
+
+def _unwrap(target, fmt):
+    """(model, fmt) from an Editor, or from a model and its PromptFormat."""
+    if hasattr(target, "model") and hasattr(target, "fmt"):
+        return target.model, target.fmt
+    if fmt is None:
+        raise ConfigError("evaluate() needs fmt= (the PromptFormat) when given a bare model")
+    return target, fmt
+
+
+def _adapter(model, enabled: bool):
+    if enabled or not hasattr(model, "disable_adapter"):
+        return contextlib.nullcontext()
+    return model.disable_adapter()
+
+
+def _unique(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | None = None,
+                 progress: bool = False) -> dict[str, str]:
+    """The unedited model's greedy answer to every locality probe (adapter disabled)."""
+    settings = settings or EvalSettings()
+    model, fmt = _unwrap(model, fmt)
+    prompts = _unique(p.prompt for e in edits for p in e.locality)
+    with _adapter(model, False), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
+                                      disable=not progress, leave=False) as bar:
+        answers = generate(model, fmt, prompts, settings.max_new_tokens, settings.batch_size, bar)
+    return dict(zip(prompts, answers))
+
+
+def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_answers: dict | None = None,
+             mmlu: list | None = None, settings: EvalSettings | None = None, progress: bool = False) -> dict:
+    """Every metric of method.md §5 for `edits` on `target` (an Editor, or a model with `fmt`).
+
+    base: evaluate the unedited model (the adapter disabled); its own answers are then the
+    locality reference. base_answers: the unedited model's answers to the locality probes,
+    cached from an earlier call; those missing are generated here with the adapter disabled.
+    mmlu: questions from :func:`corsa.mmlu.subset`, scored with the same adapter state.
+
+    Returns ``{"protocol", "metrics", "counts", "records", "base_answers", "mmlu", "seconds"}``.
+    """
+    model, fmt = _unwrap(target, fmt)
+    settings = settings or EvalSettings()
+    started = time.perf_counter()
+    edits = list(edits)
+    ask = _unique(p for e in edits for p in (e.prompt, *e.paraphrases, *(q.prompt for q in e.portability)))
+    probes = _unique(p.prompt for e in edits for p in e.locality)
+    greedy_prompts = probes if settings.sample else _unique(ask + probes)
+    sampled_prompts = ask if settings.sample else []
+    n = settings.max_new_tokens
+    with _adapter(model, not base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
+                                         desc="eval · generate", disable=not progress, leave=False) as bar:
+        answers = dict(zip(greedy_prompts, generate(model, fmt, greedy_prompts, n, settings.batch_size, bar)))
+        if sampled_prompts:
+            device = next(model.parameters()).device
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(settings.seed)
+                answers.update(zip(sampled_prompts, generate(model, fmt, sampled_prompts, n, settings.batch_size,
+                                                             bar, settings.sample, settings.temperature)))
+    if base:
+        reference = {p: answers[p] for p in probes}
+    else:
+        if base_answers is None and not hasattr(model, "disable_adapter"):
+            raise ConfigError("this model has no adapter to disable: pass base_answers (the unedited model's "
+                              "answers to the locality probes) or evaluate with base=True")
+        reference = dict(base_answers or {})
+        missing = [e for e in edits if any(p.prompt not in reference for p in e.locality)]
+        if missing:
+            reference.update(unedited_answers(model, fmt, missing, settings, progress))
+    records = _records(model, fmt, edits, answers, reference, base, settings)
+    result = {"protocol": settings.protocol(fmt.name), "metrics": summarise(records), "counts": counts(records),
+              "records": records, "base_answers": {p: reference[p] for p in probes}, "mmlu": None}
+    if mmlu:
+        from . import mmlu as mmlu_lib
+
+        with _adapter(model, not base), tqdm(total=len(mmlu), desc="eval · mmlu", unit="question",
+                                             disable=not progress, leave=False) as bar:
+            result["mmlu"] = mmlu_lib.accuracy(model, fmt.tokenizer, mmlu, settings.batch_size, bar)
+        result["metrics"]["teacher_forced/mmlu_accuracy"] = result["mmlu"]["accuracy"]
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def _records(model, fmt, edits, answers, reference, base, settings) -> list[dict]:
+    """Per-edit answers and margins; the teacher-forced scores come from one batched pass."""
+    prompt_ids, answer_ids = {}, {}
+
+    def pair(prompt: str, answer: str) -> int:
+        """Queue (prompt, answer) for scoring; its index in the pass."""
+        if prompt not in prompt_ids:
+            prompt_ids[prompt] = fmt.prompt_ids(prompt)
+        if answer not in answer_ids:
+            answer_ids[answer] = fmt.answer_ids(answer)
+        pairs.append((prompt_ids[prompt], answer_ids[answer]))
+        return len(pairs) - 1
+
+    pairs: list[tuple[list[int], list[int]]] = []
+    plan = []  # per edit: indices into `pairs`, resolved after the pass
+    for e in edits:
+        old = e.target_old if e.target_old and e.target_old.strip() else None
+        two = (lambda p: (pair(p, e.target_new), pair(p, old))) if old else (lambda p: None)
+        loc = []
+        for probe in e.locality:
+            ref = probe.answer or reference.get(probe.prompt)
+            ok = ref and ref.strip() and M.normalise(ref) != M.normalise(e.target_new)
+            loc.append((pair(probe.prompt, ref), pair(probe.prompt, e.target_new)) if ok else None)
+        plan.append((two(e.prompt), [two(p) for p in e.paraphrases], loc))
+    with _adapter(model, not base):
+        lp = answer_logprobs(model, fmt, pairs, settings.batch_size).tolist() if pairs else []
+
+    def diff(ij):
+        return None if ij is None else lp[ij[0]] - lp[ij[1]]
+
+    records = []
+    for e, (m, para, loc) in zip(edits, plan):
+        records.append({
+            "id": e.id, "prompt": e.prompt, "target_new": e.target_new, "target_old": e.target_old,
+            "answer": answers[e.prompt], "margin": diff(m),
+            "paraphrases": [{"prompt": p, "answer": answers[p], "margin": diff(ij)}
+                            for p, ij in zip(e.paraphrases, para)],
+            "locality": [{"prompt": q.prompt, "gold": q.answer, "aliases": list(q.aliases),
+                          "answer": answers[q.prompt], "base_answer": reference[q.prompt], "margin": diff(ij)}
+                         for q, ij in zip(e.locality, loc)],
+            "portability": [{"prompt": q.prompt, "gold": q.answer, "aliases": list(q.aliases),
+                             "answer": answers[q.prompt]} for q in e.portability],
+        })
+    return records
+
+
+def _portability(records: list[dict]) -> list[dict]:
+    """Multi-hop questions, each once (the edits of an MQuAKE case share theirs)."""
+    seen = {}
+    for r in records:
+        for q in r["portability"]:
+            if q["gold"]:
+                seen.setdefault((q["prompt"], q["gold"]), q)
+    return list(seen.values())
+
+
+def summarise(records: list[dict]) -> dict:
+    """The metrics of method.md §5 from per-edit records (see the module docstring for each key)."""
+    news = [r["target_new"] for r in records]
+    olds = [r["target_old"] for r in records]
+    paras = [(p, r) for r in records for p in r["paraphrases"]]
+    probes = [q for r in records for q in r["locality"]]
+    gold = [q for q in probes if q["gold"]]
+    port = _portability(records)
+    margins = [r["margin"] for r in records if r["margin"] is not None]
+    para_margins = [p["margin"] for p, _ in paras if p["margin"] is not None]
+    loc_margins = [q["margin"] for q in probes if q["margin"] is not None]
+    stats = M.margin_stats(margins)
+    out = {
+        "generated/reliability": M.reliability([r["answer"] for r in records], news, olds),
+        "generated/reliability_strict": M.reliability([r["answer"] for r in records], news, olds, strict=True),
+        "generated/generality": M.reliability([p["answer"] for p, _ in paras], [r["target_new"] for _, r in paras],
+                                              [r["target_old"] for _, r in paras]),
+        "generated/generality_strict": M.reliability([p["answer"] for p, _ in paras],
+                                                     [r["target_new"] for _, r in paras],
+                                                     [r["target_old"] for _, r in paras], strict=True),
+        "generated/locality": M.locality([q["answer"] for q in probes], [q["base_answer"] for q in probes]),
+        "generated/locality_gold": M.fraction(M.hit_rate(q["answer"], (q["gold"], *q["aliases"])) for q in gold),
+        "generated/portability": M.fraction(M.hit_rate(q["answer"], (q["gold"], *q["aliases"])) for q in port),
+        "teacher_forced/efficacy": M.efficacy(margins),
+        "teacher_forced/margin_mean": stats["mean"],
+        "teacher_forced/margin_std": stats["std"],
+        "teacher_forced/margin_min": stats["min"],
+        "teacher_forced/margin_q10": stats["q10"],
+        "teacher_forced/margin_q25": stats["q25"],
+        "teacher_forced/margin_median": stats["q50"],
+        "teacher_forced/margin_q75": stats["q75"],
+        "teacher_forced/margin_q90": stats["q90"],
+        "teacher_forced/margin_max": stats["max"],
+        "teacher_forced/generality": M.efficacy(para_margins),
+        "teacher_forced/paraphrase_margin_mean": M.margin_stats(para_margins)["mean"],
+        "teacher_forced/locality": M.efficacy(loc_margins),
+        "teacher_forced/locality_margin_mean": M.margin_stats(loc_margins)["mean"],
+    }
+    return out
+
+
+def counts(records: list[dict]) -> dict:
+    """How many prompts each metric rests on."""
+    probes = [q for r in records for q in r["locality"]]
+    return {"edits": len(records),
+            "margins": sum(r["margin"] is not None for r in records),
+            "paraphrases": sum(len(r["paraphrases"]) for r in records),
+            "locality_probes": len(probes),
+            "locality_gold": sum(bool(q["gold"]) for q in probes),
+            "portability_questions": len(_portability(records))}
+
+
+def headline(metrics: dict) -> dict:
+    """The short names of the bench's `final` block, where the metrics have them."""
+    return {short: metrics.get(key) for short, key in HEADLINE.items()
+            if key in metrics and (short != "mmlu_accuracy" or metrics[key] is not None)}

@@ -1,0 +1,259 @@
+"""The bench's outputs for people: results.csv, report.md (the comparison table) and PNG plots.
+
+Everything is drawn from the results dict of :mod:`corsa.bench` alone, so a report can be
+rebuilt from ``results.json``. Plots use matplotlib's object API with the Agg canvas (no
+pyplot, no global backend), and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from .io import atomic_write_text
+
+# (column, where the value is in a method's results, kind)
+COLUMNS = [
+    ("reliability", ("final", "reliability"), "pct"),
+    ("generality", ("final", "generality"), "pct"),
+    ("locality", ("final", "locality"), "pct"),
+    ("efficacy", ("final", "efficacy"), "pct"),
+    ("margin", ("final", "margin_mean"), "num"),
+    ("update eff.", ("update_efficacy",), "pct"),
+    ("retention", ("retention_final",), "pct"),
+    ("forgetting", ("forgetting",), "pct"),
+    ("forgetting vs lora", ("relative_forgetting_reduction",), "rel"),
+    ("train s", ("train_seconds",), "sec"),
+]
+
+
+def _get(d: dict, path: tuple):
+    for key in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def fmt_value(value, kind: str) -> str:
+    if value is None:
+        return "–"
+    if kind == "pct":
+        return f"{100 * value:.1f}"
+    if kind == "rel":
+        return f"{100 * value:+.1f}%"
+    if kind == "sec":
+        return f"{value:.0f}"
+    return f"{value:+.2f}"
+
+
+def table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """The comparison: methods as rows (the unedited model first), headline numbers as columns."""
+    header = ["method"] + [c for c, _, _ in COLUMNS]
+    rows = [["base (unedited)"] + [fmt_value(_get(results["base"], p) if p[0] == "final" else None, k)
+                                   for _, p, k in COLUMNS]]
+    for name, res in results["methods"].items():
+        rows.append([name] + [fmt_value(_get(res, p), k) for _, p, k in COLUMNS])
+    return header, rows
+
+
+def text_table(results: dict) -> str:
+    header, rows = table(results)
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def protocol_line(results: dict) -> str:
+    g, t = results["protocol"]["generated"], results["protocol"]["teacher_forced"]
+    return (f"**generated**: {g['decoding']} decoding, up to {g['max_new_tokens']} new tokens, {g['template']} "
+            f"template, answers matched as {g['match']}; locality {g['locality']}. "
+            f"**teacher-forced**: {t['score']}, {t['template']} template.")
+
+
+def markdown(results: dict, plots: dict[str, str]) -> str:
+    header, rows = table(results)
+    K = results["n_updates"]
+    parts = [
+        f"# corsa bench: {results['model']} on {Path(results['data']).name}",
+        "",
+        f"{results['n_edits']} edits (seed {results['seed']}) in {K} update{'s' if K > 1 else ''} of "
+        f"{results['update_sizes'][0]}; every method trains one adapter update after update and is evaluated "
+        f"on all edits seen so far after each (method.md §6).",
+        "",
+        _md_table(header, rows),
+        "",
+        "Columns, in % unless noted, after the last update: reliability, generality (all paraphrases) and locality "
+        "(answer unchanged from the unedited model's) are **generated**; efficacy (fraction of margins > 0) and "
+        "margin (mean of log p(y⁺|x) − log p(y⁻|x), nats) are **teacher-forced**. Update efficacy (mean of R[k][k]), "
+        "retention (mean of R[K][j], j < K) and forgetting (mean of R[j][j] − R[K][j], points) come from the "
+        "retention matrix R of generated reliability; \"forgetting vs lora\" is 1 − forgetting / forgetting of lora "
+        "(higher is better); train s is training wall time summed over updates.",
+        "",
+        "Protocols — " + protocol_line(results),
+        "",
+        "## Retention matrices (generated reliability, %)",
+        "",
+        "Row k: after update k; column j: on the edits of update j.",
+        "",
+    ]
+    for name, res in results["methods"].items():
+        R = res["retention"]
+        head = ["after \\ on"] + [f"U{j + 1}" for j in range(K)]
+        body = [[f"U{k + 1}"] + [fmt_value(R[k][j], "pct") if j <= k else "" for j in range(K)] for k in range(K)]
+        parts += [f"### {name}", "", _md_table(head, body), ""]
+    parts += ["## All metrics after the last update", ""]
+    keys = list(results["base"]["metrics"])
+    for res in results["methods"].values():
+        keys += [k for k in res["metrics"] if k not in keys]
+    names = list(results["methods"])
+    body = [[k, fmt_metric(results["base"]["metrics"].get(k), k)]
+            + [fmt_metric(results["methods"][n]["metrics"].get(k), k) for n in names] for k in keys]
+    parts += [_md_table(["metric", "base"] + names, body), ""]
+    resources = [[n, fmt_value(r["train_seconds"], "sec"), fmt_value(r["eval_seconds"], "sec"), str(r["steps"]),
+                  f"{r['peak_rss_mb']:.0f}", "–" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}"]
+                 for n, r in results["methods"].items()]
+    parts += ["## Cost", "", _md_table(["method", "train s", "eval s", "steps", "peak RSS MiB", "peak GPU MiB"],
+                                       resources), "",
+              "Peak RSS is the whole process's (ru_maxrss) when the method finished, so it includes earlier methods.",
+              ""]
+    if plots:
+        parts += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots.items()] + [""]
+    return "\n".join(parts)
+
+
+def fmt_metric(value, key: str) -> str:
+    if value is None:
+        return "–"
+    if "margin" in key:
+        return f"{value:+.3f}"
+    return f"{100 * value:.1f}%"
+
+
+def rows_csv(results: dict) -> list[list]:
+    """One row per method × update × metric (the unedited model is update 0 of `base`)."""
+    out = [["method", "update", "metric", "protocol", "value"]]
+
+    def add(method, update, metric, value, protocol=None):
+        out.append([method, update, metric, protocol or metric.split("/")[0], "" if value is None else value])
+
+    for key, value in results["base"]["metrics"].items():
+        add("base", 0, key, value)
+    for name, res in results["methods"].items():
+        for row in res["per_update"]:
+            k = row["update"]
+            for key, value in row["metrics"].items():
+                add(name, k, key, value)
+            for j, value in enumerate(res["retention"][k - 1]):
+                add(name, k, f"retention/update-{j + 1}", value, "generated")
+        K = results["n_updates"]
+        for key in ("update_efficacy", "retention_final", "forgetting", "relative_forgetting_reduction"):
+            add(name, K, f"summary/{key}", res[key], "generated")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def _save(fig, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(buf.getvalue())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def plot_retention(name: str, R: list[list[float]], path: Path) -> None:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    K = len(R)
+    grid = np.full((K, K), np.nan)
+    for k, row in enumerate(R):
+        grid[k, :k + 1] = row
+    fig = Figure(figsize=(1.2 * K + 2.2, 1.1 * K + 1.6))
+    ax = fig.add_subplot()
+    im = ax.imshow(grid * 100, vmin=0, vmax=100, cmap="viridis")
+    for k in range(K):
+        for j in range(k + 1):
+            ax.text(j, k, f"{100 * grid[k, j]:.0f}", ha="center", va="center",
+                    color="white" if grid[k, j] < 0.6 else "black")
+    ax.set_xticks(range(K), [f"U{j + 1}" for j in range(K)])
+    ax.set_yticks(range(K), [f"after U{k + 1}" for k in range(K)])
+    ax.set_xlabel("reliability on the edits of update")
+    ax.set_title(f"{name}: retention (generated reliability, %)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    _save(fig, path)
+
+
+def plot_forgetting(results: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    K = results["n_updates"]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for name, res in results["methods"].items():
+        ax.plot(range(1, K + 1), [100 * row[0] for row in res["retention"]], marker="o", label=name)
+    ax.set_xticks(range(1, K + 1))
+    ax.set_xlabel("after update")
+    ax.set_ylabel("reliability on update 1 (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_title("Forgetting: what is left of the first update")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_margins(results: dict, path: Path) -> None:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    series = {"base (before)": results["base"]["margins"]}
+    series.update({f"{n} (after)": r["margins"] for n, r in results["methods"].items()})
+    series = {k: [m for m in v if m is not None] for k, v in series.items()}
+    everything = [m for v in series.values() for m in v]
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    if everything:
+        bins = np.linspace(min(everything), max(everything) + 1e-9, 30)
+        for i, (label, values) in enumerate(series.items()):
+            ax.hist(values, bins=bins, histtype="step", linewidth=1.8, label=label,
+                    color="grey" if i == 0 else None, linestyle="--" if i == 0 else "-")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("margin log p(y⁺|x) − log p(y⁻|x) (teacher-forced, nats)")
+    ax.set_ylabel("edits")
+    ax.set_title("Edit margins before and after editing")
+    ax.legend()
+    _save(fig, path)
+
+
+def write_all(results: dict, out: str | os.PathLike) -> dict[str, str]:
+    """results.csv, the plots and report.md under `out`; returns their names by role."""
+    out = Path(out)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows_csv(results))
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    plots = {}
+    for name, res in results["methods"].items():
+        plot_retention(name, res["retention"], out / f"retention-{name}.png")
+        plots[f"retention matrix of {name}"] = f"retention-{name}.png"
+    plot_forgetting(results, out / "forgetting.png")
+    plots["forgetting curves"] = "forgetting.png"
+    plot_margins(results, out / "margins.png")
+    plots["margins before and after"] = "margins.png"
+    atomic_write_text(out / "report.md", markdown(results, plots))
+    return {"results": "results.json", "csv": "results.csv", "report": "report.md", "plots": list(plots.values())}

@@ -1,0 +1,144 @@
+"""Data parallelism: two gloo workers under torchrun train the adapter one process would train.
+
+The workers run this file as a script (see the bottom); the tests launch it with torchrun and
+compare what worker 0 saved with a single-process run on the same global batches. The batch
+does not split evenly (7 edits, micro-batches of 3, two per step), so workers hold different
+numbers of edits and one sometimes holds none.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+METHODS = ["corsa", "sam", "lora"]
+# early_stop with an unreachable target: the check after each epoch runs its margins and greedy
+# answers split over the workers, and must decide the same on every worker
+TRAIN = dict(epochs=3, batch_size=3, grad_accum=2, lr=1e-2, early_stop=True, margin_target=-100.0,
+             max_new_tokens=4, progress=False)
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+TOL = 1e-5
+
+
+def edits():
+    from corsa.records import Edit
+
+    return [Edit(id=f"e{i}", prompt=f"The capital of country {i} is", target_new=f"City{i}",
+                 target_old=f"Town{i}") for i in range(7)]
+
+
+def train(method: str):
+    """The same run, in one process or on every worker: the adapter, the log and the answers."""
+    from corsa import Editor
+    from corsa.models import tiny_llama
+
+    editor = Editor(tiny_llama(seed=0), method=method, **TRAIN)
+    record = editor.update(edits())
+    lora = {n: p.detach().clone() for n, p in editor.model.named_parameters() if "lora_" in n}
+    answers = editor.ask([e.prompt for e in edits()], max_new_tokens=6)
+    return lora, record.result.history, answers
+
+
+def launch(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys() and a
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    launch(__file__, str(out))
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_workers_train_the_adapter_of_one_process(method, two_workers):
+    saved = torch.load(two_workers / f"{method}.pt")
+    assert saved["world_size"] == 2
+    lora, history, answers = train(method)
+    diff = max_diff(saved["lora"], lora)
+    print(f"{method}: max |Δφ| two workers vs one process = {diff:.2e}")
+    assert diff < TOL
+    assert max_diff(saved["lora_rank1"], saved["lora"]) == 0.0  # the workers never drift apart
+    # the logged losses are those of the global group, not of worker 0's shard
+    assert len(saved["history"]) == len(history) == 6 + 2  # 6 steps, 2 early-stop checks
+    for h2, h1 in zip(saved["history"], history):
+        for key in ("loss/sft", "loss/dpo", "grad/norm", "sam/grad_norm", "early_stop/min_margin"):
+            if key in h1:
+                assert h2[key] == pytest.approx(h1[key], rel=1e-4, abs=1e-6), key
+    assert saved["answers"] == answers  # generation split over workers and gathered in order
+    assert saved["n_reference"] == (len(edits()) if method == "corsa" else None)
+
+
+def test_corsa_edit_under_torchrun_writes_one_adapter_and_one_record(tmp_path):
+    from safetensors.torch import load_file
+
+    from corsa.cli import main
+    from corsa.models import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base", seed=0)
+    data = tmp_path / "edits.jsonl"
+    data.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in edits()))
+    args = ["edit", "--model", str(base), "--edits", str(data), "--method", "corsa", "--epochs", "2",
+            "--batch-size", "3", "--grad-accum", "2", "--lr", "1e-2", "--quiet", "--no-check"]
+    launch("-m", "corsa.cli", *args, "--out", str(tmp_path / "ddp"))
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    assert sorted(p.name for p in ddp.iterdir()) == ["adapter", "edits.jsonl", "log.jsonl", "run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "ddp", "edits.jsonl", "single"]  # no leftovers
+    run = json.loads((ddp / "run.json").read_text())
+    assert run["world_size"] == 2 and run["config"]["method"] == "corsa"
+    steps = run["updates"][0]["steps"]
+    assert steps == 2 * 2 and (ddp / "log.jsonl").read_text().count("\n") == steps  # one writer
+    weights = "adapter/adapter_model.safetensors"
+    diff = max_diff(load_file(ddp / weights), load_file(single / weights))
+    print(f"corsa edit: max |Δφ| torchrun ×2 vs one process = {diff:.2e}")
+    assert diff < TOL
+
+
+# ----------------------------------------------------------------------------------------------
+# The worker: `torchrun --nproc_per_node 2 tests/test_distributed.py OUT`
+
+
+def worker(out: Path) -> None:
+    import torch.distributed as td
+
+    import corsa.engine as engine
+    from corsa import distributed as dist
+
+    n_reference = []
+    real_reference = engine.compute_reference
+    engine.compute_reference = lambda *a, **k: (lambda r: n_reference.append(len(r.chosen)) or r)(
+        real_reference(*a, **k))
+    for method in METHODS:
+        n_reference.clear()
+        lora, history, answers = train(method)
+        assert dist.world_size() == 2, "not launched with two workers"
+        names = sorted(lora)
+        theirs = [torch.zeros_like(lora[n]) for n in names]  # worker 1's φ, to prove they agree
+        if dist.rank() == 1:
+            theirs = [lora[n] for n in names]
+        dist.broadcast_(theirs, src=1)
+        if dist.is_main():
+            torch.save({"lora": lora, "lora_rank1": dict(zip(names, theirs)), "history": history,
+                        "answers": answers, "world_size": dist.world_size(),
+                        "n_reference": n_reference[0] if n_reference else None}, out / f"{method}.pt")
+    td.barrier()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    worker(Path(sys.argv[1]))
