@@ -249,10 +249,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=10, help="the fixed number of epochs to compare against")
     ap.add_argument("--no-edit", action="store_true", help="skip the time-to-edit runs")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on CUDA)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (0: torch's choice). One by default: on a shared machine more "
+                         "threads wait on each other and the figures scatter")
     ap.add_argument("--out", default="runs/benchmark.json", help="the JSON file to write")
     args = ap.parse_args(argv)
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.quick:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -132,14 +133,19 @@ class Editor:
             edits[i] = replace(edits[i], target_old=a or self.tokenizer.eos_token)
         return edits
 
-    def update(self, edits, out: str | os.PathLike | None = None, limit: int | None = None) -> UpdateRecord:
-        """Train the adapter on one update's edits; save adapter and run record under `out`."""
+    def update(self, edits, out: str | os.PathLike | None = None, limit: int | None = None,
+               index: int | None = None) -> UpdateRecord:
+        """Train the adapter on one update's edits; save adapter and run record under `out`.
+
+        index: the update's position in a sequence (it seeds the batch order); by default the
+        number of updates this Editor has trained. A resumed run passes it explicitly.
+        """
         if out is not None:
             dist.on_main(check_writable, out)
         edits = self.fill_old_targets(as_edits(edits, limit))
         if not edits:
             raise ConfigError("no edits to train on")
-        index = len(self.updates)
+        index = len(self.updates) if index is None else index
         encoded = encode_edits(self.fmt, edits, self.max_length, need_rejected=True)
         log_path = Path(out) / "log.jsonl" if out is not None else None
         if log_path is not None and dist.is_main() and log_path.exists():
@@ -169,7 +175,7 @@ class Editor:
         adapters.save(self.model, out / "adapter", self.fingerprint, {"model": self.model_name})
         if record is not None:
             atomic_write_text(out / "edits.jsonl",
-                              "".join(__import__("json").dumps(e.to_dict(), ensure_ascii=False) + "\n"
+                              "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n"
                                       for e in record.edits))
         run = {
             "corsa_run": 1,

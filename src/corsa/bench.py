@@ -33,6 +33,7 @@ import random
 import resource
 import sys
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,9 +143,9 @@ def parse_sets(items: list[str] | None) -> dict[str, dict]:
 
 
 def _convert(value: str, hint, item: str):
-    kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
-    kind = kinds[0]
-    if value.lower() in ("none", "null") and type(None) in typing.get_args(hint):
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kind = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
+    if optional and value.lower() in ("none", "null"):
         return None
     try:
         if kind is bool:

@@ -59,19 +59,29 @@ def contains(answer: str, target: str) -> bool:
 
 def cmd_edit(args) -> int:
     from .api import Editor, as_edits
+    from .updates import run_updates, settings_of
 
     cfg = config_from_args(args)
     out = Path(args.out)
     edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
-    editor = Editor(args.model, adapter=args.adapter, config=cfg, progress=not args.quiet)
-    before = editor.ask([e.prompt for e in edits]) if args.check else None
+
+    def make_editor(adapter=None):
+        return Editor(args.model, adapter=adapter or args.adapter, config=cfg, progress=not args.quiet)
+
     t0 = time.perf_counter()
-    record = editor.update(edits, out=out)
-    seconds = time.perf_counter() - t0
-    edits = record.edits
-    print(f"trained {cfg.method} on {len(edits)} edits: {record.result.steps} steps, "
-          f"{record.result.epochs} epochs{' (stopped early)' if record.result.stopped_early else ''}, "
-          f"{seconds:.1f} s")
+    if args.updates == 1:
+        editor = make_editor()
+        before = editor.ask([e.prompt for e in edits]) if args.check else None
+        record = editor.update(edits, out=out)
+        edits = record.edits
+        print(f"trained {cfg.method} on {len(edits)} edits: {record.result.steps} steps, "
+              f"{record.result.epochs} epochs{' (stopped early)' if record.result.stopped_early else ''}, "
+              f"{time.perf_counter() - t0:.1f} s")
+    else:
+        settings = settings_of(args.model, args.adapter, cfg, edits, args.updates)
+        editor, _ = run_updates(make_editor, edits, args.updates, out, settings)
+        before = editor.ask([e.prompt for e in edits], base=args.adapter is None) if args.check else None
+        print(f"trained {cfg.method} on {len(edits)} edits in {args.updates} updates, {time.perf_counter() - t0:.1f} s")
     if args.check:
         after = editor.ask([e.prompt for e in edits])
         rows = [[e.id, e.target_new, b[:40], a[:40], "yes" if contains(a, e.target_new) else "no"]
@@ -99,6 +109,11 @@ def cmd_demo(args) -> int:
             "--edits", str(args.edits), "--updates", str(args.updates), "--out", args.out]
     if args.quiet:
         argv.append("--quiet")
+    for f in dataclasses.fields(EditConfig):  # training options given to the demo go to every method
+        value = getattr(args, f.name, None)
+        if value is not None and f.name not in ("method", "seed"):
+            flag = "--" + f.name.replace("_", "-")
+            argv += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
     bench = build_parser().parse_args(argv)
     return bench.func(bench)
 
@@ -114,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--adapter", default=None, help="continue training this adapter (a run or adapter folder)")
     e.add_argument("--out", required=True, help="output folder for the adapter and the run record")
     e.add_argument("--limit", type=int, default=None, help="use only the first N edits")
+    e.add_argument("--updates", type=int, default=1,
+                   help="split the edits (in file order) into K consecutive updates of one adapter, saved "
+                        "in OUT/update-k; a rerun of the same command resumes after the last complete one")
     e.add_argument("--skip-invalid", action="store_true",
                    help="drop records that break the rules (conflicting or empty targets) instead of failing")
     e.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
@@ -144,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--edits", type=int, default=16)
     d.add_argument("--updates", type=int, default=2)
     d.add_argument("--quiet", action="store_true")
+    add_config_options(d)
     d.set_defaults(func=cmd_demo)
 
     from . import commands  # eval, bench and later commands register themselves here

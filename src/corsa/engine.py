@@ -16,7 +16,7 @@ from .errors import TrainingError
 from .io import append_jsonl
 from .objectives import dpo_loss, sft_loss
 from .pcgrad import COMBINERS, cosine
-from .prompts import Encoded, PromptFormat, collate, score
+from .prompts import Encoded, PromptFormat, collate, collate_shared, score, score_shared
 from .sam import add_flat_, restore_, sam_perturbation, snapshot
 from .scoring import answer_logprobs, autocast, margins
 
@@ -79,8 +79,9 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
                         group: list[list[int]], pad_id: int) -> Gradients:
     """∇L_SFT·λ and ∇L_DPO over a group of micro-batches, as one big batch would give them.
 
-    Chosen and rejected answers go through ONE forward; both losses come from it, and each
-    gradient is one backward through that shared graph. Micro-batch losses are weighted by
+    Chosen and rejected answers go through ONE forward, which runs each prompt once and
+    continues both answers from its KV cache; both losses come from it, and each gradient is
+    one backward through that shared graph. Micro-batch losses are weighted by
     their share of the group's edits, so accumulation equals the large-batch mean exactly.
 
     Data parallel: `group` is the step's global group, the same on every worker. Each worker
@@ -102,14 +103,19 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
         if not mb:
             continue
         w = len(mb) / n_group
-        pairs = [(encoded[i].prompt, encoded[i].chosen) for i in mb]
-        if spec.dpo:
-            pairs += [(encoded[i].prompt, encoded[i].rejected) for i in mb]
-        batch = collate(pairs, pad_id).to(device)
-        with autocast(device):
-            lp = score(model, batch)                                     # (B,) or (2B,)
         n = len(mb)
-        loss_sft = sft_loss(lp[:n], batch.n_answer_tokens[:n])
+        if spec.dpo:  # the prompt runs once; y⁺ and y⁻ both continue from its KV cache
+            batch = collate_shared([encoded[i].prompt for i in mb],
+                                   [[encoded[i].chosen, encoded[i].rejected] for i in mb], pad_id).to(device)
+            with autocast(device):
+                lp = score_shared(model, batch).T.reshape(-1)            # (2B,): chosen, then rejected
+            n_chosen = batch.answer_mask[::2].sum(-1)
+        else:
+            batch = collate([(encoded[i].prompt, encoded[i].chosen) for i in mb], pad_id).to(device)
+            with autocast(device):
+                lp = score(model, batch)                                 # (B,)
+            n_chosen = batch.n_answer_tokens
+        loss_sft = sft_loss(lp[:n], n_chosen)
         stats["loss/sft"] += w * loss_sft.item()
         if spec.dpo:
             loss_dpo = dpo_loss(lp[:n], lp[n:], ref.chosen[mb].to(device), ref.rejected[mb].to(device),

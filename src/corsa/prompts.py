@@ -9,6 +9,7 @@ vocabulary projection.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -124,3 +125,80 @@ def score(model, batch: Batch) -> torch.Tensor:
                 position_ids=batch.position_ids, logits_to_keep=K + 1, use_cache=False)
     # the logit at position t predicts token t+1: drop the last one
     return answer_logprobs(out.logits[:, :-1], batch.labels, batch.label_mask)
+
+
+@dataclass
+class SharedBatch:
+    """Each prompt once, then n answers continuing it.
+
+    prompt_ids, prompt_mask, prompt_positions: (B, P), left-padded. answer_ids, answer_mask:
+    (B·n, K), right-padded; row b·n + s is answer s of prompt b.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    prompt_positions: torch.Tensor
+    answer_ids: torch.Tensor
+    answer_mask: torch.Tensor
+
+    @property
+    def n_answers(self) -> int:
+        return self.answer_ids.shape[0] // self.prompt_ids.shape[0]
+
+    def to(self, device) -> "SharedBatch":
+        return SharedBatch(*(t.to(device) for t in (self.prompt_ids, self.prompt_mask, self.prompt_positions,
+                                                     self.answer_ids, self.answer_mask)))
+
+
+def collate_shared(prompts: list[list[int]], answers: list[list[list[int]]], pad_id: int) -> SharedBatch:
+    """Left-pad the prompts; right-pad the n answers of every prompt (answers[b] holds prompt b's)."""
+    P = max(len(p) for p in prompts)
+    flat_answers = [a for per_prompt in answers for a in per_prompt]
+    K = max(len(a) for a in flat_answers)
+    B = len(prompts)
+    prompt_ids = torch.full((B, P), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((B, P), dtype=torch.long)
+    answer_ids = torch.full((len(flat_answers), K), pad_id, dtype=torch.long)
+    answer_mask = torch.zeros((len(flat_answers), K), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        prompt_ids[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[b, P - len(p):] = 1
+    for r, a in enumerate(flat_answers):
+        answer_ids[r, :len(a)] = torch.tensor(a, dtype=torch.long)
+        answer_mask[r, :len(a)] = 1
+    positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
+    return SharedBatch(prompt_ids, prompt_mask, positions, answer_ids, answer_mask)
+
+
+def score_shared(model, batch: SharedBatch) -> torch.Tensor:
+    """log p(answer | prompt) for every answer of every prompt: (B, n).
+
+    The prompts run once; all n answers continue from their KV cache, so with chosen and
+    rejected answers the prompt tokens (most of a CounterFact sequence) are not computed twice.
+    Gradients flow through the cache into the prompt's activations, as in one long forward.
+    """
+    from .objectives import answer_logprobs
+
+    n, K = batch.n_answers, batch.answer_ids.shape[1]
+    out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
+                position_ids=batch.prompt_positions, logits_to_keep=1, use_cache=True)
+    first = out.logits[:, -1:].repeat_interleave(n, 0)                  # predicts answer token 0
+    if K == 1:
+        logits = first
+    else:
+        name = _cache_argument(model)
+        cache = getattr(out, name)
+        cache.batch_repeat_interleave(n)
+        mask = torch.cat([batch.prompt_mask.repeat_interleave(n, 0), batch.answer_mask], dim=1)
+        start = batch.prompt_mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
+        positions = start + torch.arange(K, device=start.device)
+        rest = model(input_ids=batch.answer_ids, attention_mask=mask, position_ids=positions,
+                     use_cache=True, logits_to_keep=K, **{name: cache}).logits
+        logits = torch.cat([first, rest[:, :-1]], dim=1)                # (B·n, K, V)
+    return answer_logprobs(logits, batch.answer_ids, batch.answer_mask.to(logits.dtype)).view(-1, n)
+
+
+def _cache_argument(model) -> str:
+    """The KV cache's name in forward() and its output: `cache` in newer transformers, else `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -221,6 +221,7 @@ def plot_forgetting(results: dict, path: Path) -> None:
 def plot_margins(results: dict, path: Path) -> None:
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     series = {"base (before)": results["base"]["margins"]}
     series.update({f"{n} (after)": r["margins"] for n, r in results["methods"].items()})
@@ -236,6 +237,7 @@ def plot_margins(results: dict, path: Path) -> None:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel("margin log p(y⁺|x) − log p(y⁻|x) (teacher-forced, nats)")
     ax.set_ylabel("edits")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Edit margins before and after editing")
     ax.legend()
     _save(fig, path)

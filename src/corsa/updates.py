@@ -1,0 +1,93 @@
+"""A sequence of updates on one adapter, resumable after any interruption.
+
+`corsa edit --updates K` splits the edits (in file order: a user's file is often a history)
+into K consecutive updates and trains them one after another on the same adapter. After
+each update its folder `OUT/update-k/` is complete (adapter, run record, edits, log) and
+`OUT/progress.json` says so. Rerunning the same command after a kill or Ctrl-C loads the
+adapter of the last complete update and goes on with the next, so the result equals an
+uninterrupted run with the same seed; a different command for the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from . import distributed as dist
+from .errors import ConfigError
+from .io import atomic_write_json
+from .records import Edit
+
+PROGRESS = "progress.json"
+
+
+def split_in_order(edits: list[Edit], k: int) -> list[list[Edit]]:
+    """K consecutive updates of (nearly) equal size, the first ones one larger when needed."""
+    if not 1 <= k <= len(edits):
+        raise ConfigError(f"--updates {k}: must be between 1 and the number of edits ({len(edits)})")
+    size, extra = divmod(len(edits), k)
+    out, start = [], 0
+    for i in range(k):
+        end = start + size + (1 if i < extra else 0)
+        out.append(edits[start:end])
+        start = end
+    return out
+
+
+def settings_of(model: str, adapter, config, edits: list[Edit], k: int) -> dict:
+    """What must be equal for a rerun to continue a saved sequence."""
+    return {"model": str(model), "adapter": str(adapter) if adapter else None, "updates": k,
+            "config": config.resolved(), "edit_ids": [e.id for e in edits]}
+
+
+def completed(out: Path, settings: dict) -> int:
+    """How many updates of this exact sequence are complete in `out` (0 for a new folder)."""
+    path = out / PROGRESS
+    if not path.exists():
+        return 0
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); remove it to start over") from None
+    if saved.get("settings") != settings:
+        changed = sorted(k for k in settings if saved.get("settings", {}).get(k) != settings[k])
+        raise ConfigError(f"{out} holds a run made with different settings ({', '.join(changed)} differ); "
+                          f"rerun the original command to resume it, or choose another --out")
+    done = int(saved.get("completed", 0))
+    # a complete update is one whose folder exists; never trust a count beyond that
+    while done > 0 and not (out / f"update-{done}" / "adapter" / "adapter_model.safetensors").exists():
+        done -= 1
+    return done
+
+
+def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dict, log=print):
+    """Train the K updates not yet complete; returns the Editor holding the final adapter.
+
+    make_editor(adapter_or_None) builds the Editor, continuing from a saved adapter if given.
+    """
+    out = Path(out)
+    updates = split_in_order(edits, k)
+    done = completed(out, settings)
+    if done == k:
+        log(f"all {k} updates are already complete in {out}")
+        return make_editor(out / f"update-{k}"), updates
+    if done:
+        log(f"resuming: updates 1–{done} of {k} are complete in {out}; continuing with update {done + 1}")
+    editor = make_editor(out / f"update-{done}" if done else None)
+    for i in range(done, k):
+        folder = out / f"update-{i + 1}"
+        log(f"update {i + 1}/{k}: {len(updates[i])} edits")
+        editor.update(updates[i], out=folder, index=i)
+        dist.on_main(atomic_write_json, out / PROGRESS, {"settings": settings, "completed": i + 1})
+    dist.on_main(_publish_final, out, k)
+    return editor, updates
+
+
+def _publish_final(out: Path, k: int) -> None:
+    """Copy the last update's adapter to OUT/adapter, so `--adapter OUT` continues the sequence."""
+    from .io import atomic_dir
+
+    with atomic_dir(out / "adapter") as tmp:
+        for f in (out / f"update-{k}" / "adapter").iterdir():
+            shutil.copy2(f, tmp / f.name)

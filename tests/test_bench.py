@@ -1,0 +1,251 @@
+"""`corsa bench` end to end on the tiny model, through the command line: files, keys, resume, reruns."""
+
+import json
+import shutil
+
+import pytest
+
+from corsa import ConfigError
+from corsa.bench import TIMING_KEYS, BenchSpec, parse_sets, select
+from corsa.cli import main
+from corsa.records import Edit, Probe
+
+METHODS = ["lora", "corsa"]
+FAST = ["--epochs", "2", "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2", "--warmup-steps", "0",
+        "--max-new-tokens", "6", "--quiet"]
+FRACTIONS = ["reliability", "generality", "locality", "efficacy"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from corsa.models import save_tiny_llama
+
+    root = tmp_path_factory.mktemp("bench")
+    model = save_tiny_llama(root / "tiny", seed=0)
+    rows = []
+    for i in range(8):
+        row = {"id": f"e{i}", "prompt": f"The capital of country {i} is", "target_new": f"City{i}",
+               "target_old": f"Town{i}", "paraphrases": [f"Country {i} has its capital in", f"Capital of {i}:"],
+               "locality": [{"prompt": f"The colour of object {i} is", "answer": "red"}]}
+        if i < 4:  # two two-edit "cases" sharing a multi-hop question
+            row["portability"] = [{"prompt": f"Where is the head office of case {i // 2}?", "answer": f"City{i}"}]
+        rows.append(row)
+    data = root / "edits.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    header = {"question": "question", "answer_a": "A", "answer_b": "B", "answer_c": "C", "answer_d": "D",
+              "correct_answer": "answer", "topic": "topic"}
+    questions = [{"question": f"What is {i} + 1?", "answer_a": str(i + 1), "answer_b": str(i), "answer_c": "x",
+                  "answer_d": "y", "correct_answer": "A", "topic": "arithmetic"} for i in range(6)]
+    mmlu = root / "mmlu.jsonl"
+    mmlu.write_text("".join(json.dumps(r) + "\n" for r in [header] + questions))
+    return root, model, data, mmlu
+
+
+def argv(setup, out, *extra):
+    root, model, data, mmlu = setup
+    return ["bench", "--model", str(model), "--data", str(data), "--methods", ",".join(METHODS), "--edits", "4",
+            "--updates", "2", "--seed", "0", "--out", str(out), "--mmlu", "3", "--mmlu-file", str(mmlu),
+            *FAST, *extra]
+
+
+@pytest.fixture(scope="module")
+def first(setup):
+    out = setup[0] / "run"
+    assert main(argv(setup, out)) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def without_timing(obj):
+    if isinstance(obj, dict):
+        return {k: without_timing(v) for k, v in obj.items() if k not in TIMING_KEYS and k != "versions"}
+    if isinstance(obj, list):
+        return [without_timing(v) for v in obj]
+    return obj
+
+
+def test_every_file_and_key(first):
+    out, r = first
+    for name in ("results.json", "results.csv", "report.md", "bench.json", "edits.jsonl", "base.json",
+                 "forgetting.png", "margins.png", *(f"retention-{m}.png" for m in METHODS)):
+        assert (out / name).exists(), name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+    assert {"model", "data", "n_edits", "n_updates", "seed", "base", "methods", "protocol"} <= set(r)
+    assert (r["n_edits"], r["n_updates"], r["seed"]) == (4, 2, 0)
+    assert set(r["base"]["final"]) >= set(FRACTIONS) | {"margin_mean"}
+    assert r["base"]["final"]["locality"] == 1.0
+    assert r["base"]["mmlu"]["n"] == 3
+    assert list(r["methods"]) == METHODS
+    for name, m in r["methods"].items():
+        R = m["retention"]
+        assert [len(row) for row in R] == [1, 2]
+        assert all(0 <= v <= 1 for row in R for v in row)
+        for key in ("update_efficacy", "retention_final", "forgetting", "train_seconds", "peak_rss_mb"):
+            assert m[key] is not None, (name, key)
+        assert m["update_efficacy"] == pytest.approx((R[0][0] + R[1][1]) / 2)
+        assert m["retention_final"] == pytest.approx(R[1][0])
+        assert m["forgetting"] == pytest.approx(R[0][0] - R[1][0])
+        for key in FRACTIONS:
+            assert 0.0 <= m["final"][key] <= 1.0, (name, key)
+        assert isinstance(m["final"]["margin_mean"], float)
+        assert 0.0 <= m["final"]["portability"] <= 1.0 and 0.0 <= m["final"]["mmlu_accuracy"] <= 1.0
+        assert m["train_seconds"] > 0 and m["peak_rss_mb"] > 0
+        assert m["config"]["method"] == name and m["config"]["seed"] == 0
+        for k in (1, 2):
+            folder = out / name / f"update-{k}"
+            assert (folder / "adapter" / "adapter_model.safetensors").exists()
+            assert json.loads((folder / "eval.json").read_text())["update"] == k
+    assert r["methods"]["lora"]["relative_forgetting_reduction"] in (0.0, None)
+    assert r["final_keys"]["reliability"] == "generated/reliability"
+    assert r["final_keys"]["efficacy"] == "teacher_forced/efficacy"
+    # the two updates hold the chosen edits, whole cases together
+    edits = [json.loads(line) for line in (out / "edits.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in edits] == [i for u in r["update_edit_ids"] for i in u]
+    # csv: one row per method × update × metric
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "method,update,metric,protocol,value"
+    assert any(row.startswith("corsa,2,retention/update-1,generated,") for row in rows)
+    assert any(row.startswith("lora,1,teacher_forced/efficacy,teacher_forced,") for row in rows)
+    n_metrics = len(r["methods"]["lora"]["metrics"])
+    assert len(rows) - 1 >= len(METHODS) * 2 * (n_metrics - 1)
+    report = (out / "report.md").read_text()
+    assert "| method | reliability | generality | locality | efficacy | margin |" in report
+    assert "| lora |" in report and "| corsa |" in report and "| base (unedited) |" in report
+    assert "retention-corsa.png" in report and "greedy" in report
+
+
+def test_rerun_skips_every_finished_pair(setup, first, monkeypatch, capsys):
+    out, before = first
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished pair was trained or evaluated again")
+
+    monkeypatch.setattr("corsa.api.train_update", refuse)
+    monkeypatch.setattr("corsa.bench.evaluate", refuse)
+    assert main(argv(setup, out)) == 0
+    after = json.loads((out / "results.json").read_text())
+    assert without_timing(after) == without_timing(before)
+    assert "report:" in capsys.readouterr().out
+
+
+def test_resume_trains_only_the_missing_update_and_matches(setup, first, tmp_path, monkeypatch):
+    out, before = first
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "corsa" / "update-2")
+    import corsa.api
+
+    calls = []
+    real = corsa.api.train_update
+    monkeypatch.setattr(corsa.api, "train_update", lambda *a, **k: calls.append(k["update_index"]) or real(*a, **k))
+    assert main(argv(setup, copy)) == 0
+    assert calls == [1]  # the second update (0-based index 1) of corsa, nothing else
+    after = json.loads((copy / "results.json").read_text())
+    assert without_timing(after["methods"]) == without_timing(before["methods"])
+    run = json.loads((copy / "corsa" / "update-2" / "run.json").read_text())
+    assert [u["index"] for u in run["updates"]] == [1, 2]
+
+
+def test_a_fresh_rerun_gives_the_same_results(setup, first, tmp_path):
+    _, before = first
+    assert main(argv(setup, tmp_path / "again")) == 0
+    after = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert without_timing(after) == without_timing(before)
+
+
+def test_changed_settings_are_refused(setup, first, capsys):
+    out, _ = first
+    assert main(argv(setup, out, "--lr", "2e-2")) == 2
+    err = capsys.readouterr().err
+    assert "training options for lora" in err and "lr: saved 0.01, now 0.02" in err and "Traceback" not in err
+    assert main([a if a != "4" else "2" for a in argv(setup, out)]) == 2
+    assert "n_edits: saved 4, now 2" in capsys.readouterr().err
+
+
+def test_one_update_has_no_retention_or_forgetting(setup, tmp_path):
+    args = argv(setup, tmp_path / "one")
+    args[args.index("--updates") + 1] = "1"
+    args[args.index("--methods") + 1] = "lora"
+    args[args.index("--edits") + 1] = "2"
+    assert main(args) == 0
+    m = json.loads((tmp_path / "one" / "results.json").read_text())["methods"]["lora"]
+    assert len(m["retention"]) == 1 and m["update_efficacy"] == m["retention"][0][0]
+    assert m["retention_final"] is None and m["forgetting"] is None
+
+
+def test_eval_command_on_a_bench_adapter(setup, first, tmp_path, capsys):
+    out, results = first
+    _, model, data, mmlu = setup
+    target = tmp_path / "metrics.json"
+    assert main(["eval", "--model", str(model), "--adapter", str(out / "lora" / "update-2"), "--edits",
+                 str(out / "edits.jsonl"), "--out", str(target), "--max-new-tokens", "6", "--quiet",
+                 "--mmlu", "3", "--mmlu-file", str(mmlu)]) == 0
+    m = json.loads(target.read_text())
+    assert m["n_edits"] == 4 and len(m["records"]) == 4
+    assert m["metrics"] == pytest.approx(results["methods"]["lora"]["metrics"], abs=1e-4)
+    assert m["base"]["metrics"] == pytest.approx(results["base"]["metrics"], abs=1e-4)
+    assert "teacher_forced/mmlu_accuracy" in m["metrics"]
+    printed = capsys.readouterr().out
+    assert "reliability" in printed and "teacher-forced" in printed and str(target) in printed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--edits", "5"], "equal size"),
+    (["--methods", "lora,nope"], "unknown method"),
+    (["--set", "corsa.rho"], "METHOD.OPTION=VALUE"),
+    (["--set", "sam.rho=0.1"], "not among --methods"),
+    (["--set", "lora.rho=0.1"], "does not use SAM"),
+    (["--set", "corsa.template=raw"], "same for every method"),
+])
+def test_invalid_commands_fail_before_any_work(setup, tmp_path, capsys, extra, message):
+    assert main(argv(setup, tmp_path / "bad", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "bench.json").exists()
+
+
+def test_method_terms_apply_only_where_used_and_sets_override():
+    spec = BenchSpec(model="m", data="d", out="o", methods=("lora", "sam", "corsa"), n_edits=4, n_updates=2,
+                     train={"rho": 0.2, "lr": 1e-3}, sets=parse_sets(["corsa.rho=0.1", "corsa.combine=pcgrad-release"]))
+    assert spec.method_config("lora").sam_rho == 0.0 and spec.method_config("lora").lr == 1e-3
+    assert spec.method_config("sam").sam_rho == 0.2
+    corsa = spec.method_config("corsa")
+    assert corsa.sam_rho == 0.1 and corsa.combiner == "pcgrad-release" and corsa.seed == 0
+    assert parse_sets(["corsa.early-stop=true", "lora.target_modules=q_proj,v_proj"]) == {
+        "corsa": {"early_stop": True}, "lora": {"target_modules": ("q_proj", "v_proj")}}
+    with pytest.raises(ConfigError, match="unknown option"):
+        parse_sets(["corsa.rhoo=1"])
+    with pytest.raises(ConfigError, match="not a valid float"):
+        parse_sets(["corsa.rho=big"])
+
+
+def test_selection_is_seeded_and_keeps_cases_whole():
+    case = lambda c: (Probe(f"question of case {c}", "x"),)
+    edits = [Edit(id=f"c{i // 2}-{i % 2}", prompt=f"p{i}", target_new="a", target_old="b",
+                  portability=case(i // 2)) for i in range(6)] + \
+            [Edit(id=f"s{i}", prompt=f"q{i}", target_new="a", target_old="b") for i in range(4)]
+    chosen = select(edits, 6, seed=3)
+    assert chosen == select(edits, 6, seed=3) and len(chosen) == 6
+    for e in chosen:
+        if e.id.startswith("c"):
+            partner = e.id[:-1] + ("1" if e.id.endswith("0") else "0")
+            assert partner in {x.id for x in chosen}
+    with pytest.raises(ConfigError, match="only 10"):
+        select(edits, 11, seed=0)
+
+
+def test_demo_is_the_bench_on_the_bundled_sample(monkeypatch):
+    import corsa.bench
+    from corsa.cli import SAMPLE
+
+    seen = {}
+
+    def capture(spec):
+        seen["spec"] = spec
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(corsa.bench, "run_bench", capture)
+    assert main(["demo", "--quiet"]) == 2
+    spec = seen["spec"]
+    assert spec.methods == ("lora", "corsa") and spec.n_updates == 2 and spec.n_edits == 16
+    assert spec.data == str(SAMPLE) and spec.model == "smollm2-135m"

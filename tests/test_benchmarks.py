@@ -1,0 +1,82 @@
+"""benchmarks/: the straightforward yardstick computes the engine's step, and the quick run works."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from corsa import EditConfig, Editor
+from corsa.engine import compute_reference, corsa_step, trainable_parameters
+from corsa.prompts import collate, collate_shared, encode_edits, score, score_shared
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import run_benchmark  # noqa: E402
+from straightforward import straightforward_step  # noqa: E402
+
+
+def step_gradient(step, *args) -> torch.Tensor:
+    step(*args)
+    return torch.cat([p.grad.reshape(-1) for p in args[1]])
+
+
+@pytest.mark.parametrize("method", ["lora", "sam", "dpo", "corsa"])
+def test_straightforward_step_has_the_engines_gradient(method, tiny, toy_edits):
+    editor = Editor(tiny, method=method, rho=0.5 if method in ("sam", "corsa") else None, progress=False)
+    params = trainable_parameters(editor.model)
+    with torch.no_grad():  # B = 0 at creation: move it so every LoRA parameter has a gradient
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+    enc = encode_edits(editor.fmt, toy_edits, None, need_rejected=True)
+    ref = compute_reference(editor.model, editor.fmt, enc, editor.config, 8)
+    pad, group = editor.tokenizer.pad_token_id, [[0, 1, 2, 3], [4, 5]]
+    engine = step_gradient(lambda *a: corsa_step(*a[:4], ref, *a[4:]), editor.model, params, editor.config,
+                           enc, group, pad, torch.Generator().manual_seed(0))
+    slow = step_gradient(straightforward_step, editor.model, params, editor.config, enc, group, pad,
+                         torch.Generator().manual_seed(0))
+    assert engine.norm() > 0
+    assert torch.allclose(engine, slow, atol=1e-6, rtol=1e-4), (engine - slow).abs().max()
+
+
+def test_shared_prompt_scores_equal_one_forward_per_answer(tiny):
+    from corsa.prompts import PromptFormat
+
+    model, tok = tiny
+    fmt = PromptFormat(tok)
+    prompts = [fmt.prompt_ids(p) for p in ("a short one", "a much longer prompt that needs padding", "mid")]
+    answers = [[fmt.answer_ids(a) for a in pair] for pair in (("yes", "no it is not"), ("x", "y"), ("ab c", "z"))]
+    shared = score_shared(model, collate_shared(prompts, answers, tok.pad_token_id))              # (3, 2)
+    alone = score(model, collate([(p, a) for p, pair in zip(prompts, answers) for a in pair], tok.pad_token_id))
+    assert torch.allclose(shared.reshape(-1), alone, atol=1e-4)
+    w = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    params = list(model.parameters())
+    g_shared = torch.autograd.grad((shared * w).sum(), params, allow_unused=True)
+    g_alone = torch.autograd.grad((alone.view(3, 2) * w).sum(), params, allow_unused=True)
+    for a, b in zip(g_shared, g_alone):
+        assert (a is None) == (b is None)
+        assert a is None or torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_quick_benchmark_writes_raw_figures_ratios_and_targets(tmp_path):
+    out = tmp_path / "bench.json"
+    run_benchmark.main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert {"command", "machine", "versions", "memory_method", "models"} <= set(result)
+    tiny = result["models"]["tiny"]
+    methods = tiny["step"]["methods"]
+    assert set(methods) == {"lora", "sam", "dpo", "corsa", "straightforward"}
+    for v in methods.values():
+        assert len(v["times_s"]) >= 2 and v["median_s"] > 0 and v["peak_step_mib"] > 0
+        assert v["peak_total_mib"] > v["peak_step_mib"]
+    assert tiny["step"]["reference_once_s"] > 0
+    tte = tiny["time_to_edit"]
+    for k in ("early_stop", "fixed_epochs"):
+        assert tte[k]["seconds"] > 0 and 0 <= tte[k]["reliability"] <= 1
+    assert tte["fixed_epochs"]["epochs"] == tte["config"]["epochs"]
+    assert {"time/corsa_over_lora", "time/corsa_over_straightforward", "peak_total/corsa_over_lora",
+            "time_to_edit/early_stop_over_fixed"} <= set(tiny["ratios"])
+    assert all({"value", "limit", "met"} == set(t) for t in tiny["targets"].values())
+    assert len(tiny["targets"]) == 5

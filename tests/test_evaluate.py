@@ -1,0 +1,164 @@
+"""evaluate(): one generation pass, one teacher-forced pass, numbers that agree with the primitives."""
+
+from dataclasses import replace
+
+import pytest
+
+from corsa import ConfigError, Editor
+from corsa import evaluate as E
+from corsa.evaluate import EvalSettings, evaluate, summarise
+from corsa.prompts import encode_edits
+from corsa.records import Edit, Probe
+from corsa.scoring import margins
+
+FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False)
+
+
+@pytest.fixture
+def edits(toy_edits):
+    """The toy edits; the first two share a multi-hop question, as the edits of an MQuAKE case do."""
+    shared = (Probe("Which city is the capital of the country next to 0?", "City0", ("C0",)),)
+    return [replace(e, portability=shared) if i < 2 else e for i, e in enumerate(toy_edits)]
+
+
+def test_base_evaluation_is_its_own_locality_reference(tiny, edits):
+    editor = Editor(tiny, **FAST)
+    result = evaluate(editor, edits, base=True)
+    m = result["metrics"]
+    assert m["generated/locality"] == 1.0
+    assert set(result["base_answers"]) == {p.prompt for e in edits for p in e.locality}
+    assert result["counts"] == {"edits": 6, "margins": 6, "paraphrases": 6, "locality_probes": 6,
+                                "locality_gold": 6, "portability_questions": 1}
+    assert all(key.startswith(("generated/", "teacher_forced/")) for key in m)
+    assert result["protocol"]["generated"]["decoding"] == "greedy"
+    for key in ("generated/reliability", "generated/generality", "generated/locality_gold",
+                "generated/portability", "teacher_forced/efficacy", "teacher_forced/locality"):
+        assert 0.0 <= m[key] <= 1.0
+
+
+def test_a_fresh_adapter_changes_nothing(tiny, edits):
+    editor = Editor(tiny, **FAST)  # LoRA B = 0: θ+φ = θ
+    base = evaluate(editor, edits, base=True)
+    edited = evaluate(editor, edits, base_answers=base["base_answers"])
+    assert edited["metrics"]["generated/locality"] == 1.0
+    for key, value in base["metrics"].items():
+        assert edited["metrics"][key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_one_generation_pass_over_every_distinct_prompt(tiny, edits, monkeypatch):
+    editor = Editor(tiny, **FAST)
+    base = evaluate(editor, edits, base=True)
+    calls, scored = [], []
+    real_generate, real_score = E.generate, E.answer_logprobs
+    monkeypatch.setattr(E, "generate", lambda m, f, prompts, *a, **k: calls.append(list(prompts))
+                        or real_generate(m, f, prompts, *a, **k))
+    monkeypatch.setattr(E, "answer_logprobs", lambda m, f, pairs, *a, **k: scored.append(len(pairs))
+                        or real_score(m, f, pairs, *a, **k))
+    evaluate(editor, edits, base_answers=base["base_answers"])
+    assert len(calls) == 1 and len(scored) == 1
+    expected = {p for e in edits for p in (e.prompt, *e.paraphrases, *(q.prompt for q in e.portability),
+                                            *(q.prompt for q in e.locality))}
+    assert sorted(calls[0]) == sorted(expected)  # the shared multi-hop question once
+    assert scored[0] == 6 * 2 + 6 * 2 + 6 * 2    # margins on prompts, paraphrases, locality probes
+    # without the cache, the unedited answers are generated once more, adapter disabled
+    calls.clear()
+    evaluate(editor, edits)
+    assert len(calls) == 2 and len(calls[1]) == 6
+
+
+def test_margins_are_the_scoring_margins(tiny, edits):
+    editor = Editor(tiny, **FAST)
+    editor.update(edits)
+    result = evaluate(editor, edits)
+    direct = margins(editor.model, editor.fmt, encode_edits(editor.fmt, edits, None, True)).tolist()
+    assert [r["margin"] for r in result["records"]] == pytest.approx(direct, abs=1e-4)
+    assert result["metrics"]["teacher_forced/efficacy"] == sum(m > 0 for m in direct) / len(direct)
+    assert result["metrics"]["teacher_forced/margin_mean"] == pytest.approx(sum(direct) / len(direct), abs=1e-4)
+
+
+def test_learnt_edits_show_in_generated_and_teacher_forced_numbers(tiny):
+    # byte-level tiny tokenizer: a two-letter answer is two tokens the tiny model learns quickly
+    edits = [Edit(id=f"e{i}", prompt=f"The code of item {i} is", target_new="QQ", target_old="AB",
+                  paraphrases=(f"Item {i} has the code",)) for i in range(2)]
+    editor = Editor(tiny, method="lora", epochs=60, batch_size=2, grad_accum=1, lr=1e-2, progress=False)
+    before = evaluate(editor, edits, base=True, settings=EvalSettings(max_new_tokens=4))["metrics"]
+    editor.update(edits)
+    after = evaluate(editor, edits, settings=EvalSettings(max_new_tokens=4))["metrics"]
+    assert before["generated/reliability"] == 0.0 and after["generated/reliability"] == 1.0
+    assert after["teacher_forced/efficacy"] == 1.0
+    assert after["generated/generality"] == 1.0 and after["generated/reliability_strict"] == 1.0
+    assert after["teacher_forced/margin_mean"] > before["teacher_forced/margin_mean"] + 1
+    assert after["generated/locality"] is None  # no probes: nothing to measure, not a perfect score
+
+
+def test_sampling_draws_n_seeded_answers_and_keeps_locality_greedy(tiny, edits):
+    editor = Editor(tiny, **FAST)
+    settings = EvalSettings(sample=3, temperature=1.0, seed=7, max_new_tokens=4)
+    first = evaluate(editor, edits[:2], base=True, settings=settings)
+    again = evaluate(editor, edits[:2], base=True, settings=settings)
+    rec = first["records"][0]
+    assert isinstance(rec["answer"], list) and len(rec["answer"]) == 3
+    assert isinstance(rec["paraphrases"][0]["answer"], list)
+    assert isinstance(rec["locality"][0]["answer"], str)
+    assert first["records"] == again["records"]
+    assert "sampled: 3 answers" in first["protocol"]["generated"]["decoding"]
+    assert first["metrics"]["generated/locality"] == 1.0
+
+
+def test_summarise_hand_made_records():
+    def rec(answer, new="Paris", old="Rome", paraphrases=(), locality=(), portability=(), margin=1.0):
+        return {"id": "x", "prompt": "p", "target_new": new, "target_old": old, "answer": answer, "margin": margin,
+                "paraphrases": [{"prompt": "q", "answer": a, "margin": m} for a, m in paraphrases],
+                "locality": [{"prompt": "l", "gold": g, "aliases": [], "answer": a, "base_answer": b, "margin": m}
+                             for a, b, g, m in locality],
+                "portability": [{"prompt": q, "gold": g, "aliases": ["Lutetia"], "answer": a} for q, g, a in portability]}
+
+    shared = ("Capital of the neighbour?", "Paris", "lutetia")
+    records = [
+        rec("Paris, not Rome", paraphrases=[("paris", 2.0), ("", -1.0)],
+            locality=[("Blue.", "blue", "blue", 3.0), ("red", "green", None, None)], portability=[shared]),
+        rec("", margin=-0.5, portability=[shared]),
+        rec("  PARIS ", old=None, margin=None, paraphrases=[("Rome", None)]),
+    ]
+    m = summarise(records)
+    assert m["generated/reliability"] == pytest.approx(2 / 3)
+    assert m["generated/reliability_strict"] == pytest.approx(1 / 3)  # the first mentions both
+    assert m["generated/generality"] == pytest.approx(1 / 3)
+    assert m["generated/locality"] == 0.5
+    assert m["generated/locality_gold"] == 1.0         # one probe has a gold answer
+    assert m["generated/portability"] == 1.0           # the shared question counts once, via its alias
+    assert m["teacher_forced/efficacy"] == 0.5         # margins 1.0 and −0.5; None is skipped
+    assert m["teacher_forced/generality"] == 0.5
+    assert m["teacher_forced/locality"] == 1.0
+    assert E.counts(records)["portability_questions"] == 1
+    empty = summarise([])
+    assert all(v is None for v in empty.values())
+
+
+def test_a_bare_model_needs_the_unedited_answers(tiny, edits):
+    model, tok = tiny
+    from corsa.prompts import PromptFormat
+
+    fmt = PromptFormat(tok)
+    with pytest.raises(ConfigError, match="base_answers"):
+        evaluate(model, edits, fmt=fmt)
+    with pytest.raises(ConfigError, match="fmt"):
+        evaluate(model, edits)
+    base = evaluate(model, edits[:1], fmt=fmt, base=True)
+    assert evaluate(model, edits[:1], fmt=fmt, base_answers=base["base_answers"])["metrics"]["generated/locality"] == 1.0
+
+
+def test_edits_without_old_answer_have_no_margin(tiny, edits):
+    editor = Editor(tiny, **FAST)
+    result = evaluate(editor, [replace(edits[0], target_old=None)], base=True)
+    assert result["records"][0]["margin"] is None
+    assert result["metrics"]["teacher_forced/efficacy"] is None
+    assert result["counts"]["margins"] == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sample=-1), "sample"), (dict(sample=2, temperature=0.0), "temperature"),
+    (dict(max_new_tokens=0), "max_new_tokens"), (dict(batch_size=0), "batch size")])
+def test_invalid_settings(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        EvalSettings(**kwargs)

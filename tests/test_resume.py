@@ -1,0 +1,106 @@
+"""Interruptions: a real SIGKILL or Ctrl-C mid-update, then the same command resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from corsa.cli import main
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from corsa.models import save_tiny_llama
+
+    root = tmp_path_factory.mktemp("resume")
+    model = str(save_tiny_llama(root / "model", seed=0))
+    edits = root / "edits.jsonl"
+    edits.write_text("".join(json.dumps({"id": f"e{i}", "prompt": f"Fact number {i} is", "target_new": f"N{i}",
+                                         "target_old": f"O{i}"}) + "\n" for i in range(9)))
+    return root, model, str(edits)
+
+
+def command(model, edits, out, epochs=40):
+    return ["edit", "--model", model, "--edits", edits, "--out", str(out), "--updates", "3", "--method", "corsa",
+            "--epochs", str(epochs), "--batch-size", "2", "--grad-accum", "1", "--lr", "5e-3", "--no-check", "--quiet"]
+
+
+def adapter(out):
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def start(argv):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "corsa.cli", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_training(out, update, proc, timeout=300):
+    """Block until update `update` has logged a step (so a kill lands mid-update)."""
+    log = out / f"update-{update}" / "log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and log.read_text().count("\n") >= 2:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("training never reached the update")
+
+
+def test_sigkill_mid_update_then_rerun_gives_the_uninterrupted_result(setup, capsys):
+    root, model, edits = setup
+    reference = root / "straight"
+    assert main(command(model, edits, reference)) == 0
+    expected = adapter(reference)
+
+    out = root / "killed"
+    proc = start(command(model, edits, out))
+    wait_until_training(out, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["completed"] == 1
+    assert not (out / "update-2" / "adapter").exists()
+    assert not (out / "adapter").exists()
+
+    capsys.readouterr()
+    assert main(command(model, edits, out)) == 0
+    assert "resuming: updates 1–1 of 3 are complete" in capsys.readouterr().out
+    resumed = adapter(out)
+    assert resumed.keys() == expected.keys()
+    for k in expected:
+        assert torch.allclose(resumed[k], expected[k], atol=1e-6), k
+    for k in (1, 2, 3):
+        assert (out / f"update-{k}" / "run.json").exists()
+    # no temporary files left behind by the kill
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_rerun_with_other_settings_is_refused(setup, capsys):
+    root, model, edits = setup
+    out = root / "straight"  # complete from the test above, or made now
+    if not (out / "progress.json").exists():
+        assert main(command(model, edits, out)) == 0
+    capsys.readouterr()
+    assert main(command(model, edits, out) + ["--lr", "1e-2"]) == 2
+    assert "different settings (config differ)" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(setup):
+    root, model, edits = setup
+    out = root / "interrupted"
+    proc = start(command(model, edits, out, epochs=200))
+    wait_until_training(out, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    assert "Rerun the same command to resume" in stderr
+    assert json.loads((out / "progress.json").read_text())["completed"] == 1
