@@ -72,7 +72,7 @@ class Editor:
 
     def __init__(self, model=DEFAULT_MODEL, adapter: str | os.PathLike | None = None,
                  config: EditConfig | None = None, device: str | None = None, progress: bool = True,
-                 **overrides):
+                 trust_remote_code: bool = False, **overrides):
         from .models import load_model, model_fingerprint
 
         if config is not None and overrides:
@@ -86,7 +86,8 @@ class Editor:
             if dist.launched():
                 dist.init(cpu=next(base.parameters()).device.type == "cpu")
         else:
-            base, tokenizer = load_model(model, device=dist.device(device))
+            # a model's own Python code runs only when the user asks for it explicitly
+            base, tokenizer = load_model(model, device=dist.device(device), trust_remote_code=trust_remote_code)
             self.model_name = str(model)
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:

@@ -66,7 +66,8 @@ def cmd_edit(args) -> int:
     edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
 
     def make_editor(adapter=None):
-        return Editor(args.model, adapter=adapter or args.adapter, config=cfg, progress=not args.quiet)
+        return Editor(args.model, adapter=adapter or args.adapter, config=cfg, progress=not args.quiet,
+                      trust_remote_code=args.trust_remote_code)
 
     t0 = time.perf_counter()
     if args.updates == 1:
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="print each edit's greedy answer before and after (default: on)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a hub model to run its own Python code (off: such code is never executed)")
     add_config_options(e)
     e.set_defaults(func=cmd_edit)
 
