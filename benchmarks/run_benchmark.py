@@ -43,7 +43,8 @@ from corsa.engine import compute_reference, corsa_step, micro_batches, normalise
 from corsa.generate import generate  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
-from corsa.prompts import PromptFormat, encode_edits  # noqa: E402
+from corsa.scoring import autocast  # noqa: E402
+from corsa.prompts import PromptFormat, collate, collate_shared, encode_edits, score, score_shared  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from straightforward import straightforward_step  # noqa: E402
@@ -175,6 +176,7 @@ def bench_steps(name: str, device, steps: int, warmup: int, n_edits: int, batch_
             if r >= warmup:
                 times[m].append(time.perf_counter() - t)
             restore()
+    profile = profile_passes(model, params, encoded, group[0], pad_id, device, warmup + steps)
     resting = tensor_bytes(list(model.parameters()) + list(model.buffers()))
     resting += tensor_bytes(v for s in optimizers["corsa"].state.values() for v in s.values()
                             if torch.is_tensor(v))
@@ -187,9 +189,49 @@ def bench_steps(name: str, device, steps: int, warmup: int, n_edits: int, batch_
                   "peak_step_mib": mem.peak / MiB, "peak_total_mib": (resting + mem.peak) / MiB}
     n_rows = sum(len(mb) for mb in group)
     tokens = sum(len(encoded[i].prompt) + len(encoded[i].chosen) for mb in group for i in mb)
-    return {"methods": out, "reference_once_s": reference_s, "resting_mib": resting / MiB,
+    return {"methods": out, "profile": profile, "reference_once_s": reference_s, "resting_mib": resting / MiB,
             "batch": {"edits_per_step": n_rows, "micro_batches": grad_accum, "prompt_and_answer_tokens": tokens},
             "trainable_parameters": sum(p.numel() for p in params)}
+
+
+def profile_passes(model, params, encoded, mb, pad_id, device, rounds: int) -> dict:
+    """Where a step's time goes: forward and backward of lora's pass and of one CoRSA pass.
+
+    A CoRSA step is two such passes (SAM), each one forward (the prompt once, both answers
+    from its cache) and two backwards (∇L_DPO and ∇L_SFT); a lora step is one forward and one
+    backward. `floor_corsa_over_lora` is the step ratio those parts alone imply.
+    """
+    lora_batch = collate([(encoded[i].prompt, encoded[i].chosen) for i in mb], pad_id).to(device)
+    shared = collate_shared([encoded[i].prompt for i in mb],
+                            [[encoded[i].chosen, encoded[i].rejected] for i in mb], pad_id).to(device)
+    parts = {k: [] for k in ("lora/forward", "lora/backward", "corsa/forward", "corsa/backward_dpo",
+                             "corsa/backward_sft")}
+
+    def timed(key, fn):
+        sync(device)
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        parts[key].append(time.perf_counter() - t)
+        return out
+
+    def forward(fn, batch):
+        with autocast(device):
+            return fn(model, batch)
+
+    for _ in range(rounds):
+        lp = timed("lora/forward", lambda: forward(score, lora_batch))
+        timed("lora/backward", lambda: torch.autograd.grad(lp.sum(), params))
+        lp = timed("corsa/forward", lambda: forward(score_shared, shared))
+        timed("corsa/backward_dpo", lambda: torch.autograd.grad((lp[:, 0] - lp[:, 1]).sum(), params, retain_graph=True))
+        timed("corsa/backward_sft", lambda: torch.autograd.grad(lp[:, 0].sum(), params))
+    med = {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in parts.items()}
+    lora = med["lora/forward"] + med["lora/backward"]
+    corsa_pass = med["corsa/forward"] + med["corsa/backward_dpo"] + med["corsa/backward_sft"]
+    return {"median_s": med, "corsa_pass_over_lora": corsa_pass / lora,
+            "floor_corsa_over_lora": 2 * corsa_pass / lora,
+            "tokens": {"lora": int(lora_batch.attention_mask.sum()),
+                       "corsa": int(shared.prompt_mask.sum() + shared.answer_mask.sum())}}
 
 
 def reliability(editor: Editor, edits) -> float:
@@ -295,6 +337,10 @@ def format_table(name: str, r: dict) -> str:
         lines.append(f"{m:16} {v['median_s']:8.3f} {v['median_s'] / steps['lora']['median_s']:7.2f} "
                      f"{v['peak_total_mib']:9.1f} {v['peak_total_mib'] / steps['lora']['peak_total_mib']:7.2f} "
                      f"{v['peak_step_mib']:9.1f}")
+    p = r["step"]["profile"]
+    lines.append("profile (s): " + ", ".join(f"{k} {v:.3f}" for k, v in p["median_s"].items())
+                 + f"; corsa pass / lora = {p['corsa_pass_over_lora']:.2f}, so a SAM step is at least "
+                 f"{p['floor_corsa_over_lora']:.2f} x lora")
     if r["time_to_edit"]:
         for k in ("early_stop", "fixed_epochs"):
             v = r["time_to_edit"][k]

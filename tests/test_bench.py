@@ -163,15 +163,25 @@ def test_changed_settings_are_refused(setup, first, capsys):
     assert "n_edits: saved 4, now 2" in capsys.readouterr().err
 
 
-def test_one_update_has_no_retention_or_forgetting(setup, tmp_path):
+def test_one_update_has_no_retention_or_forgetting_and_old_answers_are_filled(setup, tmp_path):
+    data = tmp_path / "no-old.jsonl"  # a user's own edits: no y⁻
+    data.write_text("".join(json.dumps({"prompt": f"My cat number {i} is called", "target_new": f"Tom{i}"}) + "\n"
+                            for i in range(3)))
     args = argv(setup, tmp_path / "one")
-    args[args.index("--updates") + 1] = "1"
-    args[args.index("--methods") + 1] = "lora"
-    args[args.index("--edits") + 1] = "2"
+    for flag, value in (("--updates", "1"), ("--methods", "lora"), ("--edits", "2"), ("--data", str(data))):
+        args[args.index(flag) + 1] = value
     assert main(args) == 0
-    m = json.loads((tmp_path / "one" / "results.json").read_text())["methods"]["lora"]
+    r = json.loads((tmp_path / "one" / "results.json").read_text())
+    m = r["methods"]["lora"]
     assert len(m["retention"]) == 1 and m["update_efficacy"] == m["retention"][0][0]
     assert m["retention_final"] is None and m["forgetting"] is None
+    assert m["final"]["generality"] is None and m["final"]["locality"] is None  # nothing to measure
+    assert "– |" in (tmp_path / "one" / "report.md").read_text()
+    edits = [json.loads(line) for line in (tmp_path / "one" / "edits.jsonl").read_text().splitlines()]
+    base = json.loads((tmp_path / "one" / "base.json").read_text())
+    # y⁻ is the unedited model's greedy answer (method.md §4), the same for every method
+    assert all(e["target_old"] for e in edits)
+    assert [e["target_old"] for e in edits] == [rec["answer"] or "<|im_end|>" for rec in base["records"]]
 
 
 def test_eval_command_on_a_bench_adapter(setup, first, tmp_path, capsys):

@@ -261,7 +261,7 @@ class Bench:
         if spec.mmlu:
             from . import mmlu
 
-            path = mmlu._resolve(spec.mmlu_file)
+            path = mmlu.resolve_path(spec.mmlu_file)
             self.mmlu = mmlu.subset(mmlu.load(path), spec.mmlu, spec.mmlu_seed)
             mmlu_info = {"file": str(path), "sha256": _sha256(path), "n": spec.mmlu, "seed": spec.mmlu_seed}
         self.settings = {

@@ -124,15 +124,12 @@ def cmd_eval(args) -> int:
         "versions": library_versions(),
     }
     atomic_write_json(out, result)
-    rows = []
-    for short, key in HEADLINE.items():
-        if key not in main["metrics"]:
-            continue
-        b = base["metrics"].get(key) if base is not None and edited is not None else None
-        rows.append([short, key.split("/")[0].replace("_", "-"), _fmt(b, key), _fmt(main["metrics"][key], key)])
+    columns = [m for m in (base, edited) if m is not None]
+    rows = [[short, key.split("/")[0].replace("_", "-")] + [_fmt(m["metrics"].get(key), key) for m in columns]
+            for short, key in HEADLINE.items() if key in main["metrics"]]
     from .cli import show_table
 
-    print(show_table(rows, ["metric", "protocol", "unedited", "edited" if edited else "model"]))
+    print(show_table(rows, ["metric", "protocol"] + ["unedited"] * (base is not None) + ["edited"] * (edited is not None)))
     c = main["counts"]
     print(f"{c['edits']} edits, {c['paraphrases']} paraphrases, {c['locality_probes']} locality probes, "
           f"{c['portability_questions']} multi-hop questions; generated = {main['protocol']['generated']['decoding']}, "

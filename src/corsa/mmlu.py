@@ -64,7 +64,8 @@ def default_path() -> Path | None:
     return None
 
 
-def _resolve(path: str | os.PathLike | None) -> Path:
+def resolve_path(path: str | os.PathLike | None = None) -> Path:
+    """The MMLU file: `path` (a file or a folder holding one), or :func:`default_path`."""
     if path is None:
         path = default_path()
         if path is None:
@@ -83,7 +84,7 @@ def _resolve(path: str | os.PathLike | None) -> Path:
 
 def load(path: str | os.PathLike | None = None) -> list[Question]:
     """Every question of the file, in order; the stray header rows are dropped."""
-    path = _resolve(path)
+    path = resolve_path(path)
     out = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

@@ -120,11 +120,15 @@ def score(model, batch: Batch) -> torch.Tensor:
     """log p(answer | prompt) for every row of the batch, summed over answer tokens: (B,)."""
     from .objectives import answer_logprobs
 
-    K = batch.labels.shape[1]
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, logits_to_keep=K + 1, use_cache=False)
-    # the logit at position t predicts token t+1: drop the last one
-    return answer_logprobs(out.logits[:, :-1], batch.labels, batch.label_mask)
+    T, K = batch.input_ids.shape[1], batch.labels.shape[1]
+    # The logit at position t predicts token t+1: positions T-K-1 … T-2 predict the answer, and
+    # the last token is only a label, never an input. An index tensor (not an int) makes the
+    # kept hidden states one contiguous block, so the vocabulary projection is one matrix
+    # product rather than a batched one over strided rows (several times slower on CPU).
+    keep = torch.arange(T - K - 1, T - 1, device=batch.input_ids.device)
+    out = model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
+                position_ids=batch.position_ids[:, :-1], logits_to_keep=keep, use_cache=False)
+    return answer_logprobs(out.logits, batch.labels, batch.label_mask)
 
 
 @dataclass
@@ -179,22 +183,24 @@ def score_shared(model, batch: SharedBatch) -> torch.Tensor:
     """
     from .objectives import answer_logprobs
 
-    n, K = batch.n_answers, batch.answer_ids.shape[1]
-    out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
-                position_ids=batch.prompt_positions, logits_to_keep=1, use_cache=True)
-    first = out.logits[:, -1:].repeat_interleave(n, 0)                  # predicts answer token 0
+    n, P, K = batch.n_answers, batch.prompt_ids.shape[1], batch.answer_ids.shape[1]
+    device = batch.prompt_ids.device
+    out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=batch.prompt_positions,
+                logits_to_keep=torch.tensor([P - 1], device=device), use_cache=True)
+    first = out.logits.repeat_interleave(n, 0)                          # predicts answer token 0
     if K == 1:
         logits = first
     else:
         name = _cache_argument(model)
         cache = getattr(out, name)
         cache.batch_repeat_interleave(n)
-        mask = torch.cat([batch.prompt_mask.repeat_interleave(n, 0), batch.answer_mask], dim=1)
+        # answer tokens 0 … K-2 are the inputs that predict tokens 1 … K-1
+        mask = torch.cat([batch.prompt_mask.repeat_interleave(n, 0), batch.answer_mask[:, :-1]], dim=1)
         start = batch.prompt_mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
-        positions = start + torch.arange(K, device=start.device)
-        rest = model(input_ids=batch.answer_ids, attention_mask=mask, position_ids=positions,
-                     use_cache=True, logits_to_keep=K, **{name: cache}).logits
-        logits = torch.cat([first, rest[:, :-1]], dim=1)                # (B·n, K, V)
+        positions = start + torch.arange(K - 1, device=device)
+        rest = model(input_ids=batch.answer_ids[:, :-1], attention_mask=mask, position_ids=positions,
+                     use_cache=True, **{name: cache}).logits
+        logits = torch.cat([first, rest], dim=1)                        # (B·n, K, V)
     return answer_logprobs(logits, batch.answer_ids, batch.answer_mask.to(logits.dtype)).view(-1, n)
 
 
