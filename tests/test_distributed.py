@@ -109,6 +109,77 @@ def test_corsa_edit_under_torchrun_writes_one_adapter_and_one_record(tmp_path):
     assert diff < TOL
 
 
+def close(a, b, tol: float = 1e-6, path: str = "") -> None:
+    """Equal JSON values, floats within `tol` (relative, or absolute near 0)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            close(a[k], b[k], tol, f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            close(x, y, tol, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=tol, abs=tol), path
+    else:
+        assert a == b, path
+
+
+def test_corsa_bench_and_eval_under_torchrun_match_one_process(tmp_path):
+    from corsa.bench import TIMING_KEYS
+    from corsa.cli import main
+    from corsa.models import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base", seed=0)
+    rows = [{"id": f"e{i}", "prompt": f"The capital of country {i} is", "target_new": f"City{i}",
+             "target_old": f"Town{i}" if i % 2 else None,  # y⁻ filled in from the unedited model
+             "paraphrases": [f"Country {i} has its capital in", f"Capital of {i}:"],
+             "locality": [{"prompt": f"The colour of object {i} is", "answer": "red"},
+                          {"prompt": f"Object {i} weighs"}]} for i in range(6)]
+    data = tmp_path / "edits.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer_a": str(i + 1), "answer_b": str(i),
+                                        "answer_c": "x", "answer_d": "y", "correct_answer": "A",
+                                        "topic": "arithmetic"}) + "\n" for i in range(5)))
+    # small, uneven evaluation batches, so that each worker scores and generates several of them
+    args = ["bench", "--model", str(base), "--data", str(data), "--methods", "lora,corsa", "--edits", "4",
+            "--updates", "2", "--epochs", "1", "--batch-size", "3", "--lr", "1e-2", "--warmup-steps", "0",
+            "--max-new-tokens", "4", "--eval-batch-size", "3", "--mmlu", "5", "--mmlu-file", str(mmlu), "--quiet"]
+    launch("-m", "corsa.cli", *args, "--out", str(tmp_path / "ddp"))
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*"))  # noqa: E731
+    assert files(ddp) == files(single)  # one set of outputs, no temporary folders left behind
+    assert not [p for p in ddp.rglob(".*")]
+    for method in ("lora", "corsa"):
+        for k in (1, 2):
+            log = ddp / method / f"update-{k}" / "log.jsonl"
+            assert log.read_text().count("\n") == json.loads(log.with_name("run.json").read_text())[
+                "updates"][-1]["steps"]  # one writer
+    got, want = (json.loads((d / "results.json").read_text()) for d in (ddp, single))
+    # the evaluation is split by whole batches, so the unedited model's numbers are bit-identical
+    assert got["base"] == want["base"]
+    for method in ("lora", "corsa"):
+        close(got["methods"][method]["final"], want["methods"][method]["final"], 1e-6, method)
+        assert got["methods"][method]["retention"] == want["methods"][method]["retention"]
+    drop = lambda o: ({k: drop(v) for k, v in o.items() if k not in TIMING_KEYS + ("versions", "files")}  # noqa: E731
+                      if isinstance(o, dict) else [drop(v) for v in o] if isinstance(o, list) else o)
+    # everything else too, timings aside; the trained adapters differ by float rounding (~1e-7),
+    # which moves a margin of about 1 nat by up to ~2e-6
+    close(drop(got), drop(want), 1e-5)
+    assert (ddp / "edits.jsonl").read_text() == (single / "edits.jsonl").read_text()
+
+    # `corsa eval` of an adapter the bench saved
+    args = ["eval", "--model", str(base), "--adapter", str(single / "corsa" / "update-2"), "--edits", str(data),
+            "--max-new-tokens", "4", "--batch-size", "3", "--quiet"]
+    launch("-m", "corsa.cli", *args, "--out", str(tmp_path / "eval-ddp.json"))
+    assert main([*args, "--out", str(tmp_path / "eval-single.json")]) == 0
+    got, want = (json.loads((tmp_path / f"eval-{n}.json").read_text()) for n in ("ddp", "single"))
+    assert drop(got) == drop(want)  # the same adapter: bit-identical numbers and answers
+
+
 # ----------------------------------------------------------------------------------------------
 # The worker: `torchrun --nproc_per_node 2 tests/test_distributed.py OUT`
 

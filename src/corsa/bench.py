@@ -41,11 +41,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from . import metrics as M
 from .config import EditConfig
 from .errors import ConfigError
 from .evaluate import HEADLINE, EvalSettings, counts, evaluate, headline, summarise
-from .io import atomic_dir, atomic_write_json, check_writable, library_versions
+from .io import atomic_dir_on_main, atomic_write_json, check_writable, library_versions
 from .methods import METHODS, get_method
 from .records import Edit
 
@@ -218,7 +219,14 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
 
 
 def _check_same(path: Path, now: dict, what: str, hint: str) -> None:
-    """Write `now` to `path`, or, when a previous run left it, refuse to go on if it differs."""
+    """Write `now` to `path`, or, when a previous run left it, refuse to go on if it differs.
+
+    Under a launcher the main worker checks and writes; every worker stops with its error.
+    """
+    dist.on_main(_check_same_here, path, now, what, hint)
+
+
+def _check_same_here(path: Path, now: dict, what: str, hint: str) -> None:
     if path.exists():
         saved = json.loads(path.read_text())
         diffs = _differences(saved, json.loads(json.dumps(now, default=str)))
@@ -238,7 +246,7 @@ class Bench:
         self.bar = None
 
     def log(self, message: str) -> None:
-        if self.spec.progress:
+        if self.spec.progress and dist.is_main():
             tqdm.write(message, file=sys.stderr)
 
     # --- preparation -------------------------------------------------------------------------
@@ -253,9 +261,9 @@ class Bench:
         data = Path(spec.data)
         if not data.exists():
             raise ConfigError(f"--data {data} does not exist")
-        check_writable(self.out)
+        dist.on_main(check_writable, self.out)
         self.log(f"bench · loading {spec.model}")
-        model, tokenizer = load_model(spec.model, device=spec.device)
+        model, tokenizer = load_model(spec.model, device=dist.device(spec.device))
         fmt = PromptFormat(tokenizer, spec.template)
         mmlu_info, self.mmlu = None, None
         if spec.mmlu:
@@ -273,24 +281,28 @@ class Bench:
         compared = {k: v for k, v in self.settings.items() if k not in ("model", "data")}
         _check_same(self.out / "bench.json", compared, "settings", "or choose another --out")
 
+        # under a launcher every worker takes the same branch (the main one decides) and reads
+        # only files that an earlier run completed
         edits_file = self.out / "edits.jsonl"
-        if edits_file.exists():
+        if dist.on_main(edits_file.exists):
             edits = load_edits(edits_file, format="plain")
         else:
             edits = select(load_edits(data, on_invalid="skip" if spec.skip_invalid else "error"),
                            spec.n_edits, spec.seed)
             missing = [i for i, e in enumerate(edits) if not e.target_old]
             if missing:  # y⁻ = the unedited model's own greedy answer (method.md §4)
-                answers = generate(model, fmt, [edits[i].prompt for i in missing], spec.eval.max_new_tokens,
-                                   spec.eval.batch_size)
+                prompts = [edits[i].prompt for i in missing]
+                answers = dist.gather_batches(
+                    lambda part: generate(model, fmt, part, spec.eval.max_new_tokens, spec.eval.batch_size),
+                    prompts, spec.eval.batch_size, key=lambda p: -len(p))
                 for i, a in zip(missing, answers):
                     edits[i] = dataclasses.replace(edits[i], target_old=a or tokenizer.eos_token)
-            save_edits_jsonl(edits, edits_file)
+            dist.on_main(save_edits_jsonl, edits, edits_file)
         self.edits = edits
         self.updates = split(edits, spec.n_updates)
 
         base_file = self.out / "base.json"
-        if base_file.exists():
+        if dist.on_main(base_file.exists):
             self.base = json.loads(base_file.read_text())
         else:
             self.log(f"bench · evaluating the unedited model on {len(edits)} edits")
@@ -299,14 +311,20 @@ class Bench:
             self.base = {"metrics": ev["metrics"], "counts": ev["counts"], "protocol": ev["protocol"],
                          "mmlu": ev["mmlu"], "seconds": ev["seconds"], "base_answers": ev["base_answers"],
                          "records": ev["records"]}
-            atomic_write_json(base_file, self.base)
+            dist.on_main(atomic_write_json, base_file, self.base)
         self.protocol = self.base["protocol"]
         del model
         gc.collect()
 
     # --- one method --------------------------------------------------------------------------
     def finished(self, method: str) -> list[dict]:
-        """Evaluations of the finished updates 1..k of `method` (a gap ends the list)."""
+        """Evaluations of the finished updates 1..k of `method` (a gap ends the list).
+
+        Read by the main worker and sent to the others, so that all resume from the same update.
+        """
+        return dist.on_main(self._finished, method)
+
+    def _finished(self, method: str) -> list[dict]:
         evals = []
         for k in range(1, self.spec.n_updates + 1):
             path = self.out / method / f"update-{k}" / "eval.json"
@@ -345,7 +363,8 @@ class Bench:
             seed_everything(cfg.seed + 1000 * k)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            with atomic_dir(folder / f"update-{k}") as tmp:
+            # only the main worker creates, fills (Editor.update and on_main) and renames the folder
+            with atomic_dir_on_main(folder / f"update-{k}") as tmp:
                 self.log(f"{method} · update {k}/{K} · training on {len(edits)} edits")
                 record = editor.update(edits, out=tmp)
                 self.log(f"{method} · update {k}/{K} · evaluating {len(seen)} edits "
@@ -366,7 +385,7 @@ class Bench:
                     "protocol": ev["protocol"], "metrics": ev["metrics"], "counts": ev["counts"],
                     "per_update": per_update, "mmlu": ev["mmlu"], "records": ev["records"],
                 }
-                atomic_write_json(tmp / "eval.json", result)
+                dist.on_main(atomic_write_json, tmp / "eval.json", result)
             evals.append(result)
             m = ev["metrics"]
             self.log(f"{method} · update {k}/{K} · reliability {_pct(m['generated/reliability'])} on all "
@@ -384,17 +403,21 @@ class Bench:
         started = time.time()
         self.prepare()
         self.bar = tqdm(total=len(self.spec.methods) * self.spec.n_updates, desc="bench", unit="update",
-                        disable=not self.spec.progress)
+                        disable=not (self.spec.progress and dist.is_main()))
         try:
             per_method = {m: self.run_method(m) for m in self.spec.methods}
         finally:
             self.bar.close()
         results = self.results(per_method)
-        results["finished_at"] = time.time()
-        results["seconds"] = time.time() - started
-        results["files"] = report.write_all(results, self.out)
-        atomic_write_json(self.out / "results.json", results)
-        return results
+
+        def write() -> dict:  # the main worker's results, written by it and returned to every worker
+            results["finished_at"] = time.time()
+            results["seconds"] = time.time() - started
+            results["files"] = report.write_all(results, self.out)
+            atomic_write_json(self.out / "results.json", results)
+            return results
+
+        return dist.on_main(write)
 
     def results(self, per_method: dict[str, list[dict]]) -> dict:
         spec = self.spec

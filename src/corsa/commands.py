@@ -87,6 +87,7 @@ def eval_settings(args):
 
 
 def cmd_eval(args) -> int:
+    from . import distributed as dist
     from .api import Editor, as_edits
     from .evaluate import HEADLINE, evaluate
     from .io import atomic_write_json, library_versions
@@ -123,7 +124,9 @@ def cmd_eval(args) -> int:
         "records": main["records"], "seconds": round(time.perf_counter() - started, 3),
         "versions": library_versions(),
     }
-    atomic_write_json(out, result)
+    dist.on_main(atomic_write_json, out, result)  # under a launcher: the main worker writes, and prints
+    if not dist.is_main():
+        return 0
     columns = [m for m in (base, edited) if m is not None]
     rows = [[short, key.split("/")[0].replace("_", "-")] + [_fmt(m["metrics"].get(key), key) for m in columns]
             for short, key in HEADLINE.items() if key in main["metrics"]]
@@ -138,12 +141,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+_ASK_BATCH = 16  # generate()'s default batch size, which Editor.ask uses
+
+
 def _fill_old_from_base(editor, edits, max_new_tokens):
     """Where y⁻ is not given, the unedited model's greedy answer (as training took it)."""
     missing = [i for i, e in enumerate(edits) if not e.target_old]
     if not missing:
         return edits
-    answers = editor.ask([edits[i].prompt for i in missing], max_new_tokens, base=True)
+    from . import distributed as dist
+    from .generate import generate
+
+    prompts = [edits[i].prompt for i in missing]
+    with editor.model.disable_adapter():  # split across workers in the batches of one process
+        answers = dist.gather_batches(
+            lambda part: generate(editor.model, editor.fmt, part, max_new_tokens, _ASK_BATCH),
+            prompts, _ASK_BATCH, key=lambda p: -len(p))
     edits = list(edits)
     for i, a in zip(missing, answers):
         edits[i] = dataclasses.replace(edits[i], target_old=a or editor.tokenizer.eos_token)
@@ -168,7 +181,11 @@ def cmd_bench(args) -> int:
                      sets=parse_sets(args.set), eval=eval_settings(args), mmlu=args.mmlu,
                      mmlu_file=args.mmlu_file, mmlu_seed=args.mmlu_seed, skip_invalid=args.skip_invalid,
                      device=args.device, progress=not args.quiet)
+    from . import distributed as dist
+
     results = run_bench(spec)
+    if not dist.is_main():  # under a launcher the main worker prints the summary
+        return 0
     out = Path(args.out)
     print(text_table(results))
     print(f"{results['n_edits']} edits in {results['n_updates']} updates; reliability, generality, locality: "

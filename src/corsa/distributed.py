@@ -144,6 +144,38 @@ def gather_sharded(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T]) -> 
     return out
 
 
+def gather_batches(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], batch_size: int,
+                   key: Callable[[T], object] | None = None) -> list[R]:
+    """fn(items), split across workers batch by batch, so each result is computed exactly as one
+    process computes it.
+
+    For an `fn` that sorts its input by `key` (stably) and cuts it into batches of `batch_size`
+    (generation, scoring): the items are sorted and cut here the same way, and whole batches are
+    dealt round robin, so every batch holds the same items, padded the same, as in one process —
+    the results are bit-identical, not just equal up to rounding. Every worker gets the full
+    list back, in the order of `items`.
+    """
+    world = world_size()
+    if world == 1:
+        return list(fn(list(items)))
+    order = sorted(range(len(items)), key=(lambda i: key(items[i])) if key is not None else None)
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    # this worker's batches, concatenated: only the overall last batch can be short, and it
+    # comes last, so fn cuts the concatenation back into exactly these batches
+    mine = [i for b in batches[rank()::world] for i in b]
+    local = []
+    if mine:
+        for r in fn([items[i] for i in mine]):
+            local.append(r.tolist() if isinstance(r, torch.Tensor) else r)
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, (mine, local))
+    out: list = [None] * len(items)
+    for indices, results in parts:
+        for i, r in zip(indices, results, strict=True):
+            out[i] = r
+    return out
+
+
 def on_main(fn: Callable[..., R], *args, **kwargs) -> R:
     """Run fn on the main process only; every worker returns its result, or raises its error.
 

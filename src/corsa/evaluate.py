@@ -34,6 +34,11 @@ Metric keys name their protocol:
   - ``mmlu_accuracy``: zero-shot MMLU on the subset given (:mod:`corsa.mmlu`).
 
 A metric with nothing to measure (no paraphrases, no probes) is ``None``.
+
+Under a launcher (torchrun) every worker calls :func:`evaluate` alike: the greedy and the
+teacher-forced passes are split across the workers by whole batches (those one process would
+form) and gathered, so every worker gets the numbers one process gets; sampled answers are all
+drawn by the main worker, from the one seeded random stream.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from . import metrics as M
 from .config import EditConfig
 from .errors import ConfigError
@@ -124,6 +130,12 @@ def _unique(items) -> list:
     return list(dict.fromkeys(items))
 
 
+def _greedy(model, fmt, prompts: list[str], settings: EvalSettings, bar=None) -> list[str]:
+    """Greedy answers, split across workers under a launcher with the batches of one process."""
+    return dist.gather_batches(lambda part: generate(model, fmt, part, settings.max_new_tokens, settings.batch_size,
+                                                     bar), prompts, settings.batch_size, key=lambda p: -len(p))
+
+
 def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | None = None,
                  progress: bool = False) -> dict[str, str]:
     """The unedited model's greedy answer to every locality probe (adapter disabled)."""
@@ -131,8 +143,8 @@ def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | Non
     model, fmt = _unwrap(model, fmt)
     prompts = _unique(p.prompt for e in edits for p in e.locality)
     with _adapter(model, False), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
-                                      disable=not progress, leave=False) as bar:
-        answers = generate(model, fmt, prompts, settings.max_new_tokens, settings.batch_size, bar)
+                                      disable=not (progress and dist.is_main()), leave=False) as bar:
+        answers = _greedy(model, fmt, prompts, settings, bar)
     return dict(zip(prompts, answers))
 
 
@@ -157,14 +169,20 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     sampled_prompts = ask if settings.sample else []
     n = settings.max_new_tokens
     with _adapter(model, not base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
-                                         desc="eval · generate", disable=not progress, leave=False) as bar:
-        answers = dict(zip(greedy_prompts, generate(model, fmt, greedy_prompts, n, settings.batch_size, bar)))
+                                         desc="eval · generate", disable=not (progress and dist.is_main()),
+                                         leave=False) as bar:
+        answers = dict(zip(greedy_prompts, _greedy(model, fmt, greedy_prompts, settings, bar)))
         if sampled_prompts:
-            device = next(model.parameters()).device
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(settings.seed)
-                answers.update(zip(sampled_prompts, generate(model, fmt, sampled_prompts, n, settings.batch_size,
-                                                             bar, settings.sample, settings.temperature)))
+            def draw():
+                device = next(model.parameters()).device
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(settings.seed)
+                    return generate(model, fmt, sampled_prompts, n, settings.batch_size, bar, settings.sample,
+                                    settings.temperature)
+
+            # one random stream, as in one process: the main worker draws every sample, the others
+            # wait for them (split across workers, the samples would differ from a single process's)
+            answers.update(zip(sampled_prompts, dist.on_main(draw)))
     if base:
         reference = {p: answers[p] for p in probes}
     else:
@@ -182,7 +200,7 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
         from . import mmlu as mmlu_lib
 
         with _adapter(model, not base), tqdm(total=len(mmlu), desc="eval · mmlu", unit="question",
-                                             disable=not progress, leave=False) as bar:
+                                             disable=not (progress and dist.is_main()), leave=False) as bar:
             result["mmlu"] = mmlu_lib.accuracy(model, fmt.tokenizer, mmlu, settings.batch_size, bar)
         result["metrics"]["teacher_forced/mmlu_accuracy"] = result["mmlu"]["accuracy"]
     result["seconds"] = time.perf_counter() - started
@@ -214,7 +232,8 @@ def _records(model, fmt, edits, answers, reference, base, settings) -> list[dict
             loc.append((pair(probe.prompt, ref), pair(probe.prompt, e.target_new)) if ok else None)
         plan.append((two(e.prompt), [two(p) for p in e.paraphrases], loc))
     with _adapter(model, not base):
-        lp = answer_logprobs(model, fmt, pairs, settings.batch_size).tolist() if pairs else []
+        lp = dist.gather_batches(lambda part: answer_logprobs(model, fmt, part, settings.batch_size).tolist(),
+                                 pairs, settings.batch_size, key=lambda pa: len(pa[0]) + len(pa[1]))
 
     def diff(ij):
         return None if ij is None else lp[ij[0]] - lp[ij[1]]

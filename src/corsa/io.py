@@ -64,6 +64,47 @@ def atomic_dir(path: str | os.PathLike):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_dir_on_main(path: str | os.PathLike):
+    """:func:`atomic_dir` for a run under a launcher; collective (every worker must enter it).
+
+    The main process creates the temporary folder and, when the block succeeds, renames it into
+    place; every worker gets that same path, which only the main process may write into (use
+    `distributed.on_main`). The other workers create, rename and remove nothing. In one process
+    this is exactly :func:`atomic_dir`.
+    """
+    from . import distributed as dist
+
+    if dist.world_size() == 1:
+        with atomic_dir(path) as tmp:
+            yield tmp
+        return
+    path = Path(path)
+
+    def make() -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o777 & ~_umask())
+        return tmp
+
+    def commit(tmp: Path) -> None:
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+
+    tmp = Path(dist.on_main(make))
+    try:
+        yield tmp
+        dist.on_main(commit, tmp)
+    finally:
+        if dist.is_main() and tmp.exists():  # no collective here: a failing worker must not wait
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def append_jsonl(path: str | os.PathLike, obj) -> None:
     """Append one JSON line (logs are append-only; a torn last line is skipped by readers)."""
     with open(path, "a", encoding="utf-8") as f:

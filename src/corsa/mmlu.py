@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed as dist
 from .errors import ConfigError, DataError
 from .prompts import collate, score
 from .scoring import autocast
@@ -117,14 +118,19 @@ def _letter_ids(tokenizer) -> list[list[int]]:
     return [tokenizer(" " + c, add_special_tokens=False).input_ids for c in LETTERS]
 
 
+def _prompt_ids(model, tokenizer, questions: list[Question]) -> list[list[int]]:
+    """Each question's prompt tokens; a prompt longer than the context keeps its last tokens."""
+    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 10**9
+    room = max_len - max(len(ids) for ids in _letter_ids(tokenizer))
+    return [tokenizer(q.prompt()).input_ids[-room:] for q in questions]
+
+
 @torch.no_grad()
 def choice_logprobs(model, tokenizer, questions: list[Question], batch_size: int = 8, progress=None) -> torch.Tensor:
     """log p(" A".." D" | prompt) for every question: (N, 4) on CPU."""
     letters = _letter_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 10**9
-    room = max_len - max(len(ids) for ids in letters)
-    prompts = [tokenizer(q.prompt()).input_ids[-room:] for q in questions]
+    prompts = _prompt_ids(model, tokenizer, questions)
     single = all(len(ids) == 1 for ids in letters) and len({ids[0] for ids in letters}) == 4
     device = next(model.parameters()).device
     was_training = model.training
@@ -156,7 +162,11 @@ def accuracy(model, tokenizer, questions: list[Question], batch_size: int = 8, p
     """Zero-shot accuracy: the chosen letter is the one with the highest log-probability."""
     if not questions:
         raise ConfigError("no MMLU questions to evaluate")
-    logp = choice_logprobs(model, tokenizer, questions, batch_size, progress)
+    # under a launcher, split across workers by whole batches (those of one process) and gathered
+    lengths = [len(ids) for ids in _prompt_ids(model, tokenizer, questions)] if dist.world_size() > 1 else None
+    logp = torch.tensor(dist.gather_batches(
+        lambda part: choice_logprobs(model, tokenizer, [questions[i] for i in part], batch_size, progress).tolist(),
+        list(range(len(questions))), batch_size, key=lambda i: lengths[i]))
     chosen = logp.argmax(-1).tolist()
     correct = sum(LETTERS[c] == q.answer for c, q in zip(chosen, questions))
     return {"accuracy": correct / len(questions), "n": len(questions), "n_correct": correct,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .prompts import PromptFormat, collate, score
+from .prompts import PromptFormat, collate, collate_shared, score, score_shared
 
 
 @torch.no_grad()
@@ -27,12 +27,29 @@ def answer_logprobs(model, fmt: PromptFormat, pairs: list[tuple[list[int], list[
     return out
 
 
+@torch.no_grad()
 def margins(model, fmt: PromptFormat, encoded, batch_size: int = 16) -> torch.Tensor:
-    """m = log p(y⁺|x) − log p(y⁻|x) for every encoded edit (method.md §1)."""
-    pairs = [(e.prompt, e.chosen) for e in encoded] + [(e.prompt, e.rejected) for e in encoded]
-    lp = answer_logprobs(model, fmt, pairs, batch_size)
-    n = len(encoded)
-    return lp[:n] - lp[n:]
+    """m = log p(y⁺|x) − log p(y⁻|x) for every encoded edit (method.md §1); (N,) on CPU.
+
+    Each prompt runs once and both answers continue from its KV cache; edits are batched by
+    prompt length.
+    """
+    tok = fmt.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(encoded))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate_shared([encoded[i].prompt for i in idx],
+                               [[encoded[i].chosen, encoded[i].rejected] for i in idx], pad_id).to(device)
+        with autocast(device):
+            lp = score_shared(model, batch).float().cpu()               # (B, 2)
+        out[idx] = lp[:, 0] - lp[:, 1]
+    model.train(was_training)
+    return out
 
 
 def autocast(device: torch.device):
