@@ -57,7 +57,7 @@ MiB = 2 ** 20
 # Per model: the step batch, and the CoRSA hyperparameters that edit 64 CounterFact facts reliably.
 SETTINGS = {
     "tiny": dict(step=dict(batch_size=8, grad_accum=1),
-                 edit=dict(lr=2e-2, batch_size=16, grad_accum=1, warmup_steps=2, margin_target=1.0)),
+                 edit=dict(lr=2e-2, batch_size=8, grad_accum=1, warmup_steps=2, margin_target=1.0)),
     "smollm2-135m": dict(step=dict(batch_size=8, grad_accum=1),
                          edit=dict(lr=1e-3, batch_size=16, grad_accum=1, warmup_steps=2, margin_target=1.0)),
 }
@@ -283,7 +283,8 @@ def ratios_and_targets(steps: dict, tte: dict | None) -> tuple[dict, dict]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny model only, few steps, 16 edits (a test runs this)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny model only: 2 steps, 8 edits, 3 epochs (seconds; a test runs this)")
     ap.add_argument("--models", default=None, help="comma-separated: tiny, smollm2-135m (default: both)")
     ap.add_argument("--steps", type=int, default=5, help="measured steps per method (median reported)")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
@@ -300,7 +301,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.quick:
-        models, args.steps, args.warmup, args.edits = ["tiny"], min(args.steps, 3), 1, min(args.edits, 16)
+        models, args.steps, args.warmup, args.edits, args.epochs = ["tiny"], 2, 1, 8, 3
     else:
         models = (args.models or "tiny,smollm2-135m").split(",")
     result = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),

@@ -37,8 +37,11 @@ def adapter(out):
 
 def start(argv):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    # A background job of a non-interactive shell (as CI may run us) inherits SIGINT ignored;
+    # give the child the default disposition so Ctrl-C reaches it as it would in a terminal.
     return subprocess.Popen([sys.executable, "-m", "corsa.cli", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_until_training(out, update, proc, timeout=300):
