@@ -195,7 +195,7 @@ def test_prepared_alias_is_reused_without_rehashing(tmp_path, monkeypatch):
     target = tmp_path / "models" / "smollm2-135m"
     target.mkdir(parents=True)
     (target / SOURCE_MARKER).write_text("{}")
-    monkeypatch.setattr(models, "_sha256", lambda path: pytest.fail("hashed a prepared alias"))
+    monkeypatch.setattr(models, "sha256_file", lambda path: pytest.fail("hashed a prepared alias"))
     assert prepare_alias("smollm2-135m", cache_dir=tmp_path) == target
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
 import random
 import resource
@@ -46,7 +45,7 @@ from . import metrics as M
 from .config import EditConfig
 from .errors import ConfigError
 from .evaluate import HEADLINE, EvalSettings, counts, evaluate, headline, summarise
-from .io import atomic_dir_on_main, atomic_write_json, check_writable, library_versions
+from .io import atomic_dir_on_main, atomic_write_json, check_writable, library_versions, sha256_file
 from .methods import METHODS, get_method
 from .records import Edit
 
@@ -193,14 +192,6 @@ def split(edits: list[Edit], k: int) -> list[list[Edit]]:
 # the run
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -271,10 +262,10 @@ class Bench:
 
             path = mmlu.resolve_path(spec.mmlu_file)
             self.mmlu = mmlu.subset(mmlu.load(path), spec.mmlu, spec.mmlu_seed)
-            mmlu_info = {"file": str(path), "sha256": _sha256(path), "n": spec.mmlu, "seed": spec.mmlu_seed}
+            mmlu_info = {"file": str(path), "sha256": sha256_file(path), "n": spec.mmlu, "seed": spec.mmlu_seed}
         self.settings = {
             "model": spec.model, "model_fingerprint": model_fingerprint(model),
-            "data": str(data), "data_sha256": _sha256(data), "skip_invalid": spec.skip_invalid,
+            "data": str(data), "data_sha256": sha256_file(data), "skip_invalid": spec.skip_invalid,
             "n_edits": spec.n_edits, "n_updates": spec.n_updates, "seed": spec.seed,
             "template": fmt.name, "eval": spec.eval.identity(), "mmlu": mmlu_info,
         }

