@@ -34,8 +34,8 @@ BAD_FILES = [
     ("bad.json", '[{"prompt": "a", "target_new": }]', ["bad.json"]),
     ("bad.jsonl", json.dumps(GOOD) + "\n{not json\n", ["line 2"]),
     ("unknown.json", json.dumps([{"question": "q", "reply": "r"}]), ["format"]),
-    ("noprompt.jsonl", json.dumps({"target_new": "Y"}), ["prompt"]),
-    ("notarget.jsonl", json.dumps({"prompt": "P is"}), ["target_new"]),
+    ("noprompt.jsonl", json.dumps({"target_new": "Y"}), ["field 'prompt'", "missing"]),
+    ("notarget.jsonl", json.dumps({"prompt": "P is"}), ["field 'target_new'", "missing"]),
     ("blank.jsonl", json.dumps({"prompt": "P is", "target_new": "   "}), ["target_new"]),
     ("same.jsonl", json.dumps({"prompt": "P is", "target_new": "Rome", "target_old": " rome"}), ["target_old"]),
     ("conflict.jsonl", json.dumps({"prompt": "P is", "target_new": "A"}) + "\n"
@@ -69,7 +69,8 @@ def test_edit_longer_than_the_context(tmp_path, capsys, tiny_model):
     long = {"prompt": "word " * 600, "target_new": "A", "target_old": "B", "id": "long-one"}
     path = write(tmp_path / "long.jsonl", json.dumps(long))
     code, err = run(capsys, "edit", "--model", tiny_model, "--edits", path, "--out", str(tmp_path / "o"))
-    assert code == 2 and "context" in err and "long-one" in err and "prompt" in err
+    assert code == 2 and "context" in err and "long-one" in err and "field 'prompt'" in err
+    assert "file long.jsonl," in err
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -417,6 +417,10 @@ def detect_format(records: list, *, path: str | None = None) -> str:
         for fmt in _FORMATS.values():
             if fmt.keys <= set(first):
                 return fmt.name
+        # a user's own record that lacks prompt or target_new: read it as plain, so the error
+        # names the missing field instead of listing every format
+        if {"prompt", "target_new"} & set(first) and not {"case_id", "src", "update"} & set(first):
+            return "plain"
     raise _format_problem(first, path)
 
 

@@ -51,6 +51,11 @@ class PromptFormat:
         return text.strip()
 
 
+def source_file(source: str | None) -> str | None:
+    """The file named in an Edit's `source` ("format:file")."""
+    return source.split(":", 1)[-1] if source else None
+
+
 @dataclass
 class Encoded:
     """One edit, tokenised: the prompt and both answers."""
@@ -70,7 +75,7 @@ def encode_edits(fmt: PromptFormat, edits, max_length: int | None, need_rejected
         longest = len(p) + max(len(c), len(r) if r else 0)
         if max_length is not None and longest > max_length:
             raise DataError(f"prompt plus answer is {longest} tokens, more than the model's context of "
-                            f"{max_length}", path=e.source, record=e.id, field="prompt")
+                            f"{max_length}", path=source_file(e.source), record=e.id, field="prompt")
         out.append(Encoded(p, c, r))
     return out
 
