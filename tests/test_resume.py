@@ -107,3 +107,40 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(setup):
     assert "Traceback" not in stderr
     assert "Rerun the same command to resume" in stderr
     assert json.loads((out / "progress.json").read_text())["completed"] == 1
+
+
+def bench_command(model, edits, out):
+    return ["bench", "--model", model, "--data", edits, "--methods", "lora,corsa", "--edits", "6", "--updates", "3",
+            "--seed", "0", "--epochs", "30", "--batch-size", "2", "--grad-accum", "1", "--lr", "5e-3",
+            "--quiet", "--out", str(out)]
+
+
+def test_sigkill_mid_bench_then_rerun_gives_the_uninterrupted_results(setup, capsys):
+    root, model, edits = setup
+    straight = root / "bench-straight"
+    assert main(bench_command(model, edits, straight)) == 0
+    expected = json.loads((straight / "results.json").read_text())
+
+    out = root / "bench-killed"
+    proc = start(bench_command(model, edits, out))
+    # kill while corsa trains its second update (lora is finished, corsa update 1 too)
+    log = out / "corsa"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (log / "update-1" / "eval.json").exists() and any(log.glob(".update-2.*.tmp/log.jsonl")):
+            break
+        if proc.poll() is not None:
+            raise AssertionError(f"bench ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (log / "update-2").exists()
+
+    capsys.readouterr()
+    assert main(bench_command(model, edits, out)) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    for method in ("lora", "corsa"):
+        a, b = expected["methods"][method], resumed["methods"][method]
+        assert a["retention"] == b["retention"]
+        for key, value in a["final"].items():
+            assert b["final"][key] == pytest.approx(value, abs=1e-6), (method, key)
