@@ -1,6 +1,6 @@
 """What an edit costs: step time, peak memory and time to edit, method beside method.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run_benchmark.py            # tiny + SmolLM2 (~25 min, 1 CPU thread)
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run_benchmark.py            # tiny + SmolLM2 (~20 min, 1 CPU thread)
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run_benchmark.py --quick    # tiny model only (seconds)
 
 Everything is measured in one process, on the same batches, so the ratios hold even when the
@@ -340,7 +340,7 @@ def run(args, argv) -> dict:
         result["models"][name] = {"settings": s, "step": steps, "time_to_edit": tte, "ratios": ratios, "targets": targets,
                                   "seconds": time.perf_counter() - t}
         print(format_table(name, result["models"][name]), flush=True)
-    atomic_write_json(args.out, result)
+        atomic_write_json(args.out, result)  # after each model, so a long run keeps what it finished
     print(f"wrote {args.out}")
     return result
 
