@@ -16,7 +16,7 @@ from .errors import TrainingError
 from .io import append_jsonl
 from .objectives import dpo_loss, sft_loss
 from .pcgrad import COMBINERS, cosine
-from .prompts import Encoded, PromptFormat, collate, collate_shared, score, score_shared
+from .prompts import Encoded, PromptFormat, collate, collate_shared, pad_id, score, score_shared
 from .sam import add_flat_, restore_, sam_perturbation, snapshot
 from .scoring import answer_logprobs, autocast, margins
 
@@ -76,7 +76,7 @@ def compute_reference(model, fmt: PromptFormat, encoded: list[Encoded], cfg: Edi
 
 
 def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], ref: Reference | None,
-                        group: list[list[int]], pad_id: int) -> Gradients:
+                        group: list[list[int]], pad: int) -> Gradients:
     """∇L_SFT·λ and ∇L_DPO over a group of micro-batches, as one big batch would give them.
 
     Chosen and rejected answers go through ONE forward, which runs each prompt once and
@@ -106,12 +106,12 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
         n = len(mb)
         if spec.dpo:  # the prompt runs once; y⁺ and y⁻ both continue from its KV cache
             batch = collate_shared([encoded[i].prompt for i in mb],
-                                   [[encoded[i].chosen, encoded[i].rejected] for i in mb], pad_id).to(device)
+                                   [[encoded[i].chosen, encoded[i].rejected] for i in mb], pad).to(device)
             with autocast(device):
                 lp = score_shared(model, batch).T.reshape(-1)            # (2B,): chosen, then rejected
             n_chosen = batch.answer_mask[::2].sum(-1)
         else:
-            batch = collate([(encoded[i].prompt, encoded[i].chosen) for i in mb], pad_id).to(device)
+            batch = collate([(encoded[i].prompt, encoded[i].chosen) for i in mb], pad).to(device)
             with autocast(device):
                 lp = score(model, batch)                                 # (B,)
             n_chosen = batch.n_answer_tokens
@@ -142,14 +142,14 @@ def combine(grads: Gradients, cfg: EditConfig, generator: torch.Generator) -> to
     return COMBINERS[cfg.combiner]([grads.dpo, grads.sft], generator)
 
 
-def corsa_step(model, params, cfg, encoded, ref, group, pad_id, generator) -> dict:
+def corsa_step(model, params, cfg, encoded, ref, group, pad, generator) -> dict:
     """One optimisation step of method.md §3; returns the step's log entry.
 
     The optimizer step itself is left to the caller: this fills `p.grad` with g'. Under data
     parallelism the gradients arrive already averaged over workers, so PCGrad, ε and g' are
     computed from identical inputs (and an identical generator) on every worker.
     """
-    grads = objective_gradients(model, params, cfg, encoded, ref, group, pad_id)
+    grads = objective_gradients(model, params, cfg, encoded, ref, group, pad)
     g = combine(grads, cfg, generator)                      # g = PCGrad(g_dpo, g_sft)
     log = dict(grads.stats)
     if grads.dpo is not None:
@@ -159,7 +159,7 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad_id, generator) -> di
     if rho > 0:
         saved = snapshot(params)                            # exact copy of φ
         add_flat_(params, sam_perturbation(g, rho))         # φ ← φ + ρ·g/‖g‖
-        perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad_id)
+        perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad)
         g = combine(perturbed, cfg, generator)              # g' at φ+ε
         restore_(params, saved)                             # φ ← saved φ, not φ − ε
         log["sam/grad_norm"] = g.norm().item()
@@ -223,8 +223,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     if not params:
         raise TrainingError("the model has no trainable parameters: attach a LoRA adapter first")
     dist.broadcast_(params)  # start from worker 0's φ, as DDP does, whatever each worker loaded
-    tok = fmt.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(fmt.tokenizer)
     eval_bs = max(cfg.batch_size, 16)
     ref = compute_reference(model, fmt, encoded, cfg, eval_bs) if cfg.spec.dpo else None
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * update_index)
@@ -243,7 +242,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
         for s in range(0, len(batches), cfg.grad_accum):
             group = batches[s:s + cfg.grad_accum]
             t0 = time.perf_counter()
-            log = corsa_step(model, params, cfg, encoded, ref, group, pad_id, generator)
+            log = corsa_step(model, params, cfg, encoded, ref, group, pad, generator)
             step += 1
             check_finite(log, params, step, group, edits)
             if cfg.max_grad_norm > 0:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .prompts import PromptFormat
+from .prompts import PromptFormat, pad_id
+from .scoring import eval_mode
 
 
 @torch.no_grad()
@@ -17,32 +18,29 @@ def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int =
     top-k or top-p), returned as a list per prompt; seed torch's generator first to repeat them.
     """
     tok = fmt.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    pad = pad_id(tok)
     answers: list = [None] * len(prompts)
     n = max(num_samples, 1)
     decoding = (dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=n)
                 if num_samples > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
     # longest first, so batches hold prompts of similar length and padding stays small
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        ids = [fmt.prompt_ids(prompts[i]) for i in idx]
-        T = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), T), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), T), dtype=torch.long)
-        for b, x in enumerate(ids):
-            input_ids[b, T - len(x):] = torch.tensor(x)
-            mask[b, T - len(x):] = 1
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=max_new_tokens, num_beams=1,
-                             pad_token_id=pad_id, eos_token_id=tok.eos_token_id, **decoding)
-        for b, i in enumerate(idx):  # sampled rows come n per prompt, in prompt order
-            texts = [fmt.decode_answer(out[b * n + s, T:].tolist()) for s in range(n)]
-            answers[i] = texts if num_samples > 0 else texts[0]
-        if progress is not None:
-            progress.update(len(idx))
-    model.train(was_training)
+    with eval_mode(model) as device:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids = [fmt.prompt_ids(prompts[i]) for i in idx]
+            T = max(len(x) for x in ids)
+            input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
+            mask = torch.zeros((len(ids), T), dtype=torch.long)
+            for b, x in enumerate(ids):
+                input_ids[b, T - len(x):] = torch.tensor(x)
+                mask[b, T - len(x):] = 1
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, num_beams=1,
+                                 pad_token_id=pad, eos_token_id=tok.eos_token_id, **decoding)
+            for b, i in enumerate(idx):  # sampled rows come n per prompt, in prompt order
+                texts = [fmt.decode_answer(out[b * n + s, T:].tolist()) for s in range(n)]
+                answers[i] = texts if num_samples > 0 else texts[0]
+            if progress is not None:
+                progress.update(len(idx))
     return answers

