@@ -86,6 +86,10 @@ def test_every_file_and_key(first):
         assert m["update_efficacy"] == pytest.approx((R[0][0] + R[1][1]) / 2)
         assert m["retention_final"] == pytest.approx(R[1][0])
         assert m["forgetting"] == pytest.approx(R[0][0] - R[1][0])
+        T = m["retention_teacher_forced"]
+        assert [len(row) for row in T] == [1, 2]
+        assert m["teacher_forced"]["forgetting"] == pytest.approx(T[0][0] - T[1][0])
+        assert m["teacher_forced"]["retention_final"] == pytest.approx(T[1][0])
         for key in FRACTIONS:
             assert 0.0 <= m["final"][key] <= 1.0, (name, key)
         assert isinstance(m["final"]["margin_mean"], float)
@@ -107,12 +111,15 @@ def test_every_file_and_key(first):
     assert rows[0] == "method,update,metric,protocol,value"
     assert any(row.startswith("corsa,2,retention/update-1,generated,") for row in rows)
     assert any(row.startswith("lora,1,teacher_forced/efficacy,teacher_forced,") for row in rows)
+    assert any(row.startswith("corsa,2,retention_teacher_forced/update-1,teacher_forced,") for row in rows)
+    assert any(row.startswith("corsa,2,summary_teacher_forced/forgetting,teacher_forced,") for row in rows)
     n_metrics = len(r["methods"]["lora"]["metrics"])
     assert len(rows) - 1 >= len(METHODS) * 2 * (n_metrics - 1)
     report = (out / "report.md").read_text()
     assert "| method | reliability | generality | locality | efficacy | margin |" in report
     assert "| lora |" in report and "| corsa |" in report and "| base (unedited) |" in report
     assert "retention-corsa.png" in report and "greedy" in report
+    assert "forgetting (tf)" in report and "Teacher-forced (efficacy, %):" in report
 
 
 def test_rerun_skips_every_finished_pair(setup, first, monkeypatch, capsys):

@@ -421,7 +421,8 @@ class Bench:
             "notes": {
                 "retention": "R[k][j]: generated reliability on the edits of update j+1 after update k+1 "
                              "(rows are updates trained, 0-based lists)",
-                "retention_teacher_forced": "the same with teacher-forced efficacy",
+                "retention_teacher_forced": "the same with teacher-forced efficacy (margin > 0); "
+                                            "teacher_forced holds its update efficacy, retention and forgetting",
                 "forgetting": "mean over j<K of R[j][j] − R[K][j]; retention_final: mean over j<K of R[K][j]; "
                               "both None with one update",
                 "relative_forgetting_reduction": "1 − forgetting / forgetting of lora; None without lora or "
@@ -441,13 +442,17 @@ class Bench:
                  for k, ev in enumerate(evals)]
             R_tf = [[ev["per_update"][j]["metrics"]["teacher_forced/efficacy"] for j in range(k + 1)]
                     for k, ev in enumerate(evals)]
+            R_tf = R_tf if all(v is not None for row in R_tf for v in row) else None
             last = evals[-1]
             out["methods"][method] = {
                 "config": self.spec.method_config(method).resolved(),
                 "retention": R,
-                "retention_teacher_forced": R_tf if all(v is not None for row in R_tf for v in row) else None,
+                "retention_teacher_forced": R_tf,
                 **M.retention_summary(R),
                 "relative_forgetting_reduction": None,
+                # the same summary of the teacher-forced matrix: does y⁺ stay ranked above y⁻?
+                "teacher_forced": None if R_tf is None else {
+                    **M.retention_summary(R_tf), "relative_forgetting_reduction": None},
                 "final": headline(last["metrics"]),
                 "metrics": last["metrics"],
                 "counts": last["counts"],
@@ -467,6 +472,9 @@ class Bench:
             for res in out["methods"].values():
                 res["relative_forgetting_reduction"] = M.relative_forgetting_reduction(res["forgetting"],
                                                                                        lora["forgetting"])
+                if res["teacher_forced"] and lora["teacher_forced"]:
+                    res["teacher_forced"]["relative_forgetting_reduction"] = M.relative_forgetting_reduction(
+                        res["teacher_forced"]["forgetting"], lora["teacher_forced"]["forgetting"])
         return out
 
 

@@ -26,6 +26,7 @@ COLUMNS = [
     ("retention", ("retention_final",), "pct"),
     ("forgetting", ("forgetting",), "pct"),
     ("forgetting vs lora", ("relative_forgetting_reduction",), "rel"),
+    ("forgetting (tf)", ("teacher_forced", "forgetting"), "pct"),
     ("train s", ("train_seconds",), "sec"),
 ]
 
@@ -96,7 +97,8 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
         "margin (mean of log p(y⁺|x) − log p(y⁻|x), nats) are **teacher-forced**. Update efficacy (mean of R[k][k]), "
         "retention (mean of R[K][j], j < K) and forgetting (mean of R[j][j] − R[K][j], points) come from the "
         "retention matrix R of generated reliability; \"forgetting vs lora\" is 1 − forgetting / forgetting of lora "
-        "(higher is better); train s is training wall time summed over updates.",
+        "(higher is better); \"forgetting (tf)\" is forgetting on the teacher-forced matrix (efficacy: is y⁺ still "
+        "ranked above y⁻?); train s is training wall time summed over updates.",
         "",
         "Protocols — " + protocol_line(results),
         "",
@@ -110,6 +112,10 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
         head = ["after \\ on"] + [f"U{j + 1}" for j in range(K)]
         body = [[f"U{k + 1}"] + [fmt_value(R[k][j], "pct") if j <= k else "" for j in range(K)] for k in range(K)]
         parts += [f"### {name}", "", _md_table(head, body), ""]
+        if res.get("retention_teacher_forced"):
+            T = res["retention_teacher_forced"]
+            body = [[f"U{k + 1}"] + [fmt_value(T[k][j], "pct") if j <= k else "" for j in range(K)] for k in range(K)]
+            parts += ["Teacher-forced (efficacy, %):", "", _md_table(head, body), ""]
     parts += ["## All metrics after the last update", ""]
     keys = list(results["base"]["metrics"])
     for res in results["methods"].values():
@@ -154,9 +160,15 @@ def rows_csv(results: dict) -> list[list]:
                 add(name, k, key, value)
             for j, value in enumerate(res["retention"][k - 1]):
                 add(name, k, f"retention/update-{j + 1}", value, "generated")
+            for j, value in enumerate((res.get("retention_teacher_forced") or [[]] * k)[k - 1]):
+                add(name, k, f"retention_teacher_forced/update-{j + 1}", value, "teacher_forced")
         K = results["n_updates"]
-        for key in ("update_efficacy", "retention_final", "forgetting", "relative_forgetting_reduction"):
-            add(name, K, f"summary/{key}", res[key], "generated")
+        summaries = [(res, "summary", "generated"), (res.get("teacher_forced"), "summary_teacher_forced",
+                                                     "teacher_forced")]
+        for summary, prefix, protocol in summaries:
+            for key in ("update_efficacy", "retention_final", "forgetting", "relative_forgetting_reduction"):
+                if summary is not None:
+                    add(name, K, f"{prefix}/{key}", summary[key], protocol)
     return out
 
 
