@@ -30,6 +30,8 @@ def register(sub) -> None:
     e.add_argument("--template", default="auto", choices=["auto", "chat", "raw"])
     e.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--generator", default="hf", choices=["hf", "vllm"],
+                   help="what generates the answers: hf (transformers, default) or vllm (GPU; the vllm extra)")
     _eval_options(e, batch_flag="--batch-size")
     e.set_defaults(func=cmd_eval)
 
@@ -86,6 +88,19 @@ def eval_settings(args):
 # ---------------------------------------------------------------------------------------------
 
 
+def _vllm_generator(args, editor):
+    """vLLM over the same base model folder and the same adapter the editor loaded."""
+    from . import distributed as dist
+    from .adapter import find_adapter_dir
+    from .models import resolve_model
+    from .vllm_backend import VLLMGenerator
+
+    if dist.launched():
+        raise ConfigError("--generator vllm runs in one process (vLLM splits the work itself); drop the launcher")
+    adapter_dir = find_adapter_dir(args.adapter) if args.adapter is not None else None
+    return VLLMGenerator(resolve_model(args.model), editor.fmt, adapter_dir)
+
+
 def cmd_eval(args) -> int:
     from . import distributed as dist
     from .api import Editor, as_edits
@@ -108,13 +123,15 @@ def cmd_eval(args) -> int:
 
         questions = mmlu.subset(mmlu.load(args.mmlu_file), args.mmlu, args.mmlu_seed)
     progress = not args.quiet
+    generator = _vllm_generator(args, editor) if args.generator == "vllm" else None
     base = None
     if args.adapter is None or args.base:
-        base = evaluate(editor, edits, base=True, mmlu=questions, settings=settings, progress=progress)
+        base = evaluate(editor, edits, base=True, mmlu=questions, settings=settings, progress=progress,
+                        generator=generator)
     edited = None
     if args.adapter is not None:
         edited = evaluate(editor, edits, base_answers=base["base_answers"] if base else None, mmlu=questions,
-                          settings=settings, progress=progress)
+                          settings=settings, progress=progress, generator=generator)
     main = edited or base
     result = {
         "model": args.model, "adapter": args.adapter, "edits": args.edits, "n_edits": len(edits),

@@ -130,32 +130,45 @@ def _unique(items) -> list:
     return list(dict.fromkeys(items))
 
 
-def _greedy(model, fmt, prompts: list[str], settings: EvalSettings, bar=None) -> list[str]:
-    """Greedy answers, split across workers under a launcher with the batches of one process."""
+def _greedy(model, fmt, prompts: list[str], settings: EvalSettings, bar=None, generator=None,
+            adapter: bool = True) -> list[str]:
+    """Greedy answers, split across workers under a launcher with the batches of one process.
+
+    With a `generator` (:class:`corsa.vllm_backend.VLLMGenerator`) vLLM answers instead, with the
+    adapter applied or not as `adapter` says (the transformers path takes it from `model`'s state).
+    """
+    if generator is not None:
+        answers = generator.generate(prompts, settings.max_new_tokens, adapter=adapter)
+        if bar is not None:
+            bar.update(len(prompts))
+        return answers
     return dist.gather_batches(lambda part: generate(model, fmt, part, settings.max_new_tokens, settings.batch_size,
                                                      bar), prompts, settings.batch_size, key=lambda p: -len(p))
 
 
 def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | None = None,
-                 progress: bool = False) -> dict[str, str]:
+                     progress: bool = False, generator=None) -> dict[str, str]:
     """The unedited model's greedy answer to every locality probe (adapter disabled)."""
     settings = settings or EvalSettings()
     model, fmt = _unwrap(model, fmt)
     prompts = _unique(p.prompt for e in edits for p in e.locality)
     with _adapter(model, False), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
                                       disable=not (progress and dist.is_main()), leave=False) as bar:
-        answers = _greedy(model, fmt, prompts, settings, bar)
+        answers = _greedy(model, fmt, prompts, settings, bar, generator, adapter=False)
     return dict(zip(prompts, answers))
 
 
 def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_answers: dict | None = None,
-             mmlu: list | None = None, settings: EvalSettings | None = None, progress: bool = False) -> dict:
+             mmlu: list | None = None, settings: EvalSettings | None = None, progress: bool = False,
+             generator=None) -> dict:
     """Every metric of method.md §5 for `edits` on `target` (an Editor, or a model with `fmt`).
 
     base: evaluate the unedited model (the adapter disabled); its own answers are then the
     locality reference. base_answers: the unedited model's answers to the locality probes,
     cached from an earlier call; those missing are generated here with the adapter disabled.
     mmlu: questions from :func:`corsa.mmlu.subset`, scored with the same adapter state.
+    generator: a :class:`corsa.vllm_backend.VLLMGenerator` to generate with vLLM (GPU) instead of
+    transformers; teacher-forced metrics still use `target`.
 
     Returns ``{"protocol", "metrics", "counts", "records", "base_answers", "mmlu", "seconds"}``.
     """
@@ -171,8 +184,14 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     with _adapter(model, not base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
                                          desc="eval · generate", disable=not (progress and dist.is_main()),
                                          leave=False) as bar:
-        answers = dict(zip(greedy_prompts, _greedy(model, fmt, greedy_prompts, settings, bar)))
-        if sampled_prompts:
+        answers = dict(zip(greedy_prompts, _greedy(model, fmt, greedy_prompts, settings, bar, generator,
+                                                   adapter=not base)))
+        if sampled_prompts and generator is not None:
+            answers.update(zip(sampled_prompts, generator.generate(
+                sampled_prompts, n, adapter=not base, num_samples=settings.sample,
+                temperature=settings.temperature, seed=settings.seed)))
+            bar.update(len(sampled_prompts))
+        elif sampled_prompts:
             def draw():
                 device = next(model.parameters()).device
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -192,10 +211,11 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
         reference = dict(base_answers or {})
         missing = [e for e in edits if any(p.prompt not in reference for p in e.locality)]
         if missing:
-            reference.update(unedited_answers(model, fmt, missing, settings, progress))
+            reference.update(unedited_answers(model, fmt, missing, settings, progress, generator))
     records = _records(model, fmt, edits, answers, reference, base, settings)
     result = {"protocol": settings.protocol(fmt.name), "metrics": summarise(records), "counts": counts(records),
               "records": records, "base_answers": {p: reference[p] for p in probes}, "mmlu": None}
+    result["protocol"]["generated"]["engine"] = "vllm" if generator is not None else "transformers"
     if mmlu:
         from . import mmlu as mmlu_lib
 
