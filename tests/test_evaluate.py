@@ -131,6 +131,11 @@ def test_summarise_hand_made_records():
     assert m["teacher_forced/generality"] == 0.5
     assert m["teacher_forced/locality"] == 1.0
     assert E.counts(records)["portability_questions"] == 1
+    assert m["generated/crossover"] == 0.0             # every y⁺ here is Paris: nothing to cross into
+    assert summarise(records, pool=["Paris", "Rome", "Milan"])["generated/crossover"] == 0.0
+    crossed = [rec("Milan", new="Paris"), rec("Milan", new="Milan"), rec("Oslo", new="Rome")]
+    assert summarise(crossed)["generated/crossover"] == pytest.approx(1 / 3)
+    assert summarise(crossed[:1], pool=["Paris"])["generated/crossover"] == 0.0  # Milan not edited here
     empty = summarise([])
     assert all(v is None for v in empty.values())
 

@@ -90,6 +90,20 @@ def test_locality_compares_normalised_answers():
         M.locality(["a"], [])
 
 
+def test_crossover_counts_answers_taken_from_another_edit():
+    news = ["Paris", "Milan", "jazz", "Rome"]
+    answers = ["milan", "Milan and Paris", "I like rock", "The city of Rome"]
+    # 1: another edit's answer (Milan) and not its own; 2: both, so it answers its own; 3: none; 4: its own
+    assert M.crossover(answers, news, news) == pytest.approx(1 / 4)
+    # an answer from outside the pool is a plain miss, not a crossover
+    assert M.crossover(["Berlin"], ["Paris"], ["Paris", "Milan"]) == 0.0
+    # two edits with the same new answer do not cross into each other
+    assert M.crossover(["paris"], ["Paris"], ["Paris", " PARIS "]) == 0.0
+    assert M.crossover([], [], news) is None
+    with pytest.raises(ValueError):
+        M.crossover(["a"], [], news)
+
+
 def test_efficacy_is_the_sign_of_the_margin_and_a_tie_fails():
     assert M.efficacy([1.0, -0.5, 0.0, 2.0]) == 0.5
     assert M.efficacy([]) is None

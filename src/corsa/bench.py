@@ -362,9 +362,10 @@ class Bench:
                          f"({record.result.seconds:.1f} s training, {record.result.steps} steps)")
                 ev = evaluate(editor, seen, base_answers=cache, mmlu=self.mmlu if k == K else None,
                               settings=spec.eval, progress=spec.progress)
+                pool = [e.target_new for e in seen]  # crossover counts every edited answer seen so far
                 sizes = [len(u) for u in self.updates[:k]]
                 bounds = [sum(sizes[:j]) for j in range(k + 1)]
-                per_update = [{"update": j + 1, "metrics": summarise(ev["records"][bounds[j]:bounds[j + 1]]),
+                per_update = [{"update": j + 1, "metrics": summarise(ev["records"][bounds[j]:bounds[j + 1]], pool),
                                "counts": counts(ev["records"][bounds[j]:bounds[j + 1]])} for j in range(k)]
                 result = {
                     "method": method, "update": k, "edit_ids": [e.id for e in edits],

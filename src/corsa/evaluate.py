@@ -20,7 +20,9 @@ Metric keys name their protocol:
     one). Locality is always greedy, even with sampling: two samples differ even when the model
     has not changed;
   - ``portability``: a multi-hop question (MQuAKE) is answered with its new answer or an alias;
-    a question shared by several edits of a case counts once.
+    a question shared by several edits of a case counts once;
+  - ``crossover`` (a diagnostic, greedy only): the edit prompt is answered with *another* edit's
+    y⁺ rather than its own — interference between edits that the margin against y⁻ cannot see.
 
 - ``teacher_forced/…``: log-probabilities summed over the answer tokens, same prompt format.
 
@@ -284,8 +286,12 @@ def _portability(records: list[dict]) -> list[dict]:
     return list(seen.values())
 
 
-def summarise(records: list[dict]) -> dict:
-    """The metrics of method.md §5 from per-edit records (see the module docstring for each key)."""
+def summarise(records: list[dict], pool: list[str] | None = None) -> dict:
+    """The metrics of method.md §5 from per-edit records (see the module docstring for each key).
+
+    pool: every edited y⁺ that counts for ``generated/crossover`` (default: those of `records`;
+    pass all edits' when `records` is a subset, as one update's edits are).
+    """
     news = [r["target_new"] for r in records]
     olds = [r["target_old"] for r in records]
     paras = [(p, r) for r in records for p in r["paraphrases"]]
@@ -307,6 +313,8 @@ def summarise(records: list[dict]) -> dict:
         "generated/locality": M.locality([q["answer"] for q in probes], [q["base_answer"] for q in probes]),
         "generated/locality_gold": M.fraction(M.hit_rate(q["answer"], (q["gold"], *q["aliases"])) for q in gold),
         "generated/portability": M.fraction(M.hit_rate(q["answer"], (q["gold"], *q["aliases"])) for q in port),
+        "generated/crossover": (M.crossover([r["answer"] for r in records], news, news if pool is None else pool)
+                                if records and all(isinstance(r["answer"], str) for r in records) else None),
         "teacher_forced/efficacy": M.efficacy(margins),
         "teacher_forced/margin_mean": stats["mean"],
         "teacher_forced/margin_std": stats["std"],

@@ -99,6 +99,20 @@ def reliability(answers: Sequence[Answer], targets_new: Sequence[str], targets_o
     return fraction(hit_rate(a, (n,), (o,), strict) for a, n, o in zip(answers, targets_new, targets_old))
 
 
+def crossover(answers: Sequence[str | None], targets_new: Sequence[str], pool: Iterable[str]) -> float | None:
+    """Fraction of edit prompts answered with *another* edit's y⁺ instead of their own.
+
+    A diagnostic of interference between edits, which the margin against y⁻ cannot see: the
+    answer mentions some y⁺ from `pool` (every edit's new answer) other than the prompt's own,
+    and not its own. Greedy answers only (one string per prompt). ``None`` for no prompts.
+    """
+    if len(answers) != len(targets_new):
+        raise ValueError(f"{len(answers)} answers for {len(targets_new)} new targets")
+    pool = list(dict.fromkeys(pool))
+    return fraction(not contains(a, own) and any(contains(a, t) for t in pool if normalise(t) != normalise(own))
+                    for a, own in zip(answers, targets_new))
+
+
 def unchanged(answer: str | None, base_answer: str | None) -> bool:
     """The edited model's answer equals the unedited model's, compared normalised."""
     return normalise(answer) == normalise(base_answer)
