@@ -90,6 +90,10 @@ def test_every_file_and_key(first):
         assert [len(row) for row in T] == [1, 2]
         assert m["teacher_forced"]["forgetting"] == pytest.approx(T[0][0] - T[1][0])
         assert m["teacher_forced"]["retention_final"] == pytest.approx(T[1][0])
+        lost = m["lost_edits"]  # the first update's edits, by their answer after the second
+        assert lost["edits"] == r["update_sizes"][0]
+        assert lost["kept"] == pytest.approx(R[1][0] * lost["edits"])
+        assert lost["lost"] == lost["to_old_answer"] + lost["to_another_edit"] + lost["elsewhere"]
         for key in FRACTIONS:
             assert 0.0 <= m["final"][key] <= 1.0, (name, key)
         assert isinstance(m["final"]["margin_mean"], float)
@@ -120,6 +124,7 @@ def test_every_file_and_key(first):
     assert "| lora |" in report and "| corsa |" in report and "| base (unedited) |" in report
     assert "retention-corsa.png" in report and "greedy" in report
     assert "forgetting (tf)" in report and "Teacher-forced (efficacy, %):" in report
+    assert "## Where the earlier updates' edits went" in report
 
 
 def test_rerun_skips_every_finished_pair(setup, first, monkeypatch, capsys):

@@ -104,6 +104,20 @@ def test_crossover_counts_answers_taken_from_another_edit():
         M.crossover(["a"], [], news)
 
 
+def test_lost_edits_are_split_by_where_the_answer_went():
+    news = ["Paris", "Milan", "jazz", "Rome", "Oslo"]
+    olds = ["Berlin", "Vienna", "opera", None, "Bergen"]
+    answers = ["Paris", "Vienna, I think", "Paris", "Lyon", "Bergen or Milan"]
+    c = M.lost_edits(answers, news, olds, news)
+    # Paris kept; Vienna is Milan's y⁻; jazz → Paris (another edit); Rome → Lyon (elsewhere, no y⁻);
+    # Oslo → "Bergen or Milan": y⁻ is mentioned, so the prior counts first
+    assert c == {"edits": 5, "kept": 1, "lost": 4, "to_old_answer": 2, "to_another_edit": 1, "elsewhere": 1}
+    assert c["lost"] == c["to_old_answer"] + c["to_another_edit"] + c["elsewhere"]
+    assert M.lost_edits([], [], [], news)["edits"] == 0
+    with pytest.raises(ValueError):
+        M.lost_edits(["a"], ["b"], [], news)
+
+
 def test_efficacy_is_the_sign_of_the_margin_and_a_tie_fails():
     assert M.efficacy([1.0, -0.5, 0.0, 2.0]) == 0.5
     assert M.efficacy([]) is None

@@ -431,6 +431,8 @@ class Bench:
                 "peak_rss_mb": "ru_maxrss of the whole bench process when the method finished: it includes the "
                                "methods run before it in the same process and never decreases",
                 "train_seconds": "wall time of training, summed over updates (evaluation excluded)",
+                "lost_edits": "after the last update, the earlier updates' edits by greedy answer: kept (y⁺), or lost "
+                              "to y⁻, to another edit's y⁺, or elsewhere (corsa.metrics.lost_edits)",
             },
             "base": {"final": headline(self.base["metrics"]), "metrics": self.base["metrics"],
                      "counts": self.base["counts"], "mmlu": self.base["mmlu"],
@@ -467,6 +469,7 @@ class Bench:
                 "peak_gpu_mb": max((ev["peak_gpu_mb"] for ev in evals if ev.get("peak_gpu_mb") is not None),
                                    default=None),
                 "margins": [r["margin"] for r in last["records"]],
+                "lost_edits": _lost_edits(last, K=len(evals)),
             }
         lora = out["methods"].get("lora")
         if lora is not None:
@@ -477,6 +480,15 @@ class Bench:
                     res["teacher_forced"]["relative_forgetting_reduction"] = M.relative_forgetting_reduction(
                         res["teacher_forced"]["forgetting"], lora["teacher_forced"]["forgetting"])
         return out
+
+
+def _lost_edits(last: dict, K: int) -> dict | None:
+    """After the last update, where the earlier updates' edits went (metrics.lost_edits); greedy only."""
+    old = [r for r in last["records"] if r["id"] not in set(last["edit_ids"])]
+    if K < 2 or not all(isinstance(r["answer"], str) for r in old):
+        return None
+    return M.lost_edits([r["answer"] for r in old], [r["target_new"] for r in old], [r["target_old"] for r in old],
+                        [r["target_new"] for r in last["records"]])
 
 
 def _pct(x) -> str:

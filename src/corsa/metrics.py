@@ -113,6 +113,33 @@ def crossover(answers: Sequence[str | None], targets_new: Sequence[str], pool: I
                     for a, own in zip(answers, targets_new))
 
 
+def lost_edits(answers: Sequence[str | None], targets_new: Sequence[str], targets_old: Sequence[str | None],
+               pool: Iterable[str]) -> dict:
+    """Where edits that no longer answer y⁺ went: back to y⁻, to another edit's y⁺, or elsewhere.
+
+    Counts over greedy answers: ``edits``, ``kept`` (the answer contains y⁺), ``lost`` and its
+    three parts — ``to_old_answer`` (mentions y⁻: the prior won, what DPO's margin guards),
+    ``to_another_edit`` (mentions the y⁺ of another edit in `pool`, not y⁻: edits interfering)
+    and ``elsewhere``.
+    """
+    if not len(answers) == len(targets_new) == len(targets_old):
+        raise ValueError(f"{len(answers)} answers for {len(targets_new)} new and {len(targets_old)} old targets")
+    pool = list(dict.fromkeys(pool))
+    out = {"edits": len(answers), "kept": 0, "lost": 0, "to_old_answer": 0, "to_another_edit": 0, "elsewhere": 0}
+    for a, new, old in zip(answers, targets_new, targets_old):
+        if contains(a, new):
+            out["kept"] += 1
+            continue
+        out["lost"] += 1
+        if old is not None and contains(a, old):
+            out["to_old_answer"] += 1
+        elif any(contains(a, t) for t in pool if normalise(t) != normalise(new)):
+            out["to_another_edit"] += 1
+        else:
+            out["elsewhere"] += 1
+    return out
+
+
 def unchanged(answer: str | None, base_answer: str | None) -> bool:
     """The edited model's answer equals the unedited model's, compared normalised."""
     return normalise(answer) == normalise(base_answer)

@@ -116,6 +116,15 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
             T = res["retention_teacher_forced"]
             body = [[f"U{k + 1}"] + [fmt_value(T[k][j], "pct") if j <= k else "" for j in range(K)] for k in range(K)]
             parts += ["Teacher-forced (efficacy, %):", "", _md_table(head, body), ""]
+    lost = {n: r["lost_edits"] for n, r in results["methods"].items() if r.get("lost_edits")}
+    if lost:
+        head = ["method", "earlier edits", "kept y⁺", "lost", "to y⁻", "to another edit's y⁺", "elsewhere"]
+        body = [[n, str(c["edits"]), str(c["kept"]), str(c["lost"]), str(c["to_old_answer"]),
+                 str(c["to_another_edit"]), str(c["elsewhere"])] for n, c in lost.items()]
+        parts += ["## Where the earlier updates' edits went", "",
+                  "After the last update, the edits of updates 1 … K−1 by their greedy answer: still y⁺, back to "
+                  "the old answer y⁻ (the prior won), or taken over by another edit's y⁺ (edits interfering).", "",
+                  _md_table(head, body), ""]
     parts += ["## All metrics after the last update", ""]
     keys = list(results["base"]["metrics"])
     for res in results["methods"].values():
