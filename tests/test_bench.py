@@ -13,7 +13,7 @@ from corsa.records import Edit, Probe
 METHODS = ["lora", "corsa"]
 FAST = ["--epochs", "2", "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2", "--warmup-steps", "0",
         "--max-new-tokens", "6", "--quiet"]
-FRACTIONS = ["reliability", "generality", "locality", "efficacy"]
+FRACTIONS = ["reliability", "generality", "locality", "locality_tf", "efficacy"]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_every_file_and_key(first):
     n_metrics = len(r["methods"]["lora"]["metrics"])
     assert len(rows) - 1 >= len(METHODS) * 2 * (n_metrics - 1)
     report = (out / "report.md").read_text()
-    assert "| method | reliability | generality | locality | efficacy | margin |" in report
+    assert "| method | reliability | generality | locality | locality (tf) | efficacy | margin |" in report
     assert "| lora |" in report and "| corsa |" in report and "| base (unedited) |" in report
     assert "retention-corsa.png" in report and "greedy" in report
     assert "forgetting (tf)" in report and "Teacher-forced (efficacy, %):" in report

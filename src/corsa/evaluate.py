@@ -68,7 +68,8 @@ HEADLINE = {"reliability": "generated/reliability", "generality": "generated/gen
             "locality": "generated/locality", "efficacy": "teacher_forced/efficacy",
             "margin_mean": "teacher_forced/margin_mean",
             "reliability_strict": "generated/reliability_strict", "generality_strict": "generated/generality_strict",
-            "locality_gold": "generated/locality_gold", "portability": "generated/portability",
+            "locality_gold": "generated/locality_gold", "locality_tf": "teacher_forced/locality",
+            "portability": "generated/portability",
             "mmlu_accuracy": "teacher_forced/mmlu_accuracy"}
 
 
