@@ -208,6 +208,7 @@ def worker(out: Path) -> None:
                         "answers": answers, "world_size": dist.world_size(),
                         "n_reference": n_reference[0] if n_reference else None}, out / f"{method}.pt")
     td.barrier()
+    dist.shutdown()
 
 
 if __name__ == "__main__":

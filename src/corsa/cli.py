@@ -196,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("corsa: interrupted; completed outputs were saved. Rerun the same command to resume.", file=sys.stderr)
         return 130
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from . import distributed as dist
+
+            dist.shutdown()
 
 
 if __name__ == "__main__":

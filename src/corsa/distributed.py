@@ -52,6 +52,17 @@ def init(cpu: bool | None = None):
     return PartialState(cpu=cpu)
 
 
+def shutdown() -> None:
+    """Leave the process group, if one was joined, before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads can be torn down while still joinable,
+    and a worker that finished its work aborts ("terminate called without an active exception"),
+    which the launcher reports as a failure.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _active() -> bool:
     if launched() and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         init()  # a launched process that skipped Editor (the engine used directly)
