@@ -22,11 +22,31 @@ from corsa.evaluate import EvalSettings, evaluate
 from corsa.models import save_tiny_llama
 
 
+# keyword names of vLLM's real LLM(...) and SamplingParams(...) (a subset): a misspelt or removed
+# argument in our calls fails here as it would there
+LLM_ARGS = {"model", "tokenizer", "seed", "enable_lora", "max_lora_rank", "max_loras", "gpu_memory_utilization",
+            "dtype", "max_model_len", "tensor_parallel_size", "trust_remote_code"}
+SAMPLING_ARGS = {"n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids",
+                 "ignore_eos", "detokenize", "skip_special_tokens", "logprobs", "repetition_penalty"}
+
+
+def sampling_params(**kw):
+    unknown = set(kw) - SAMPLING_ARGS
+    assert not unknown, f"not a vLLM SamplingParams field: {unknown}"
+    return SimpleNamespace(**kw)
+
+
 class FakeLLM:
     made: list = []
+    fail_with: Exception | None = None
 
     def __init__(self, model, tokenizer=None, enable_lora=False, max_lora_rank=16, max_loras=1, seed=0, **kw):
         from transformers import AutoModelForCausalLM
+
+        unknown = set(kw) - LLM_ARGS
+        assert not unknown, f"not a vLLM LLM argument: {unknown}"
+        if FakeLLM.fail_with is not None:
+            raise FakeLLM.fail_with
 
         self.options = dict(model=model, tokenizer=tokenizer, enable_lora=enable_lora, max_lora_rank=max_lora_rank,
                             max_loras=max_loras, **kw)
@@ -72,14 +92,15 @@ class FakeLLM:
 def fake_vllm(monkeypatch):
     vllm = types.ModuleType("vllm")
     vllm.LLM = FakeLLM
-    vllm.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    vllm.SamplingParams = sampling_params
     lora = types.ModuleType("vllm.lora")
     request = types.ModuleType("vllm.lora.request")
     request.LoRARequest = lambda name, int_id, path: SimpleNamespace(lora_name=name, lora_int_id=int_id, lora_path=path)
     for name, mod in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
         monkeypatch.setitem(sys.modules, name, mod)
-    FakeLLM.made = []
-    return FakeLLM
+    FakeLLM.made, FakeLLM.fail_with = [], None
+    yield FakeLLM
+    FakeLLM.fail_with = None
 
 
 @pytest.fixture
@@ -159,3 +180,23 @@ def test_an_unreadable_adapter_config_names_the_file(fake_vllm, tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"adapter_config.json.*'r'"):
         VLLMGenerator(tmp_path, PromptFormat(tiny_tokenizer(), "raw"), tmp_path)
+
+
+def test_options_override_ours_and_a_failing_start_is_a_clear_error(fake_vllm, trained):
+    from corsa.vllm_backend import VLLMGenerator
+
+    model_dir, run, editor = trained
+    VLLMGenerator(model_dir, editor.fmt, run / "adapter", seed=3, gpu_memory_utilization=0.5)
+    assert fake_vllm.made[-1].options["gpu_memory_utilization"] == 0.5
+    fake_vllm.fail_with = ValueError("Free memory on device is less than desired GPU memory utilization")
+    with pytest.raises(ConfigError, match=r"vLLM could not start.*--vllm-gpu-memory"):
+        VLLMGenerator(model_dir, editor.fmt, run / "adapter")
+
+
+def test_vllm_under_a_launcher_is_refused_before_loading_anything(fake_vllm, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr("corsa.api.Editor.__init__", lambda *a, **k: pytest.fail("loaded a model first"))
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text('{"prompt": "p", "target_new": "a", "target_old": "b"}\n')
+    assert main(["eval", "--edits", str(edits), "--out", str(tmp_path / "m.json"), "--generator", "vllm"]) == 2
+    assert "drop the launcher" in capsys.readouterr().err

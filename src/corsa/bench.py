@@ -469,7 +469,7 @@ class Bench:
                 "peak_gpu_mb": max((ev["peak_gpu_mb"] for ev in evals if ev.get("peak_gpu_mb") is not None),
                                    default=None),
                 "margins": [r["margin"] for r in last["records"]],
-                "lost_edits": _lost_edits(last, K=len(evals)),
+                "lost_edits": _lost_edits(last, n_earlier=sum(len(u) for u in self.updates[:len(evals) - 1])),
             }
         lora = out["methods"].get("lora")
         if lora is not None:
@@ -482,10 +482,13 @@ class Bench:
         return out
 
 
-def _lost_edits(last: dict, K: int) -> dict | None:
-    """After the last update, where the earlier updates' edits went (metrics.lost_edits); greedy only."""
-    old = [r for r in last["records"] if r["id"] not in set(last["edit_ids"])]
-    if K < 2 or not all(isinstance(r["answer"], str) for r in old):
+def _lost_edits(last: dict, n_earlier: int) -> dict | None:
+    """After the last update, where the earlier updates' edits went (metrics.lost_edits); greedy only.
+
+    The records are in update order, so the earlier updates' edits are the first `n_earlier`.
+    """
+    old = last["records"][:n_earlier]
+    if not old or not all(isinstance(r["answer"], str) for r in old):
         return None
     return M.lost_edits([r["answer"] for r in old], [r["target_new"] for r in old], [r["target_old"] for r in old],
                         [r["target_new"] for r in last["records"]])

@@ -32,6 +32,9 @@ def register(sub) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--generator", default="hf", choices=["hf", "vllm"],
                    help="what generates the answers: hf (transformers, default) or vllm (GPU; the vllm extra)")
+    e.add_argument("--vllm-gpu-memory", type=float, default=None, metavar="FRACTION",
+                   help="with --generator vllm: the fraction of the GPU vLLM may take (default: what is free "
+                        "after corsa's own model, less a margin)")
     _eval_options(e, batch_flag="--batch-size")
     e.set_defaults(func=cmd_eval)
 
@@ -90,15 +93,13 @@ def eval_settings(args):
 
 def _vllm_generator(args, editor):
     """vLLM over the same base model folder and the same adapter the editor loaded."""
-    from . import distributed as dist
     from .adapter import find_adapter_dir
     from .models import resolve_model
     from .vllm_backend import VLLMGenerator
 
-    if dist.launched():
-        raise ConfigError("--generator vllm runs in one process (vLLM splits the work itself); drop the launcher")
     adapter_dir = find_adapter_dir(args.adapter) if args.adapter is not None else None
-    return VLLMGenerator(resolve_model(args.model), editor.fmt, adapter_dir)
+    options = {} if args.vllm_gpu_memory is None else {"gpu_memory_utilization": args.vllm_gpu_memory}
+    return VLLMGenerator(resolve_model(args.model), editor.fmt, adapter_dir, **options)
 
 
 def cmd_eval(args) -> int:
@@ -111,6 +112,8 @@ def cmd_eval(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give the path of a .json file to write")
+    if args.generator == "vllm" and dist.launched():  # said before minutes of loading, not after
+        raise ConfigError("--generator vllm runs in one process (vLLM splits the work itself); drop the launcher")
     started = time.perf_counter()
     edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
     if not edits:

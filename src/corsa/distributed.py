@@ -60,7 +60,10 @@ def shutdown() -> None:
     which the launcher reports as a failure.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from accelerate import PartialState
+
         torch.distributed.destroy_process_group()
+        PartialState._reset_state()  # so that a later init() in this process joins a new group
 
 
 def _active() -> bool:

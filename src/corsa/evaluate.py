@@ -171,7 +171,8 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     cached from an earlier call; those missing are generated here with the adapter disabled.
     mmlu: questions from :func:`corsa.mmlu.subset`, scored with the same adapter state.
     generator: a :class:`corsa.vllm_backend.VLLMGenerator` to generate with vLLM (GPU) instead of
-    transformers; teacher-forced metrics still use `target`.
+    transformers. Teacher-forced scores still come from `target`, but a locality probe without a
+    gold answer is scored against the unedited answer, which the generator then produced.
 
     Returns ``{"protocol", "metrics", "counts", "records", "base_answers", "mmlu", "seconds"}``.
     """

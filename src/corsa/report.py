@@ -95,7 +95,7 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
         "",
         "Columns, in % unless noted, after the last update: reliability, generality (all paraphrases) and locality "
         "(answer unchanged from the unedited model's) are **generated**; locality (tf) (ROME's neighbourhood score: "
-        "the probe's gold answer still beats y⁺), efficacy (fraction of margins > 0) and "
+        "the probe's gold answer, or the unedited model's answer where it has none, still beats y⁺), efficacy (fraction of margins > 0) and "
         "margin (mean of log p(y⁺|x) − log p(y⁻|x), nats) are **teacher-forced**. Update efficacy (mean of R[k][k]), "
         "retention (mean of R[K][j], j < K) and forgetting (mean of R[j][j] − R[K][j], points) come from the "
         "retention matrix R of generated reliability; \"forgetting vs lora\" is 1 − forgetting / forgetting of lora "
