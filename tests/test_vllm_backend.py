@@ -8,9 +8,11 @@ adapter we name, the rank we ask for, and how answers are cut and shaped; equal 
 transformers path show the two agree.
 """
 
+import copy
 import json
 import sys
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -61,11 +63,9 @@ class FakeLLM:
         from peft import PeftModel
 
         assert self.options["enable_lora"], "a LoRA request to an engine built without enable_lora"
-        rank = json.loads((lora.lora_path and open(f"{lora.lora_path}/adapter_config.json").read()))["r"]
+        rank = json.loads(Path(lora.lora_path, "adapter_config.json").read_text())["r"]
         assert rank <= self.options["max_lora_rank"], "vLLM refuses an adapter above max_lora_rank"
         if lora.lora_path not in self.peft:
-            import copy
-
             self.peft[lora.lora_path] = PeftModel.from_pretrained(copy.deepcopy(self.base), lora.lora_path).eval()
         return self.peft[lora.lora_path]
 

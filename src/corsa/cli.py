@@ -197,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         print("corsa: interrupted; completed outputs were saved. Rerun the same command to resume.", file=sys.stderr)
         return 130
     finally:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from . import distributed as dist
+        from . import distributed as dist
 
+        if dist.launched():
             dist.shutdown()
 
 

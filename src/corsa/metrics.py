@@ -109,8 +109,12 @@ def crossover(answers: Sequence[str | None], targets_new: Sequence[str], pool: I
     if len(answers) != len(targets_new):
         raise ValueError(f"{len(answers)} answers for {len(targets_new)} new targets")
     pool = list(dict.fromkeys(pool))
-    return fraction(not contains(a, own) and any(contains(a, t) for t in pool if normalise(t) != normalise(own))
-                    for a, own in zip(answers, targets_new))
+    return fraction(not contains(a, own) and _mentions_other(a, own, pool) for a, own in zip(answers, targets_new))
+
+
+def _mentions_other(answer: str | None, own: str, pool: list[str]) -> bool:
+    """The answer mentions a y⁺ from `pool` other than `own` (the same text normalised is not other)."""
+    return any(contains(answer, t) for t in pool if normalise(t) != normalise(own))
 
 
 def lost_edits(answers: Sequence[str | None], targets_new: Sequence[str], targets_old: Sequence[str | None],
@@ -133,7 +137,7 @@ def lost_edits(answers: Sequence[str | None], targets_new: Sequence[str], target
         out["lost"] += 1
         if old is not None and contains(a, old):
             out["to_old_answer"] += 1
-        elif any(contains(a, t) for t in pool if normalise(t) != normalise(new)):
+        elif _mentions_other(a, new, pool):
             out["to_another_edit"] += 1
         else:
             out["elsewhere"] += 1

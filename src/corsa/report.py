@@ -74,6 +74,13 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _matrix_table(R: list[list[float]], K: int) -> str:
+    """A lower-triangular retention matrix as a Markdown table, in %."""
+    head = ["after \\ on"] + [f"U{j + 1}" for j in range(K)]
+    body = [[f"U{k + 1}"] + [fmt_value(R[k][j], "pct") if j <= k else "" for j in range(K)] for k in range(K)]
+    return _md_table(head, body)
+
+
 def protocol_line(results: dict) -> str:
     g, t = results["protocol"]["generated"], results["protocol"]["teacher_forced"]
     return (f"**generated**: {g['decoding']} decoding, up to {g['max_new_tokens']} new tokens, {g['template']} "
@@ -95,9 +102,9 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
         "",
         "Columns, in % unless noted, after the last update: reliability, generality (all paraphrases) and locality "
         "(answer unchanged from the unedited model's) are **generated**; locality (tf) (ROME's neighbourhood score: "
-        "the probe's gold answer, or the unedited model's answer where it has none, still beats y⁺), efficacy (fraction of margins > 0) and "
-        "margin (mean of log p(y⁺|x) − log p(y⁻|x), nats) are **teacher-forced**. Update efficacy (mean of R[k][k]), "
-        "retention (mean of R[K][j], j < K) and forgetting (mean of R[j][j] − R[K][j], points) come from the "
+        "the probe's gold answer, or the unedited model's answer where it has none, still beats y⁺), efficacy "
+        "(fraction of margins > 0) and margin (mean of log p(y⁺|x) − log p(y⁻|x), nats) are **teacher-forced**. "
+        "Update efficacy (mean of R[k][k]), retention (mean of R[K][j], j < K) and forgetting (mean of R[j][j] − R[K][j], points) come from the "
         "retention matrix R of generated reliability; \"forgetting vs lora\" is 1 − forgetting / forgetting of lora "
         "(higher is better); \"forgetting (tf)\" is forgetting on the teacher-forced matrix (efficacy: is y⁺ still "
         "ranked above y⁻?); train s is training wall time summed over updates.",
@@ -111,13 +118,9 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
     ]
     for name, res in results["methods"].items():
         R = res["retention"]
-        head = ["after \\ on"] + [f"U{j + 1}" for j in range(K)]
-        body = [[f"U{k + 1}"] + [fmt_value(R[k][j], "pct") if j <= k else "" for j in range(K)] for k in range(K)]
-        parts += [f"### {name}", "", _md_table(head, body), ""]
+        parts += [f"### {name}", "", _matrix_table(R, K), ""]
         if res.get("retention_teacher_forced"):
-            T = res["retention_teacher_forced"]
-            body = [[f"U{k + 1}"] + [fmt_value(T[k][j], "pct") if j <= k else "" for j in range(K)] for k in range(K)]
-            parts += ["Teacher-forced (efficacy, %):", "", _md_table(head, body), ""]
+            parts += ["Teacher-forced (efficacy, %):", "", _matrix_table(res["retention_teacher_forced"], K), ""]
     lost = {n: r["lost_edits"] for n, r in results["methods"].items() if r.get("lost_edits")}
     if lost:
         head = ["method", "earlier edits", "kept y⁺", "lost", "to y⁻", "to another edit's y⁺", "elsewhere"]
@@ -171,15 +174,17 @@ def rows_csv(results: dict) -> list[list]:
                 add(name, k, key, value)
             for j, value in enumerate(res["retention"][k - 1]):
                 add(name, k, f"retention/update-{j + 1}", value, "generated")
-            for j, value in enumerate((res.get("retention_teacher_forced") or [[]] * k)[k - 1]):
-                add(name, k, f"retention_teacher_forced/update-{j + 1}", value, "teacher_forced")
+            if res.get("retention_teacher_forced"):
+                for j, value in enumerate(res["retention_teacher_forced"][k - 1]):
+                    add(name, k, f"retention_teacher_forced/update-{j + 1}", value, "teacher_forced")
         K = results["n_updates"]
         summaries = [(res, "summary", "generated"), (res.get("teacher_forced"), "summary_teacher_forced",
                                                      "teacher_forced")]
         for summary, prefix, protocol in summaries:
+            if summary is None:
+                continue
             for key in ("update_efficacy", "retention_final", "forgetting", "relative_forgetting_reduction"):
-                if summary is not None:
-                    add(name, K, f"{prefix}/{key}", summary[key], protocol)
+                add(name, K, f"{prefix}/{key}", summary[key], protocol)
     return out
 
 
