@@ -39,7 +39,8 @@ import torch  # noqa: E402
 
 from corsa import EditConfig, Editor  # noqa: E402
 from corsa.adapter import attach_new  # noqa: E402
-from corsa.engine import compute_reference, corsa_step, micro_batches, normalise, trainable_parameters  # noqa: E402
+from corsa.engine import compute_reference, corsa_step, micro_batches, trainable_parameters  # noqa: E402
+from corsa.metrics import contains  # noqa: E402
 from corsa.generate import generate  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
@@ -239,7 +240,7 @@ def profile_passes(model, params, encoded, mb, pad_id, device, rounds: int) -> d
 
 def reliability(editor: Editor, edits) -> float:
     answers = generate(editor.model, editor.fmt, [e.prompt for e in edits], editor.config.max_new_tokens, 32)
-    return sum(normalise(e.target_new) in normalise(a) for e, a in zip(edits, answers)) / len(edits)
+    return sum(contains(a, e.target_new) for e, a in zip(edits, answers)) / len(edits)
 
 
 def bench_time_to_edit(name: str, device, data: Path, n_edits: int, epochs: int, settings: dict) -> dict:
@@ -248,7 +249,8 @@ def bench_time_to_edit(name: str, device, data: Path, n_edits: int, epochs: int,
     out = {"edits": n_edits, "config": dict(settings, method="corsa", epochs=epochs)}
     for label, early in (("early_stop", True), ("fixed_epochs", False)):
         base = load(name, device)
-        editor = Editor(base, method="corsa", epochs=epochs, early_stop=early, progress=False, seed=42, **settings)
+        editor = Editor(base, method="corsa", epochs=epochs, early_stop=early, edit_stop=False, progress=False,
+                        seed=42, **settings)
         t = time.perf_counter()
         record = editor.update(edits)
         seconds = time.perf_counter() - t

@@ -269,5 +269,6 @@ def test_demo_is_the_bench_on_the_bundled_sample(monkeypatch):
     monkeypatch.setattr(corsa.bench, "run_bench", capture)
     assert main(["demo", "--quiet"]) == 2
     spec = seen["spec"]
-    assert spec.methods == ("lora", "corsa") and spec.n_updates == 2 and spec.n_edits == 16
+    assert spec.methods == ("lora", "corsa", "corsa-lifelong") and spec.n_updates == 2 and spec.n_edits == 16
     assert spec.data == str(SAMPLE) and spec.model == "smollm2-135m"
+    assert spec.train == {}  # the defaults themselves edit the bundled model: no demo-only settings

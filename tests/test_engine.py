@@ -32,7 +32,7 @@ def test_every_method_changes_every_lora_parameter_and_no_base_weight(method, ti
         assert not torch.equal(value, lora0[name]), f"{method}: {name} did not change"
     for name, value in base_state(editor.model).items():
         assert torch.equal(value, base0[name]), f"{method}: base weight {name} changed"
-    log = record.result.history[-1]
+    log = record.result.last_step
     assert "loss/sft" in log and ("loss/dpo" in log) == METHODS[method].dpo
     assert ("sam/grad_norm" in log) == METHODS[method].sam
     assert ("grad/cos_sft_dpo" in log) == METHODS[method].dpo
@@ -41,7 +41,8 @@ def test_every_method_changes_every_lora_parameter_and_no_base_weight(method, ti
 def test_training_raises_the_margin(tiny, toy_edits):
     from corsa.scoring import margins
 
-    editor = Editor(tiny, method="corsa", epochs=8, batch_size=6, grad_accum=1, lr=2e-2, progress=False)
+    editor = Editor(tiny, method="corsa", epochs=8, batch_size=6, grad_accum=1, lr=2e-2, edit_stop=False,
+                    warmup_steps=5, progress=False)
     enc = encode_edits(editor.fmt, toy_edits, None, need_rejected=True)
     before = margins(editor.model, editor.fmt, enc).mean()
     editor.update(toy_edits)
@@ -162,7 +163,13 @@ def test_micro_batches_cover_every_edit_once_grouped_by_length(tiny, toy_edits):
     (dict(method="nope"), "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad"),
     (dict(method="lora", rho=0.05), "does not use SAM"),
     (dict(method="sam", beta=0.1), "does not train DPO"),
-    (dict(method="dpo", combine="pcgrad-release"), "PCGrad methods"),
+    (dict(method="dpo", combine="pcgrad-release"), "does not use PCGrad"),
+    (dict(method="lora", negatives="online"), "does not train DPO"),
+    (dict(negatives="offline"), "online, interference"),
+    (dict(replay="some"), "none, all or lost"),
+    (dict(negatives="online", reference="previous"), "reference base"),
+    (dict(edit_stop=True, early_stop=True), "choose one"),
+    (dict(preserve=-1.0), "preserve"),
     (dict(method="corsa", combine="mean"), "pcgrad-release"),
     (dict(rho=-1.0), "rho"),
     (dict(beta=0.0), "beta"),
@@ -176,10 +183,15 @@ def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
 
 
 def test_resolved_terms_per_method():
+    plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0}
     assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",
-                                                                "dpo": False, "sam": False}
+                                                                "dpo": False, "sam": False, **plain}
     r = EditConfig(method="corsa", combine="pcgrad-release").resolved()["resolved"]
-    assert r == {"rho": 0.05, "beta": 0.1, "combine": "pcgrad-release", "dpo": True, "sam": True}
+    assert r == {"rho": 0.05, "beta": 0.1, "combine": "pcgrad-release", "dpo": True, "sam": True, **plain}
+    # a row's own defaults, and a user's value over them
+    life = EditConfig(method="corsa-lifelong")
+    assert life.value("replay") != "none" and EditConfig(method="corsa-lifelong", replay="none").value("replay") == "none"
+    assert EditConfig(method="lora", replay="all").value("replay") == "all"  # every mechanism on any row
     assert EditConfig(method="corsa-no-pcgrad").combiner == "sum"
 
 
@@ -236,7 +248,7 @@ def test_early_stop_stops_before_the_last_epoch(tiny):
 
     # byte-level tiny tokenizer: a two-letter answer is two tokens the tiny model can learn quickly
     edits = [Edit(id=f"e{i}", prompt=f"The code of item {i} is", target_new="QQ", target_old="AB") for i in range(2)]
-    editor = Editor(tiny, method="corsa", epochs=60, batch_size=6, grad_accum=1, lr=3e-2, early_stop=True,
+    editor = Editor(tiny, method="corsa", epochs=60, batch_size=6, grad_accum=1, lr=3e-2, early_stop=True, warmup_steps=5,
                     margin_target=0.5, progress=False, template="raw", max_new_tokens=8)
     record = editor.update(edits)
     assert record.result.stopped_early and record.result.epochs < 60

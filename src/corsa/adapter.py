@@ -12,6 +12,7 @@ from .io import atomic_dir
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 from .models import PICKLE_SUFFIXES
 MARKER = "corsa-adapter.json"
+TRAINED_EDITS = "trained-edits.jsonl"  # every edit the adapter holds, oldest first (replay reads it)
 
 
 def attach_new(model, cfg: EditConfig):
@@ -68,10 +69,28 @@ def load_existing(model, path: str | Path, fingerprint: str | None = None, train
         raise ModelError(f"adapter {folder} does not fit this model: {str(e).splitlines()[0]}") from None
 
 
-def save(model, path: str | Path, fingerprint: str | None = None, extra: dict | None = None) -> Path:
-    """Save the adapter (safetensors) into `path`, atomically replacing an older one."""
+def save(model, path: str | Path, fingerprint: str | None = None, extra: dict | None = None,
+         edits=None) -> Path:
+    """Save the adapter (safetensors) into `path`, atomically replacing an older one.
+
+    `edits`, the edits the adapter has been trained on, go into the same folder
+    (TRAINED_EDITS), so the adapter and its record of edits always appear together.
+    """
     path = Path(path)
     with atomic_dir(path) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / MARKER).write_text(json.dumps({"base_fingerprint": fingerprint, **(extra or {})}, indent=2))
+        if edits is not None:
+            (tmp / TRAINED_EDITS).write_text("".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n"
+                                                     for e in edits), encoding="utf-8")
     return path
+
+
+def trained_edits(path: str | Path) -> list:
+    """The edits a saved adapter has been trained on (empty for an adapter saved without them)."""
+    from .loaders import load_edits
+
+    file = find_adapter_dir(path) / TRAINED_EDITS
+    if not file.exists() or not file.read_text(encoding="utf-8").strip():
+        return []
+    return load_edits(file, format="plain")

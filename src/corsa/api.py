@@ -26,8 +26,10 @@ from .config import EditConfig
 from .engine import UpdateResult, train_update
 from .errors import ConfigError, TrainingError
 from .generate import generate
+from . import negatives
 from .io import atomic_write_json, atomic_write_text, check_writable, library_versions
 from .prompts import PromptFormat, encode_edits
+from .metrics import normalise
 from .records import Edit
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -56,7 +58,7 @@ class UpdateRecord:
     edits: list[Edit]
     result: UpdateResult
     out: Path | None = None
-    extra: dict = field(default_factory=dict)
+    replayed: list[str] = field(default_factory=list)  # ids of earlier edits trained again
 
 
 class Editor:
@@ -100,10 +102,13 @@ class Editor:
         if adapter is not None:
             self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True)
             self.parent = str(adapters.find_adapter_dir(adapter))
+            self.history = adapters.trained_edits(adapter)
         else:
             self.model = adapters.attach_new(base, self.config)
             self.parent = None
+            self.history: list[Edit] = []  # every edit the adapter holds, oldest first
         self.updates: list[UpdateRecord] = []
+        self._anchors = None  # preserve.Anchors with the unedited model's answers, made once
 
     # ------------------------------------------------------------------------------------------
     def ask(self, prompts: list[str] | str, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
@@ -134,6 +139,42 @@ class Editor:
             edits[i] = replace(edits[i], target_old=a or self.tokenizer.eos_token)
         return edits
 
+    def replay_set(self, edits: list[Edit], index: int = 0) -> list[Edit]:
+        """The earlier edits this update trains again (EditConfig.replay and replay_budget).
+
+        They come from the adapter's own record (`self.history`, saved with the adapter), so
+        continuing a saved adapter replays without the old files. An earlier edit whose prompt
+        this update edits again is superseded, never replayed. With a budget, lost edits (whose
+        greedy answer no longer holds) come first and the rest are drawn with the seed.
+        """
+        from .engine import holding
+
+        mode, budget = self.config.value("replay"), self.config.replay_budget
+        new = {normalise(e.prompt) for e in edits}
+        earlier = [e for e in self.history if normalise(e.prompt) not in new]
+        if mode == "none" or not earlier:
+            return []
+        if mode == "all" and not (budget and len(earlier) > budget):
+            return earlier
+        enc = encode_edits(self.fmt, earlier, None, need_rejected=True, eos=self.config.value("train_eos"))
+        held = holding(self.model, self.fmt, enc, self.config, max(self.config.batch_size, 16))
+        lost = [e for e, ok in zip(earlier, held) if not ok]
+        rest = [] if mode == "lost" else [e for e, ok in zip(earlier, held) if ok]
+        random.Random(self.config.seed + 1000 * index).shuffle(rest)
+        chosen = lost + rest
+        return chosen[:budget] if budget else chosen
+
+    def anchors(self, edits: list[Edit]):
+        """The preservation term's anchors (corsa.preserve), without any evaluation probe of `edits`."""
+        from . import preserve
+
+        if self._anchors is None:
+            prompts = preserve.read_anchors(self.config.anchors)
+            self._anchors = preserve.prepare(self.model, self.fmt, prompts)
+        keep = set(preserve.without_probes(self._anchors.prompts, list(edits) + self.history))
+        idx = [i for i, p in enumerate(self._anchors.prompts) if p in keep]
+        return preserve.Anchors([self._anchors.prompts[i] for i in idx], [self._anchors.pairs[i] for i in idx])
+
     def update(self, edits, out: str | os.PathLike | None = None, limit: int | None = None,
                index: int | None = None) -> UpdateRecord:
         """Train the adapter on one update's edits; save adapter and run record under `out`.
@@ -147,20 +188,32 @@ class Editor:
         if not edits:
             raise ConfigError("no edits to train on")
         index = len(self.updates) if index is None else index
-        encoded = encode_edits(self.fmt, edits, self.max_length, need_rejected=True)
+        cfg = self.config
+        replay = self.replay_set(edits, index)
+        pool = edits + replay
+        eos = cfg.value("train_eos")
+        encoded = encode_edits(self.fmt, pool, self.max_length, need_rejected=True, eos=eos)
+        if cfg.spec.dpo and "interference" in cfg.value("negatives"):
+            room = cfg.max_negatives - ("online" in cfg.value("negatives"))
+            for enc, found in zip(encoded, negatives.interference(pool, self.history + edits, room)):
+                enc.extra = [self.fmt.answer_ids(a, eos) for a in found]
+        anchors = self.anchors(pool) if cfg.value("preserve") > 0 else None
         log_path = Path(out) / "log.jsonl" if out is not None else None
         if log_path is not None and dist.is_main() and log_path.exists():
             log_path.unlink()
         started = time.time()
         try:
-            result = train_update(self.model, self.fmt, edits, encoded, self.config, log_path=log_path,
-                                  progress=self.progress, update_index=index)
+            result = train_update(self.model, self.fmt, pool, encoded, cfg, log_path=log_path,
+                                  progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors)
         except TrainingError:
             if out is not None:  # the adapter was restored before the failing step: keep it
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint)
             raise
-        record = UpdateRecord(index, edits, result, Path(out) if out is not None else None)
+        record = UpdateRecord(index, edits, result, Path(out) if out is not None else None,
+                              [e.id for e in replay])
         self.updates.append(record)
+        new = {normalise(e.prompt) for e in edits}  # a prompt edited again keeps only its newest edit
+        self.history = [e for e in self.history if normalise(e.prompt) not in new] + list(edits)
         if out is not None:
             self.save(out, record, started)
         return record
@@ -173,7 +226,7 @@ class Editor:
         return dist.on_main(self._write, Path(out), record, started)
 
     def _write(self, out: Path, record: UpdateRecord | None, started: float | None) -> Path:
-        adapters.save(self.model, out / "adapter", self.fingerprint, {"model": self.model_name})
+        adapters.save(self.model, out / "adapter", self.fingerprint, {"model": self.model_name}, edits=self.history)
         if record is not None:
             atomic_write_text(out / "edits.jsonl",
                               "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n"
@@ -190,11 +243,12 @@ class Editor:
             "updates": [{
                 "index": r.index + 1,
                 "edit_ids": [e.id for e in r.edits],
+                "replayed_ids": r.replayed,
                 "steps": r.result.steps,
                 "epochs": r.result.epochs,
                 "stopped_early": r.result.stopped_early,
                 "train_seconds": round(r.result.seconds, 3),
-                "final": {k: v for k, v in (r.result.history[-1] if r.result.history else {}).items()},
+                "final": dict(r.result.last_step),
             } for r in self.updates],
             "started_at": started,
             "finished_at": time.time(),

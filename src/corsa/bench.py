@@ -114,11 +114,9 @@ class BenchSpec:
         return self.train.get("template", "auto")
 
     def method_config(self, method: str) -> EditConfig:
-        spec = get_method(method)
-        d = {**self.train, "method": method, "seed": self.seed}
-        for key, used in (("rho", spec.sam), ("beta", spec.dpo), ("combine", spec.combine == "pcgrad")):
-            if not used:
-                d.pop(key, None)
+        row = get_method(method)
+        # a plain flag sets an option for every method that takes it (the method row says which)
+        d = {k: v for k, v in self.train.items() if row.uses(k)} | {"method": method, "seed": self.seed}
         d.update(self.sets.get(method, {}))
         return EditConfig.from_dict(d)
 
@@ -346,7 +344,8 @@ class Bench:
             saved = json.loads((folder / f"update-{done}" / "run.json").read_text())["updates"]
             for u, edits in zip(saved, self.updates):
                 result = UpdateResult(u["steps"], u["epochs"], u["train_seconds"], u["stopped_early"], [u["final"]])
-                editor.updates.append(UpdateRecord(u["index"] - 1, edits, result, folder / f"update-{u['index']}"))
+                editor.updates.append(UpdateRecord(u["index"] - 1, edits, result, folder / f"update-{u['index']}",
+                                                   u.get("replayed_ids", [])))
         cache = self.base["base_answers"]
         for k in range(done + 1, K + 1):
             edits = self.updates[k - 1]

@@ -193,8 +193,9 @@ def cmd_bench(args) -> int:
     from .bench import BenchSpec, parse_sets, run_bench
     from .report import text_table
 
-    train = {f.name: getattr(args, f.name) for f in dataclasses.fields(EditConfig)
-             if f.name not in ("method", "seed") and getattr(args, f.name, None) is not None}
+    from .cli import config_values
+
+    train = config_values(args, skip=("method", "seed"))
     spec = BenchSpec(model=args.model, data=args.data, out=Path(args.out),
                      methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                      n_edits=args.edits, n_updates=args.updates, seed=args.seed, train=train,

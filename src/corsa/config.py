@@ -1,8 +1,14 @@
-"""Every hyperparameter of an edit run, with the release's defaults (method.md §4).
+"""Every hyperparameter of an edit run (method.md §4).
 
 This dataclass is the single source of truth for defaults: the CLI, the Python API and the
 run record all go through it. Options that a method does not use are refused rather than
-ignored, so nothing silently changes the objective.
+ignored, so nothing silently changes the objective. A method option left at None takes the
+method row's default (:mod:`corsa.methods`).
+
+The defaults are sized for the bundled 135M model and for 4 to 1,000 edits: lr 1e-3, batch 8
+without accumulation, and per-edit stopping within a budget of 20 passes, so a small update
+gets the steps it needs and a large one stops when its edits hold. The authors' release
+(lr 2e-4, batch 8 × 4, 10 fixed epochs, for 8B models) is the preset ``release``.
 """
 
 from __future__ import annotations
@@ -11,14 +17,15 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
-from .methods import Method, get_method
+from .methods import OPTIONS, Method, get_method
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
 class EditConfig:
-    method: str = field(default="corsa", metadata={"help": "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad"})
+    method: str = field(default="corsa", metadata={
+        "help": "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad, corsa-lifelong"})
     # LoRA (the release: r=32, α=64, no dropout, all attention and MLP projections)
     lora_r: int = field(default=32, metadata={"help": "LoRA rank r"})
     lora_alpha: float = field(default=64.0, metadata={"help": "LoRA scale α (the update is α/r · BA)"})
@@ -26,12 +33,14 @@ class EditConfig:
     target_modules: tuple[str, ...] = field(default=DEFAULT_TARGET_MODULES,
                                             metadata={"help": "module names that get LoRA, or 'all-linear'"})
     # optimisation
-    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps, then linear decay to 0"})
+    warmup_steps: int = field(default=1, metadata={"help": "linear warm-up steps, then linear decay to 0"})
     batch_size: int = field(default=8, metadata={"help": "edits per micro-batch"})
-    grad_accum: int = field(default=4, metadata={"help": "micro-batches per optimizer step"})
-    epochs: int = field(default=10, metadata={"help": "passes over the update's edits"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    epochs: int = field(default=20, metadata={
+        "help": "passes over the update's edits (with --edit-stop: the most passes, a budget)"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no cap)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the combined gradient to this norm (0: off)"})
     seed: int = field(default=42, metadata={"help": "seed for LoRA init, batch order and PCGrad order"})
     # the CoRSA terms; None means "the method's default", a value for an unused term is an error
@@ -42,9 +51,31 @@ class EditConfig:
         "help": "pcgrad (standard) or pcgrad-release (the authors' variant); only for PCGrad methods"})
     reference: str = field(default="base", metadata={
         "help": "DPO reference: 'base' (adapter off) or 'previous' (the model after the last update)"})
+    # lifelong editing (docs/results.md, "Edits that last"); None means "the method's default"
+    negatives: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "extra rejected answers for DPO: 'online' (the model's current wrong greedy answer, "
+                "refreshed every pass), 'interference' (other edits' y⁺ with the same prompt template); "
+                "comma-separated, or 'none'"})
+    max_negatives: int = field(default=4, metadata={"help": "most extra rejected answers per edit"})
+    replay: str | None = field(default=None, metadata={
+        "help": "earlier updates' edits trained again in this one: none, all, or lost (those whose "
+                "greedy answer no longer holds at the start); they come from the adapter's own record"})
+    replay_budget: int = field(default=0, metadata={
+        "help": "most earlier edits replayed per update, lost ones first (0: no cap)"})
+    train_eos: bool | None = field(default=None, metadata={
+        "help": "train the end-of-turn token after y⁺ (off: the model learns the fact, not to stop talking)"})
+    preserve: float | None = field(default=None, metadata={
+        "help": "κ, weight of KL(unedited ‖ edited) on the unedited model's own answers to anchor prompts"})
+    anchors: str | None = field(default=None, metadata={
+        "help": "file of anchor prompts for --preserve, one per line (default: corsa's bundled generic set)"})
+    anchor_batch: int = field(default=8, metadata={"help": "anchor prompts per optimizer step"})
     # prompts
     template: str = field(default="auto", metadata={"help": "chat, raw, or auto (chat when the tokenizer has a template)"})
-    # early stopping (method.md §4: a documented alternative to a fixed number of epochs)
+    # stopping (method.md §4: documented alternatives to a fixed number of epochs)
+    edit_stop: bool | None = field(default=None, metadata={
+        "help": "per-edit stopping: an edit whose margin exceeds γ and whose greedy answer is y⁺ leaves the "
+                "batches until it is lost again; the update ends when every edit holds (default: on, "
+                "unless --early-stop)"})
     early_stop: bool = field(default=False, metadata={"help": "stop once every edit's margin exceeds γ and its greedy answer is y⁺"})
     margin_target: float = field(default=1.0, metadata={"help": "γ, the margin log p(y⁺)−log p(y⁻) that counts as learnt"})
     max_new_tokens: int = field(default=16, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
@@ -53,17 +84,31 @@ class EditConfig:
         if isinstance(self.target_modules, str):
             self.target_modules = tuple(m.strip() for m in self.target_modules.split(",") if m.strip())
         self.target_modules = tuple(self.target_modules)
+        if isinstance(self.negatives, str):
+            self.negatives = tuple(n.strip() for n in self.negatives.split(",") if n.strip())
+        if self.negatives is not None:
+            self.negatives = () if tuple(self.negatives) in ((), ("none",)) else tuple(self.negatives)
         m = get_method(self.method)
-        if not m.sam and self.rho is not None and self.rho != 0:
-            raise ConfigError(f"method '{m.name}' does not use SAM, so --rho has no effect; "
-                              f"use a SAM method (sam, corsa, corsa-no-pcgrad) or drop --rho")
-        if not m.dpo and self.beta is not None:
-            raise ConfigError(f"method '{m.name}' does not train DPO, so --beta has no effect; "
-                              f"use a DPO method (dpo, corsa, corsa-no-sam, corsa-no-pcgrad) or drop --beta")
-        if self.combine is not None and m.combine != "pcgrad":
-            raise ConfigError(f"--combine applies to PCGrad methods (corsa, corsa-no-sam), not '{m.name}'")
+        for name in OPTIONS:
+            value = getattr(self, name)
+            # ρ = 0 and "no negatives" switch nothing on, so they are accepted on every row
+            if value is not None and not m.uses(name) and value not in (0, ()):
+                raise m.refuse(name)
         if self.combine is not None and self.combine not in ("pcgrad", "pcgrad-release"):
             raise ConfigError(f"--combine must be 'pcgrad' or 'pcgrad-release', not '{self.combine}'")
+        bad = [n for n in self.value("negatives") if n not in ("online", "interference")]
+        if bad:
+            raise ConfigError(f"invalid negatives {','.join(bad)}: choose online, interference or both")
+        if self.value("replay") not in ("none", "all", "lost"):
+            raise ConfigError(f"invalid replay={self.replay!r}: choose none, all or lost")
+        if "online" in self.value("negatives") and self.reference != "base":
+            raise ConfigError("--negatives online needs --reference base: an online negative appears during "
+                              "training, when the model of the last update is no longer at hand to score it")
+        if self.edit_stop is None:
+            self.edit_stop = not self.early_stop
+        if self.edit_stop and self.early_stop:
+            raise ConfigError("--early-stop and --edit-stop are two stopping rules; choose one "
+                              "(--no-edit-stop --early-stop for the whole-update rule)")
         checks = [
             ("lora_r", self.lora_r >= 1, "at least 1"),
             ("lora_alpha", self.lora_alpha > 0, "positive"),
@@ -74,6 +119,11 @@ class EditConfig:
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("grad_accum", self.grad_accum >= 1, "at least 1"),
             ("epochs", self.epochs >= 1, "at least 1"),
+            ("max_steps", self.max_steps >= 0, "non-negative (0: no cap)"),
+            ("max_negatives", self.max_negatives >= 0, "non-negative"),
+            ("replay_budget", self.replay_budget >= 0, "non-negative (0: no cap)"),
+            ("preserve", self.preserve is None or self.preserve >= 0, "non-negative"),
+            ("anchor_batch", self.anchor_batch >= 1, "at least 1"),
             ("max_grad_norm", self.max_grad_norm >= 0, "non-negative (0 turns clipping off)"),
             ("rho", self.rho is None or self.rho >= 0, "non-negative"),
             ("beta", self.beta is None or self.beta > 0, "positive"),
@@ -99,30 +149,36 @@ class EditConfig:
     def spec(self) -> Method:
         return get_method(self.method)
 
+    def value(self, name: str):
+        """A method option as used: the value given, else the method row's default."""
+        given = getattr(self, name)
+        return self.spec.default(name) if given is None else given
+
     @property
     def sam_rho(self) -> float:
         """ρ actually used: 0 for methods without SAM."""
-        if not self.spec.sam:
-            return 0.0
-        return 0.05 if self.rho is None else self.rho
+        return self.value("rho") if self.spec.sam else 0.0
 
     @property
     def dpo_beta(self) -> float:
-        return 0.1 if self.beta is None else self.beta
+        return self.value("beta")
 
     @property
     def combiner(self) -> str:
         """The gradient combination actually used: none, sum, pcgrad or pcgrad-release."""
-        if self.spec.combine == "pcgrad":
-            return self.combine or "pcgrad"
-        return self.spec.combine
+        return self.value("combine") if self.spec.combine == "pcgrad" else self.spec.combine
 
     def resolved(self) -> dict:
         """Every field plus the resolved method terms, as written into the run record."""
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
+        if d["negatives"] is not None:
+            d["negatives"] = list(d["negatives"])
         d["resolved"] = {"rho": self.sam_rho, "beta": self.dpo_beta if self.spec.dpo else None,
-                         "combine": self.combiner, "dpo": self.spec.dpo, "sam": self.spec.sam}
+                         "combine": self.combiner, "dpo": self.spec.dpo, "sam": self.spec.sam,
+                         "negatives": list(self.value("negatives")) if self.spec.dpo else [],
+                         "replay": self.value("replay"), "train_eos": self.value("train_eos"),
+                         "preserve": self.value("preserve")}
         return d
 
     @classmethod
@@ -132,3 +188,19 @@ class EditConfig:
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}")
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "EditConfig":
+        """The settings of a named preset (PRESETS), with `overrides` on top."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# Named sets of options. `release` is the authors' release (method.md §4), for reproducing the
+# paper at 8B scale on thousands of edits; on a 135M model with tens of edits it takes a handful
+# of steps and edits nothing.
+PRESETS: dict[str, dict] = {
+    "release": {"lr": 2e-4, "warmup_steps": 5, "batch_size": 8, "grad_accum": 4, "epochs": 10,
+                "edit_stop": False},
+}

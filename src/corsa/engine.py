@@ -18,15 +18,32 @@ from .objectives import dpo_loss, sft_loss
 from .pcgrad import COMBINERS, cosine
 from .prompts import Encoded, PromptFormat, collate, collate_shared, pad_id, score, score_shared
 from .sam import add_flat_, restore_, sam_perturbation, snapshot
-from .scoring import answer_logprobs, autocast, margins
+from .metrics import contains
+from .scoring import answer_logprobs, autocast, holds, margins
 
 
 @dataclass
 class Reference:
-    """log p_ref(y⁺|x) and log p_ref(y⁻|x) for every edit of the update, computed once (§2)."""
+    """log p_ref(y⁺|x) and log p_ref(y⁻|x) for every edit of the update, computed once (§2).
+
+    extra[i] holds log p_ref of edit i's further rejected answers (Encoded.extra), in order.
+    """
 
     chosen: torch.Tensor
     rejected: torch.Tensor
+    extra: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class Preservation:
+    """The anchors of the preservation term (corsa.preserve) and the base log-probs of a step's batch."""
+
+    anchors: object                 # preserve.Anchors
+    weight: float                   # κ
+    batch_size: int
+    idx: list[int] | None = None    # this step's anchors
+    batch: object = None
+    base_logp: torch.Tensor | None = None
 
 
 @dataclass
@@ -44,7 +61,12 @@ class UpdateResult:
     epochs: int
     seconds: float
     stopped_early: bool
-    history: list[dict]
+    history: list[dict]   # one entry per optimizer step, and one per stopping check (edit_stop/…, early_stop/…)
+
+    @property
+    def last_step(self) -> dict:
+        """The log of the last optimizer step (empty before any)."""
+        return next((h for h in reversed(self.history) if "time/step_s" in h), {})
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
@@ -72,17 +94,41 @@ def compute_reference(model, fmt: PromptFormat, encoded: list[Encoded], cfg: Edi
     else:
         lp = torch.tensor(dist.gather_sharded(score_pairs, pairs))
     n = len(encoded)
-    return Reference(lp[:n], lp[n:])
+    ref = Reference(lp[:n], lp[n:], [torch.empty(0) for _ in encoded])
+    score_negatives(model, fmt, encoded, ref, range(n), batch_size)
+    return ref
+
+
+def score_negatives(model, fmt, encoded: list[Encoded], ref: Reference, which, batch_size: int) -> None:
+    """Fill ref.extra for the edits `which` with the base model's log p of their extra negatives.
+
+    Negatives are always scored by the base model (adapter off): online ones appear during
+    training, when no other reference is at hand (EditConfig refuses them with 'previous').
+    """
+    which = [i for i in which if encoded[i].extra]
+    pairs = [(encoded[i].prompt, a) for i in which for a in encoded[i].extra]
+    if not pairs:
+        return
+    score_pairs = lambda part: answer_logprobs(model, fmt, part, batch_size).tolist()  # noqa: E731
+    with model.disable_adapter():
+        lp = torch.tensor(dist.gather_sharded(score_pairs, pairs))
+    at = 0
+    for i in which:
+        k = len(encoded[i].extra)
+        ref.extra[i] = lp[at:at + k]
+        at += k
 
 
 def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], ref: Reference | None,
-                        group: list[list[int]], pad: int) -> Gradients:
-    """∇L_SFT·λ and ∇L_DPO over a group of micro-batches, as one big batch would give them.
+                        group: list[list[int]], pad: int, pres: Preservation | None = None) -> Gradients:
+    """∇(λL_SFT + κL_pres) and ∇L_DPO over a group of micro-batches, as one big batch would give them.
 
     Chosen and rejected answers go through ONE forward, which runs each prompt once and
-    continues both answers from its KV cache; both losses come from it, and each gradient is
-    one backward through that shared graph. Micro-batch losses are weighted by
-    their share of the group's edits, so accumulation equals the large-batch mean exactly.
+    continues every answer (y⁺, y⁻ and any extra negatives) from its KV cache; both losses come
+    from it, and each gradient is one backward through that shared graph. Micro-batch losses
+    are weighted by their share of the group's edits, so accumulation equals the large-batch
+    mean exactly. The preservation term (`pres`, corsa.preserve) is computed once per group on
+    the step's anchors and joins the SFT side.
 
     Data parallel: `group` is the step's global group, the same on every worker. Each worker
     takes its shard of every micro-batch (edits r::world), weights it by its share of the
@@ -104,28 +150,42 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
             continue
         w = len(mb) / n_group
         n = len(mb)
-        if spec.dpo:  # the prompt runs once; y⁺ and y⁻ both continue from its KV cache
-            batch = collate_shared([encoded[i].prompt for i in mb],
-                                   [[encoded[i].chosen, encoded[i].rejected] for i in mb], pad).to(device)
+        if spec.dpo:  # the prompt runs once; y⁺, y⁻ and the negatives all continue from its KV cache
+            M = 1 + max(len(encoded[i].extra) for i in mb)
+            # every prompt gets M rejected rows; a prompt with fewer negatives repeats y⁻ at weight 0
+            rejected = [[encoded[i].rejected, *encoded[i].extra] for i in mb]
+            weights = torch.tensor([[1.0] * len(r) + [0.0] * (M - len(r)) for r in rejected], device=device)
+            answers = [[encoded[i].chosen, *r, *[encoded[i].rejected] * (M - len(r))] for i, r in zip(mb, rejected)]
+            batch = collate_shared([encoded[i].prompt for i in mb], answers, pad).to(device)
             with autocast(device):
-                lp = score_shared(model, batch).T.reshape(-1)            # (2B,): chosen, then rejected
-            n_chosen = batch.answer_mask[::2].sum(-1)
+                lp = score_shared(model, batch)                          # (B, 1 + M)
+            lp_chosen, lp_rejected = lp[:, 0], lp[:, 1:]
+            ref_rejected = torch.stack([_reference_rejected(ref, i, M) for i in mb]).to(device)
+            n_chosen = batch.answer_mask[::1 + M].sum(-1)
         else:
             batch = collate([(encoded[i].prompt, encoded[i].chosen) for i in mb], pad).to(device)
             with autocast(device):
-                lp = score(model, batch)                                 # (B,)
+                lp_chosen = score(model, batch)                          # (B,)
             n_chosen = batch.n_answer_tokens
-        loss_sft = sft_loss(lp[:n], n_chosen)
+        loss_sft = sft_loss(lp_chosen, n_chosen)
         stats["loss/sft"] += w * loss_sft.item()
         if spec.dpo:
-            loss_dpo = dpo_loss(lp[:n], lp[n:], ref.chosen[mb].to(device), ref.rejected[mb].to(device),
-                                cfg.dpo_beta)
+            loss_dpo = dpo_loss(lp_chosen, lp_rejected, ref.chosen[mb].to(device), ref_rejected, cfg.dpo_beta,
+                                weights)
             g_dpo += flat(torch.autograd.grad(w * loss_dpo, params, retain_graph=True, allow_unused=True), params)
             stats["loss/dpo"] += w * loss_dpo.item()
-            stats["rewards/margins"] += w * (lp[:n] - lp[n:]).mean().item()
-            stats["logps/chosen"] += w * lp[:n].mean().item()
-            stats["logps/rejected"] += w * lp[n:].mean().item()
+            stats["rewards/margins"] += w * (lp_chosen - lp_rejected[:, 0]).mean().item()
+            stats["logps/chosen"] += w * lp_chosen.mean().item()
+            stats["logps/rejected"] += w * lp_rejected[:, 0].mean().item()
         g_sft += flat(torch.autograd.grad(w * cfg.sft_weight * loss_sft, params, allow_unused=True), params)
+    if pres is not None and pres.weight > 0:
+        loss = preservation_loss(model, pres, device)
+        if loss is not None:
+            share, value = loss
+            stats["loss/preserve"] = share * value.item()
+            g_sft += flat(torch.autograd.grad(share * pres.weight * value, params, allow_unused=True), params)
+        else:
+            stats["loss/preserve"] = 0.0
     dist.all_reduce_sum_(g_sft)
     if g_dpo is not None:
         dist.all_reduce_sum_(g_dpo)
@@ -135,6 +195,34 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
     return Gradients(g_sft, g_dpo, stats)
 
 
+def _reference_rejected(ref: Reference, i: int, M: int) -> torch.Tensor:
+    """Edit i's M reference log-probs of rejected answers: y⁻, its negatives, then y⁻ repeated."""
+    values = torch.cat([ref.rejected[i:i + 1], ref.extra[i]])
+    return torch.cat([values, ref.rejected[i].repeat(M - len(values))])
+
+
+def preservation_loss(model, pres: Preservation, device):
+    """(this worker's share of the anchor batch, L_pres on it), or None when its shard is empty.
+
+    The base log-probs of the step's anchors are computed once per step (pres.base_logp) and
+    serve both SAM passes.
+    """
+    from . import preserve
+
+    mine = dist.shard(list(range(len(pres.idx))))
+    if not mine:
+        return None
+    b = pres.batch
+    if pres.base_logp is None:
+        pres.base_logp = preserve.base_logprobs(model, b.to(device))
+    rows = torch.tensor(mine, device=device)
+    sub = type(b)(*(t[rows.cpu()].to(device) for t in (b.input_ids, b.attention_mask, b.position_ids,
+                                                       b.labels, b.label_mask)))
+    with autocast(device):
+        logits = preserve.answer_logits(model, sub)
+    return len(mine) / len(pres.idx), preserve.kl(pres.base_logp[rows], logits, sub.label_mask)
+
+
 def combine(grads: Gradients, cfg: EditConfig, generator: torch.Generator) -> torch.Tensor:
     """The update direction: g_sft alone, or g_dpo and g_sft summed or merged by PCGrad."""
     if grads.dpo is None:
@@ -142,14 +230,20 @@ def combine(grads: Gradients, cfg: EditConfig, generator: torch.Generator) -> to
     return COMBINERS[cfg.combiner]([grads.dpo, grads.sft], generator)
 
 
-def corsa_step(model, params, cfg, encoded, ref, group, pad, generator) -> dict:
+def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Preservation | None = None) -> dict:
     """One optimisation step of method.md §3; returns the step's log entry.
 
     The optimizer step itself is left to the caller: this fills `p.grad` with g'. Under data
     parallelism the gradients arrive already averaged over workers, so PCGrad, ε and g' are
     computed from identical inputs (and an identical generator) on every worker.
     """
-    grads = objective_gradients(model, params, cfg, encoded, ref, group, pad)
+    if pres is not None:  # this step's anchors, drawn from the shared generator (same on every worker)
+        from . import preserve
+
+        pres.idx = torch.randperm(len(pres.anchors), generator=generator)[:pres.batch_size].tolist()
+        pres.batch = preserve.batch(pres.anchors, pres.idx, pad)
+        pres.base_logp = None
+    grads = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
     g = combine(grads, cfg, generator)                      # g = PCGrad(g_dpo, g_sft)
     log = dict(grads.stats)
     if grads.dpo is not None:
@@ -159,7 +253,7 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator) -> dict:
     if rho > 0:
         saved = snapshot(params)                            # exact copy of φ
         add_flat_(params, sam_perturbation(g, rho))         # φ ← φ + ρ·g/‖g‖
-        perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad)
+        perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
         g = combine(perturbed, cfg, generator)              # g' at φ+ε
         restore_(params, saved)                             # φ ← saved φ, not φ − ε
         log["sam/grad_norm"] = g.norm().item()
@@ -170,13 +264,15 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator) -> dict:
     return log
 
 
-def micro_batches(encoded: list[Encoded], batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """Edits grouped by length into micro-batches, in a seeded random order.
+def micro_batches(encoded: list[Encoded], batch_size: int, generator: torch.Generator,
+                  subset: list[int] | None = None) -> list[list[int]]:
+    """Edits (all, or those in `subset`) grouped by length into micro-batches, in a seeded random order.
 
     Sorting by length keeps padding small; shuffling the micro-batches (not the edits inside
     them) keeps the order random from epoch to epoch.
     """
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i].prompt) + len(encoded[i].chosen), i))
+    chosen = range(len(encoded)) if subset is None else subset
+    order = sorted(chosen, key=lambda i: (len(encoded[i].prompt) + len(encoded[i].chosen), i))
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     perm = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in perm]
@@ -202,17 +298,55 @@ def all_learnt(model, fmt, encoded, edits, cfg, batch_size) -> tuple[bool, float
         return False, m.min().item()
     answers = dist.gather_sharded(
         lambda part: generate(model, fmt, [e.prompt for e in part], cfg.max_new_tokens, batch_size), edits)
-    ok = all(normalise(e.target_new) in normalise(a) for e, a in zip(edits, answers))
+    ok = all(contains(a, e.target_new) for e, a in zip(edits, answers))
     return ok, m.min().item()
 
 
-def normalise(text: str) -> str:
-    return " ".join(text.lower().split())
+def holding(model, fmt, encoded, cfg, batch_size) -> list[bool]:
+    """Per-edit stopping test (scoring.holds) for every encoded edit, split across workers."""
+    return dist.gather_sharded(lambda part: holds(model, fmt, part, cfg.margin_target, batch_size), encoded)
+
+
+def refresh_online_negatives(model, fmt, edits, encoded, ref, which, cfg, batch_size) -> int:
+    """Replace the online negative of the edits `which` by their current wrong greedy answer.
+
+    Interference negatives (fixed for the update) stay; the online one, when there is one, is
+    the last of Encoded.extra. Returns how many edits now carry an online negative.
+    """
+    from . import negatives
+    from .generate import generate
+
+    which = list(which)
+    answers = dist.gather_sharded(
+        lambda part: generate(model, fmt, [edits[i].prompt for i in part], cfg.max_new_tokens, batch_size), which)
+    changed = []
+    for i, answer in zip(which, answers):
+        enc = encoded[i]
+        if enc.online:
+            enc.extra.pop()
+            enc.online = False
+        negative = negatives.online(answer, edits[i])
+        if negative is not None and len(enc.extra) < cfg.max_negatives:
+            enc.extra.append(fmt.answer_ids(negative, cfg.value("train_eos")))
+            enc.online = True
+        changed.append(i)
+    score_negatives(model, fmt, encoded, ref, changed, batch_size)
+    for i in changed:
+        if not encoded[i].extra:
+            ref.extra[i] = torch.empty(0)
+    return sum(encoded[i].online for i in which)
 
 
 def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: EditConfig,
-                 log_path=None, progress: bool = True, update_index: int = 0) -> UpdateResult:
+                 log_path=None, progress: bool = True, update_index: int = 0, n_new: int | None = None,
+                 anchors=None) -> UpdateResult:
     """Train the adapter of `model` (a PeftModel) on one update's edits.
+
+    `edits` may end with replayed edits of earlier updates (the first `n_new` are the update's
+    own). With `cfg.edit_stop` every pass trains only the edits that do not hold yet (a held
+    edit stops pulling), every pass ends with the test of all of them, and the update ends when
+    all hold or the budget (epochs, max_steps) is spent; replayed edits that already hold at the
+    start do not pull until they are lost. `anchors` (preserve.Anchors) feed the preservation term.
 
     Under a launcher every worker runs this with the same edits and config: the batch order and
     PCGrad order come from identically seeded generators, the gradients are all-reduced, so the
@@ -223,26 +357,42 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     if not params:
         raise TrainingError("the model has no trainable parameters: attach a LoRA adapter first")
     dist.broadcast_(params)  # start from worker 0's φ, as DDP does, whatever each worker loaded
+    n_new = len(encoded) if n_new is None else n_new
     pad = pad_id(fmt.tokenizer)
     eval_bs = max(cfg.batch_size, 16)
+    online = cfg.spec.dpo and "online" in cfg.value("negatives")
+    for e in encoded:
+        e.online = False
     ref = compute_reference(model, fmt, encoded, cfg, eval_bs) if cfg.spec.dpo else None
+    pres = None
+    if cfg.value("preserve") > 0 and anchors is not None and len(anchors):
+        pres = Preservation(anchors, cfg.value("preserve"), cfg.anchor_batch)
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * update_index)
     n_micro = math.ceil(len(encoded) / cfg.batch_size)
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)
     total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
     history: list[dict] = []
     step, stopped_early, epoch = 0, False, 0
+    active = list(range(len(encoded)))
+    if cfg.edit_stop and n_new < len(encoded):  # replayed edits that hold do not pull
+        held = holding(model, fmt, encoded[n_new:], cfg, eval_bs)
+        active = list(range(n_new)) + [n_new + j for j, ok in enumerate(held) if not ok]
     model.train()
     bar = tqdm(total=total, desc=f"update {update_index + 1} · {cfg.method}", unit="step", leave=False,
                disable=not (progress and dist.is_main()))
     for epoch in range(1, cfg.epochs + 1):
-        batches = micro_batches(encoded, cfg.batch_size, generator)
+        if online:
+            n_online = refresh_online_negatives(model, fmt, edits, encoded, ref, active, cfg, eval_bs)
+            model.train()
+        batches = micro_batches(encoded, cfg.batch_size, generator, active)
         for s in range(0, len(batches), cfg.grad_accum):
             group = batches[s:s + cfg.grad_accum]
             t0 = time.perf_counter()
-            log = corsa_step(model, params, cfg, encoded, ref, group, pad, generator)
+            log = corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres)
             step += 1
             check_finite(log, params, step, group, edits)
             if cfg.max_grad_norm > 0:
@@ -250,21 +400,37 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            log.update({"update": update_index + 1, "epoch": epoch, "step": step,
+            log.update({"update": update_index + 1, "epoch": epoch, "step": step, "edits": sum(map(len, group)),
                         "lr": scheduler.get_last_lr()[0], "time/step_s": time.perf_counter() - t0})
+            if online:
+                log["negatives/online"] = n_online
             history.append(log)
             if log_path is not None and dist.is_main():
                 append_jsonl(log_path, log)
             bar.update(1)
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in log.items()
                              if k in ("loss/sft", "loss/dpo", "rewards/margins")})
-        if cfg.early_stop and epoch < cfg.epochs:
+            if step >= total:
+                break
+        if cfg.edit_stop:
+            held = holding(model, fmt, encoded, cfg, eval_bs)
+            active = [i for i, ok in enumerate(held) if not ok]
+            history.append({"update": update_index + 1, "epoch": epoch, "step": step,
+                            "edit_stop/holding": len(encoded) - len(active), "edit_stop/edits": len(encoded)})
+            model.train()
+            if not active:
+                stopped_early = epoch < cfg.epochs
+                break
+        elif cfg.early_stop and epoch < cfg.epochs:
             done, min_margin = all_learnt(model, fmt, encoded, edits, cfg, eval_bs)
             history.append({"update": update_index + 1, "epoch": epoch, "step": step,
                             "early_stop/min_margin": min_margin, "early_stop/done": done})
+            model.train()
             if done:
                 stopped_early = True
                 break
+        if step >= total:
+            break
     bar.close()
     model.eval()
     return UpdateResult(step, epoch, time.perf_counter() - start, stopped_early, history)

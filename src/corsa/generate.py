@@ -17,9 +17,28 @@ def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int =
     With `num_samples` > 0, each prompt gets that many answers sampled at `temperature` (no
     top-k or top-p), returned as a list per prompt; seed torch's generator first to repeat them.
     """
+    rows = _generate(model, fmt, prompts, max_new_tokens, batch_size, progress, num_samples, temperature)
+    texts = [[fmt.decode_answer(r) for r in per_prompt] for per_prompt in rows]
+    return texts if num_samples > 0 else [t[0] for t in texts]
+
+
+@torch.no_grad()
+def generate_ids(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int = 16,
+                 batch_size: int = 16) -> list[list[int]]:
+    """The greedy answers' token ids, up to and including the end-of-turn token when one came."""
+    eos = fmt.tokenizer.eos_token_id
+    out = []
+    for (row,) in _generate(model, fmt, prompts, max_new_tokens, batch_size):
+        out.append(row[:row.index(eos) + 1] if eos in row else row)
+    return out
+
+
+def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, num_samples=0,
+              temperature=1.0) -> list[list[list[int]]]:
+    """The generated token ids, n rows per prompt (n = max(num_samples, 1)), in prompt order."""
     tok = fmt.tokenizer
     pad = pad_id(tok)
-    answers: list = [None] * len(prompts)
+    rows: list = [None] * len(prompts)
     n = max(num_samples, 1)
     decoding = (dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=n)
                 if num_samples > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
@@ -39,8 +58,7 @@ def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int =
                                  max_new_tokens=max_new_tokens, num_beams=1,
                                  pad_token_id=pad, eos_token_id=tok.eos_token_id, **decoding)
             for b, i in enumerate(idx):  # sampled rows come n per prompt, in prompt order
-                texts = [fmt.decode_answer(out[b * n + s, T:].tolist()) for s in range(n)]
-                answers[i] = texts if num_samples > 0 else texts[0]
+                rows[i] = [out[b * n + s, T:].tolist() for s in range(n)]
             if progress is not None:
                 progress.update(len(idx))
-    return answers
+    return rows

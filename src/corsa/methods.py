@@ -1,15 +1,50 @@
 """CoRSA and its baselines are rows of one table (method.md §4).
 
 Each row says which objectives are trained, how their gradients are combined and whether
-SAM perturbs the adapter. The training step reads these fields and nothing else, so a
-baseline is exactly CoRSA with parts switched off.
+SAM perturbs the adapter, and it carries its own defaults for the method options. The
+training step reads the row and the options resolved through it and nothing else, so a
+baseline is exactly CoRSA with parts switched off, and `corsa-lifelong` is exactly CoRSA
+with the lifelong mechanisms switched on.
+
+The method options are the ones whose meaning depends on the row: an option that needs a
+part the row does not have (ρ without SAM, β without DPO) is refused, never ignored. Every
+other option (replay, eos, preservation) applies to every row, so each mechanism can be
+ablated on any baseline.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    """A method option: the part of a row it needs (None: any row) and its default."""
+
+    needs: str | None
+    default: object
+    flag: str
+
+
+# part a row must have → how to test for it, and how to name it in an error
+PARTS = {
+    "sam": (lambda m: m.sam, "SAM"),
+    "dpo": (lambda m: m.dpo, "DPO"),
+    "pcgrad": (lambda m: m.combine == "pcgrad", "PCGrad"),
+}
+
+OPTIONS: dict[str, Option] = {
+    "rho": Option("sam", 0.05, "--rho"),
+    "beta": Option("dpo", 0.1, "--beta"),
+    "combine": Option("pcgrad", "pcgrad", "--combine"),
+    "negatives": Option("dpo", (), "--negatives"),
+    "replay": Option(None, "none", "--replay"),
+    "train_eos": Option(None, True, "--train-eos"),
+    "preserve": Option(None, 0.0, "--preserve"),
+}
 
 
 @dataclass(frozen=True)
@@ -19,6 +54,31 @@ class Method:
     combine: str       # "none" (SFT alone), "sum" or "pcgrad"
     sam: bool          # perturb by ρ·g/‖g‖ and take the gradient there
     description: str
+    defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # this row's option defaults
+
+    def __post_init__(self):
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+        for key in self.defaults:
+            if key not in OPTIONS or not self.uses(key):
+                raise ValueError(f"method row {self.name}: default for an option it does not take: {key}")
+
+    def uses(self, option: str) -> bool:
+        """Whether `option` means something for this row (options outside OPTIONS always do)."""
+        spec = OPTIONS.get(option)
+        return spec is None or spec.needs is None or PARTS[spec.needs][0](self)
+
+    def default(self, option: str):
+        """The value of `option` when the user does not set it: the row's own, else the option's."""
+        return self.defaults.get(option, OPTIONS[option].default)
+
+    def refuse(self, option: str) -> ConfigError:
+        """The error for setting an option this row does not take, naming the rows that do."""
+        spec = OPTIONS[option]
+        part = PARTS[spec.needs][1]
+        rows = ", ".join(m.name for m in METHODS.values() if m.uses(option))
+        verb = "train" if spec.needs == "dpo" else "use"
+        return ConfigError(f"method '{self.name}' does not {verb} {part}, so {spec.flag} has no effect; "
+                           f"use a {part} method ({rows}) or drop {spec.flag}")
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -28,6 +88,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("corsa", dpo=True, combine="pcgrad", sam=True, description="SFT + DPO, PCGrad, SAM (CoRSA)"),
     Method("corsa-no-sam", dpo=True, combine="pcgrad", sam=False, description="CoRSA without SAM"),
     Method("corsa-no-pcgrad", dpo=True, combine="sum", sam=True, description="CoRSA with summed gradients"),
+    # CoRSA plus the mechanisms of docs/results.md's lifelong study that helped, with the
+    # defaults that study chose (see "Edits that last" there)
+    Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
+           description="CoRSA + replay of earlier edits, no eos training, preservation on anchors",
+           defaults={"replay": "all", "train_eos": False, "preserve": 1.0}),
 ]}
 
 

@@ -10,7 +10,7 @@ vocabulary projection.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,10 +42,11 @@ class PromptFormat:
             return self.tokenizer(text, add_special_tokens=False).input_ids
         return self.tokenizer(prompt).input_ids
 
-    def answer_ids(self, answer: str) -> list[int]:
+    def answer_ids(self, answer: str, eos: bool = True) -> list[int]:
+        """The answer's tokens; with a chat template closed by the end-of-turn token unless `eos` is off."""
         answer = answer.strip()
         if self.chat:
-            return self.tokenizer(answer, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+            return self.tokenizer(answer, add_special_tokens=False).input_ids + ([self.tokenizer.eos_token_id] * eos)
         return self.tokenizer(" " + answer, add_special_tokens=False).input_ids
 
     def decode_answer(self, ids: list[int]) -> str:
@@ -63,20 +64,26 @@ def source_file(source: str | None) -> str | None:
 
 @dataclass
 class Encoded:
-    """One edit, tokenised: the prompt and both answers."""
+    """One edit, tokenised: the prompt, both answers, and any further rejected answers (negatives)."""
 
     prompt: list[int]
     chosen: list[int]
     rejected: list[int] | None
+    extra: list[list[int]] = field(default_factory=list)
+    online: bool = False  # the last of `extra` is an online negative (refreshed every pass)
 
 
-def encode_edits(fmt: PromptFormat, edits, max_length: int | None, need_rejected: bool) -> list[Encoded]:
-    """Tokenise every edit; an edit longer than the model's context is a clear error."""
+def encode_edits(fmt: PromptFormat, edits, max_length: int | None, need_rejected: bool,
+                 eos: bool = True) -> list[Encoded]:
+    """Tokenise every edit; an edit longer than the model's context is a clear error.
+
+    eos=False leaves the end-of-turn token off the answers (EditConfig.train_eos).
+    """
     out = []
     for i, e in enumerate(edits):
         p = fmt.prompt_ids(e.prompt)
-        c = fmt.answer_ids(e.target_new)
-        r = fmt.answer_ids(e.target_old) if need_rejected else None
+        c = fmt.answer_ids(e.target_new, eos)
+        r = fmt.answer_ids(e.target_old, eos) if need_rejected else None
         longest = len(p) + max(len(c), len(r) if r else 0)
         if max_length is not None and longest > max_length:
             raise DataError(f"prompt plus answer is {longest} tokens, more than the model's context of "
@@ -184,14 +191,17 @@ def collate_shared(prompts: list[list[int]], answers: list[list[list[int]]], pad
     return SharedBatch(prompt_ids, prompt_mask, positions, answer_ids, answer_mask)
 
 
-def score_shared(model, batch: SharedBatch) -> torch.Tensor:
+def score_shared(model, batch: SharedBatch, greedy: bool = False):
     """log p(answer | prompt) for every answer of every prompt: (B, n).
+
+    With `greedy`, also whether each answer is the greedy continuation (every answer token is
+    the argmax): (B, n) booleans, returned as a second value.
 
     The prompts run once; all n answers continue from their KV cache, so with chosen and
     rejected answers the prompt tokens (most of a CounterFact sequence) are not computed twice.
     Gradients flow through the cache into the prompt's activations, as in one long forward.
     """
-    from .objectives import answer_logprobs
+    from .objectives import answer_logprobs, is_greedy
 
     n, P, K = batch.n_answers, batch.prompt_ids.shape[1], batch.answer_ids.shape[1]
     device = batch.prompt_ids.device
@@ -211,7 +221,11 @@ def score_shared(model, batch: SharedBatch) -> torch.Tensor:
         rest = model(input_ids=batch.answer_ids[:, :-1], attention_mask=mask, position_ids=positions,
                      use_cache=True, **{name: cache}).logits
         logits = torch.cat([first, rest], dim=1)                        # (B·n, K, V)
-    return answer_logprobs(logits, batch.answer_ids, batch.answer_mask.to(logits.dtype)).view(-1, n)
+    mask = batch.answer_mask.to(logits.dtype)
+    lp = answer_logprobs(logits, batch.answer_ids, mask).view(-1, n)
+    if greedy:
+        return lp, is_greedy(logits, batch.answer_ids, mask).view(-1, n)
+    return lp
 
 
 def _cache_argument(model) -> str:

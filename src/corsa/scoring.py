@@ -43,8 +43,15 @@ def margins(model, fmt: PromptFormat, encoded, batch_size: int = 16) -> torch.Te
     Each prompt runs once and both answers continue from its KV cache; edits are batched by
     prompt length.
     """
+    return margins_and_greedy(model, fmt, encoded, batch_size)[0]
+
+
+@torch.no_grad()
+def margins_and_greedy(model, fmt: PromptFormat, encoded, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The margins, and whether y⁺ is each edit's greedy answer (objectives.is_greedy), from one pass."""
     pad = pad_id(fmt.tokenizer)
     out = torch.empty(len(encoded))
+    greedy = torch.zeros(len(encoded), dtype=torch.bool)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt))
     with eval_mode(model) as device:
         for start in range(0, len(order), batch_size):
@@ -52,9 +59,17 @@ def margins(model, fmt: PromptFormat, encoded, batch_size: int = 16) -> torch.Te
             batch = collate_shared([encoded[i].prompt for i in idx],
                                    [[encoded[i].chosen, encoded[i].rejected] for i in idx], pad).to(device)
             with autocast(device):
-                lp = score_shared(model, batch).float().cpu()           # (B, 2)
+                lp, ok = score_shared(model, batch, greedy=True)
+            lp = lp.float().cpu()                                        # (B, 2)
             out[idx] = lp[:, 0] - lp[:, 1]
-    return out
+            greedy[idx] = ok[:, 0].cpu()
+    return out, greedy
+
+
+def holds(model, fmt: PromptFormat, encoded, margin_target: float, batch_size: int = 16) -> list[bool]:
+    """An edit holds when y⁺ is its greedy answer and its margin exceeds γ (per-edit stopping)."""
+    m, greedy = margins_and_greedy(model, fmt, encoded, batch_size)
+    return [bool(g) and float(x) > margin_target for x, g in zip(m, greedy)]
 
 
 def autocast(device: torch.device):

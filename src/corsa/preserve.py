@@ -1,0 +1,120 @@
+"""Keeping the model's behaviour off the edits: a KL term on anchor prompts.
+
+Training on one-word answers changes how a chat model answers *everything* (docs/results.md:
+generated locality 0% for every method). The preservation term keeps the edited model's
+next-token distributions equal to the unedited model's on prompts that have nothing to do with
+the edits, along the unedited model's own greedy answers to them (self-distillation, as in
+knowledge distillation with the teacher's samples):
+
+    L_pres = (1/T) Σ_t KL( p_θ(·|a, s_<t) ‖ p_θ+φ(·|a, s_<t) )
+
+over the answer tokens s of every anchor prompt a in the step's anchor batch (T tokens in
+all), θ the frozen base and φ the adapter. At φ's start (LoRA B = 0) the two distributions are
+equal and L_pres = 0. Its gradient, weighted by κ (`EditConfig.preserve`), joins the SFT side:
+g_sft = ∇(λ L_SFT + κ L_pres), before PCGrad and SAM.
+
+The anchors are a bundled set of generic requests and questions (`data/anchors.txt`), never the
+evaluation probes: any anchor equal to a prompt, paraphrase, locality or portability question
+of the edits being trained is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import DataError
+from .metrics import normalise
+from .prompts import Batch, PromptFormat, collate
+
+BUNDLED = Path(__file__).parent / "data" / "anchors.txt"
+ANSWER_TOKENS = 32  # how much of the unedited model's answer is kept: its manner shows early
+
+
+def read_anchors(path: str | Path | None = None) -> list[str]:
+    """Anchor prompts, one per line (lines starting with # skipped); the bundled set by default."""
+    path = Path(path) if path else BUNDLED
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the anchor prompts: {e}", path=str(path)) from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise DataError("holds no anchor prompt (one per line)", path=str(path))
+    return prompts
+
+
+def probe_prompts(edits) -> set[str]:
+    """Every prompt the evaluation asks of these edits, normalised."""
+    out = set()
+    for e in edits:
+        out.add(normalise(e.prompt))
+        out.update(normalise(p) for p in e.paraphrases)
+        out.update(normalise(p.prompt) for p in e.locality)
+        out.update(normalise(p.prompt) for p in e.portability)
+    return out
+
+
+def without_probes(anchors: list[str], edits) -> list[str]:
+    """The anchors that are not evaluation probes of `edits`."""
+    probes = probe_prompts(edits)
+    return [a for a in anchors if normalise(a) not in probes]
+
+
+@dataclass
+class Anchors:
+    """Anchor prompts with the unedited model's own answers, tokenised: (prompt ids, answer ids)."""
+
+    prompts: list[str]
+    pairs: list[tuple[list[int], list[int]]]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def prepare(model, fmt: PromptFormat, prompts: list[str], batch_size: int = 16) -> Anchors:
+    """The unedited model's greedy answers (adapter off) to the anchor prompts, as training pairs."""
+    from .generate import generate_ids
+
+    ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else _null()
+    with ctx:
+        answers = generate_ids(model, fmt, prompts, ANSWER_TOKENS, batch_size)
+    pairs = [(fmt.prompt_ids(p), a) for p, a in zip(prompts, answers) if a]
+    return Anchors([p for p, a in zip(prompts, answers) if a], pairs)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def answer_logits(model, batch: Batch) -> torch.Tensor:
+    """Logits at the positions that predict the answer tokens: (B, K, V)."""
+    T, K = batch.input_ids.shape[1], batch.labels.shape[1]
+    keep = torch.arange(T - K - 1, T - 1, device=batch.input_ids.device)
+    out = model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
+                position_ids=batch.position_ids[:, :-1], logits_to_keep=keep, use_cache=False)
+    return out.logits.float()
+
+
+def kl(base_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(1/T) Σ_t KL(p_base ‖ p) over the masked positions; base_logp and logits (B, K, V), mask (B, K)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    per_token = (base_logp.exp() * (base_logp - logp)).sum(-1)
+    return (per_token * mask).sum() / mask.sum().clamp_min(1)
+
+
+def batch(anchors: Anchors, idx: list[int], pad: int) -> Batch:
+    return collate([anchors.pairs[i] for i in idx], pad)
+
+
+@torch.no_grad()
+def base_logprobs(model, b: Batch) -> torch.Tensor:
+    """The unedited model's log-probabilities at the answer positions (adapter off)."""
+    with model.disable_adapter():
+        return torch.log_softmax(answer_logits(model, b), dim=-1)
