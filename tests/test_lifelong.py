@@ -1,0 +1,230 @@
+"""The lifelong-editing mechanisms (docs/results.md, "Edits that last"), on the tiny model.
+
+Each mechanism is checked for what it does to the batch or the loss, not only that it runs:
+an online negative appears exactly when the greedy answer is wrong, replayed edits come from
+the adapter's own record, the preservation term is zero on a fresh adapter and its anchors are
+never evaluation probes, per-edit stopping takes held edits out of the batches.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from corsa import Editor
+from corsa import negatives as N
+from corsa import preserve
+from corsa.config import EditConfig
+from corsa.engine import refresh_online_negatives, compute_reference
+from corsa.objectives import dpo_loss, is_greedy
+from corsa.prompts import PromptFormat, encode_edits
+from corsa.records import Edit, Probe
+
+from conftest import SHARED_DATA
+
+FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False)
+
+
+# --- pure parts, against hand-computed values -------------------------------------------------
+
+def test_dpo_with_several_negatives_is_the_mean_over_pairs():
+    lc, rc = torch.tensor([-1.0]), torch.tensor([-2.0])
+    lr_, rr = torch.tensor([[-3.0, -1.5, 0.0]]), torch.tensor([[-2.5, -2.0, 0.0]])
+    w = torch.tensor([[1.0, 1.0, 0.0]])  # the third rejected row is padding
+    beta = 0.5
+    # pair i: β[(−1 − −2) − (lr_i − rr_i)]: pair 0 → 0.5·(1 − (−0.5)) = 0.75, pair 1 → 0.5·(1 − 0.5) = 0.25
+    want = -(math.log(1 / (1 + math.exp(-0.75))) + math.log(1 / (1 + math.exp(-0.25)))) / 2
+    assert dpo_loss(lc, lr_, rc, rr, beta, w).item() == pytest.approx(want, rel=1e-6)
+    # one negative: Eq. 7 exactly
+    one = dpo_loss(lc, lr_[:, 0], rc, rr[:, 0], beta)
+    assert one.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.75))), rel=1e-6)
+
+
+def test_is_greedy_needs_every_answer_token_to_be_the_argmax():
+    logits = torch.tensor([[[0.0, 5.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 9.0]]])  # argmax 1, 0, 2
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the last position is padding
+    assert is_greedy(logits, torch.tensor([[1, 0, 0]]), mask).tolist() == [True]
+    assert is_greedy(logits, torch.tensor([[1, 2, 2]]), mask).tolist() == [False]
+
+
+def test_interference_negatives_are_other_edits_answers_with_the_same_template():
+    a = Edit("a", "Gustav Lindau took up work in", "Milan", "Berlin", subject="Gustav Lindau")
+    b = Edit("b", "Anna Berg took up work in", "Paris", "Oslo", subject="Anna Berg")
+    c = Edit("c", "Anna Berg was born in", "Rome", "Oslo", subject="Anna Berg")
+    d = Edit("d", "Karl Ek took up work in", "Berlin", "Lund", subject="Karl Ek")  # y⁺ = a's y⁻
+    e = Edit("e", "Gustav Lindau took up work in", "Vienna", "Milan", subject="Gustav Lindau")  # a again
+    assert N.template(a) == "{} took up work in" and N.template(Edit("x", "p", "q")) is None
+    got = N.interference([a, c], [a, b, c, d], limit=4)
+    assert got[0] == ["Paris"]      # b shares the template; d's answer is a's own y⁻; c another template
+    assert got[1] == []
+    # the same prompt edited before: its old y⁺ is the new edit's y⁻ here, so not a negative twice,
+    # while b's answer is one; the most recent edits come first, and the limit holds
+    assert N.interference([e], [a, b, d], limit=4)[0] == ["Berlin", "Paris"]
+    assert N.interference([e], [a, b, d], limit=1)[0] == ["Berlin"]
+
+
+def test_online_negative_only_for_a_wrong_answer():
+    e = Edit("a", "The capital of Italy is", "Paris", "Rome")
+    assert N.online("Milan", e) == "Milan"
+    assert N.online("It is Paris.", e) is None       # holds y⁺
+    assert N.online("Rome", e) is None               # y⁻ is already the rejected answer
+    assert N.online("  ", e) is None
+
+
+# --- on the tiny model ----------------------------------------------------------------------
+
+def test_online_negative_appears_in_the_batch_when_the_answer_is_wrong_and_not_otherwise(tiny):
+    model_tok = tiny
+    editor = Editor(model_tok, method="corsa", negatives="online", progress=False, max_new_tokens=4, template="raw")
+    edits = [Edit("e0", "The code of item 0 is", "QQ", "AB"), Edit("e1", "The code of item 1 is", "ZZ", "AB")]
+    cfg = editor.config
+    # make edit e1's y⁺ its greedy answer, so only e0 is wrong
+    answers = editor.ask([e.prompt for e in edits])
+    edits[1] = Edit("e1", edits[1].prompt, answers[1], "AB") if answers[1].strip() else edits[1]
+    encoded = encode_edits(editor.fmt, edits, None, need_rejected=True)
+    ref = compute_reference(editor.model, editor.fmt, encoded, cfg, 16)
+    n = refresh_online_negatives(editor.model, editor.fmt, edits, encoded, ref, [0, 1], cfg, 16)
+    assert n == 1
+    assert encoded[0].online and encoded[0].extra == [editor.fmt.answer_ids(answers[0])]
+    assert not encoded[1].online and encoded[1].extra == []
+    assert ref.extra[0].shape == (1,) and ref.extra[1].numel() == 0
+    # refreshing again replaces the online negative instead of piling them up
+    refresh_online_negatives(editor.model, editor.fmt, edits, encoded, ref, [0, 1], cfg, 16)
+    assert len(encoded[0].extra) == 1
+    # and training with them runs, logging how many edits carry one (one pass: e0 is still wrong)
+    editor.config = EditConfig(method="corsa", negatives="online", epochs=1, template="raw", max_new_tokens=4)
+    record = editor.update(edits[:1])
+    assert record.result.last_step["negatives/online"] == 1
+
+
+def test_interference_negatives_reach_the_dpo_term(tiny, monkeypatch):
+    import corsa.engine as engine
+
+    seen = []
+    real = engine.collate_shared
+
+    def spy(prompts, answers, pad):
+        seen.append([len(a) for a in answers])
+        return real(prompts, answers, pad)
+
+    monkeypatch.setattr(engine, "collate_shared", spy)
+    edits = [Edit(f"e{i}", f"Person {i} works in", f"City{i}", f"Town{i}", subject=f"Person {i}") for i in range(3)]
+    Editor(tiny, method="corsa", negatives="interference", edit_stop=False, **FAST).update(edits)
+    # each prompt scores y⁺, y⁻ and the two other edits' y⁺ (same template "{} works in")
+    assert seen and all(n == [4] * len(n) for n in seen)
+    seen.clear()
+    Editor(tiny, method="corsa", edit_stop=False, **FAST).update(edits)
+    assert all(n == [2] * len(n) for n in seen)
+
+
+def test_replayed_edits_come_from_the_adapters_own_record(tiny, tmp_path, toy_edits):
+    from corsa.models import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base")
+    first, second = toy_edits[:3], toy_edits[3:]
+    Editor(str(base), method="lora", **FAST).update(first, out=tmp_path / "run1")
+    saved = [json.loads(line)["id"] for line in
+             (tmp_path / "run1" / "adapter" / "trained-edits.jsonl").read_text().splitlines()]
+    assert saved == ["e0", "e1", "e2"]
+    # a later update replays them without being given the old file
+    editor = Editor(str(base), adapter=tmp_path / "run1", method="lora", replay="all", **FAST)
+    assert [e.id for e in editor.replay_set(second)] == ["e0", "e1", "e2"]
+    record = editor.update(second, out=tmp_path / "run2")
+    assert record.replayed == ["e0", "e1", "e2"]
+    run = json.loads((tmp_path / "run2" / "run.json").read_text())
+    assert run["updates"][0]["replayed_ids"] == ["e0", "e1", "e2"]
+    again = [json.loads(line)["id"] for line in
+             (tmp_path / "run2" / "adapter" / "trained-edits.jsonl").read_text().splitlines()]
+    assert again == ["e0", "e1", "e2", "e3", "e4", "e5"]
+    # an earlier prompt edited again is superseded, not replayed; replay=none replays nothing
+    redo = [Edit("r0", toy_edits[0].prompt, "Elsewhere", "City0")]
+    later = Editor(str(base), adapter=tmp_path / "run2", method="lora", replay="all", **FAST)
+    assert "e0" not in [e.id for e in later.replay_set(redo)]
+    assert Editor(str(base), adapter=tmp_path / "run2", method="lora", **FAST).replay_set(redo) == []
+
+
+def test_replay_budget_takes_lost_edits_first(tiny, toy_edits):
+    editor = Editor(tiny, method="lora", replay="lost", **FAST)
+    editor.history = list(toy_edits[:4])
+    # nothing is learnt on a fresh adapter, so every earlier edit is lost
+    assert [e.id for e in editor.replay_set(toy_edits[4:])] == ["e0", "e1", "e2", "e3"]
+    editor.config = EditConfig(method="lora", replay="all", replay_budget=2)
+    assert len(editor.replay_set(toy_edits[4:])) == 2
+
+
+def test_preservation_is_zero_on_a_fresh_adapter_and_pulls_after_a_step(tiny):
+    editor = Editor(tiny, method="lora", preserve=1.0, progress=False)
+    anchors = preserve.prepare(editor.model, editor.fmt, preserve.read_anchors()[:6])
+    assert len(anchors) > 0
+    b = preserve.batch(anchors, list(range(len(anchors))), editor.tokenizer.eos_token_id)
+    base = preserve.base_logprobs(editor.model, b)
+    with torch.no_grad():
+        kl0 = preserve.kl(base, preserve.answer_logits(editor.model, b), b.label_mask)
+    assert kl0.item() == pytest.approx(0.0, abs=1e-6)
+    editor.update([Edit("e0", "The code of item 0 is", "QQ", "AB")])
+    with torch.no_grad():
+        kl1 = preserve.kl(base, preserve.answer_logits(editor.model, b), b.label_mask)
+    assert kl1.item() > 1e-6
+    assert "loss/preserve" in editor.updates[-1].result.last_step
+
+
+def test_kl_is_hand_computed():
+    base = torch.log(torch.tensor([[[0.5, 0.5], [1.0, 1e-30]]]))
+    logits = torch.log(torch.tensor([[[0.25, 0.75], [0.5, 0.5]]]))
+    mask = torch.tensor([[1.0, 0.0]])
+    want = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert preserve.kl(base, logits, mask).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_anchor_prompts_are_never_evaluation_probes():
+    from corsa.cli import SAMPLE
+    from corsa.loaders import load_edits
+
+    anchors = preserve.read_anchors()
+    assert len(anchors) >= 50
+    files = [SAMPLE, SHARED_DATA / "counterfact" / "easyedit" / "counterfact-edit.json",
+             SHARED_DATA / "counterfact" / "easyedit" / "counterfact-train.json",
+             SHARED_DATA / "zsre" / "zsre_mend_train-1k.json", SHARED_DATA / "mquake" / "MQuAKE-hard.json"]
+    for f in files:
+        edits = load_edits(f, on_invalid="skip")
+        assert preserve.without_probes(anchors, edits) == anchors, f
+    # and at run time an anchor equal to a probe of the edits is dropped
+    e = Edit("x", "p", "q", "r", locality=(Probe(anchors[0].upper() + "  "),))
+    assert anchors[0] not in preserve.without_probes(anchors, [e])
+
+
+def test_edit_stop_takes_held_edits_out_of_the_batches(tiny):
+    edits = [Edit(f"e{i}", f"The code of item {i} is", "QQ", "AB") for i in range(4)]
+    editor = Editor(tiny, method="lora", epochs=60, batch_size=4, lr=3e-2, warmup_steps=5, margin_target=0.5,
+                    template="raw", progress=False)
+    record = editor.update(edits)
+    checks = [h for h in record.result.history if "edit_stop/holding" in h]
+    steps = [h for h in record.result.history if "time/step_s" in h]
+    assert record.result.stopped_early and checks[-1]["edit_stop/holding"] == 4
+    # once some edits hold, the steps train only the others
+    partly = [c for c in checks if 0 < c["edit_stop/holding"] < 4]
+    if partly:
+        after = [s for s in steps if s["epoch"] == partly[0]["epoch"] + 1]
+        assert after and all(s["edits"] == 4 - partly[0]["edit_stop/holding"] for s in after)
+    assert all(a.startswith("QQ") for a in editor.ask([e.prompt for e in edits]))
+
+
+def test_train_eos_off_leaves_the_end_of_turn_token_out():
+    class Tok:
+        chat_template = "x"
+        eos_token_id = 9
+
+        def __call__(self, text, add_special_tokens=False):
+            return type("R", (), {"input_ids": [len(w) for w in text.split()]})()
+
+    fmt = PromptFormat(Tok(), "chat")
+    assert fmt.answer_ids("Rome now") == [4, 3, 9]
+    assert fmt.answer_ids("Rome now", eos=False) == [4, 3]
+
+
+def test_release_preset_is_the_authors_settings():
+    cfg = EditConfig.preset("release", method="lora")
+    assert (cfg.lr, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.edit_stop) == (2e-4, 8, 4, 10, False)
+    with pytest.raises(Exception, match="unknown preset"):
+        EditConfig.preset("paper")
