@@ -228,3 +228,16 @@ def test_release_preset_is_the_authors_settings():
     assert (cfg.lr, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.edit_stop) == (2e-4, 8, 4, 10, False)
     with pytest.raises(Exception, match="unknown preset"):
         EditConfig.preset("paper")
+
+
+def test_cli_flags_of_the_mechanisms_and_the_preset():
+    from corsa.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["edit", "--edits", "x", "--out", "y", "--method", "corsa", "--no-train-eos",
+                                      "--negatives", "interference,online", "--replay", "lost",
+                                      "--preset", "release", "--lr", "1e-3"])
+    cfg = config_from_args(args)
+    assert cfg.train_eos is False and cfg.negatives == ("interference", "online") and cfg.replay == "lost"
+    assert cfg.lr == 1e-3 and cfg.grad_accum == 4 and cfg.edit_stop is False  # the flag beats the preset
+    plain = config_from_args(build_parser().parse_args(["edit", "--edits", "x", "--out", "y"]))
+    assert plain.value("train_eos") is True and plain.edit_stop is True

@@ -5,20 +5,20 @@ import torch
 
 from corsa import Editor, load_edits
 from corsa.cli import SAMPLE
+from corsa.metrics import contains
 
 pytestmark = pytest.mark.slow
 
 
 def took(answer: str, target: str) -> bool:
-    return target.lower() in answer.lower()
+    return contains(answer, target)
 
 
 def test_corsa_switches_real_counterfact_answers_and_leaves_an_unrelated_fact(tmp_path):
     torch.set_num_threads(2)
     edits = [e for e in load_edits(SAMPLE) if e.id in ("cf-7005", "cf-231", "cf-16575", "cf-4664")]
     assert len(edits) == 4
-    editor = Editor("smollm2-135m", method="corsa", lr=1e-3, epochs=8, batch_size=4, grad_accum=1,
-                    warmup_steps=1, progress=False)
+    editor = Editor("smollm2-135m", method="corsa", progress=False)  # the defaults, as a new user runs it
     unrelated = "What is the capital of France?"
     before = editor.ask([e.prompt for e in edits] + [unrelated], base=True)
     assert not any(took(a, e.target_new) for a, e in zip(before, edits)), before

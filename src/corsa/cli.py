@@ -19,6 +19,7 @@ SAMPLE = Path(__file__).parent / "data" / "counterfact_sample.jsonl"
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One --flag per EditConfig field, with its help text and default (one source of truth)."""
     from .config import PRESETS
+    from .methods import OPTIONS
 
     hints = typing.get_type_hints(EditConfig)
     group = parser.add_argument_group("training options (defaults sized for the bundled model; "
@@ -28,14 +29,15 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                             "flags given beside it win")
     for f in dataclasses.fields(EditConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default if f.default is not None else 'method default'})"
+        default = f.default if f.default is not None else "method default" if f.name in OPTIONS else "none"
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
         hint = hints[f.name]
-        if hint is bool:
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint) if typing.get_args(hint) else hint
+        if base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif "tuple" in str(hint):  # comma-separated lists (EditConfig splits them)
             group.add_argument(flag, default=None, help=help_text + "; comma-separated", dest=f.name)
         else:
-            base = next((t for t in typing.get_args(hint) if t is not type(None)), hint) if typing.get_args(hint) else hint
             group.add_argument(flag, type=base, default=None, help=help_text, dest=f.name)
 
 
