@@ -241,3 +241,25 @@ def test_cli_flags_of_the_mechanisms_and_the_preset():
     assert cfg.lr == 1e-3 and cfg.grad_accum == 4 and cfg.edit_stop is False  # the flag beats the preset
     plain = config_from_args(build_parser().parse_args(["edit", "--edits", "x", "--out", "y"]))
     assert plain.value("train_eos") is True and plain.edit_stop is True
+
+
+def test_swapped_anchors_put_another_edits_subject_into_the_prompt():
+    a = Edit("a", "Gustav Lindau took up work in", "Milan", "Berlin", subject="Gustav Lindau")
+    b = Edit("b", "Anna Berg was born in", "Rome", "Oslo", subject="Anna Berg")
+    c = Edit("c", "Where is it?", "Here", "There")  # no subject: no swapped anchor
+    got = preserve.swapped_prompts([a, b, c], [a, b, c], k=2, seed=0)
+    assert got == ["Anna Berg took up work in", "Gustav Lindau was born in"]
+    assert preserve.swapped_prompts([a], [a], k=2, seed=0) == []  # no other subject to take
+
+
+def test_preservation_anchors_include_swapped_prompts_and_no_probe(tiny):
+    templates = ["{} works in", "{} was born in", "{} speaks"]
+    edits = [Edit(f"e{i}", t.format(f"Person {i}"), f"City{i}", f"Town{i}", subject=f"Person {i}",
+                  locality=(Probe("Person 1 works in"),) if i == 0 else ()) for i, t in enumerate(templates)]
+    editor = Editor(tiny, method="lora", preserve=1.0, swap_anchors=2, template="raw", progress=False)
+    anchors = editor.anchors(edits)
+    swapped = {p for p in anchors.prompts if p.startswith("Person")}
+    every = {t.format(f"Person {j}") for t in templates for j in range(3)}
+    # each edit's prompt with the two other subjects, less the edit prompts and the locality probe
+    assert swapped == every - {e.prompt for e in edits} - {"Person 1 works in"}
+    assert len(anchors) == len(anchors.pairs) > len(swapped)  # the generic anchors are there too

@@ -108,7 +108,7 @@ class Editor:
             self.parent = None
             self.history: list[Edit] = []  # every edit the adapter holds, oldest first
         self.updates: list[UpdateRecord] = []
-        self._anchors = None  # preserve.Anchors with the unedited model's answers, made once
+        self._anchors = None  # anchor prompt → (prompt ids, the unedited model's answer ids), made once each
 
     # ------------------------------------------------------------------------------------------
     def ask(self, prompts: list[str] | str, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
@@ -164,16 +164,25 @@ class Editor:
         chosen = lost + rest
         return chosen[:budget] if budget else chosen
 
-    def anchors(self, edits: list[Edit]):
-        """The preservation term's anchors (corsa.preserve), without any evaluation probe of `edits`."""
+    def anchors(self, edits: list[Edit], index: int = 0):
+        """The preservation term's anchors (corsa.preserve), without any evaluation probe of `edits`.
+
+        The unedited model's answers are computed once per anchor prompt and kept for later updates.
+        """
         from . import preserve
 
         if self._anchors is None:
-            prompts = preserve.read_anchors(self.config.anchors)
-            self._anchors = preserve.prepare(self.model, self.fmt, prompts)
-        keep = set(preserve.without_probes(self._anchors.prompts, list(edits) + self.history))
-        idx = [i for i, p in enumerate(self._anchors.prompts) if p in keep]
-        return preserve.Anchors([self._anchors.prompts[i] for i in idx], [self._anchors.pairs[i] for i in idx])
+            self._anchors = {}
+            self._generic = preserve.read_anchors(self.config.anchors)
+        k = self.config.value("swap_anchors")
+        swapped = preserve.swapped_prompts(edits, self.history + list(edits), k, self.config.seed + 1000 * index) if k else []
+        prompts = preserve.without_probes(list(dict.fromkeys(self._generic + swapped)), list(edits) + self.history)
+        todo = [p for p in prompts if p not in self._anchors]
+        if todo:
+            made = preserve.prepare(self.model, self.fmt, todo)
+            self._anchors.update(zip(made.prompts, made.pairs))
+        kept = [p for p in prompts if p in self._anchors]  # an anchor the model answers with nothing is left out
+        return preserve.Anchors(kept, [self._anchors[p] for p in kept])
 
     def update(self, edits, out: str | os.PathLike | None = None, limit: int | None = None,
                index: int | None = None) -> UpdateRecord:
@@ -197,7 +206,7 @@ class Editor:
             room = cfg.max_negatives - ("online" in cfg.value("negatives"))
             for enc, found in zip(encoded, negatives.interference(pool, self.history + edits, room)):
                 enc.extra = [self.fmt.answer_ids(a, eos) for a in found]
-        anchors = self.anchors(pool) if cfg.value("preserve") > 0 else None
+        anchors = self.anchors(pool, index) if cfg.value("preserve") > 0 else None
         log_path = Path(out) / "log.jsonl" if out is not None else None
         if log_path is not None and dist.is_main() and log_path.exists():
             log_path.unlink()

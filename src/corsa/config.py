@@ -69,6 +69,9 @@ class EditConfig:
     anchors: str | None = field(default=None, metadata={
         "help": "file of anchor prompts for --preserve, one per line (default: corsa's bundled generic set)"})
     anchor_batch: int = field(default=8, metadata={"help": "anchor prompts per optimizer step"})
+    swap_anchors: int | None = field(default=None, metadata={
+        "help": "with --preserve: per edit, this many extra anchors made of its prompt with another edit's "
+                "subject (the edit must not spill over to other subjects asked the same way)"})
     # prompts
     template: str = field(default="auto", metadata={"help": "chat, raw, or auto (chat when the tokenizer has a template)"})
     # stopping (method.md §4: documented alternatives to a fixed number of epochs)
@@ -124,6 +127,7 @@ class EditConfig:
             ("replay_budget", self.replay_budget >= 0, "non-negative (0: no cap)"),
             ("preserve", self.preserve is None or self.preserve >= 0, "non-negative"),
             ("anchor_batch", self.anchor_batch >= 1, "at least 1"),
+            ("swap_anchors", self.swap_anchors is None or self.swap_anchors >= 0, "non-negative"),
             ("max_grad_norm", self.max_grad_norm >= 0, "non-negative (0 turns clipping off)"),
             ("rho", self.rho is None or self.rho >= 0, "non-negative"),
             ("beta", self.beta is None or self.beta > 0, "positive"),
@@ -178,7 +182,7 @@ class EditConfig:
                          "combine": self.combiner, "dpo": self.spec.dpo, "sam": self.spec.sam,
                          "negatives": list(self.value("negatives")) if self.spec.dpo else [],
                          "replay": self.value("replay"), "train_eos": self.value("train_eos"),
-                         "preserve": self.value("preserve")}
+                         "preserve": self.value("preserve"), "swap_anchors": self.value("swap_anchors")}
         return d
 
     @classmethod

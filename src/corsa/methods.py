@@ -44,6 +44,7 @@ OPTIONS: dict[str, Option] = {
     "replay": Option(None, "none", "--replay"),
     "train_eos": Option(None, True, "--train-eos"),
     "preserve": Option(None, 0.0, "--preserve"),
+    "swap_anchors": Option(None, 0, "--swap-anchors"),
 }
 
 

@@ -13,9 +13,12 @@ all), θ the frozen base and φ the adapter. At φ's start (LoRA B = 0) the two 
 equal and L_pres = 0. Its gradient, weighted by κ (`EditConfig.preserve`), joins the SFT side:
 g_sft = ∇(λ L_SFT + κ L_pres), before PCGrad and SAM.
 
-The anchors are a bundled set of generic requests and questions (`data/anchors.txt`), never the
-evaluation probes: any anchor equal to a prompt, paraphrase, locality or portability question
-of the edits being trained is dropped.
+The anchors are a bundled set of generic requests and questions (`data/anchors.txt`) and,
+with `swap_anchors` k, k prompts per edit made of the edit's own prompt with its subject
+replaced by another edit's subject ("Gustav Lindau took up work in" → "Larry Stabbins took up
+work in"): the edit must not spill over to other subjects asked the same way, which is where
+the neighbourhood score shows it leaking. Neither is ever an evaluation probe: any anchor equal
+to a prompt, paraphrase, locality or portability question of the edits being trained is dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +47,26 @@ def read_anchors(path: str | Path | None = None) -> list[str]:
     if not prompts:
         raise DataError("holds no anchor prompt (one per line)", path=str(path))
     return prompts
+
+
+def swapped_prompts(edits, subjects_from, k: int, seed: int) -> list[str]:
+    """For each edit with a subject in its prompt, up to k prompts with another edit's subject in its place.
+
+    The other subjects are those of `subjects_from` (normalised-different from the edit's own and
+    not inside its prompt), drawn with `seed`; each prompt once, in edit order.
+    """
+    import random
+
+    pool = list(dict.fromkeys(e.subject for e in subjects_from if e.subject))
+    out: dict[str, None] = {}
+    rng = random.Random(seed)
+    for e in edits:
+        if not e.subject or e.subject not in e.prompt:
+            continue
+        others = [s for s in pool if normalise(s) != normalise(e.subject) and normalise(s) not in normalise(e.prompt)]
+        for s in rng.sample(others, min(k, len(others))):
+            out[e.prompt.replace(e.subject, s)] = None
+    return list(out)
 
 
 def probe_prompts(edits) -> set[str]:
