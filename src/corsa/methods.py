@@ -92,8 +92,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # CoRSA plus the mechanisms of docs/results.md's lifelong study that helped, with the
     # defaults that study chose (see "Edits that last" there)
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
-           description="CoRSA + replay of earlier edits, no eos training, preservation on anchors",
-           defaults={"replay": "all", "train_eos": False, "preserve": 1.0}),
+           description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest)",
+           defaults={"replay": "all"}),
 ]}
 
 

@@ -33,7 +33,7 @@ from .metrics import normalise
 from .prompts import Batch, PromptFormat, collate
 
 BUNDLED = Path(__file__).parent / "data" / "anchors.txt"
-ANSWER_TOKENS = 32  # how much of the unedited model's answer is kept: its manner shows early
+ANSWER_TOKENS = 12  # the first tokens of the unedited answer: its manner shows there, and the KL is not diluted
 
 
 def read_anchors(path: str | Path | None = None) -> list[str]:
