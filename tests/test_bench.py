@@ -272,3 +272,26 @@ def test_demo_is_the_bench_on_the_bundled_sample(monkeypatch):
     assert spec.methods == ("lora", "corsa", "corsa-lifelong") and spec.n_updates == 2 and spec.n_edits == 16
     assert spec.data == str(SAMPLE) and spec.model == "smollm2-135m"
     assert spec.train == {}  # the defaults themselves edit the bundled model: no demo-only settings
+
+
+def test_lifelong_replays_earlier_updates_and_resumes_to_the_same_adapter(setup, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    def run(out):
+        args = argv(setup, out, "--methods", "corsa-lifelong")
+        assert main(args) == 0
+        return out / "corsa-lifelong"
+
+    whole = run(tmp_path / "whole")
+    first_ids = json.loads((whole / "update-1" / "eval.json").read_text())["edit_ids"]
+    second = json.loads((whole / "update-2" / "run.json").read_text())["updates"][-1]
+    assert second["replayed_ids"] == first_ids  # the earlier update's edits, from the adapter's record
+    # killed after update 1: the rerun replays from the saved adapter and ends where the whole run did
+    part = tmp_path / "part"
+    shutil.copytree(tmp_path / "whole", part, ignore=shutil.ignore_patterns("update-2", "results.*", "report.md",
+                                                                              "*.png"))
+    resumed = run(part)
+    a = load_file(str(whole / "update-2" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(resumed / "update-2" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
