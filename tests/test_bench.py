@@ -104,7 +104,9 @@ def test_every_file_and_key(first):
             folder = out / name / f"update-{k}"
             assert (folder / "adapter" / "adapter_model.safetensors").exists()
             assert json.loads((folder / "eval.json").read_text())["update"] == k
-    assert r["methods"]["lora"]["relative_forgetting_reduction"] in (0.0, None)
+    lora, corsa = r["methods"]["lora"]["forgetting"], r["methods"]["corsa"]["forgetting"]
+    want = None if not lora or lora <= 0 else 1 - corsa / lora  # corsa against lora, from their own matrices
+    assert r["methods"]["corsa"]["relative_forgetting_reduction"] == (pytest.approx(want) if want is not None else None)
     assert r["final_keys"]["reliability"] == "generated/reliability"
     assert r["final_keys"]["efficacy"] == "teacher_forced/efficacy"
     # the two updates hold the chosen edits, whole cases together
