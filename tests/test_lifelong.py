@@ -263,3 +263,37 @@ def test_preservation_anchors_include_swapped_prompts_and_no_probe(tiny):
     # each edit's prompt with the two other subjects, less the edit prompts and the locality probe
     assert swapped == every - {e.prompt for e in edits} - {"Person 1 works in"}
     assert len(anchors) == len(anchors.pairs) > len(swapped)  # the generic anchors are there too
+
+
+def test_options_that_would_do_nothing_are_refused():
+    for kwargs, message in [(dict(swap_anchors=2), "preservation term, which is off"),
+                            (dict(anchors="a.txt"), "preservation term, which is off"),
+                            (dict(replay_budget=5), "replay, which is off"),
+                            (dict(negatives="interference", reference="previous"), "reference base")]:
+        with pytest.raises(Exception, match=message):
+            EditConfig(method="corsa", **kwargs)
+    assert EditConfig(method="corsa", negatives="online,interference", max_negatives=0).max_negatives == 0
+
+
+def test_adapter_record_with_repeated_ids_continues(tiny, tmp_path):
+    from corsa.models import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base")
+    editor = Editor(str(base), method="lora", **FAST)
+    editor.update([{"prompt": "The code of item 0 is", "target_new": "QQ", "target_old": "AB"}], out=tmp_path / "r1")
+    editor.update([{"prompt": "The code of item 1 is", "target_new": "ZZ", "target_old": "AB"}], out=tmp_path / "r2")
+    # the Python API names both "edit-0": the record still reads back, in order, for replay
+    again = Editor(str(base), adapter=tmp_path / "r2", method="lora", replay="all", **FAST)
+    assert [e.prompt for e in again.history] == ["The code of item 0 is", "The code of item 1 is"]
+    assert len(again.replay_set([Edit("n", "The code of item 2 is", "XX", "AB")])) == 2
+
+
+def test_no_room_means_no_interference_negative(tiny, monkeypatch):
+    import corsa.engine as engine
+
+    seen = []
+    real = engine.collate_shared
+    monkeypatch.setattr(engine, "collate_shared", lambda p, a, pad: seen.append([len(x) for x in a]) or real(p, a, pad))
+    edits = [Edit(f"e{i}", f"Person {i} works in", f"City{i}", f"Town{i}", subject=f"Person {i}") for i in range(3)]
+    Editor(tiny, method="corsa", negatives="interference", max_negatives=0, edit_stop=False, **FAST).update(edits)
+    assert seen and all(n == [2] * len(n) for n in seen)

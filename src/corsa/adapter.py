@@ -87,10 +87,25 @@ def save(model, path: str | Path, fingerprint: str | None = None, extra: dict | 
 
 
 def trained_edits(path: str | Path) -> list:
-    """The edits a saved adapter has been trained on (empty for an adapter saved without them)."""
-    from .loaders import load_edits
+    """The edits a saved adapter has been trained on (empty for an adapter saved without them).
+
+    Read back exactly as written (not through the edit-file checks: an adapter continued with
+    the Python API may hold two edits named `edit-0`, and a y⁻ filled by the edited model may
+    equal y⁺), so a resumed run replays the very edits an uninterrupted one does.
+    """
+    from .errors import DataError
+    from .records import Edit
 
     file = find_adapter_dir(path) / TRAINED_EDITS
-    if not file.exists() or not file.read_text(encoding="utf-8").strip():
+    if not file.exists():
         return []
-    return load_edits(file, format="plain")
+    edits = []
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            edits.append(Edit.from_dict(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"the adapter's record of trained edits is damaged ({type(e).__name__}: {e}); "
+                            f"remove it to continue without replay", path=str(file), record=f"line {n}") from None
+    return edits

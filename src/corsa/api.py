@@ -203,7 +203,7 @@ class Editor:
         eos = cfg.value("train_eos")
         encoded = encode_edits(self.fmt, pool, self.max_length, need_rejected=True, eos=eos)
         if cfg.spec.dpo and "interference" in cfg.value("negatives"):
-            room = cfg.max_negatives - ("online" in cfg.value("negatives"))
+            room = max(0, cfg.max_negatives - ("online" in cfg.value("negatives")))  # leave one for online
             for enc, found in zip(encoded, negatives.interference(pool, self.history + edits, room)):
                 enc.extra = [self.fmt.answer_ids(a, eos) for a in found]
         anchors = self.anchors(pool, index) if cfg.value("preserve") > 0 else None
@@ -216,7 +216,8 @@ class Editor:
                                   progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors)
         except TrainingError:
             if out is not None:  # the adapter was restored before the failing step: keep it
-                dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint)
+                dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
+                             edits=self.history)
             raise
         record = UpdateRecord(index, edits, result, Path(out) if out is not None else None,
                               [e.id for e in replay])

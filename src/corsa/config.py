@@ -104,9 +104,14 @@ class EditConfig:
             raise ConfigError(f"invalid negatives {','.join(bad)}: choose online, interference or both")
         if self.value("replay") not in ("none", "all", "lost"):
             raise ConfigError(f"invalid replay={self.replay!r}: choose none, all or lost")
-        if "online" in self.value("negatives") and self.reference != "base":
-            raise ConfigError("--negatives online needs --reference base: an online negative appears during "
-                              "training, when the model of the last update is no longer at hand to score it")
+        if self.value("negatives") and self.reference != "base":
+            raise ConfigError("--negatives needs --reference base: negatives are scored by the base model (an "
+                              "online one appears during training, when the model of the last update is gone)")
+        if not self.value("preserve") and (self.value("swap_anchors") or self.anchors is not None):
+            raise ConfigError("--swap-anchors and --anchors shape the preservation term, which is off; "
+                              "set --preserve κ > 0 or drop them")
+        if self.replay_budget and self.value("replay") == "none":
+            raise ConfigError("--replay-budget limits replay, which is off; set --replay all or lost, or drop it")
         if self.edit_stop is None:
             self.edit_stop = not self.early_stop
         if self.edit_stop and self.early_stop:

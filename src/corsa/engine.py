@@ -180,12 +180,9 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
         g_sft += flat(torch.autograd.grad(w * cfg.sft_weight * loss_sft, params, allow_unused=True), params)
     if pres is not None and pres.weight > 0:
         loss = preservation_loss(model, pres, device)
+        stats["loss/preserve"] = 0.0 if loss is None else loss.item()
         if loss is not None:
-            share, value = loss
-            stats["loss/preserve"] = share * value.item()
-            g_sft += flat(torch.autograd.grad(share * pres.weight * value, params, allow_unused=True), params)
-        else:
-            stats["loss/preserve"] = 0.0
+            g_sft += flat(torch.autograd.grad(pres.weight * loss, params, allow_unused=True), params)
     dist.all_reduce_sum_(g_sft)
     if g_dpo is not None:
         dist.all_reduce_sum_(g_dpo)
@@ -202,7 +199,7 @@ def _reference_rejected(ref: Reference, i: int, M: int) -> torch.Tensor:
 
 
 def preservation_loss(model, pres: Preservation, device):
-    """(this worker's share of the anchor batch, L_pres on it), or None when its shard is empty.
+    """This worker's part of L_pres (the parts add up over workers), or None when its shard is empty.
 
     The base log-probs of the step's anchors are computed once per step (pres.base_logp) and
     serve both SAM passes.
@@ -220,7 +217,9 @@ def preservation_loss(model, pres: Preservation, device):
                                                        b.labels, b.label_mask)))
     with autocast(device):
         logits = preserve.answer_logits(model, sub)
-    return len(mine) / len(pres.idx), preserve.kl(pres.base_logp[rows], logits, sub.label_mask)
+    # this shard's KL summed over its tokens, divided by the whole batch's token count: the sum
+    # over workers is the batch's token mean, as one process computes it
+    return preserve.kl(pres.base_logp[rows], logits, sub.label_mask, tokens=b.label_mask.sum())
 
 
 def combine(grads: Gradients, cfg: EditConfig, generator: torch.Generator) -> torch.Tensor:

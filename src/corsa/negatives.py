@@ -44,7 +44,7 @@ def interference(edits: list[Edit], pool: list[Edit], limit: int) -> list[list[s
         for key in dict.fromkeys([normalise(e.prompt), template(e)]):
             for other in by_key.get(key, []) if key else []:
                 answer = normalise(other.target_new)
-                if other.id != e.id and answer and answer not in own and answer not in map(normalise, found):
+                if other is not e and answer and answer not in own and answer not in map(normalise, found):
                     found.append(other.target_new)
         out.append(found[:limit])
     return out

@@ -125,11 +125,15 @@ def answer_logits(model, batch: Batch) -> torch.Tensor:
     return out.logits.float()
 
 
-def kl(base_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(1/T) Σ_t KL(p_base ‖ p) over the masked positions; base_logp and logits (B, K, V), mask (B, K)."""
+def kl(base_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, tokens=None) -> torch.Tensor:
+    """(1/T) Σ_t KL(p_base ‖ p) over the masked positions; base_logp and logits (B, K, V), mask (B, K).
+
+    T is the number of masked positions, or `tokens` (the whole batch's count, when this is one
+    worker's shard of it: the workers' terms then add up to the batch's mean).
+    """
     logp = torch.log_softmax(logits, dim=-1)
     per_token = (base_logp.exp() * (base_logp - logp)).sum(-1)
-    return (per_token * mask).sum() / mask.sum().clamp_min(1)
+    return (per_token * mask).sum() / (mask.sum() if tokens is None else torch.as_tensor(tokens)).clamp_min(1)
 
 
 def batch(anchors: Anchors, idx: list[int], pad: int) -> Batch:
@@ -138,6 +142,9 @@ def batch(anchors: Anchors, idx: list[int], pad: int) -> Batch:
 
 @torch.no_grad()
 def base_logprobs(model, b: Batch) -> torch.Tensor:
-    """The unedited model's log-probabilities at the answer positions (adapter off)."""
-    with model.disable_adapter():
+    """The unedited model's log-probabilities at the answer positions (adapter off), under the
+    same autocast as the edited model's, so the term is exactly 0 on a fresh adapter on a GPU too."""
+    from .scoring import autocast
+
+    with model.disable_adapter(), autocast(b.input_ids.device):
         return torch.log_softmax(answer_logits(model, b), dim=-1)
