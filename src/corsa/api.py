@@ -139,6 +139,11 @@ class Editor:
             edits[i] = replace(edits[i], target_old=a or self.tokenizer.eos_token)
         return edits
 
+    def _not_edited_again(self, edits: list[Edit]) -> list[Edit]:
+        """The earlier edits whose prompt `edits` does not edit again (a prompt keeps only its newest edit)."""
+        new = {normalise(e.prompt) for e in edits}
+        return [e for e in self.history if normalise(e.prompt) not in new]
+
     def replay_set(self, edits: list[Edit], index: int = 0) -> list[Edit]:
         """The earlier edits this update trains again (EditConfig.replay and replay_budget).
 
@@ -150,8 +155,7 @@ class Editor:
         from .engine import holding
 
         mode, budget = self.config.value("replay"), self.config.replay_budget
-        new = {normalise(e.prompt) for e in edits}
-        earlier = [e for e in self.history if normalise(e.prompt) not in new]
+        earlier = self._not_edited_again(edits)
         if mode == "none" or not earlier:
             return []
         if mode == "all" and not (budget and len(earlier) > budget):
@@ -222,8 +226,7 @@ class Editor:
         record = UpdateRecord(index, edits, result, Path(out) if out is not None else None,
                               [e.id for e in replay])
         self.updates.append(record)
-        new = {normalise(e.prompt) for e in edits}  # a prompt edited again keeps only its newest edit
-        self.history = [e for e in self.history if normalise(e.prompt) not in new] + list(edits)
+        self.history = self._not_edited_again(edits) + list(edits)
         if out is not None:
             self.save(out, record, started)
         return record

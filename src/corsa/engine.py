@@ -149,7 +149,6 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
         if not mb:
             continue
         w = len(mb) / n_group
-        n = len(mb)
         if spec.dpo:  # the prompt runs once; y⁺, y⁻ and the negatives all continue from its KV cache
             M = 1 + max(len(encoded[i].extra) for i in mb)
             # every prompt gets M rejected rows; a prompt with fewer negatives repeats y⁻ at weight 0

@@ -23,6 +23,7 @@ to a prompt, paraphrase, locality or portability question of the edits being tra
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import torch
 
 from .errors import DataError
 from .metrics import normalise
-from .prompts import Batch, PromptFormat, collate
+from .prompts import Batch, PromptFormat, answer_logits, collate
 
 BUNDLED = Path(__file__).parent / "data" / "anchors.txt"
 ANSWER_TOKENS = 12  # the first tokens of the unedited answer: its manner shows there, and the KL is not diluted
@@ -101,28 +102,10 @@ def prepare(model, fmt: PromptFormat, prompts: list[str], batch_size: int = 16) 
     """The unedited model's greedy answers (adapter off) to the anchor prompts, as training pairs."""
     from .generate import generate_ids
 
-    ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else _null()
-    with ctx:
+    with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
         answers = generate_ids(model, fmt, prompts, ANSWER_TOKENS, batch_size)
     pairs = [(fmt.prompt_ids(p), a) for p, a in zip(prompts, answers) if a]
     return Anchors([p for p, a in zip(prompts, answers) if a], pairs)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def answer_logits(model, batch: Batch) -> torch.Tensor:
-    """Logits at the positions that predict the answer tokens: (B, K, V)."""
-    T, K = batch.input_ids.shape[1], batch.labels.shape[1]
-    keep = torch.arange(T - K - 1, T - 1, device=batch.input_ids.device)
-    out = model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
-                position_ids=batch.position_ids[:, :-1], logits_to_keep=keep, use_cache=False)
-    return out.logits.float()
 
 
 def kl(base_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, tokens=None) -> torch.Tensor:
@@ -131,7 +114,7 @@ def kl(base_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, tokens
     T is the number of masked positions, or `tokens` (the whole batch's count, when this is one
     worker's shard of it: the workers' terms then add up to the batch's mean).
     """
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # fp32, as for every log-probability corsa scores
     per_token = (base_logp.exp() * (base_logp - logp)).sum(-1)
     return (per_token * mask).sum() / (mask.sum() if tokens is None else torch.as_tensor(tokens)).clamp_min(1)
 
@@ -147,4 +130,4 @@ def base_logprobs(model, b: Batch) -> torch.Tensor:
     from .scoring import autocast
 
     with model.disable_adapter(), autocast(b.input_ids.device):
-        return torch.log_softmax(answer_logits(model, b), dim=-1)
+        return torch.log_softmax(answer_logits(model, b).float(), dim=-1)

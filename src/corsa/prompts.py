@@ -133,10 +133,8 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
     return Batch(input_ids, attention_mask, position_ids, input_ids[:, T - K:].clone(), label_mask)
 
 
-def score(model, batch: Batch) -> torch.Tensor:
-    """log p(answer | prompt) for every row of the batch, summed over answer tokens: (B,)."""
-    from .objectives import answer_logprobs
-
+def answer_logits(model, batch: Batch) -> torch.Tensor:
+    """The logits at the positions that predict the answer tokens: (B, K, V)."""
     T, K = batch.input_ids.shape[1], batch.labels.shape[1]
     # The logit at position t predicts token t+1: positions T-K-1 … T-2 predict the answer, and
     # the last token is only a label, never an input. An index tensor (not an int) makes the
@@ -145,7 +143,14 @@ def score(model, batch: Batch) -> torch.Tensor:
     keep = torch.arange(T - K - 1, T - 1, device=batch.input_ids.device)
     out = model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
                 position_ids=batch.position_ids[:, :-1], logits_to_keep=keep, use_cache=False)
-    return answer_logprobs(out.logits, batch.labels, batch.label_mask)
+    return out.logits
+
+
+def score(model, batch: Batch) -> torch.Tensor:
+    """log p(answer | prompt) for every row of the batch, summed over answer tokens: (B,)."""
+    from .objectives import answer_logprobs
+
+    return answer_logprobs(answer_logits(model, batch), batch.labels, batch.label_mask)
 
 
 @dataclass
