@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # each test starts real processes (and kills some)
+
 METHODS = ["corsa", "sam", "lora"]
 # early_stop with an unreachable target: the check after each epoch runs its margins and greedy
 # answers split over the workers, and must decide the same on every worker

@@ -183,7 +183,7 @@ def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
 
 
 def test_resolved_terms_per_method():
-    plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "swap_anchors": 0}
+    plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "swap_anchors": 0, "scope": "all"}
     assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",
                                                                 "dpo": False, "sam": False, **plain}
     r = EditConfig(method="corsa", combine="pcgrad-release").resolved()["resolved"]
@@ -204,10 +204,21 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
     from dataclasses import replace
 
     editor = Editor(tiny, method="dpo", **FAST)
-    edits = [replace(e, target_old=None) for e in toy_edits[:2]]
+    edits = [replace(e, target_old=None) for e in toy_edits[:2]] + toy_edits[2:3]
     filled = editor.fill_old_targets(edits)
-    greedy = editor.ask([e.prompt for e in edits])
-    assert [e.target_old for e in filled] == [g or editor.tokenizer.eos_token for g in greedy]
+    assert filled[2] is edits[2]  # a given y⁻ stays
+    # the greedy answer decoded one token at a time by hand, without generate()'s batching and cache
+    model, fmt = editor.model, editor.fmt
+    for e, f in zip(edits[:2], filled[:2]):
+        ids = fmt.prompt_ids(e.prompt)
+        answer = []
+        with torch.no_grad():
+            for _ in range(editor.config.max_new_tokens):
+                nxt = int(model(input_ids=torch.tensor([ids + answer])).logits[0, -1].argmax())
+                answer.append(nxt)
+                if nxt == editor.tokenizer.eos_token_id:
+                    break
+        assert f.target_old == (fmt.decode_answer(answer) or editor.tokenizer.eos_token)
 
 
 def test_save_continue_and_refuse(tmp_path, toy_edits):

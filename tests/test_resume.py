@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from corsa.cli import main
 
+pytestmark = pytest.mark.slow  # each test starts real processes (and kills some)
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

@@ -44,6 +44,16 @@ def find_adapter_dir(path: str | Path) -> Path:
     raise ModelError(f"{path} holds no adapter (no adapter_config.json in it or in {path / 'adapter'})")
 
 
+def marker(path: str | Path) -> dict:
+    """What corsa saved beside a saved adapter (MARKER: base fingerprint, model, scope); {} if none."""
+    file = find_adapter_dir(path) / MARKER
+    try:
+        return json.loads(file.read_text()) if file.exists() else {}
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{file} is damaged ({type(e).__name__}: {e}); remove it to load the adapter "
+                         f"without its base-model check") from None
+
+
 def load_existing(model, path: str | Path, fingerprint: str | None = None, trainable: bool = True):
     """Load a saved adapter to keep training it; pickle weights are refused, never unpickled."""
     from peft import PeftModel
@@ -56,9 +66,8 @@ def load_existing(model, path: str | Path, fingerprint: str | None = None, train
                              f"arbitrary code when loaded; corsa loads safetensors only. Convert it with "
                              f"a trusted tool to {ADAPTER_WEIGHTS}")
         raise ModelError(f"adapter {folder} has no {ADAPTER_WEIGHTS}")
-    marker = folder / MARKER
-    if fingerprint is not None and marker.exists():
-        made_for = json.loads(marker.read_text()).get("base_fingerprint")
+    if fingerprint is not None:
+        made_for = marker(folder).get("base_fingerprint")
         if made_for and made_for != fingerprint:
             raise ModelError(f"adapter {folder} was made for a different base model "
                              f"(fingerprint {made_for}, this model is {fingerprint}); load it with the "

@@ -31,6 +31,7 @@ from .io import atomic_write_json, atomic_write_text, check_writable, library_ve
 from .prompts import PromptFormat, encode_edits
 from .metrics import normalise
 from .records import Edit
+from .scope import routed
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -99,18 +100,41 @@ class Editor:
         self.max_length = getattr(base.config, "max_position_embeddings", None)
         for p in base.parameters():
             p.requires_grad_(False)
+        self._saved_scope = None  # the scope a loaded adapter was saved with
         if adapter is not None:
             self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True)
             self.parent = str(adapters.find_adapter_dir(adapter))
             self.history = adapters.trained_edits(adapter)
+            self._saved_scope = adapters.marker(adapter).get("scope")
         else:
             self.model = adapters.attach_new(base, self.config)
             self.parent = None
             self.history: list[Edit] = []  # every edit the adapter holds, oldest first
+        self._scope = (None, None)  # (the history it was made from, the Scope)
         self.updates: list[UpdateRecord] = []
         self._anchors = None  # anchor prompt → (prompt ids, the unedited model's answer ids), made once each
 
     # ------------------------------------------------------------------------------------------
+    @property
+    def scope_mode(self) -> str:
+        """EditConfig.scope as given, else the scope the loaded adapter was saved with, else the row's."""
+        if self.config.scope is not None:
+            return self.config.scope
+        return self._saved_scope or self.config.value("scope")
+
+    @property
+    def scope(self):
+        """The :class:`corsa.scope.Scope` of the edits the adapter holds; None when it answers everything."""
+        from .scope import Scope
+
+        if self.scope_mode == "all":
+            return None
+        made_from, scope = self._scope
+        if made_from is not self.history:
+            scope = Scope(self.history)
+            self._scope = (self.history, scope)
+        return scope
+
     def ask(self, prompts: list[str] | str, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
         """Greedy answers of the edited model (or of the base model with `base=True`).
 
@@ -124,7 +148,7 @@ class Editor:
         if base:
             with self.model.disable_adapter():
                 return dist.gather_sharded(answer, prompts)
-        return dist.gather_sharded(answer, prompts)
+        return routed(self.model, self.scope, prompts, lambda part, _: dist.gather_sharded(answer, part))
 
     def fill_old_targets(self, edits: list[Edit]) -> list[Edit]:
         """Where y⁻ is not given, take the model's own greedy answer (method.md §4)."""
@@ -221,7 +245,7 @@ class Editor:
         except TrainingError:
             if out is not None:  # the adapter was restored before the failing step: keep it
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
-                             edits=self.history)
+                             {"model": self.model_name, "scope": self.scope_mode}, edits=self.history)
             raise
         record = UpdateRecord(index, edits, result, Path(out) if out is not None else None,
                               [e.id for e in replay])
@@ -239,7 +263,8 @@ class Editor:
         return dist.on_main(self._write, Path(out), record, started)
 
     def _write(self, out: Path, record: UpdateRecord | None, started: float | None) -> Path:
-        adapters.save(self.model, out / "adapter", self.fingerprint, {"model": self.model_name}, edits=self.history)
+        adapters.save(self.model, out / "adapter", self.fingerprint, {"model": self.model_name, "scope": self.scope_mode},
+                      edits=self.history)
         if record is not None:
             atomic_write_text(out / "edits.jsonl",
                               "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n"
@@ -251,6 +276,7 @@ class Editor:
             "parent_adapter": self.parent,
             "template": self.fmt.name,
             "config": self.config.resolved(),
+            "scope": self.scope.describe() if self.scope else {"mode": "all"},
             "versions": library_versions(),
             "world_size": dist.world_size(),
             "updates": [{

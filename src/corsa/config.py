@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
 from .methods import OPTIONS, Method, get_method
+from .scope import MODES
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -72,6 +73,9 @@ class EditConfig:
     swap_anchors: int | None = field(default=None, metadata={
         "help": "with --preserve: per edit, this many extra anchors made of its prompt with another edit's "
                 "subject (the edit must not spill over to other subjects asked the same way)"})
+    scope: str | None = field(default=None, metadata={
+        "help": "which prompts the adapter answers: all, or subject (only prompts that name an edited "
+                "subject; the rest get the unedited model, exactly). Saved with the adapter (corsa.scope)"})
     # prompts
     template: str = field(default="auto", metadata={"help": "chat, raw, or auto (chat when the tokenizer has a template)"})
     # stopping (method.md §4: documented alternatives to a fixed number of epochs)
@@ -102,6 +106,8 @@ class EditConfig:
         bad = [n for n in self.value("negatives") if n not in ("online", "interference")]
         if bad:
             raise ConfigError(f"invalid negatives {','.join(bad)}: choose online, interference or both")
+        if self.value("scope") not in MODES:
+            raise ConfigError(f"invalid scope={self.scope!r}: choose {' or '.join(MODES)}")
         if self.value("replay") not in ("none", "all", "lost"):
             raise ConfigError(f"invalid replay={self.replay!r}: choose none, all or lost")
         if self.value("negatives") and self.reference != "base":
@@ -187,7 +193,8 @@ class EditConfig:
                          "combine": self.combiner, "dpo": self.spec.dpo, "sam": self.spec.sam,
                          "negatives": list(self.value("negatives")) if self.spec.dpo else [],
                          "replay": self.value("replay"), "train_eos": self.value("train_eos"),
-                         "preserve": self.value("preserve"), "swap_anchors": self.value("swap_anchors")}
+                         "preserve": self.value("preserve"), "swap_anchors": self.value("swap_anchors"),
+                         "scope": self.value("scope")}
         return d
 
     @classmethod

@@ -17,7 +17,6 @@ Every function that communicates is *collective*: all workers must call it, in t
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Callable, Sequence, TypeVar
 
@@ -126,11 +125,6 @@ def broadcast_(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
                 torch.distributed.broadcast(t.data, src=src)
 
 
-def barrier() -> None:
-    if _active():
-        torch.distributed.barrier()
-
-
 def shard(items: Sequence[T]) -> list[T]:
     """This worker's share of `items`: every world_size-th one from its rank (r::world).
 
@@ -215,11 +209,3 @@ def on_main(fn: Callable[..., R], *args, **kwargs) -> R:
     if status == "error":
         raise value
     return value
-
-
-def main_only(fn: Callable[..., R]) -> Callable[..., R]:
-    """Decorator form of :func:`on_main`, for functions that write outputs."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return on_main(fn, *args, **kwargs)
-    return wrapper

@@ -59,6 +59,7 @@ from .config import EditConfig
 from .errors import ConfigError
 from .generate import generate
 from .records import Edit
+from .scope import routed
 from .scoring import answer_logprobs
 
 _DEFAULT_NEW_TOKENS = {f.name: f.default for f in dataclasses.fields(EditConfig)}["max_new_tokens"]
@@ -115,12 +116,12 @@ class EvalSettings:
 
 
 def _unwrap(target, fmt):
-    """(model, fmt) from an Editor, or from a model and its PromptFormat."""
+    """(model, fmt, scope) from an Editor, or from a model and its PromptFormat (no scope)."""
     if hasattr(target, "model") and hasattr(target, "fmt"):
-        return target.model, target.fmt
+        return target.model, target.fmt, getattr(target, "scope", None)
     if fmt is None:
         raise ConfigError("evaluate() needs fmt= (the PromptFormat) when given a bare model")
-    return target, fmt
+    return target, fmt, None
 
 
 def _adapter(model, enabled: bool):
@@ -153,7 +154,7 @@ def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | Non
                      progress: bool = False, generator=None) -> dict[str, str]:
     """The unedited model's greedy answer to every locality probe (adapter disabled)."""
     settings = settings or EvalSettings()
-    model, fmt = _unwrap(model, fmt)
+    model, fmt, _ = _unwrap(model, fmt)
     prompts = _unique(p.prompt for e in edits for p in e.locality)
     with _adapter(model, False), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
                                       disable=not (progress and dist.is_main()), leave=False) as bar:
@@ -176,7 +177,9 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
 
     Returns ``{"protocol", "metrics", "counts", "records", "base_answers", "mmlu", "seconds"}``.
     """
-    model, fmt = _unwrap(target, fmt)
+    model, fmt, scope = _unwrap(target, fmt)
+    if base:
+        scope = None  # the unedited model answers everything
     settings = settings or EvalSettings()
     started = time.perf_counter()
     edits = list(edits)
@@ -188,24 +191,26 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     with _adapter(model, not base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
                                          desc="eval · generate", disable=not (progress and dist.is_main()),
                                          leave=False) as bar:
-        answers = dict(zip(greedy_prompts, _greedy(model, fmt, greedy_prompts, settings, bar, generator,
-                                                   adapter=not base)))
+        answers = dict(zip(greedy_prompts, routed(
+            model, scope, greedy_prompts,
+            lambda part, on: _greedy(model, fmt, part, settings, bar, generator, adapter=on and not base))))
         if sampled_prompts and generator is not None:
-            answers.update(zip(sampled_prompts, generator.generate(
-                sampled_prompts, n, adapter=not base, num_samples=settings.sample,
-                temperature=settings.temperature, seed=settings.seed)))
+            answers.update(zip(sampled_prompts, routed(model, scope, sampled_prompts, lambda part, on: generator.generate(
+                part, n, adapter=on and not base, num_samples=settings.sample,
+                temperature=settings.temperature, seed=settings.seed))))
             bar.update(len(sampled_prompts))
         elif sampled_prompts:
-            def draw():
+            def draw(part):
                 device = next(model.parameters()).device
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(settings.seed)
-                    return generate(model, fmt, sampled_prompts, n, settings.batch_size, bar, settings.sample,
+                    return generate(model, fmt, part, n, settings.batch_size, bar, settings.sample,
                                     settings.temperature)
 
             # one random stream, as in one process: the main worker draws every sample, the others
             # wait for them (split across workers, the samples would differ from a single process's)
-            answers.update(zip(sampled_prompts, dist.on_main(draw)))
+            answers.update(zip(sampled_prompts, routed(model, scope, sampled_prompts,
+                                                       lambda part, _: dist.on_main(draw, part))))
     if base:
         reference = {p: answers[p] for p in probes}
     else:
@@ -216,22 +221,31 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
         missing = [e for e in edits if any(p.prompt not in reference for p in e.locality)]
         if missing:
             reference.update(unedited_answers(model, fmt, missing, settings, progress, generator))
-    records = _records(model, fmt, edits, answers, reference, base, settings)
+    records = _records(model, fmt, scope, edits, answers, reference, base, settings)
     result = {"protocol": settings.protocol(fmt.name), "metrics": summarise(records), "counts": counts(records),
-              "records": records, "base_answers": {p: reference[p] for p in probes}, "mmlu": None}
+              "records": records, "base_answers": {p: reference[p] for p in probes}, "mmlu": None,
+              "scope": _scope_counts(scope, ask, probes)}
     result["protocol"]["generated"]["engine"] = "vllm" if generator is not None else "transformers"
     if mmlu:
         from . import mmlu as mmlu_lib
 
         with _adapter(model, not base), tqdm(total=len(mmlu), desc="eval · mmlu", unit="question",
                                              disable=not (progress and dist.is_main()), leave=False) as bar:
-            result["mmlu"] = mmlu_lib.accuracy(model, fmt.tokenizer, mmlu, settings.batch_size, bar)
+            result["mmlu"] = mmlu_lib.accuracy(model, fmt.tokenizer, mmlu, settings.batch_size, bar, scope)
         result["metrics"]["teacher_forced/mmlu_accuracy"] = result["mmlu"]["accuracy"]
     result["seconds"] = time.perf_counter() - started
     return result
 
 
-def _records(model, fmt, edits, answers, reference, base, settings) -> list[dict]:
+def _scope_counts(scope, asked: list[str], probes: list[str]) -> dict:
+    """How many edit prompts, paraphrases and questions, and how many locality probes, the adapter answered."""
+    if scope is None:
+        return {"mode": "all"}
+    return {**scope.describe(), "asked_in_scope": sum(map(scope.covers, asked)), "asked": len(asked),
+            "probes_in_scope": sum(map(scope.covers, probes)), "probes": len(probes)}
+
+
+def _records(model, fmt, scope, edits, answers, reference, base, settings) -> list[dict]:
     """Per-edit answers and margins; the teacher-forced scores come from one batched pass."""
     prompt_ids, answer_ids = {}, {}
 
@@ -241,10 +255,10 @@ def _records(model, fmt, edits, answers, reference, base, settings) -> list[dict
             prompt_ids[prompt] = fmt.prompt_ids(prompt)
         if answer not in answer_ids:
             answer_ids[answer] = fmt.answer_ids(answer)
-        pairs.append((prompt_ids[prompt], answer_ids[answer]))
+        pairs.append((prompt, (prompt_ids[prompt], answer_ids[answer])))
         return len(pairs) - 1
 
-    pairs: list[tuple[list[int], list[int]]] = []
+    pairs: list[tuple[str, tuple[list[int], list[int]]]] = []  # (prompt text, token ids)
     plan = []  # per edit: indices into `pairs`, resolved after the pass
     for e in edits:
         old = e.target_old if e.target_old and e.target_old.strip() else None
@@ -255,9 +269,13 @@ def _records(model, fmt, edits, answers, reference, base, settings) -> list[dict
             ok = ref and ref.strip() and M.normalise(ref) != M.normalise(e.target_new)
             loc.append((pair(probe.prompt, ref), pair(probe.prompt, e.target_new)) if ok else None)
         plan.append((two(e.prompt), [two(p) for p in e.paraphrases], loc))
+    def score(part, _):
+        ids = [p for _, p in part]
+        return dist.gather_batches(lambda chunk: answer_logprobs(model, fmt, chunk, settings.batch_size).tolist(),
+                                   ids, settings.batch_size, key=lambda pa: len(pa[0]) + len(pa[1]))
+
     with _adapter(model, not base):
-        lp = dist.gather_batches(lambda part: answer_logprobs(model, fmt, part, settings.batch_size).tolist(),
-                                 pairs, settings.batch_size, key=lambda pa: len(pa[0]) + len(pa[1]))
+        lp = routed(model, scope, pairs, score, prompt=lambda item: item[0])
 
     def diff(ij):
         return None if ij is None else lp[ij[0]] - lp[ij[1]]

@@ -8,7 +8,7 @@ with the lifelong mechanisms switched on.
 
 The method options are the ones whose meaning depends on the row: an option that needs a
 part the row does not have (ρ without SAM, β without DPO) is refused, never ignored. Every
-other option (replay, eos, preservation) applies to every row, so each mechanism can be
+other option (replay, eos, preservation, scope) applies to every row, so each mechanism can be
 ablated on any baseline.
 """
 
@@ -45,6 +45,7 @@ OPTIONS: dict[str, Option] = {
     "train_eos": Option(None, True, "--train-eos"),
     "preserve": Option(None, 0.0, "--preserve"),
     "swap_anchors": Option(None, 0, "--swap-anchors"),
+    "scope": Option(None, "all", "--scope"),
 }
 
 
@@ -92,8 +93,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # CoRSA plus the mechanisms of docs/results.md's lifelong study that helped, with the
     # defaults that study chose (see "Edits that last" there)
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
-           description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest)",
-           defaults={"replay": "all"}),
+           description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
+                       "the adapter scoped to prompts that name an edited subject",
+           defaults={"replay": "all", "scope": "subject"}),
 ]}
 
 

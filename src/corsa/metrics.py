@@ -48,12 +48,31 @@ def contains(answer: str | None, target: str | None, whole_words: bool = True) -
         return False
     if not whole_words:
         return t in a
+    return re.search(_whole_word(t), a) is not None
+
+
+def _whole_word(t: str) -> str:
+    """The regex that finds the normalised, non-empty target `t` as whole words (module docstring)."""
     pattern = re.escape(t)
     if _IS_WORD.match(t[0]):
         pattern = f"(?<!{_WORD})" + pattern
     if _IS_WORD.match(t[-1]):
         pattern += f"(?!{_WORD})"
-    return re.search(pattern, a) is not None
+    return pattern
+
+
+def mentions_any(targets: Iterable[str | None]):
+    """A test `text -> bool`: does the text mention any of `targets`, as :func:`contains` reads it.
+
+    The same rule as ``any(contains(text, t) for t in targets)``, compiled once into one pattern,
+    for a test made many times against many targets (the adapter's scope, :mod:`corsa.scope`).
+    Empty targets are dropped; with none left, nothing is mentioned.
+    """
+    keys = sorted({t for t in map(normalise, targets) if t}, key=len, reverse=True)
+    if not keys:
+        return lambda text: False
+    pattern = re.compile("|".join(_whole_word(t) for t in keys))
+    return lambda text: (a := normalise(text)) != "" and pattern.search(a) is not None
 
 
 def mentions(answer: str | None, targets: Iterable[str | None]) -> bool:

@@ -155,15 +155,27 @@ def choice_logprobs(model, tokenizer, questions: list[Question], batch_size: int
     return out
 
 
-def accuracy(model, tokenizer, questions: list[Question], batch_size: int = 8, progress=None) -> dict:
-    """Zero-shot accuracy: the chosen letter is the one with the highest log-probability."""
+def accuracy(model, tokenizer, questions: list[Question], batch_size: int = 8, progress=None, scope=None) -> dict:
+    """Zero-shot accuracy: the chosen letter is the one with the highest log-probability.
+
+    scope: the adapter's :class:`corsa.scope.Scope`; a question it does not cover is answered
+    with the adapter disabled, as the edited model would answer it.
+    """
+    from .scope import routed
+
     if not questions:
         raise ConfigError("no MMLU questions to evaluate")
     # under a launcher, split across workers by whole batches (those of one process) and gathered
     lengths = [len(ids) for ids in _prompt_ids(model, tokenizer, questions)] if dist.world_size() > 1 else None
-    logp = torch.tensor(dist.gather_batches(
-        lambda part: choice_logprobs(model, tokenizer, [questions[i] for i in part], batch_size, progress).tolist(),
-        list(range(len(questions))), batch_size, key=lambda i: lengths[i]))
+
+    def score(part, _):
+        return dist.gather_batches(
+            lambda chunk: choice_logprobs(model, tokenizer, [questions[i] for i in chunk], batch_size,
+                                          progress).tolist(),
+            part, batch_size, key=lambda i: lengths[i])
+
+    logp = torch.tensor(routed(model, scope, list(range(len(questions))), score,
+                               prompt=lambda i: questions[i].prompt()))
     chosen = logp.argmax(-1).tolist()
     correct = sum(LETTERS[c] == q.answer for c, q in zip(chosen, questions))
     return {"accuracy": correct / len(questions), "n": len(questions), "n_correct": correct,

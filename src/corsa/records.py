@@ -18,7 +18,7 @@ class Probe:
 class Edit:
     """One fact to write into the model: prompt x, new answer y⁺, old answer y⁻ (method.md §1).
 
-    ``target_old`` may be ``None`` when the file does not give it; :func:`corsa.engine.fill_old_targets`
+    ``target_old`` may be ``None`` when the file does not give it; :meth:`corsa.Editor.fill_old_targets`
     then takes the model's own greedy answer. ``paraphrases`` are rephrasings of ``prompt`` that
     should also give y⁺ (generality); ``locality`` are probes whose answers must not change;
     ``portability`` are multi-hop questions whose answer follows from the edit (MQuAKE).
