@@ -151,17 +151,13 @@ class Editor:
         return routed(self.model, self.scope, prompts, lambda part, _: dist.gather_sharded(answer, part))
 
     def fill_old_targets(self, edits: list[Edit]) -> list[Edit]:
-        """Where y⁻ is not given, take the model's own greedy answer (method.md §4)."""
-        from dataclasses import replace
+        """Where y⁻ is not given, the unedited model's own short answer (corsa.old_answers).
 
-        missing = [i for i, e in enumerate(edits) if not e.target_old]
-        if not missing:
-            return edits
-        answers = self.ask([edits[i].prompt for i in missing])
-        edits = list(edits)
-        for i, a in zip(missing, answers):
-            edits[i] = replace(edits[i], target_old=a or self.tokenizer.eos_token)
-        return edits
+        Always with the adapter disabled: a continued adapter's edits never become a later y⁻.
+        """
+        from . import old_answers
+
+        return old_answers.fill(self.model, self.fmt, edits, self.config.max_new_tokens)
 
     def _not_edited_again(self, edits: list[Edit]) -> list[Edit]:
         """The earlier edits whose prompt `edits` does not edit again (a prompt keeps only its newest edit)."""

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from . import metrics as M
+from . import old_answers
 from .config import EditConfig
 from .errors import ConfigError
 from .evaluate import HEADLINE, EvalSettings, counts, evaluate, headline, summarise
@@ -244,7 +245,6 @@ class Bench:
         from .loaders import load_edits, save_edits_jsonl
         from .models import load_model, model_fingerprint
         from .prompts import PromptFormat
-        from .generate import generate
 
         spec = self.spec
         data = Path(spec.data)
@@ -278,14 +278,8 @@ class Bench:
         else:
             edits = select(load_edits(data, on_invalid="skip" if spec.skip_invalid else "error"),
                            spec.n_edits, spec.seed)
-            missing = [i for i, e in enumerate(edits) if not e.target_old]
-            if missing:  # y⁻ = the unedited model's own greedy answer (method.md §4)
-                prompts = [edits[i].prompt for i in missing]
-                answers = dist.gather_batches(
-                    lambda part: generate(model, fmt, part, spec.eval.max_new_tokens, spec.eval.batch_size),
-                    prompts, spec.eval.batch_size, key=lambda p: -len(p))
-                for i, a in zip(missing, answers):
-                    edits[i] = dataclasses.replace(edits[i], target_old=a or tokenizer.eos_token)
+            # a missing y⁻ is the unedited model's own short answer (method.md §4, corsa.old_answers)
+            edits = old_answers.fill(model, fmt, edits, spec.eval.max_new_tokens, spec.eval.batch_size)
             dist.on_main(save_edits_jsonl, edits, edits_file)
         self.edits = edits
         self.updates = split(edits, spec.n_updates)
@@ -374,7 +368,7 @@ class Bench:
                     "peak_gpu_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                                     if torch.cuda.is_available() else None),
                     "protocol": ev["protocol"], "metrics": ev["metrics"], "counts": ev["counts"],
-                    "per_update": per_update, "mmlu": ev["mmlu"], "records": ev["records"],
+                    "per_update": per_update, "mmlu": ev["mmlu"], "scope": ev["scope"], "records": ev["records"],
                 }
                 dist.on_main(atomic_write_json, tmp / "eval.json", result)
             evals.append(result)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
-from .config import EditConfig
 from .errors import ConfigError
 
 
@@ -161,26 +159,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
-_ASK_BATCH = 16  # generate()'s default batch size, which Editor.ask uses
-
-
 def _fill_old_from_base(editor, edits, max_new_tokens):
-    """Where y⁻ is not given, the unedited model's greedy answer (as training took it)."""
-    missing = [i for i, e in enumerate(edits) if not e.target_old]
-    if not missing:
-        return edits
-    from . import distributed as dist
-    from .generate import generate
+    """Where y⁻ is not given, the unedited model's short answer, as training took it (corsa.old_answers)."""
+    from .old_answers import fill
 
-    prompts = [edits[i].prompt for i in missing]
-    with editor.model.disable_adapter():  # split across workers in the batches of one process
-        answers = dist.gather_batches(
-            lambda part: generate(editor.model, editor.fmt, part, max_new_tokens, _ASK_BATCH),
-            prompts, _ASK_BATCH, key=lambda p: -len(p))
-    edits = list(edits)
-    for i, a in zip(missing, answers):
-        edits[i] = dataclasses.replace(edits[i], target_old=a or editor.tokenizer.eos_token)
-    return edits
+    return fill(editor.model, editor.fmt, edits, max_new_tokens)
 
 
 def _fmt(value, key: str) -> str:
