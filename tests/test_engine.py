@@ -183,7 +183,8 @@ def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
 
 
 def test_resolved_terms_per_method():
-    plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "swap_anchors": 0, "scope": "all"}
+    plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "swap_anchors": 0, "scope": "all",
+             "margin_target": 1.0}
     assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",
                                                                 "dpo": False, "sam": False, **plain}
     r = EditConfig(method="corsa", combine="pcgrad-release").resolved()["resolved"]

@@ -84,7 +84,9 @@ class EditConfig:
                 "batches until it is lost again; the update ends when every edit holds (default: on, "
                 "unless --early-stop)"})
     early_stop: bool = field(default=False, metadata={"help": "stop once every edit's margin exceeds γ and its greedy answer is y⁺"})
-    margin_target: float = field(default=1.0, metadata={"help": "γ, the margin log p(y⁺)−log p(y⁻) that counts as learnt"})
+    margin_target: float | None = field(default=None, metadata={
+        "help": "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt "
+                "(default 1; corsa-lifelong's 8)"})
     max_new_tokens: int = field(default=16, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
 
     def __post_init__(self):
@@ -194,7 +196,7 @@ class EditConfig:
                          "negatives": list(self.value("negatives")) if self.spec.dpo else [],
                          "replay": self.value("replay"), "train_eos": self.value("train_eos"),
                          "preserve": self.value("preserve"), "swap_anchors": self.value("swap_anchors"),
-                         "scope": self.value("scope")}
+                         "scope": self.value("scope"), "margin_target": self.value("margin_target")}
         return d
 
     @classmethod

@@ -292,7 +292,7 @@ def all_learnt(model, fmt, encoded, edits, cfg, batch_size) -> tuple[bool, float
 
     # split across workers and gathered, so every worker takes the same decision
     m = torch.tensor(dist.gather_sharded(lambda part: margins(model, fmt, part, batch_size).tolist(), encoded))
-    if m.min().item() <= cfg.margin_target:
+    if m.min().item() <= cfg.value("margin_target"):
         return False, m.min().item()
     answers = dist.gather_sharded(
         lambda part: generate(model, fmt, [e.prompt for e in part], cfg.max_new_tokens, batch_size), edits)
@@ -302,7 +302,7 @@ def all_learnt(model, fmt, encoded, edits, cfg, batch_size) -> tuple[bool, float
 
 def holding(model, fmt, encoded, cfg, batch_size) -> list[bool]:
     """Per-edit stopping test (scoring.holds) for every encoded edit, split across workers."""
-    return dist.gather_sharded(lambda part: holds(model, fmt, part, cfg.margin_target, batch_size), encoded)
+    return dist.gather_sharded(lambda part: holds(model, fmt, part, cfg.value("margin_target"), batch_size), encoded)
 
 
 def refresh_online_negatives(model, fmt, edits, encoded, ref, which, cfg, batch_size) -> int:

@@ -46,6 +46,7 @@ OPTIONS: dict[str, Option] = {
     "preserve": Option(None, 0.0, "--preserve"),
     "swap_anchors": Option(None, 0, "--swap-anchors"),
     "scope": Option(None, "all", "--scope"),
+    "margin_target": Option(None, 1.0, "--margin-target"),
 }
 
 
@@ -94,8 +95,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # defaults that study chose (see "Edits that last" there)
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
            description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
-                       "the adapter scoped to prompts that name an edited subject",
-           defaults={"replay": "all", "scope": "subject"}),
+                       "a firmer hold (γ = 8), the adapter scoped to prompts that name an edited subject",
+           defaults={"replay": "all", "scope": "subject", "margin_target": 8.0}),
 ]}
 
 
