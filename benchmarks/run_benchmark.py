@@ -44,7 +44,8 @@ from corsa.metrics import contains  # noqa: E402
 from corsa.generate import generate  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
-from corsa.prompts import PromptFormat, collate, collate_shared, encode_edits, score, score_shared  # noqa: E402
+from corsa.prompts import PromptFormat, collate, collate_shared, encode_edits  # noqa: E402
+from corsa.scoring import score, score_shared  # noqa: E402
 from corsa.scoring import autocast  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,7 +71,7 @@ SETTINGS = {
 def load(name: str, device: torch.device):
     """(model, tokenizer): a fresh copy of the base model, frozen."""
     if name == "tiny":
-        from corsa.models import tiny_llama
+        from corsa.testing import tiny_llama
 
         model, tok = tiny_llama(seed=0)
         model.requires_grad_(False)

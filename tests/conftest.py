@@ -19,7 +19,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture
 def tiny():
-    from corsa.models import tiny_llama
+    from corsa.testing import tiny_llama
 
     return tiny_llama(seed=0)
 

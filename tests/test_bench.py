@@ -18,7 +18,7 @@ FRACTIONS = ["reliability", "generality", "locality", "locality_tf", "efficacy"]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     root = tmp_path_factory.mktemp("bench")
     model = save_tiny_llama(root / "tiny", seed=0)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from corsa import EditConfig, Editor
+from corsa import Editor
 from corsa.engine import compute_reference, corsa_step, trainable_parameters
-from corsa.prompts import collate, collate_shared, encode_edits, score, score_shared
+from corsa.prompts import collate, collate_shared, encode_edits
+from corsa.scoring import score, score_shared
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

@@ -36,7 +36,7 @@ def edits():
 def train(method: str):
     """The same run, in one process or on every worker: the adapter, the log and the answers."""
     from corsa import Editor
-    from corsa.models import tiny_llama
+    from corsa.testing import tiny_llama
 
     editor = Editor(tiny_llama(seed=0), method=method, **TRAIN)
     record = editor.update(edits())
@@ -88,7 +88,7 @@ def test_corsa_edit_under_torchrun_writes_one_adapter_and_one_record(tmp_path):
     from safetensors.torch import load_file
 
     from corsa.cli import main
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     base = save_tiny_llama(tmp_path / "base", seed=0)
     data = tmp_path / "edits.jsonl"
@@ -130,7 +130,7 @@ def close(a, b, tol: float = 1e-6, path: str = "") -> None:
 def test_corsa_bench_and_eval_under_torchrun_match_one_process(tmp_path):
     from corsa.bench import TIMING_KEYS
     from corsa.cli import main
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     base = save_tiny_llama(tmp_path / "base", seed=0)
     rows = [{"id": f"e{i}", "prompt": f"The capital of country {i} is", "target_new": f"City{i}",
@@ -175,7 +175,7 @@ def test_corsa_bench_and_eval_under_torchrun_match_one_process(tmp_path):
 
     # `corsa eval` of an adapter the bench saved
     args = ["eval", "--model", str(base), "--adapter", str(single / "corsa" / "update-2"), "--edits", str(data),
-            "--max-new-tokens", "4", "--batch-size", "3", "--quiet"]
+            "--max-new-tokens", "4", "--eval-batch-size", "3", "--quiet"]
     launch("-m", "corsa.cli", *args, "--out", str(tmp_path / "eval-ddp.json"))
     assert main([*args, "--out", str(tmp_path / "eval-single.json")]) == 0
     got, want = (json.loads((tmp_path / f"eval-{n}.json").read_text()) for n in ("ddp", "single"))

@@ -7,7 +7,8 @@ import torch
 
 from corsa import ConfigError, EditConfig, Editor, METHODS, ModelError
 from corsa.engine import compute_reference, corsa_step, micro_batches, objective_gradients, trainable_parameters
-from corsa.prompts import PromptFormat, collate, encode_edits, score
+from corsa.prompts import PromptFormat, collate, encode_edits
+from corsa.scoring import score
 from corsa.sam import sam_perturbation
 
 FAST = dict(epochs=2, batch_size=2, grad_accum=2, lr=1e-2, progress=False)
@@ -144,7 +145,7 @@ def test_chat_and_raw_templates(tiny):
     assert chat.answer_ids("Paris")[-1] == tok.eos_token_id
     assert raw.answer_ids("Paris")[-1] != tok.eos_token_id
     assert "<|im_start|>" in tok.decode(chat.prompt_ids("Q"))
-    from corsa.models import tiny_llama
+    from corsa.testing import tiny_llama
     _, plain = tiny_llama(chat_template=False)
     with pytest.raises(ConfigError, match="no chat template"):
         PromptFormat(plain, "chat")
@@ -227,7 +228,7 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
 
 
 def test_save_continue_and_refuse(tmp_path, toy_edits):
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     base = save_tiny_llama(tmp_path / "base", seed=0)
     first = Editor(str(base), method="corsa", **FAST)

@@ -9,7 +9,7 @@ from corsa.cli import main
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     return str(save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", seed=0))
 

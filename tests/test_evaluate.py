@@ -49,10 +49,10 @@ def test_one_generation_pass_over_every_distinct_prompt(tiny, edits, monkeypatch
     editor = Editor(tiny, **FAST)
     base = evaluate(editor, edits, base=True)
     calls, scored = [], []
-    real_generate, real_score = E.generate, E.answer_logprobs
+    real_generate, real_score = E.generate, E.score_pairs
     monkeypatch.setattr(E, "generate", lambda m, f, prompts, *a, **k: calls.append(list(prompts))
                         or real_generate(m, f, prompts, *a, **k))
-    monkeypatch.setattr(E, "answer_logprobs", lambda m, f, pairs, *a, **k: scored.append(len(pairs))
+    monkeypatch.setattr(E, "score_pairs", lambda m, f, pairs, *a, **k: scored.append(len(pairs))
                         or real_score(m, f, pairs, *a, **k))
     evaluate(editor, edits, base_answers=base["base_answers"])
     assert len(calls) == 1 and len(scored) == 1

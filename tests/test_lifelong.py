@@ -119,7 +119,7 @@ def test_interference_negatives_reach_the_dpo_term(tiny, monkeypatch):
 
 
 def test_replayed_edits_come_from_the_adapters_own_record(tiny, tmp_path, toy_edits):
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     base = save_tiny_llama(tmp_path / "base")
     first, second = toy_edits[:3], toy_edits[3:]
@@ -276,7 +276,7 @@ def test_options_that_would_do_nothing_are_refused():
 
 
 def test_adapter_record_with_repeated_ids_continues(tiny, tmp_path):
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     base = save_tiny_llama(tmp_path / "base")
     editor = Editor(str(base), method="lora", **FAST)

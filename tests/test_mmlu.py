@@ -8,7 +8,8 @@ import torch
 
 from corsa import ConfigError, DataError
 from corsa import mmlu
-from corsa.prompts import collate, score
+from corsa.prompts import collate
+from corsa.scoring import score
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -88,7 +89,7 @@ def test_multi_token_letters_are_scored_in_full(tiny, tmp_path):
 
 
 def test_single_token_letters_are_read_from_one_forward(tmp_path):
-    from corsa.models import tiny_llama
+    from corsa.testing import tiny_llama
 
     model, tok = tiny_llama(seed=0, vocab=300)
     tok.add_tokens([" A", " B", " C", " D"])  # now each letter is one token

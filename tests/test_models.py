@@ -10,14 +10,14 @@ import torch
 
 from corsa import models
 from corsa.errors import ModelError
-from corsa.models import (ALIASES, SOURCE_MARKER, load_model, model_fingerprint, prepare_alias,
-                          resolve_model, save_tiny_llama, tiny_llama)
+from corsa.models import ALIASES, SOURCE_MARKER, load_model, model_fingerprint, prepare_alias, resolve_model
+from corsa.testing import save_tiny_llama, tiny_llama
 
 
 # --- the tiny model ---------------------------------------------------------------------------
 
 
-def test_tiny_llama_builds_fast_and_deterministically():
+def test_tiny_llama_builds_deterministically():
     model, tokenizer = tiny_llama(seed=3)
     assert model.config.vocab_size == len(tokenizer) == model.get_input_embeddings().num_embeddings
     again, _ = tiny_llama(seed=3)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # each test starts real processes (and kills some
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     root = tmp_path_factory.mktemp("resume")
     model = str(save_tiny_llama(root / "model", seed=0))
@@ -95,7 +95,8 @@ def test_rerun_with_other_settings_is_refused(setup, capsys):
         assert main(command(model, edits, out)) == 0
     capsys.readouterr()
     assert main(command(model, edits, out) + ["--lr", "1e-2"]) == 2
-    assert "different settings (config differ)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different settings (config.lr: saved 0.005, now 0.01)" in err  # the key, and both values
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(setup):

@@ -107,7 +107,7 @@ def test_cli_scope_flag():
 # --- on the tiny model -------------------------------------------------------------------------
 
 def test_out_of_scope_prompts_get_the_unedited_model_exactly(tmp_path):
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     base = save_tiny_llama(tmp_path / "base")
     edits = _edits()
@@ -139,7 +139,7 @@ def test_out_of_scope_prompts_get_the_unedited_model_exactly(tmp_path):
 
 
 def test_the_scope_is_saved_with_the_adapter(tmp_path):
-    from corsa.models import save_tiny_llama
+    from corsa.testing import save_tiny_llama
 
     base = save_tiny_llama(tmp_path / "base")
     Editor(str(base), method="lora", scope="subject", **FAST).update(_edits(2), out=tmp_path / "run")

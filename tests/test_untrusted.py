@@ -6,7 +6,8 @@ import pytest
 
 from corsa import ModelError
 from corsa.cli import main
-from corsa.models import load_model, save_tiny_llama
+from corsa.models import load_model
+from corsa.testing import save_tiny_llama
 
 
 def test_model_code_in_a_folder_is_never_executed(tmp_path):

@@ -21,7 +21,7 @@ import torch
 from corsa import ConfigError, Editor
 from corsa.cli import main
 from corsa.evaluate import EvalSettings, evaluate
-from corsa.models import save_tiny_llama
+from corsa.testing import save_tiny_llama
 
 
 # keyword names of vLLM's real LLM(...) and SamplingParams(...) (a subset): a misspelt or removed
@@ -163,7 +163,7 @@ def test_corsa_eval_with_vllm_writes_the_same_numbers(fake_vllm, trained, toy_ed
 
 
 def test_without_vllm_installed_the_error_says_how(monkeypatch, tmp_path):
-    from corsa.models import tiny_tokenizer
+    from corsa.testing import tiny_tokenizer
     from corsa.prompts import PromptFormat
     from corsa.vllm_backend import VLLMGenerator
 
@@ -173,7 +173,7 @@ def test_without_vllm_installed_the_error_says_how(monkeypatch, tmp_path):
 
 
 def test_an_unreadable_adapter_config_names_the_file(fake_vllm, tmp_path):
-    from corsa.models import tiny_tokenizer
+    from corsa.testing import tiny_tokenizer
     from corsa.prompts import PromptFormat
     from corsa.vllm_backend import VLLMGenerator
 

@@ -1,10 +1,21 @@
 """corsa: knowledge editing of language models with CoRSA and its baselines."""
 
-from .api import Editor, ask, edit
-from .config import EditConfig
+from .config import EditConfig, EvalSettings
 from .errors import ConfigError, CorsaError, DataError, ModelError, TrainingError
 from .methods import METHODS, Method, get_method
 from .records import Edit, Probe
+
+_LAZY = {"Editor", "ask", "edit"}  # from corsa.api, which imports torch: loaded on first use, so that
+# `corsa --help` and the pure parts (config, methods, records, metrics) start without it
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'corsa' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -19,5 +30,5 @@ def load_edits(path, format: str = "auto", limit: int | None = None, on_invalid:
     return _load(path, format=format, limit=limit, on_invalid=on_invalid)
 
 
-__all__ = ["Editor", "edit", "ask", "EditConfig", "Edit", "Probe", "METHODS", "Method", "get_method",
+__all__ = ["Editor", "edit", "ask", "EditConfig", "EvalSettings", "Edit", "Probe", "METHODS", "Method", "get_method",
            "load_edits", "CorsaError", "ConfigError", "DataError", "ModelError", "TrainingError"]

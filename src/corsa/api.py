@@ -300,9 +300,10 @@ def edit(edits, model=DEFAULT_MODEL, method: str = "corsa", adapter=None, out=No
     return editor
 
 
-def ask(prompts, model=DEFAULT_MODEL, adapter=None, max_new_tokens: int = 32, template: str = "auto") -> list[str]:
-    """Greedy answers of a base model, with an adapter if one is given."""
-    editor = Editor(model, adapter=adapter, template=template, progress=False)
+def ask(prompts, model=DEFAULT_MODEL, adapter=None, max_new_tokens: int = 32, template: str = "auto",
+        device: str | None = None) -> list[str]:
+    """Greedy answers of a base model, with an adapter (and the scope saved with it) if one is given."""
+    editor = Editor(model, adapter=adapter, template=template, device=device, progress=False)
     if adapter is None:
         return editor.ask(prompts, max_new_tokens, base=True)
     return editor.ask(prompts, max_new_tokens)

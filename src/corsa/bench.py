@@ -49,6 +49,7 @@ from .evaluate import HEADLINE, EvalSettings, counts, evaluate, headline, summar
 from .io import atomic_dir_on_main, atomic_write_json, check_writable, library_versions, sha256_file
 from .methods import METHODS, get_method
 from .records import Edit
+from .resume import check_same
 
 # options every method must share: the evaluation reads them, or they belong to the bench
 SHARED_OPTIONS = {"method": "--methods", "seed": "--seed", "template": "--template",
@@ -197,36 +198,6 @@ def peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: saved {a!r}, now {b!r}")
-    return out
-
-
-def _check_same(path: Path, now: dict, what: str, hint: str) -> None:
-    """Write `now` to `path`, or, when a previous run left it, refuse to go on if it differs.
-
-    Under a launcher the main worker checks and writes; every worker stops with its error.
-    """
-    dist.on_main(_check_same_here, path, now, what, hint)
-
-
-def _check_same_here(path: Path, now: dict, what: str, hint: str) -> None:
-    if path.exists():
-        saved = json.loads(path.read_text())
-        diffs = _differences(saved, json.loads(json.dumps(now, default=str)))
-        if diffs:
-            raise ConfigError(f"{path.parent} holds a run with other {what}: {'; '.join(diffs)}. Rerun with "
-                              f"the saved settings to resume, {hint}")
-    else:
-        atomic_write_json(path, now)
-
-
 class Bench:
     """Runs a :class:`BenchSpec`; `run()` returns the results dict also written to results.json."""
 
@@ -268,7 +239,7 @@ class Bench:
             "template": fmt.name, "eval": spec.eval.identity(), "mmlu": mmlu_info,
         }
         compared = {k: v for k, v in self.settings.items() if k not in ("model", "data")}
-        _check_same(self.out / "bench.json", compared, "settings", "or choose another --out")
+        check_same(self.out / "bench.json", compared, "settings", "or choose another --out")
 
         # under a launcher every worker takes the same branch (the main one decides) and reads
         # only files that an earlier run completed
@@ -323,7 +294,7 @@ class Bench:
         spec, K = self.spec, self.spec.n_updates
         cfg = spec.method_config(method)
         folder = self.out / method
-        _check_same(folder / "config.json", cfg.resolved(), f"training options for {method}",
+        check_same(folder / "config.json", cfg.resolved(), f"training options for {method}",
                     f"or delete {folder} to train {method} again")
         evals = self.finished(method)
         for k in range(1, len(evals) + 1):

@@ -1,4 +1,4 @@
-"""Every hyperparameter of an edit run (method.md §4).
+"""Every hyperparameter of an edit run (method.md §4), and the settings of its evaluation (§5).
 
 This dataclass is the single source of truth for defaults: the CLI, the Python API and the
 run record all go through it. Options that a method does not use are refused rather than
@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .methods import OPTIONS, Method, get_method
 from .scope import MODES
 
+NEW_TOKENS = 16  # tokens generated per answer, in training's greedy checks and in evaluation
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -87,7 +88,7 @@ class EditConfig:
     margin_target: float | None = field(default=None, metadata={
         "help": "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt "
                 "(default 1; corsa-lifelong's 8)"})
-    max_new_tokens: int = field(default=16, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
+    max_new_tokens: int = field(default=NEW_TOKENS, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
 
     def __post_init__(self):
         if isinstance(self.target_modules, str):
@@ -222,3 +223,49 @@ PRESETS: dict[str, dict] = {
     "release": {"lr": 2e-4, "warmup_steps": 5, "batch_size": 8, "grad_accum": 4, "epochs": 10,
                 "edit_stop": False},
 }
+
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How answers are produced; every field but `batch_size` changes the numbers."""
+
+    max_new_tokens: int = field(default=NEW_TOKENS, metadata={
+        "flag": "--max-new-tokens", "help": "tokens generated per answer"})
+    sample: int = field(default=0, metadata={
+        "flag": "--sample", "help": "draw N sampled answers per prompt instead of the greedy one (0: greedy)"})
+    temperature: float = field(default=0.7, metadata={
+        "flag": "--temperature", "help": "sampling temperature (the release samples at 0.7)"})
+    seed: int = field(default=0, metadata={"flag": "--sample-seed", "help": "seed for sampling"})
+    batch_size: int = field(default=16, metadata={
+        "flag": "--eval-batch-size", "help": "prompts per generation / scoring batch"})
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        if self.sample < 0:
+            raise ConfigError(f"--sample must be 0 (greedy) or a number of samples, not {self.sample}")
+        if self.sample and not self.temperature > 0:
+            raise ConfigError(f"--temperature must be positive when sampling, not {self.temperature}")
+        if self.batch_size < 1:
+            raise ConfigError(f"the evaluation batch size must be at least 1, not {self.batch_size}")
+
+    def protocol(self, template: str) -> dict:
+        """What every metric key's prefix means for this run."""
+        decoding = (f"sampled: {self.sample} answers per prompt at temperature {self.temperature}, "
+                    f"seed {self.seed}" if self.sample else "greedy")
+        return {
+            "generated": {"decoding": decoding, "max_new_tokens": self.max_new_tokens, "template": template,
+                          "match": "whole words, case- and whitespace-normalised (corsa.metrics.contains)",
+                          "locality": "greedy, compared with the unedited model's greedy answer"},
+            "teacher_forced": {"score": "log-probability summed over answer tokens", "template": template,
+                               "mmlu": "zero-shot raw prompt, letter with the highest log-probability"},
+        }
+
+    def identity(self) -> dict:
+        """The settings two evaluations must share to be compared (not the batch size)."""
+        d = asdict(self)
+        d.pop("batch_size")
+        if not self.sample:
+            d.pop("temperature"), d.pop("seed")
+        return d

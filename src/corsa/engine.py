@@ -16,10 +16,10 @@ from .errors import TrainingError
 from .io import append_jsonl
 from .objectives import dpo_loss, sft_loss
 from .pcgrad import COMBINERS, cosine
-from .prompts import Encoded, PromptFormat, collate, collate_shared, pad_id, score, score_shared
+from .prompts import Encoded, PromptFormat, collate, collate_shared, pad_id
 from .sam import add_flat_, restore_, sam_perturbation, snapshot
 from .metrics import contains
-from .scoring import answer_logprobs, autocast, holds, margins
+from .scoring import autocast, holds, margins, score, score_pairs, score_shared
 
 
 @dataclass
@@ -87,12 +87,12 @@ def compute_reference(model, fmt: PromptFormat, encoded: list[Encoded], cfg: Edi
     all of them, once per update.
     """
     pairs = [(e.prompt, e.chosen) for e in encoded] + [(e.prompt, e.rejected) for e in encoded]
-    score_pairs = lambda part: answer_logprobs(model, fmt, part, batch_size).tolist()  # noqa: E731
+    scored = lambda part: score_pairs(model, fmt, part, batch_size).tolist()  # noqa: E731
     if cfg.reference == "base":
         with model.disable_adapter():
-            lp = torch.tensor(dist.gather_sharded(score_pairs, pairs))
+            lp = torch.tensor(dist.gather_sharded(scored, pairs))
     else:
-        lp = torch.tensor(dist.gather_sharded(score_pairs, pairs))
+        lp = torch.tensor(dist.gather_sharded(scored, pairs))
     n = len(encoded)
     ref = Reference(lp[:n], lp[n:], [torch.empty(0) for _ in encoded])
     score_negatives(model, fmt, encoded, ref, range(n), batch_size)
@@ -109,9 +109,9 @@ def score_negatives(model, fmt, encoded: list[Encoded], ref: Reference, which, b
     pairs = [(encoded[i].prompt, a) for i in which for a in encoded[i].extra]
     if not pairs:
         return
-    score_pairs = lambda part: answer_logprobs(model, fmt, part, batch_size).tolist()  # noqa: E731
+    scored = lambda part: score_pairs(model, fmt, part, batch_size).tolist()  # noqa: E731
     with model.disable_adapter():
-        lp = torch.tensor(dist.gather_sharded(score_pairs, pairs))
+        lp = torch.tensor(dist.gather_sharded(scored, pairs))
     at = 0
     for i in which:
         k = len(encoded[i].extra)

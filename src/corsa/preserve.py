@@ -31,7 +31,8 @@ import torch
 
 from .errors import DataError
 from .metrics import normalise
-from .prompts import Batch, PromptFormat, answer_logits, collate
+from .prompts import Batch, PromptFormat, collate
+from .scoring import answer_logits
 
 BUNDLED = Path(__file__).parent / "data" / "anchors.txt"
 ANSWER_TOKENS = 12  # the first tokens of the unedited answer: its manner shows there, and the KL is not diluted

@@ -1,12 +1,73 @@
-"""Teacher-forced scoring: log-probabilities of given answers, and the edit margin."""
+"""Teacher-forced scoring: log-probabilities of given answers (one batch or many), and the edit margin."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 
-from .prompts import PromptFormat, collate, collate_shared, pad_id, score, score_shared
+from .objectives import answer_logprobs, is_greedy
+from .prompts import Batch, PromptFormat, SharedBatch, collate, collate_shared, pad_id
+
+
+def answer_logits(model, batch: Batch) -> torch.Tensor:
+    """The logits at the positions that predict the answer tokens: (B, K, V)."""
+    T, K = batch.input_ids.shape[1], batch.labels.shape[1]
+    # The logit at position t predicts token t+1: positions T-K-1 … T-2 predict the answer, and
+    # the last token is only a label, never an input. An index tensor (not an int) makes the
+    # kept hidden states one contiguous block, so the vocabulary projection is one matrix
+    # product rather than a batched one over strided rows (several times slower on CPU).
+    keep = torch.arange(T - K - 1, T - 1, device=batch.input_ids.device)
+    out = model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
+                position_ids=batch.position_ids[:, :-1], logits_to_keep=keep, use_cache=False)
+    return out.logits
+
+
+def score(model, batch: Batch) -> torch.Tensor:
+    """log p(answer | prompt) for every row of the batch, summed over answer tokens: (B,)."""
+    return answer_logprobs(answer_logits(model, batch), batch.labels, batch.label_mask)
+
+
+def score_shared(model, batch: SharedBatch, greedy: bool = False):
+    """log p(answer | prompt) for every answer of every prompt: (B, n).
+
+    With `greedy`, also whether each answer is the greedy continuation (every answer token is
+    the argmax): (B, n) booleans, returned as a second value.
+
+    The prompts run once; all n answers continue from their KV cache, so with chosen and
+    rejected answers the prompt tokens (most of a CounterFact sequence) are not computed twice.
+    Gradients flow through the cache into the prompt's activations, as in one long forward.
+    """
+    n, P, K = batch.n_answers, batch.prompt_ids.shape[1], batch.answer_ids.shape[1]
+    device = batch.prompt_ids.device
+    out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=batch.prompt_positions,
+                logits_to_keep=torch.tensor([P - 1], device=device), use_cache=True)
+    first = out.logits.repeat_interleave(n, 0)                          # predicts answer token 0
+    if K == 1:
+        logits = first
+    else:
+        name = _cache_argument(model)
+        cache = getattr(out, name)
+        cache.batch_repeat_interleave(n)
+        # answer tokens 0 … K-2 are the inputs that predict tokens 1 … K-1
+        mask = torch.cat([batch.prompt_mask.repeat_interleave(n, 0), batch.answer_mask[:, :-1]], dim=1)
+        start = batch.prompt_mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
+        positions = start + torch.arange(K - 1, device=device)
+        rest = model(input_ids=batch.answer_ids[:, :-1], attention_mask=mask, position_ids=positions,
+                     use_cache=True, **{name: cache}).logits
+        logits = torch.cat([first, rest], dim=1)                        # (B·n, K, V)
+    mask = batch.answer_mask.to(logits.dtype)
+    lp = answer_logprobs(logits, batch.answer_ids, mask).view(-1, n)
+    if greedy:
+        return lp, is_greedy(logits, batch.answer_ids, mask).view(-1, n)
+    return lp
+
+
+def _cache_argument(model) -> str:
+    """The KV cache's name in forward() and its output: `cache` in newer transformers, else `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @contextlib.contextmanager
@@ -21,7 +82,7 @@ def eval_mode(model):
 
 
 @torch.no_grad()
-def answer_logprobs(model, fmt: PromptFormat, pairs: list[tuple[list[int], list[int]]],
+def score_pairs(model, fmt: PromptFormat, pairs: list[tuple[list[int], list[int]]],
                     batch_size: int = 16) -> torch.Tensor:
     """log p(answer | prompt) for token-id pairs, batched by length; returns (N,) on CPU."""
     pad = pad_id(fmt.tokenizer)

@@ -18,6 +18,7 @@ from . import distributed as dist
 from .errors import ConfigError
 from .io import atomic_write_json
 from .records import Edit
+from .resume import differences
 
 PROGRESS = "progress.json"
 
@@ -50,9 +51,9 @@ def completed(out: Path, settings: dict) -> int:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path} cannot be read ({e}); remove it to start over") from None
-    if saved.get("settings") != settings:
-        changed = sorted(k for k in settings if saved.get("settings", {}).get(k) != settings[k])
-        raise ConfigError(f"{out} holds a run made with different settings ({', '.join(changed)} differ); "
+    changed = differences(saved.get("settings") or {}, json.loads(json.dumps(settings, default=str)))
+    if changed:
+        raise ConfigError(f"{out} holds a run made with different settings ({'; '.join(changed)}); "
                           f"rerun the original command to resume it, or choose another --out")
     done = int(saved.get("completed", 0))
     # a complete update is one whose folder exists; never trust a count beyond that

@@ -1,0 +1,26 @@
+"""`corsa ask`: greedy answers of the model, with an adapter (and its scope) if one is given."""
+
+from __future__ import annotations
+
+from .options import add_device, add_model, add_template
+
+
+def register(sub) -> None:
+    a = sub.add_parser("ask", help="greedy answers of the model, with an adapter if given")
+    a.add_argument("prompt", nargs="+", help="one or more prompts, each answered on its own")
+    add_model(a)
+    a.add_argument("--adapter", default=None, help="a run or adapter folder; none: the unedited model")
+    a.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per answer (default: 32)")
+    add_template(a)
+    add_device(a)
+    a.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..api import ask
+
+    answers = ask(args.prompt, model=args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+                  template=args.template, device=args.device)
+    for prompt, answer in zip(args.prompt, answers):
+        print(f"{prompt} → {answer}" if len(args.prompt) > 1 else answer)
+    return 0

@@ -1,0 +1,74 @@
+"""`corsa bench`: the multi-update comparison of methods (method.md §6), resumable."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .options import (add_config_options, add_device, add_eval_options, add_model, add_quiet, add_skip_invalid,
+                      config_values, eval_settings)
+
+DEFAULT_METHODS = "lora,sam,dpo,corsa"
+
+
+def register(sub) -> None:
+    b = sub.add_parser("bench", help="compare methods on the same edits over several updates (method.md §6)",
+                       description="Train every method update after update on one adapter, evaluate after each "
+                                   "update, and write results.json, results.csv, report.md and plots into --out. "
+                                   "Rerunning the same command resumes, skipping finished (method, update) pairs.")
+    add_model(b)
+    b.add_argument("--data", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
+    b.add_argument("--methods", "--method", dest="methods", default=DEFAULT_METHODS,
+                   help=f"comma-separated methods (default: {DEFAULT_METHODS})")
+    b.add_argument("--edits", type=int, default=60, help="how many edits, chosen with --seed (default: 60)")
+    b.add_argument("--updates", type=int, default=3, help="split the edits into this many updates (default: 3)")
+    b.add_argument("--seed", type=int, default=0,
+                   help="chooses the edits and seeds every method's training (default: 0)")
+    b.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    b.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                   help="a training option for one method, e.g. corsa.rho=0.1 (repeatable); a plain flag such "
+                        "as --lr sets it for every method, and --rho/--beta/--combine for those that use them")
+    add_skip_invalid(b)
+    add_device(b)
+    add_quiet(b)
+    add_config_options(b, skip=("method", "seed"))  # --methods and --seed above are the bench's own
+    add_eval_options(b, skip=("max_new_tokens",))   # one --max-new-tokens: the training option's
+    b.set_defaults(func=run)
+
+
+def spec_of(args, data, methods: str, sets=()):
+    """The BenchSpec of parsed bench-like arguments (bench's, or demo's with its own data)."""
+    from ..bench import BenchSpec, parse_sets
+
+    return BenchSpec(model=args.model, data=str(data), out=Path(args.out),
+                     methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                     n_edits=args.edits, n_updates=args.updates, seed=getattr(args, "seed", 0),
+                     train=config_values(args, skip=("method", "seed")), sets=parse_sets(list(sets)),
+                     eval=eval_settings(args), mmlu=getattr(args, "mmlu", 0),
+                     mmlu_file=getattr(args, "mmlu_file", None), mmlu_seed=getattr(args, "mmlu_seed", 0),
+                     skip_invalid=getattr(args, "skip_invalid", False), device=getattr(args, "device", None),
+                     progress=not args.quiet)
+
+
+def run(args) -> int:
+    return run_spec(spec_of(args, args.data, args.methods, args.set))
+
+
+def run_spec(spec) -> int:
+    """Run a bench and print its table and where its files are."""
+    from .. import distributed as dist
+    from ..bench import run_bench
+    from ..report import text_table
+
+    results = run_bench(spec)
+    if not dist.is_main():  # under a launcher the main worker prints the summary
+        return 0
+    out = spec.out
+    print(text_table(results))
+    print(f"{results['n_edits']} edits in {results['n_updates']} updates; reliability, generality, locality: "
+          f"generated ({results['protocol']['generated']['decoding']}); efficacy, margin: teacher-forced; "
+          f"figures in %, margin in nats", file=sys.stdout)
+    print(f"report: {out / 'report.md'}")
+    print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
+    print("plots: " + ", ".join(str(out / p) for p in results["files"]["plots"]))
+    return 0

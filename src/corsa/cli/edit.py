@@ -1,0 +1,70 @@
+"""`corsa edit`: train the adapter on a file of edits (one update, or K in a row)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .options import add_config_options, add_device, add_model, add_quiet, add_skip_invalid, config_from_args
+from .output import show_table
+
+
+def register(sub) -> None:
+    e = sub.add_parser("edit", help="train the adapter on a file of edits (one update)")
+    add_model(e)
+    e.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
+    e.add_argument("--adapter", default=None, help="continue training this adapter (a run or adapter folder)")
+    e.add_argument("--out", required=True, help="output folder for the adapter and the run record")
+    e.add_argument("--limit", type=int, default=None, help="use only the first N edits")
+    e.add_argument("--updates", type=int, default=1,
+                   help="split the edits (in file order) into K consecutive updates of one adapter, saved "
+                        "in OUT/update-k; a rerun of the same command resumes after the last complete one")
+    add_skip_invalid(e)
+    e.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="print each edit's greedy answer before and after (default: on)")
+    add_device(e)
+    add_quiet(e)
+    e.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a hub model to run its own Python code (off: such code is never executed)")
+    add_config_options(e)
+    e.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..api import Editor, as_edits
+    from ..metrics import contains
+    from ..updates import run_updates, settings_of
+
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
+
+    def make_editor(adapter=None):
+        return Editor(args.model, adapter=adapter or args.adapter, config=cfg, device=args.device,
+                      progress=not args.quiet, trust_remote_code=args.trust_remote_code)
+
+    t0 = time.perf_counter()
+    if args.updates == 1:
+        editor = make_editor()
+        before = editor.ask([e.prompt for e in edits]) if args.check else None
+        record = editor.update(edits, out=out)
+        edits = record.edits
+        print(f"trained {cfg.method} on {len(edits)} edits: {record.result.steps} steps, "
+              f"{record.result.epochs} epochs{' (stopped early)' if record.result.stopped_early else ''}, "
+              f"{time.perf_counter() - t0:.1f} s")
+    else:
+        settings = settings_of(args.model, args.adapter, cfg, edits, args.updates)
+        editor, _ = run_updates(make_editor, edits, args.updates, out, settings)
+        before = editor.ask([e.prompt for e in edits], base=args.adapter is None) if args.check else None
+        print(f"trained {cfg.method} on {len(edits)} edits in {args.updates} updates, {time.perf_counter() - t0:.1f} s")
+    if args.check:
+        after = editor.ask([e.prompt for e in edits])
+        rows = [[e.id, e.target_new, b[:40], a[:40], "yes" if contains(a, e.target_new) else "no"]
+                for e, b, a in zip(edits, before, after)]
+        print(show_table(rows, ["edit", "new answer", "before", "after", "took"]))
+        took = sum(contains(a, e.target_new) for e, a in zip(edits, after))
+        took_before = sum(contains(b, e.target_new) for e, b in zip(edits, before))
+        print(f"greedy answer contains the new answer: {took}/{len(edits)} after, {took_before}/{len(edits)} before")
+    print(f"adapter and run record: {out}")
+    return 0

@@ -1,0 +1,110 @@
+"""`corsa eval`: every metric of method.md §5 for a file of edits, beside the unedited model's."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from .options import add_device, add_eval_options, add_model, add_quiet, add_skip_invalid, add_template, eval_settings
+from .output import fmt_metric, show_table
+
+
+def register(sub) -> None:
+    e = sub.add_parser("eval", help="measure edits on a model, with an adapter if given (method.md §5)",
+                       description="Reliability, generality, locality, portability (generated) and efficacy, "
+                                   "margins (teacher-forced) of a file of edits, beside the unedited model's.")
+    add_model(e)
+    e.add_argument("--adapter", default=None, help="the edited adapter (a run or adapter folder); none: the base model")
+    e.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
+    e.add_argument("--out", required=True, help="where to write the metrics (a .json file)")
+    e.add_argument("--limit", type=int, default=None, help="use only the first N edits")
+    add_skip_invalid(e)
+    e.add_argument("--base", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate the unedited model, side by side (default: on)")
+    add_template(e)
+    add_device(e)
+    add_quiet(e)
+    e.add_argument("--generator", default="hf", choices=["hf", "vllm"],
+                   help="what generates the answers: hf (transformers, default) or vllm (GPU; the vllm extra)")
+    e.add_argument("--vllm-gpu-memory", type=float, default=None, metavar="FRACTION",
+                   help="with --generator vllm: the fraction of the GPU vLLM may take (default: what is free "
+                        "after corsa's own model, less a margin)")
+    add_eval_options(e)
+    e.set_defaults(func=run)
+
+
+def _vllm_generator(args, editor):
+    """vLLM over the same base model folder and the same adapter the editor loaded."""
+    from ..adapter import find_adapter_dir
+    from ..models import resolve_model
+    from ..vllm_backend import VLLMGenerator
+
+    adapter_dir = find_adapter_dir(args.adapter) if args.adapter is not None else None
+    options = {} if args.vllm_gpu_memory is None else {"gpu_memory_utilization": args.vllm_gpu_memory}
+    return VLLMGenerator(resolve_model(args.model), editor.fmt, adapter_dir, **options)
+
+
+def run(args) -> int:
+    from .. import distributed as dist
+    from .. import old_answers
+    from ..api import Editor, as_edits
+    from ..evaluate import HEADLINE, evaluate
+    from ..io import atomic_write_json, library_versions
+
+    settings = eval_settings(args)
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the path of a .json file to write")
+    if args.generator == "vllm" and dist.launched():  # said before minutes of loading, not after
+        raise ConfigError("--generator vllm runs in one process (vLLM splits the work itself); drop the launcher")
+    started = time.perf_counter()
+    edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
+    if not edits:
+        raise ConfigError(f"{args.edits} holds no edits")
+    editor = Editor(args.model, adapter=args.adapter, template=args.template, device=args.device, progress=False)
+    # a missing y⁻ is found as training finds it: the unedited model's short answer
+    edits = old_answers.fill(editor.model, editor.fmt, edits, settings.max_new_tokens)
+    questions = None
+    if args.mmlu:
+        from .. import mmlu
+
+        questions = mmlu.subset(mmlu.load(args.mmlu_file), args.mmlu, args.mmlu_seed)
+    progress = not args.quiet
+    generator = _vllm_generator(args, editor) if args.generator == "vllm" else None
+    base = None
+    if args.adapter is None or args.base:
+        base = evaluate(editor, edits, base=True, mmlu=questions, settings=settings, progress=progress,
+                        generator=generator)
+    edited = None
+    if args.adapter is not None:
+        edited = evaluate(editor, edits, base_answers=base["base_answers"] if base else None, mmlu=questions,
+                          settings=settings, progress=progress, generator=generator)
+    main = edited or base
+    result = {
+        "model": args.model, "adapter": args.adapter, "edits": args.edits, "n_edits": len(edits),
+        "protocol": main["protocol"], "metrics": main["metrics"], "counts": main["counts"], "mmlu": main["mmlu"],
+        "scope": main["scope"],
+        "base": None if base is None or edited is None else
+        {"metrics": base["metrics"], "mmlu": base["mmlu"], "records": base["records"]},
+        "records": main["records"], "seconds": round(time.perf_counter() - started, 3),
+        "versions": library_versions(),
+    }
+    dist.on_main(atomic_write_json, out, result)  # under a launcher: the main worker writes, and prints
+    if not dist.is_main():
+        return 0
+    columns = [m for m in (base, edited) if m is not None]
+    rows = [[short, key.split("/")[0].replace("_", "-")] + [fmt_metric(m["metrics"].get(key), key) for m in columns]
+            for short, key in HEADLINE.items() if key in main["metrics"]]
+    print(show_table(rows, ["metric", "protocol"] + ["unedited"] * (base is not None) + ["edited"] * (edited is not None)))
+    c = main["counts"]
+    print(f"{c['edits']} edits, {c['paraphrases']} paraphrases, {c['locality_probes']} locality probes, "
+          f"{c['portability_questions']} multi-hop questions; generated = {main['protocol']['generated']['decoding']}, "
+          f"up to {settings.max_new_tokens} new tokens; {result['seconds']:.0f} s")
+    if main["scope"]["mode"] != "all":
+        s = main["scope"]
+        print(f"scope: the adapter answered {s['asked_in_scope']}/{s['asked']} edit prompts and rephrasings and "
+              f"{s['probes_in_scope']}/{s['probes']} locality probes; the unedited model answered the rest")
+    print(f"metrics and per-edit answers: {out}")
+    return 0

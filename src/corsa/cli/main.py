@@ -1,0 +1,61 @@
+"""The `corsa` parser and dispatch: each command is a module of this package with `register(sub)`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import ask, bench, demo, edit, eval, prepare_model
+
+COMMANDS = (edit, ask, eval, bench, demo, prepare_model)  # in the order `corsa --help` lists them
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("corsa-edit")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corsa", description="Knowledge editing with CoRSA and its baselines.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"corsa {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import CorsaError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if int(os.environ.get("RANK", "0")) != 0:
+        # under torchrun / accelerate launch only the main process speaks; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
+    try:
+        return args.func(args)
+    except CorsaError as e:
+        if args.debug:
+            raise
+        print(f"corsa: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("corsa: interrupted; completed outputs were saved. Rerun the same command to resume.", file=sys.stderr)
+        return 130
+    finally:
+        if "torch" in sys.modules:  # a command that never loaded torch launched nothing to shut down
+            from .. import distributed as dist
+
+            if dist.launched():
+                dist.shutdown()

@@ -1,0 +1,109 @@
+"""Every flag that more than one command takes, defined once.
+
+Training flags are generated from :class:`corsa.config.EditConfig`'s fields and evaluation
+flags from :class:`corsa.config.EvalSettings`'s, with their help and defaults, so a default is
+written in one place: the dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+
+from ..config import PRESETS, EditConfig, EvalSettings
+from ..methods import OPTIONS
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "counterfact_sample.jsonl"
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def add_model(p, help_extra: str = "") -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"alias, local folder or hub id{help_extra} (default: {DEFAULT_MODEL})")
+
+
+def add_device(p) -> None:
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def add_quiet(p) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_skip_invalid(p) -> None:
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="drop records that break the rules (conflicting or empty targets) instead of failing")
+
+
+def add_template(p) -> None:
+    p.add_argument("--template", default="auto", choices=["auto", "chat", "raw"],
+                   help="prompt format: chat (the tokenizer's template), raw, or auto (chat when there is one)")
+
+
+def _base_type(hint):
+    args = [t for t in typing.get_args(hint) if t is not type(None)]
+    return args[0] if args else hint
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One --flag per EditConfig field, with its help text and default (one source of truth)."""
+    hints = typing.get_type_hints(EditConfig)
+    group = parser.add_argument_group("training options (defaults sized for the bundled model; "
+                                      "--preset release for the authors' release)")
+    group.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                       help="start from a named set of options (release: lr 2e-4, batch 8 × 4, 10 fixed epochs); "
+                            "flags given beside it win")
+    for f in dataclasses.fields(EditConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not None else "method default" if f.name in OPTIONS else "none"
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        hint = hints[f.name]
+        base = _base_type(hint)
+        if base is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif "tuple" in str(hint):  # comma-separated lists (EditConfig splits them)
+            group.add_argument(flag, default=None, help=help_text + "; comma-separated", dest=f.name)
+        else:
+            group.add_argument(flag, type=base, default=None, help=help_text, dest=f.name)
+
+
+def config_values(args, skip: tuple[str, ...] = ()) -> dict:
+    """The training options given on the command line, on top of --preset's."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EditConfig)
+             if f.name not in skip and getattr(args, f.name, None) is not None}
+    return {**PRESETS.get(getattr(args, "preset", None) or "", {}), **given}
+
+
+def config_from_args(args) -> EditConfig:
+    return EditConfig(**config_values(args))
+
+
+def add_eval_options(p, skip: tuple[str, ...] = ()) -> None:
+    """One flag per EvalSettings field (their `flag` metadata), and the MMLU options."""
+    g = p.add_argument_group("evaluation options")
+    hints = typing.get_type_hints(EvalSettings)
+    for f in dataclasses.fields(EvalSettings):
+        if f.name in skip:
+            continue
+        g.add_argument(f.metadata["flag"], dest=f"eval_{f.name}", type=_base_type(hints[f.name]), default=None,
+                       help=f"{f.metadata['help']} (default: {f.default})")
+    g.add_argument("--mmlu", type=int, default=0, metavar="N",
+                   help="also measure zero-shot MMLU accuracy on N seeded questions, before and after (default: off)")
+    g.add_argument("--mmlu-file", default=None, help="MMLU jsonl (default: $CORSA_MMLU or ../shared/data/mmlu)")
+    g.add_argument("--mmlu-seed", type=int, default=0, help="seed of the MMLU subset (default: 0)")
+
+
+def eval_settings(args) -> EvalSettings:
+    """The EvalSettings the flags give; a field whose flag was not given keeps its default.
+
+    Where the command has no --max-new-tokens of its own (bench), the training option's is used.
+    """
+    given = {f.name: getattr(args, f"eval_{f.name}") for f in dataclasses.fields(EvalSettings)
+             if getattr(args, f"eval_{f.name}", None) is not None}
+    if "max_new_tokens" not in given and getattr(args, "max_new_tokens", None) is not None:
+        given["max_new_tokens"] = args.max_new_tokens
+    return EvalSettings(**given)

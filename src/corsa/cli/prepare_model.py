@@ -1,0 +1,18 @@
+"""`corsa prepare-model`: convert a bundled model alias once into the cache."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    m = sub.add_parser("prepare-model", help="convert a bundled model alias once into the cache")
+    m.add_argument("name", nargs="?", default="smollm2-135m",
+                   help="the alias to prepare (default: smollm2-135m); the cache is $CORSA_CACHE")
+    m.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..models import prepare_alias
+
+    path = prepare_alias(args.name)
+    print(f"{args.name}: ready at {path}")
+    return 0
