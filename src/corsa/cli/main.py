@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
+    for parser in sub.choices.values():
+        parser.allow_abbrev = False  # a flag is spelled out: `demo --method` is not a short `--methods`
     return p
 
 

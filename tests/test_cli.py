@@ -1,0 +1,55 @@
+"""The command line's shape: flags from the dataclasses, one module per command, help without torch."""
+
+import subprocess
+import sys
+
+import pytest
+
+from corsa.cli import build_parser, config_from_args
+from corsa.cli.options import eval_settings
+from corsa.config import EvalSettings
+
+
+def test_help_and_parsing_do_not_import_torch():
+    code = ("import sys, corsa.cli; p = corsa.cli.build_parser(); "
+            "p.parse_args(['edit', '--edits', 'f', '--out', 'o']); p.parse_args(['bench', '--data', 'f', '--out', 'o']); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("corsa ")
+
+
+def test_eval_flags_come_from_eval_settings():
+    args = build_parser().parse_args(["eval", "--edits", "f", "--out", "o.json", "--eval-batch-size", "3",
+                                      "--sample", "2", "--sample-seed", "5", "--max-new-tokens", "7"])
+    assert eval_settings(args) == EvalSettings(batch_size=3, sample=2, seed=5, max_new_tokens=7)
+    assert eval_settings(build_parser().parse_args(["eval", "--edits", "f", "--out", "o.json"])) == EvalSettings()
+    # bench has one --max-new-tokens, the training option's, and it sets the evaluation's too
+    bench = build_parser().parse_args(["bench", "--data", "f", "--out", "o", "--max-new-tokens", "5"])
+    assert eval_settings(bench).max_new_tokens == 5 and config_from_args(bench).max_new_tokens == 5
+
+
+def test_demo_and_bench_have_one_methods_flag_and_their_own_seed():
+    p = build_parser()
+    with pytest.raises(SystemExit):
+        p.parse_args(["demo", "--method", "lora"])  # demo has --methods only
+    bench = p.parse_args(["bench", "--data", "f", "--out", "o", "--method", "lora,corsa", "--seed", "3"])
+    assert bench.methods == "lora,corsa" and bench.seed == 3
+    assert p.parse_args(["edit", "--edits", "f", "--out", "o", "--device", "cpu"]).device == "cpu"
+    assert p.parse_args(["ask", "hello", "--device", "cpu"]).device == "cpu"
+
+
+def test_every_command_lives_in_its_own_module():
+    import importlib
+
+    m = importlib.import_module("corsa.cli.main")
+
+    names = {c.__name__.rsplit(".", 1)[-1] for c in m.COMMANDS}
+    assert names == {"edit", "ask", "eval", "bench", "demo", "prepare_model"}
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {"edit", "ask", "eval", "bench", "demo", "prepare-model"}
