@@ -98,11 +98,12 @@ def test_unknown_model_and_adapter(tmp_path, capsys, tiny_model):
     assert code == 2 and "noadapter" in err and "does not exist" in err
 
 
-def test_unwritable_output_is_reported_before_training(tmp_path, capsys, tiny_model):
+@pytest.mark.parametrize("command", ["edit", "eval"])
+def test_unwritable_output_is_reported_before_the_work(tmp_path, capsys, tiny_model, command):
     path = write(tmp_path / "e.jsonl", json.dumps(GOOD))
     blocker = tmp_path / "a-file"
-    blocker.write_text("x")
-    code, err = run(capsys, "edit", "--model", tiny_model, "--edits", path, "--out", str(blocker / "out"))
+    blocker.write_text("x")  # a file where the output needs a folder
+    code, err = run(capsys, command, "--model", tiny_model, "--edits", path, "--out", str(blocker / "out"))
     assert code == 2 and "not writable" in err
 
 
@@ -148,3 +149,40 @@ def test_non_finite_loss_stops_with_step_and_batch_and_keeps_last_good(tmp_path,
     from safetensors.torch import load_file
 
     assert all(torch.isfinite(t).all() for t in load_file(saved).values())
+
+
+# --- round two (issue "Nothing lost, round two"): refused before any work ------------------------
+
+def test_empty_out_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, tiny_model):
+    monkeypatch.chdir(tmp_path)
+    edits = write(tmp_path / "e.jsonl", json.dumps(GOOD))
+    for argv in (["edit", "--model", tiny_model, "--edits", edits, "--out", ""],
+                 ["eval", "--model", tiny_model, "--edits", edits, "--out", "  "],
+                 ["bench", "--model", tiny_model, "--data", edits, "--out", ""]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
+    from corsa.io import check_writable
+    from corsa.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="empty"):
+        check_writable("")  # the Python API's update(out="") meets the same refusal
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--seed", "-1"], ["seed", "2³²"]),
+    (["--seed", str(2**32)], ["seed"]),
+])
+def test_seeds_out_of_range_are_refused(tmp_path, capsys, tiny_model, argv, words):
+    edits = write(tmp_path / "e.jsonl", json.dumps(GOOD))
+    code, err = run(capsys, "edit", "--model", tiny_model, "--edits", edits, "--out", str(tmp_path / "o"), *argv)
+    assert code == 2 and all(w in err for w in words) and not (tmp_path / "o").exists()
+
+
+def test_ask_refuses_no_tokens_and_empty_prompts(capsys, tiny_model):
+    assert run(capsys, "ask", "hello", "--model", tiny_model, "--max-new-tokens", "0")[0] == 2
+    code, err = run(capsys, "ask", "hello", "--model", tiny_model, "--max-new-tokens", "-5")
+    assert code == 2 and "max_new_tokens" in err
+    code, err = run(capsys, "ask", "  ", "--model", tiny_model, "--template", "raw")
+    assert code == 2 and "empty" in err

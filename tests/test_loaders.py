@@ -443,3 +443,34 @@ def test_fuzz_json(value, as_lines):
         else:
             path.write_text(json.dumps(value), encoding="utf-8")
         check_outcome(path)
+
+
+# --- the Python API's dicts go through the same checks ------------------------------------------
+
+@pytest.mark.parametrize("records, field, message", [
+    ([{"prompt": "", "target_new": "Rome"}], "prompt", "empty"),
+    ([{"prompt": "The capital is", "target_new": "Rome", "target_old": "rome"}], "target_new", "nothing to edit"),
+    ([{"prompt": "A is", "target_new": "x"}, {"prompt": "a is", "target_new": "y"}], None, "asked to answer"),
+    ([{"id": "1", "prompt": "A is", "target_new": "x"}, {"id": "1", "prompt": "B is", "target_new": "y"}],
+     "id", "already used"),
+    ([{"prompt": "A is", "target_new": "x", "target-old": "y"}], "target-old", "unknown key"),
+])
+def test_python_edits_are_checked_as_file_records(records, field, message):
+    from corsa.api import as_edits
+    from corsa.errors import DataError
+
+    with pytest.raises(DataError, match=message) as info:
+        as_edits(records)
+    assert "<edits given in Python>" in str(info.value)
+    if field:
+        assert field in str(info.value)
+
+
+def test_python_edits_that_pass_are_the_same_edits_as_before():
+    from corsa.api import as_edits
+
+    edits = as_edits([{"prompt": "A is", "target_new": "x"}, {"prompt": "B is", "target_new": "y", "subject": "B"}])
+    assert [(e.id, e.prompt, e.target_new, e.subject) for e in edits] == [("edit-0", "A is", "x", None),
+                                                                         ("edit-1", "B is", "y", "B")]
+    assert as_edits(edits) == edits  # Edit objects alone are taken as they are
+    assert len(as_edits([{"prompt": "A is", "target_new": "x"}, {"prompt": "B is", "target_new": "y"}], limit=1)) == 1

@@ -24,7 +24,7 @@ from . import adapter as adapters
 from . import distributed as dist
 from .config import EditConfig
 from .engine import UpdateResult, train_update
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
 from . import negatives
 from .io import atomic_write_json, atomic_write_text, check_writable, library_versions
@@ -49,8 +49,14 @@ def as_edits(edits, limit: int | None = None, on_invalid: str = "error") -> list
         from .loaders import load_edits
 
         return load_edits(edits, limit=limit, on_invalid=on_invalid)
-    out = [e if isinstance(e, Edit) else Edit.from_dict({"id": f"edit-{i}", **e}) for i, e in enumerate(edits)]
-    return out[:limit] if limit is not None else out
+    edits = list(edits)
+    if edits and all(isinstance(e, Edit) for e in edits):
+        return edits[:limit] if limit is not None else edits
+    from .loaders import edits_from_records
+
+    # dicts are checked as a file's records are, and Edit objects mixed in with them alike
+    records = [e.to_dict() if isinstance(e, Edit) else e for e in edits]
+    return edits_from_records(records, limit, on_invalid=on_invalid)
 
 
 @dataclass
@@ -143,7 +149,14 @@ class Editor:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        n = max_new_tokens or self.config.max_new_tokens
+        prompts = list(prompts)
+        bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()), None)
+        if bad is not None:
+            raise DataError(f"prompt {bad} is {'empty' if isinstance(prompts[bad], str) else type(prompts[bad]).__name__}"
+                            f"; every prompt must be non-empty text")
+        n = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"max_new_tokens must be a whole number of at least 1, not {n!r}")
         answer = lambda part: generate(self.model, self.fmt, part, n)  # noqa: E731
         if base:
             with self.model.disable_adapter():

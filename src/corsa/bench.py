@@ -90,6 +90,8 @@ class BenchSpec:
             raise ConfigError(f"--methods names a method twice: {','.join(self.methods)}")
         if self.n_updates < 1:
             raise ConfigError(f"--updates must be at least 1, not {self.n_updates}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be a whole number from 0 to 2³² − 1, not {self.seed}")
         if self.n_edits < self.n_updates:
             raise ConfigError(f"--edits {self.n_edits} cannot be split into {self.n_updates} updates")
         if self.n_edits % self.n_updates:

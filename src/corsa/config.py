@@ -136,6 +136,7 @@ class EditConfig:
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("grad_accum", self.grad_accum >= 1, "at least 1"),
             ("epochs", self.epochs >= 1, "at least 1"),
+            ("seed", isinstance(self.seed, int) and 0 <= self.seed < 2**32, "a whole number from 0 to 2³² − 1"),
             ("max_steps", self.max_steps >= 0, "non-negative (0: no cap)"),
             ("max_negatives", self.max_negatives >= 0, "non-negative"),
             ("replay_budget", self.replay_budget >= 0, "non-negative (0: no cap)"),

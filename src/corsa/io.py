@@ -133,6 +133,8 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 50 * 2**20) -> N
     """Fail before training, not after, when the output folder cannot take the results."""
     from .errors import ConfigError
 
+    if not str(folder).strip():  # Path("") is the current folder, whose adapter/ a run would replace
+        raise ConfigError("the output folder is empty (--out ''); name a folder for the run")
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

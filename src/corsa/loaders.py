@@ -488,6 +488,28 @@ def load_edits(path: str | os.PathLike, format: str = "auto", limit: int | None 
         raise ConfigError(f"on_invalid must be one of {', '.join(ON_INVALID)}, not {on_invalid!r}")
     path = Path(path)
     records, lines = _read_records(path)
+    return _edits(records, lines, path, fmt, limit, on_invalid)
+
+
+def edits_from_records(records: list, limit: int | None = None, *, on_invalid: str = "error",
+                       where: str = "<edits given in Python>") -> list[Edit]:
+    """Edits from records already in memory (dicts in any format :func:`load_edits` reads).
+
+    The same checks and messages as a file's, each naming `where` and the record's index, so
+    the Python API refuses what `corsa edit` refuses: an empty prompt, new == old, one prompt
+    with two answers, a repeated id, an unknown (misspelt) key.
+    """
+    if on_invalid not in ON_INVALID:
+        raise ConfigError(f"on_invalid must be one of {', '.join(ON_INVALID)}, not {on_invalid!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive whole number of edits or None, not {limit!r}")
+    if not isinstance(records, list) or not records:
+        raise DataError("no edits: give a non-empty list of edit records", path=where)
+    return _edits(records, None, Path(where), "auto", limit, on_invalid)
+
+
+def _edits(records: list, lines, path: Path, fmt: str, limit, on_invalid) -> list[Edit]:
+    """The checked edits of `records` read from `path` (see :func:`load_edits`)."""
     if fmt == "auto":
         fmt = detect_format(records, path=str(path))
     elif not records:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .options import (add_config_options, add_device, add_eval_options, add_model, add_quiet, add_skip_invalid,
-                      config_values, eval_settings)
+from .options import (add_config_options, add_device, add_eval_options, add_model, add_quiet,
+                      add_skip_invalid, config_values, eval_settings, output_path)
 
 DEFAULT_METHODS = "lora,sam,dpo,corsa"
 
@@ -24,7 +24,7 @@ def register(sub) -> None:
     b.add_argument("--updates", type=int, default=3, help="split the edits into this many updates (default: 3)")
     b.add_argument("--seed", type=int, default=0,
                    help="chooses the edits and seeds every method's training (default: 0)")
-    b.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    b.add_argument("--out", required=True, type=output_path, help="output folder (rerun the same command to resume)")
     b.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="a training option for one method, e.g. corsa.rho=0.1 (repeatable); a plain flag such "
                         "as --lr sets it for every method, and --rho/--beta/--combine for those that use them")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .bench import run_spec, spec_of
-from .options import SAMPLE, add_config_options, add_device, add_model, add_quiet
+from .options import SAMPLE, add_config_options, add_device, add_model, add_quiet, output_path
 
 DEMO_METHODS = "lora,corsa,corsa-lifelong"
 
@@ -15,7 +15,7 @@ def register(sub) -> None:
                                    "corsa-lifelong, 2 updates of 8, with corsa's defaults; prints the table and "
                                    "where the report and plots are. Rerun to resume.")
     add_model(d)
-    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument("--out", default="runs/demo", type=output_path, help="output folder (default: runs/demo)")
     d.add_argument("--methods", default=DEMO_METHODS, help=f"comma-separated methods (default: {DEMO_METHODS})")
     d.add_argument("--edits", type=int, default=16, help="how many of the 16 bundled edits (default: 16)")
     d.add_argument("--updates", type=int, default=2, help="split them into this many updates (default: 2)")

@@ -6,7 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .options import add_config_options, add_device, add_model, add_quiet, add_skip_invalid, config_from_args
+from .options import (add_config_options, add_device, add_model, add_quiet, add_skip_invalid,
+                      config_from_args, output_path)
 from .output import show_table
 
 
@@ -15,7 +16,7 @@ def register(sub) -> None:
     add_model(e)
     e.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
     e.add_argument("--adapter", default=None, help="continue training this adapter (a run or adapter folder)")
-    e.add_argument("--out", required=True, help="output folder for the adapter and the run record")
+    e.add_argument("--out", required=True, type=output_path, help="output folder for the adapter and the run record")
     e.add_argument("--limit", type=int, default=None, help="use only the first N edits")
     e.add_argument("--updates", type=int, default=1,
                    help="split the edits (in file order) into K consecutive updates of one adapter, saved "

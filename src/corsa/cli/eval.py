@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import add_device, add_eval_options, add_model, add_quiet, add_skip_invalid, add_template, eval_settings
+from ..io import check_writable
+from .options import (add_device, add_eval_options, add_model, add_quiet, add_skip_invalid, add_template,
+                      eval_settings, output_path)
 from .output import fmt_metric, show_table
 
 
@@ -18,7 +20,7 @@ def register(sub) -> None:
     add_model(e)
     e.add_argument("--adapter", default=None, help="the edited adapter (a run or adapter folder); none: the base model")
     e.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
-    e.add_argument("--out", required=True, help="where to write the metrics (a .json file)")
+    e.add_argument("--out", required=True, type=output_path, help="where to write the metrics (a .json file)")
     e.add_argument("--limit", type=int, default=None, help="use only the first N edits")
     add_skip_invalid(e)
     e.add_argument("--base", action=argparse.BooleanOptionalAction, default=True,
@@ -57,6 +59,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give the path of a .json file to write")
+    check_writable(out.parent, need_bytes=2**20)  # before minutes of evaluation, not after
     if args.generator == "vllm" and dist.launched():  # said before minutes of loading, not after
         raise ConfigError("--generator vllm runs in one process (vLLM splits the work itself); drop the launcher")
     started = time.perf_counter()

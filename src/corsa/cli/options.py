@@ -19,6 +19,13 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "counterfact_sample.j
 DEFAULT_MODEL = "smollm2-135m"
 
 
+def output_path(value: str) -> str:
+    """An --out value: never empty, which would mean the current folder (and its adapter/)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty; name a folder (or file) for the output")
+    return value
+
+
 def add_model(p, help_extra: str = "") -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"alias, local folder or hub id{help_extra} (default: {DEFAULT_MODEL})")
