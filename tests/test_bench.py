@@ -94,6 +94,18 @@ def test_every_file_and_key(first):
         assert lost["edits"] == r["update_sizes"][0]
         assert lost["kept"] == pytest.approx(R[1][0] * lost["edits"])
         assert lost["lost"] == lost["to_old_answer"] + lost["to_another_edit"] + lost["elsewhere"]
+        assert lost["kept"] + lost["never_took"] + lost["lost"] == lost["edits"]
+        answers = {a["id"]: a for a in m["answers"]}  # what each edit answers after each update
+        first_ids = r["update_edit_ids"][0]
+        assert [len(answers[i]["after"]) for i in first_ids] == [2] * len(first_ids)
+        assert all(len(answers[i]["after"]) == 1 for i in r["update_edit_ids"][1])
+        after_second = json.loads((out / name / "update-2" / "eval.json").read_text())["records"]
+        assert [answers[x["id"]]["after"][-1] for x in after_second] == [x["answer"] for x in after_second]
+        from corsa.metrics import contains
+        took_first = json.loads((out / name / "update-1" / "eval.json").read_text())["records"]
+        assert lost["never_took"] == sum(not contains(x["answer"], x["target_new"]) and
+                                         not contains(answers[x["id"]]["after"][-1], x["target_new"])
+                                         for x in took_first)
         for key in FRACTIONS:
             assert 0.0 <= m["final"][key] <= 1.0, (name, key)
         assert isinstance(m["final"]["margin_mean"], float)
@@ -126,7 +138,9 @@ def test_every_file_and_key(first):
     assert "| lora |" in report and "| corsa |" in report and "| base (unedited) |" in report
     assert "retention-corsa.png" in report and "greedy" in report
     assert "forgetting (tf)" in report and "Teacher-forced (efficacy, %):" in report
-    assert "## Where the earlier updates' edits went" in report
+    assert "## Where the earlier updates' edits went" in report and "never took" in report
+    assert "## What each edit answers" in report and "| edit | prompt | y⁺ | y⁻ | unedited | after U1 | after U2 |" in report
+    assert set(r["base"]["answers"]) == {e["id"] for e in edits}
 
 
 def test_rerun_skips_every_finished_pair(setup, first, monkeypatch, capsys):

@@ -114,6 +114,11 @@ def test_lost_edits_are_split_by_where_the_answer_went():
     assert c == {"edits": 5, "kept": 1, "lost": 4, "to_old_answer": 2, "to_another_edit": 1, "elsewhere": 1}
     assert c["lost"] == c["to_old_answer"] + c["to_another_edit"] + c["elsewhere"]
     assert M.lost_edits([], [], [], news)["edits"] == 0
+    # with `took`: an edit that never answered y⁺ after its own update is not lost, it never took
+    t = M.lost_edits(answers, news, olds, news, took=[True, False, True, True, False])
+    # Milan (→ its y⁻) and Oslo never took; jazz (→ Paris) and Rome (→ Lyon) took and were lost
+    assert t == {"edits": 5, "kept": 1, "never_took": 2, "lost": 2, "to_old_answer": 0, "to_another_edit": 1,
+                 "elsewhere": 1}
     with pytest.raises(ValueError):
         M.lost_edits(["a"], ["b"], [], news)
 

@@ -397,12 +397,16 @@ class Bench:
                 "peak_rss_mb": "ru_maxrss of the whole bench process when the method finished: it includes the "
                                "methods run before it in the same process and never decreases",
                 "train_seconds": "wall time of training, summed over updates (evaluation excluded)",
-                "lost_edits": "after the last update, the earlier updates' edits by greedy answer: kept (y⁺), or lost "
-                              "to y⁻, to another edit's y⁺, or elsewhere (corsa.metrics.lost_edits)",
+                "lost_edits": "after the last update, the earlier updates' edits by greedy answer: kept (y⁺), never "
+                              "took (not y⁺ right after their own update), or lost to y⁻, to another edit's y⁺, "
+                              "or elsewhere (corsa.metrics.lost_edits)",
+                "answers": "per edit: its greedy answer after each update, from the update that brought it "
+                           "(after[0]) to the last",
             },
             "base": {"final": headline(self.base["metrics"]), "metrics": self.base["metrics"],
                      "counts": self.base["counts"], "mmlu": self.base["mmlu"],
-                     "margins": [r["margin"] for r in self.base["records"]]},
+                     "margins": [r["margin"] for r in self.base["records"]],
+                     "answers": {r["id"]: r["answer"] for r in self.base["records"]}},
             "methods": {},
             "versions": library_versions(),
         }
@@ -435,7 +439,8 @@ class Bench:
                 "peak_gpu_mb": max((ev["peak_gpu_mb"] for ev in evals if ev.get("peak_gpu_mb") is not None),
                                    default=None),
                 "margins": [r["margin"] for r in last["records"]],
-                "lost_edits": _lost_edits(last, n_earlier=sum(len(u) for u in self.updates[:len(evals) - 1])),
+                "lost_edits": _lost_edits(evals, [len(u) for u in self.updates]),
+                "answers": _answers(evals),
             }
         lora = out["methods"].get("lora")
         if lora is not None:
@@ -448,16 +453,34 @@ class Bench:
         return out
 
 
-def _lost_edits(last: dict, n_earlier: int) -> dict | None:
+def _lost_edits(evals: list[dict], sizes: list[int]) -> dict | None:
     """After the last update, where the earlier updates' edits went (metrics.lost_edits); greedy only.
 
-    The records are in update order, so the earlier updates' edits are the first `n_earlier`.
+    The records are in update order, so the earlier updates' edits are the first ones; an edit
+    counts as lost only if it took (answered y⁺) right after its own update.
     """
-    old = last["records"][:n_earlier]
+    last = evals[-1]["records"]
+    n_earlier = sum(sizes[:len(evals) - 1])
+    old = last[:n_earlier]
     if not old or not all(isinstance(r["answer"], str) for r in old):
         return None
+    took = []
+    for j in range(len(evals) - 1):  # update j's edits, in the evaluation right after update j
+        start = sum(sizes[:j])
+        took += [M.contains(r["answer"], r["target_new"]) for r in evals[j]["records"][start:start + sizes[j]]]
     return M.lost_edits([r["answer"] for r in old], [r["target_new"] for r in old], [r["target_old"] for r in old],
-                        [r["target_new"] for r in last["records"]])
+                        [r["target_new"] for r in last], took)
+
+
+def _answers(evals: list[dict]) -> list[dict]:
+    """Every edit's greedy answer after each update from its own on (what does it answer now?)."""
+    rows: dict[str, dict] = {}
+    for k, ev in enumerate(evals):
+        for r in ev["records"]:
+            row = rows.setdefault(r["id"], {"id": r["id"], "prompt": r["prompt"], "target_new": r["target_new"],
+                                            "target_old": r["target_old"], "from_update": k + 1, "after": []})
+            row["after"].append(r["answer"])
+    return list(rows.values())
 
 
 def _pct(x) -> str:

@@ -137,21 +137,29 @@ def _mentions_other(answer: str | None, own: str, pool: list[str]) -> bool:
 
 
 def lost_edits(answers: Sequence[str | None], targets_new: Sequence[str], targets_old: Sequence[str | None],
-               pool: Iterable[str]) -> dict:
+               pool: Iterable[str], took: Sequence[bool] | None = None) -> dict:
     """Where edits that no longer answer y⁺ went: back to y⁻, to another edit's y⁺, or elsewhere.
 
     Counts over greedy answers: ``edits``, ``kept`` (the answer contains y⁺), ``lost`` and its
     three parts — ``to_old_answer`` (mentions y⁻: the prior won, what DPO's margin guards),
     ``to_another_edit`` (mentions the y⁺ of another edit in `pool`, not y⁻: edits interfering)
-    and ``elsewhere``.
+    and ``elsewhere``. With `took` (did each edit answer y⁺ right after its own update?), an
+    edit that never took is counted as ``never_took``, not as lost: it had nothing to lose.
     """
     if not len(answers) == len(targets_new) == len(targets_old):
         raise ValueError(f"{len(answers)} answers for {len(targets_new)} new and {len(targets_old)} old targets")
+    if took is not None and len(took) != len(answers):
+        raise ValueError(f"{len(took)} 'took' flags for {len(answers)} answers")
     pool = list(dict.fromkeys(pool))
     out = {"edits": len(answers), "kept": 0, "lost": 0, "to_old_answer": 0, "to_another_edit": 0, "elsewhere": 0}
-    for a, new, old in zip(answers, targets_new, targets_old):
+    if took is not None:
+        out["never_took"] = 0
+    for i, (a, new, old) in enumerate(zip(answers, targets_new, targets_old)):
         if contains(a, new):
             out["kept"] += 1
+            continue
+        if took is not None and not took[i]:
+            out["never_took"] += 1
             continue
         out["lost"] += 1
         if old is not None and contains(a, old):

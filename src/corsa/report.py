@@ -123,12 +123,16 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
             parts += ["Teacher-forced (efficacy, %):", "", _matrix_table(res["retention_teacher_forced"], K), ""]
     lost = {n: r["lost_edits"] for n, r in results["methods"].items() if r.get("lost_edits")}
     if lost:
-        head = ["method", "earlier edits", "kept y⁺", "lost", "to y⁻", "to another edit's y⁺", "elsewhere"]
-        body = [[n, str(c["edits"]), str(c["kept"]), str(c["lost"]), str(c["to_old_answer"]),
-                 str(c["to_another_edit"]), str(c["elsewhere"])] for n, c in lost.items()]
+        never = any("never_took" in c for c in lost.values())
+        head = ["method", "earlier edits", "kept y⁺"] + ["never took"] * never + [
+            "lost", "to y⁻", "to another edit's y⁺", "elsewhere"]
+        body = [[n, str(c["edits"]), str(c["kept"])] + [str(c.get("never_took", "–"))] * never
+                + [str(c["lost"]), str(c["to_old_answer"]), str(c["to_another_edit"]), str(c["elsewhere"])]
+                for n, c in lost.items()]
         parts += ["## Where the earlier updates' edits went", "",
-                  "After the last update, the edits of updates 1 … K−1 by their greedy answer: still y⁺, back to "
-                  "the old answer y⁻ (the prior won), or taken over by another edit's y⁺ (edits interfering).", "",
+                  "After the last update, the edits of updates 1 … K−1 by their greedy answer: still y⁺, never "
+                  "taken (not y⁺ even right after their own update), or lost: back to the old answer y⁻ (the prior "
+                  "won), taken over by another edit's y⁺ (edits interfering), or elsewhere.", "",
                   _md_table(head, body), ""]
     parts += ["## All metrics after the last update", ""]
     keys = list(results["base"]["metrics"])
@@ -147,7 +151,38 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
               ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{title}]({name})" for title, name in plots.items()] + [""]
+    parts += _answers_section(results)
     return "\n".join(parts)
+
+
+def _cell(text, width: int = 40) -> str:
+    """An answer in a Markdown table cell: one line, pipes escaped, cut to `width` characters."""
+    text = " ".join(str(text or "").split()).replace("|", "\\|")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _answers_section(results: dict) -> list[str]:
+    """Per method, every edit's greedy answer before editing and after each update (✓: contains y⁺)."""
+    from .metrics import contains
+
+    base = results["base"].get("answers") or {}
+    methods = {n: r["answers"] for n, r in results["methods"].items() if r.get("answers")}
+    if not methods:
+        return []
+    K = results["n_updates"]
+    parts = ["## What each edit answers", "",
+             "The greedy answer to each edit prompt, unedited and after every update from the edit's own; "
+             "✓ marks an answer that contains y⁺.", ""]
+    for name, rows in methods.items():
+        head = ["edit", "prompt", "y⁺", "y⁻", "unedited"] + [f"after U{k + 1}" for k in range(K)]
+        body = []
+        for row in rows:
+            mark = lambda a: ("✓ " if contains(a, row["target_new"]) else "") + _cell(a, 30)  # noqa: E731
+            after = [""] * (row["from_update"] - 1) + [mark(a) for a in row["after"]]
+            body.append([_cell(row["id"], 20), _cell(row["prompt"]), _cell(row["target_new"], 20),
+                         _cell(row["target_old"], 20), _cell(base.get(row["id"]), 30)] + after + [""] * (K - len(after)))
+        parts += [f"### {name}", "", _md_table(head, body), ""]
+    return parts
 
 
 def fmt_metric(value, key: str) -> str:
