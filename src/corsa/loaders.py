@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +39,12 @@ from typing import Any, NamedTuple
 
 from .errors import ConfigError, DataError
 from .io import atomic_write_text
+from .metrics import normalise
 from .records import Edit, Probe
 
 log = logging.getLogger(__name__)
 
+MAX_FILE_BYTES = 2**30  # an edit file larger than this is refused before it is read
 ON_INVALID = ("error", "skip")  # what load_edits does with a bad record: raise, or drop it and log
 
 
@@ -69,8 +72,27 @@ def _field_name(keys: tuple[str | int, ...]) -> str:
 
 
 def _norm(text: str) -> str:
-    """The form two answers or prompts are compared in: whitespace collapsed, case folded."""
-    return " ".join(text.split()).casefold()
+    """The form two answers or prompts are compared in: the answer matcher's (corsa.metrics.normalise).
+
+    NFKC, case folded, whitespace collapsed, sentence punctuation stripped from the ends, so
+    "Paris", "PARIS." and the full-width "Ｐａｒｉｓ" are one answer here as they are when scored.
+    """
+    return normalise(text)
+
+
+def _visible(text: str) -> bool:
+    """Whether `text` holds a character one can see (not only spaces, zero-width marks or a BOM)."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc", "Zs", "Zl", "Zp") for c in text)
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """A JSON object, refused when it names one key twice (json would keep the last silently)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
 
 
 class _Record:
@@ -122,6 +144,8 @@ class _Record:
         value = value.strip()
         if not value:
             raise self.error("is empty", field)
+        if not _visible(value):
+            raise self.error("holds no visible character (only zero-width or control characters)", field)
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate from a "\udxxx" escape: not text at all
@@ -336,6 +360,11 @@ def _read_records(path: Path) -> tuple[list, list[int] | None]:
         raise DataError("the file does not exist", path=str(path))
     if path.is_dir():
         raise DataError("is a folder; give the edit file inside it", path=str(path))
+    if not path.is_file():  # a device (/dev/zero), a pipe without a writer, a socket: never read
+        raise DataError("is not a regular file (a device, pipe or socket); give an edit file", path=str(path))
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise DataError(f"is {path.stat().st_size / 2**30:.1f} GiB, more than the {MAX_FILE_BYTES // 2**30} GiB an "
+                        f"edit file may be; split it", path=str(path))
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -347,7 +376,7 @@ def _read_records(path: Path) -> tuple[list, list[int] | None]:
     if not text.strip():
         raise DataError("the file is empty", path=str(path))
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
         raise DataError("the JSON is nested too deeply to be edit records", path=str(path)) from None
     except ValueError as whole:
@@ -370,7 +399,7 @@ def _read_jsonl(path: Path, text: str) -> tuple[list, list[int]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(json.loads(line, object_pairs_hook=_no_duplicate_keys))
         except RecursionError:
             raise DataError(f"line {number}: the JSON is nested too deeply", path=str(path)) from None
         except ValueError as e:

@@ -33,8 +33,24 @@ class PromptFormat:
         self.name = "chat" if self.chat else "raw"
         if self.chat and tokenizer.eos_token_id is None:
             raise ConfigError("the tokenizer has a chat template but no eos token to close the answer turn")
+        decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self.control = sorted({*getattr(tokenizer, "all_special_tokens", []),
+                               *(t.content for t in decoder.values() if getattr(t, "special", False))} - {""},
+                              key=len, reverse=True)
+
+    def check_text(self, text: str) -> None:
+        """Refuse text that holds one of the tokenizer's control tokens (`<|im_end|>`, `<|im_start|>` …).
+
+        Written into a prompt or an answer they would be read as the tokens themselves: a user
+        text could close its turn and forge the assistant's, or put an end of turn inside y⁺.
+        """
+        found = next((t for t in self.control if t in text), None)
+        if found is not None:
+            raise DataError(f"holds the tokenizer's control token {found!r}, which would be read as that token "
+                            f"(ending or forging a chat turn), not as text; remove it")
 
     def prompt_ids(self, prompt: str) -> list[int]:
+        self.check_text(prompt)
         if self.chat:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                       add_generation_prompt=True, tokenize=False)
@@ -44,6 +60,8 @@ class PromptFormat:
     def answer_ids(self, answer: str, eos: bool = True) -> list[int]:
         """The answer's tokens; with a chat template closed by the end-of-turn token unless `eos` is off."""
         answer = answer.strip()
+        if answer != self.tokenizer.eos_token:  # y⁻ "the model said nothing" is the end of turn itself
+            self.check_text(answer)
         if self.chat:
             return self.tokenizer(answer, add_special_tokens=False).input_ids + ([self.tokenizer.eos_token_id] * eos)
         return self.tokenizer(" " + answer, add_special_tokens=False).input_ids
@@ -80,6 +98,12 @@ def encode_edits(fmt: PromptFormat, edits, max_length: int | None, need_rejected
     """
     out = []
     for i, e in enumerate(edits):
+        for name, text in (("prompt", e.prompt), ("target_new", e.target_new), ("target_old", e.target_old)):
+            try:
+                if text is not None and text.strip() != fmt.tokenizer.eos_token:
+                    fmt.check_text(text)
+            except DataError as err:
+                raise DataError(str(err), path=source_file(e.source), record=e.id, field=name) from None
         p = fmt.prompt_ids(e.prompt)
         c = fmt.answer_ids(e.target_new, eos)
         r = fmt.answer_ids(e.target_old, eos) if need_rejected else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .options import add_device, add_model, add_template
+from .output import printable
 
 
 def register(sub) -> None:
@@ -22,5 +23,5 @@ def run(args) -> int:
     answers = ask(args.prompt, model=args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
                   template=args.template, device=args.device)
     for prompt, answer in zip(args.prompt, answers):
-        print(f"{prompt} → {answer}" if len(args.prompt) > 1 else answer)
+        print(printable(f"{prompt} → {answer}" if len(args.prompt) > 1 else answer))
     return 0

@@ -7,6 +7,7 @@ import os
 import sys
 
 from . import ask, bench, demo, edit, eval, prepare_model
+from .output import printable
 
 COMMANDS = (edit, ask, eval, bench, demo, prepare_model)  # in the order `corsa --help` lists them
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except CorsaError as e:
         if args.debug:
             raise
-        print(f"corsa: error: {e}", file=sys.stderr)
+        print(f"corsa: error: {printable(e, keep_newlines=True)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         if args.debug:

@@ -1,9 +1,29 @@
-"""What the commands print: plain-text tables."""
+"""What the commands print: plain-text tables, and text made safe for a terminal."""
 
 from __future__ import annotations
 
+import unicodedata
+
+
+def printable(text, keep_newlines: bool = False) -> str:
+    """`text` with control characters (ANSI escapes, carriage returns, bells …) shown as escapes.
+
+    Edit files are untrusted: an id or an answer holding "\\x1b[2J" must not clear the user's
+    terminal or forge what it shows.
+    """
+    out = []
+    for c in str(text):
+        if c == "\n" and keep_newlines:
+            out.append(c)
+        elif unicodedata.category(c) in ("Cc", "Cf") and c != " ":
+            out.append(c.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(c)
+    return "".join(out)
+
 
 def show_table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
