@@ -17,7 +17,9 @@ import torch
 
 pytestmark = pytest.mark.slow  # each test starts real processes (and kills some)
 
-METHODS = ["corsa", "sam", "lora"]
+from corsa.methods import METHODS as ROWS  # noqa: E402
+
+METHODS = list(ROWS)  # every row of the table: each must train the same adapter on two workers
 # early_stop with an unreachable target: the check after each epoch runs its margins and greedy
 # answers split over the workers, and must decide the same on every worker
 TRAIN = dict(epochs=3, batch_size=3, grad_accum=2, lr=1e-2, early_stop=True, margin_target=-100.0,
@@ -81,7 +83,7 @@ def test_two_workers_train_the_adapter_of_one_process(method, two_workers):
             if key in h1:
                 assert h2[key] == pytest.approx(h1[key], rel=1e-4, abs=1e-6), key
     assert saved["answers"] == answers  # generation split over workers and gathered in order
-    assert saved["n_reference"] == (len(edits()) if method == "corsa" else None)
+    assert saved["n_reference"] == (len(edits()) if ROWS[method].dpo else None)  # DPO rows score it once
 
 
 def test_corsa_edit_under_torchrun_writes_one_adapter_and_one_record(tmp_path):

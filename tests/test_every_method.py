@@ -1,0 +1,83 @@
+"""Every row of the method table through the same life: train, save, load, continue, resume.
+
+PEFT-style: one battery, parametrised over `corsa.METHODS`, so a new row is covered the day it
+is added (the 2-process equivalence of every row is in test_distributed.py).
+"""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from corsa import METHODS, EditConfig, Editor
+from corsa.records import Edit
+from corsa.testing import save_tiny_llama
+
+FAST = dict(epochs=3, batch_size=2, grad_accum=1, lr=1e-2, progress=False, edit_stop=False)
+
+
+def _edits(start, n):
+    return [Edit(id=f"e{i}", prompt=f"The code of item {i} is", target_new=f"Q{i}", target_old=f"A{i}",
+                 subject=f"item {i}") for i in range(start, start + n)]
+
+
+def _lora(editor):
+    return {n: p.detach().clone() for n, p in editor.model.named_parameters() if "lora_" in n}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return str(save_tiny_llama(tmp_path_factory.mktemp("every") / "model", seed=0))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_train_save_load_continue(method, base, tmp_path):
+    first = Editor(base, method=method, **FAST)
+    first.update(_edits(0, 3), out=tmp_path / "u1")
+    trained = _lora(first)
+    assert any(t.abs().max() > 0 for n, t in trained.items() if "lora_B" in n)  # it trained
+    saved = load_file(tmp_path / "u1" / "adapter" / "adapter_model.safetensors")
+    assert len(saved) == len(trained)
+    # loaded back: the same weights, the same answers, the same record of edits
+    again = Editor(base, adapter=tmp_path / "u1", method=method, **FAST)
+    assert all(torch.equal(a, b) for a, b in zip(_lora(again).values(), trained.values()))
+    prompts = [e.prompt for e in _edits(0, 3)] + ["Something unrelated is"]
+    assert again.ask(prompts) == first.ask(prompts)
+    assert [e.id for e in again.history] == ["e0", "e1", "e2"]
+    # continued: the same adapter keeps training, and its record grows
+    again.update(_edits(3, 2), out=tmp_path / "u2")
+    assert any(not torch.equal(a, b) for a, b in zip(_lora(again).values(), trained.values()))
+    assert [e.id for e in Editor(base, adapter=tmp_path / "u2", method=method, **FAST).history] == \
+        ["e0", "e1", "e2", "e3", "e4"]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_an_interrupted_sequence_resumes_to_the_uninterrupted_adapter(method, base, tmp_path, monkeypatch):
+    from corsa.updates import run_updates, settings_of
+
+    edits = _edits(0, 4)
+    cfg = EditConfig(method=method, **{k: v for k, v in FAST.items() if k != "progress"})
+
+    def make(adapter=None):
+        return Editor(base, adapter=adapter, config=cfg, progress=False)
+
+    settings = settings_of(base, None, cfg, edits, 2)
+    straight, _ = run_updates(make, edits, 2, tmp_path / "straight", settings, log=lambda *_: None)
+    want = _lora(straight)
+    # the second update is stopped as a Ctrl-C would stop it, then the same call resumes
+    real = Editor.update
+    calls = []
+
+    def interrupted(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Editor, "update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_updates(make, edits, 2, tmp_path / "resumed", settings, log=lambda *_: None)
+    monkeypatch.setattr(Editor, "update", real)
+    resumed, _ = run_updates(make, edits, 2, tmp_path / "resumed", settings, log=lambda *_: None)
+    got = _lora(resumed)
+    assert got.keys() == want.keys()
+    assert max((got[k] - want[k]).abs().max().item() for k in got) < 1e-6
