@@ -81,3 +81,16 @@ def test_an_interrupted_sequence_resumes_to_the_uninterrupted_adapter(method, ba
     got = _lora(resumed)
     assert got.keys() == want.keys()
     assert max((got[k] - want[k]).abs().max().item() for k in got) < 1e-6
+
+
+def test_a_continued_adapter_keeps_its_lineage(base, tmp_path):
+    import json
+
+    Editor(base, method="lora", **FAST).update(_edits(0, 2), out=tmp_path / "first")
+    again = Editor(base, adapter=tmp_path / "first", method="lora", **FAST)
+    assert [u.index for u in again.updates] == [0]
+    record = again.update(_edits(2, 2), out=tmp_path / "second")
+    assert record.index == 1  # the next index, and so the next update's seeds
+    run = json.loads((tmp_path / "second" / "run.json").read_text())
+    assert [(u["index"], u["edit_ids"]) for u in run["updates"]] == [(1, ["e0", "e1"]), (2, ["e2", "e3"])]
+    assert run["parent_adapter"] == str(tmp_path / "first" / "adapter")

@@ -133,7 +133,7 @@ def test_replayed_edits_come_from_the_adapters_own_record(tiny, tmp_path, toy_ed
     record = editor.update(second, out=tmp_path / "run2")
     assert record.replayed == ["e0", "e1", "e2"]
     run = json.loads((tmp_path / "run2" / "run.json").read_text())
-    assert run["updates"][0]["replayed_ids"] == ["e0", "e1", "e2"]
+    assert run["updates"][-1]["replayed_ids"] == ["e0", "e1", "e2"]  # after the first update's own entry
     again = [json.loads(line)["id"] for line in
              (tmp_path / "run2" / "adapter" / "trained-edits.jsonl").read_text().splitlines()]
     assert again == ["e0", "e1", "e2", "e3", "e4", "e5"]

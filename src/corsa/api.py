@@ -66,6 +66,32 @@ class UpdateRecord:
     result: UpdateResult
     out: Path | None = None
     replayed: list[str] = field(default_factory=list)  # ids of earlier edits trained again
+    edit_ids: list[str] | None = None  # as the run record lists them (default: the ids of `edits`)
+
+    def __post_init__(self):
+        if self.edit_ids is None:
+            self.edit_ids = [e.id for e in self.edits]
+
+
+def lineage(adapter, history: list[Edit]) -> list[UpdateRecord]:
+    """The updates a saved adapter has been through, read from the run record beside it.
+
+    A continued adapter keeps its lineage: the next update gets the next index (and its seeds),
+    and the new run record lists the earlier updates before the new one. An adapter saved
+    without a run record (or a damaged one) starts a new lineage.
+    """
+    run = adapters.find_adapter_dir(adapter).parent / "run.json"
+    try:
+        saved = json.loads(run.read_text())["updates"] if run.exists() else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    by_id = {e.id: e for e in history}
+    out = []
+    for u in saved:
+        result = UpdateResult(u["steps"], u["epochs"], u["train_seconds"], u["stopped_early"], [u["final"]])
+        out.append(UpdateRecord(u["index"] - 1, [by_id[i] for i in u["edit_ids"] if i in by_id], result,
+                                run.parent, u.get("replayed_ids", []), list(u["edit_ids"])))
+    return out
 
 
 class Editor:
@@ -117,7 +143,7 @@ class Editor:
             self.parent = None
             self.history: list[Edit] = []  # every edit the adapter holds, oldest first
         self._scope = (None, None)  # (the history it was made from, the Scope)
-        self.updates: list[UpdateRecord] = []
+        self.updates: list[UpdateRecord] = lineage(adapter, self.history) if adapter is not None else []
         self._anchors = None  # anchor prompt → (prompt ids, the unedited model's answer ids), made once each
 
     # ------------------------------------------------------------------------------------------
@@ -226,7 +252,8 @@ class Editor:
         """Train the adapter on one update's edits; save adapter and run record under `out`.
 
         index: the update's position in a sequence (it seeds the batch order); by default the
-        number of updates this Editor has trained. A resumed run passes it explicitly.
+        number of updates the adapter has been through (its lineage, kept across continuations).
+        A resumed run passes it explicitly.
         """
         if out is not None:
             dist.on_main(check_writable, out)
@@ -290,7 +317,7 @@ class Editor:
             "world_size": dist.world_size(),
             "updates": [{
                 "index": r.index + 1,
-                "edit_ids": [e.id for e in r.edits],
+                "edit_ids": r.edit_ids,
                 "replayed_ids": r.replayed,
                 "steps": r.result.steps,
                 "epochs": r.result.epochs,

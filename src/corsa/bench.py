@@ -290,8 +290,7 @@ class Bench:
         return evals
 
     def run_method(self, method: str) -> list[dict]:
-        from .api import Editor, UpdateRecord, seed_everything
-        from .engine import UpdateResult
+        from .api import Editor, seed_everything
 
         spec, K = self.spec, self.spec.n_updates
         cfg = spec.method_config(method)
@@ -306,13 +305,9 @@ class Bench:
             return evals
         done = len(evals)
         adapter = folder / f"update-{done}" if done else None
+        # a resumed method continues the adapter's lineage (Editor reads it from the run record),
+        # so the next update gets its own index and seeds and the record lists every update
         editor = Editor(spec.model, adapter=adapter, config=cfg, device=spec.device, progress=spec.progress)
-        if done:  # the run record lists every update, and the next gets its own index and seeds
-            saved = json.loads((folder / f"update-{done}" / "run.json").read_text())["updates"]
-            for u, edits in zip(saved, self.updates):
-                result = UpdateResult(u["steps"], u["epochs"], u["train_seconds"], u["stopped_early"], [u["final"]])
-                editor.updates.append(UpdateRecord(u["index"] - 1, edits, result, folder / f"update-{u['index']}",
-                                                   u.get("replayed_ids", [])))
         cache = self.base["base_answers"]
         for k in range(done + 1, K + 1):
             edits = self.updates[k - 1]

@@ -60,7 +60,7 @@ class PromptFormat:
     def answer_ids(self, answer: str, eos: bool = True) -> list[int]:
         """The answer's tokens; with a chat template closed by the end-of-turn token unless `eos` is off."""
         answer = answer.strip()
-        if answer != self.tokenizer.eos_token:  # y⁻ "the model said nothing" is the end of turn itself
+        if answer != getattr(self.tokenizer, "eos_token", None):  # y⁻ "the model said nothing": the end of turn
             self.check_text(answer)
         if self.chat:
             return self.tokenizer(answer, add_special_tokens=False).input_ids + ([self.tokenizer.eos_token_id] * eos)
@@ -100,7 +100,7 @@ def encode_edits(fmt: PromptFormat, edits, max_length: int | None, need_rejected
     for i, e in enumerate(edits):
         for name, text in (("prompt", e.prompt), ("target_new", e.target_new), ("target_old", e.target_old)):
             try:
-                if text is not None and text.strip() != fmt.tokenizer.eos_token:
+                if text is not None and text.strip() != getattr(fmt.tokenizer, "eos_token", None):
                     fmt.check_text(text)
             except DataError as err:
                 raise DataError(str(err), path=source_file(e.source), record=e.id, field=name) from None
