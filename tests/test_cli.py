@@ -29,6 +29,9 @@ def test_eval_flags_come_from_eval_settings():
                                       "--sample", "2", "--sample-seed", "5", "--max-new-tokens", "7"])
     assert eval_settings(args) == EvalSettings(batch_size=3, sample=2, seed=5, max_new_tokens=7)
     assert eval_settings(build_parser().parse_args(["eval", "--edits", "f", "--out", "o.json"])) == EvalSettings()
+    # eval's older name for its batch size still works (eval has no training batch to confuse it with)
+    old = build_parser().parse_args(["eval", "--edits", "f", "--out", "o.json", "--batch-size", "4"])
+    assert eval_settings(old).batch_size == 4
     # bench has one --max-new-tokens, the training option's, and it sets the evaluation's too
     bench = build_parser().parse_args(["bench", "--data", "f", "--out", "o", "--max-new-tokens", "5"])
     assert eval_settings(bench).max_new_tokens == 5 and config_from_args(bench).max_new_tokens == 5

@@ -94,3 +94,23 @@ def test_a_continued_adapter_keeps_its_lineage(base, tmp_path):
     run = json.loads((tmp_path / "second" / "run.json").read_text())
     assert [(u["index"], u["edit_ids"]) for u in run["updates"]] == [(1, ["e0", "e1"]), (2, ["e2", "e3"])]
     assert run["parent_adapter"] == str(tmp_path / "first" / "adapter")
+
+
+def test_a_sequence_on_a_continued_adapter_numbers_on_and_can_be_continued(base, tmp_path):
+    import json
+
+    from corsa.cli import main
+
+    Editor(base, method="lora", **FAST).update(_edits(0, 2), out=tmp_path / "first")
+    data = tmp_path / "more.jsonl"
+    data.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in _edits(2, 2)))
+    flags = ["--model", base, "--method", "lora", "--epochs", "2", "--batch-size", "2", "--lr", "1e-2",
+             "--no-edit-stop", "--no-check", "--quiet"]
+    assert main(["edit", "--edits", str(data), "--adapter", str(tmp_path / "first"), "--updates", "2",
+                 "--out", str(tmp_path / "seq"), *flags]) == 0
+    run = json.loads((tmp_path / "seq" / "run.json").read_text())  # published beside OUT/adapter
+    assert [u["index"] for u in run["updates"]] == [1, 2, 3]
+    assert [u.index for u in Editor(base, adapter=tmp_path / "seq", method="lora", **FAST).updates] == [0, 1, 2]
+    # a damaged run record does not stop the adapter from loading: a new lineage starts
+    (tmp_path / "first" / "run.json").write_text('{"updates": [{"index": "x"}]}')
+    assert Editor(base, adapter=tmp_path / "first", method="lora", **FAST).updates == []

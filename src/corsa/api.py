@@ -81,17 +81,17 @@ def lineage(adapter, history: list[Edit]) -> list[UpdateRecord]:
     without a run record (or a damaged one) starts a new lineage.
     """
     run = adapters.find_adapter_dir(adapter).parent / "run.json"
+    by_id = {e.id: e for e in history}
     try:
         saved = json.loads(run.read_text())["updates"] if run.exists() else []
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    by_id = {e.id: e for e in history}
-    out = []
-    for u in saved:
-        result = UpdateResult(u["steps"], u["epochs"], u["train_seconds"], u["stopped_early"], [u["final"]])
-        out.append(UpdateRecord(u["index"] - 1, [by_id[i] for i in u["edit_ids"] if i in by_id], result,
-                                run.parent, u.get("replayed_ids", []), list(u["edit_ids"])))
-    return out
+        out = []
+        for u in saved:
+            result = UpdateResult(u["steps"], u["epochs"], u["train_seconds"], u["stopped_early"], [u["final"]])
+            out.append(UpdateRecord(u["index"] - 1, [by_id[i] for i in u["edit_ids"] if i in by_id], result,
+                                    run.parent, u.get("replayed_ids", []), list(u["edit_ids"])))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # an older or damaged record: a new lineage starts here
 
 
 class Editor:

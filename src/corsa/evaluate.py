@@ -140,7 +140,11 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     edits = list(edits)
     ask = _unique(p for e in edits for p in (e.prompt, *e.paraphrases, *(q.prompt for q in e.portability)))
     probes = _unique(p.prompt for e in edits for p in e.locality)
-    greedy_prompts = probes if settings.sample else _unique(ask + probes)
+    # a probe out of the adapter's scope is answered by the unedited model: its cached answer, exactly
+    unscoped = [] if scope is None else [p for p in probes if not scope.covers(p)]
+    skip = set(unscoped)
+    asked_probes = [p for p in probes if p not in skip]
+    greedy_prompts = asked_probes if settings.sample else _unique(ask + asked_probes)
     sampled_prompts = ask if settings.sample else []
     n = settings.max_new_tokens
     with _adapter(model, not base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
@@ -176,6 +180,7 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
         missing = [e for e in edits if any(p.prompt not in reference for p in e.locality)]
         if missing:
             reference.update(unedited_answers(model, fmt, missing, settings, progress, generator))
+        answers.update((p, reference[p]) for p in unscoped)
     records = _records(model, fmt, scope, edits, answers, reference, base, settings)
     result = {"protocol": settings.protocol(fmt.name), "metrics": summarise(records), "counts": counts(records),
               "records": records, "base_answers": {p: reference[p] for p in probes}, "mmlu": None,

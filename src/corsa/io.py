@@ -138,7 +138,7 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 50 * 2**20) -> N
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".corsa-write-test"
+        probe = folder / f".corsa-write-test-{os.getpid()}"  # one per process: workers check side by side
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:

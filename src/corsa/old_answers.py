@@ -13,8 +13,9 @@ leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative)
 2. :func:`short_answer`: where the answer restates the prompt ("The official language of
    Majorca is Italian."), what follows the restatement; then the first clause (up to the first
    sentence or clause punctuation), at most :data:`MAX_WORDS` words;
-3. an answer that leaves nothing (empty, or only a restatement) falls back to the whole first
-   line; a model that says nothing gives the end-of-turn token, so y⁻ is never empty.
+3. an answer that leaves nothing (empty, or only a restatement), or that is y⁺ itself (the model
+   already says it), falls back to the whole first line, then to the end-of-turn token, so y⁻
+   is never empty and never y⁺.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ import re
 from .metrics import normalise
 
 MAX_WORDS = 6
-_CLAUSE_END = re.compile(r"[.,;:!?\n\"“”()\[\]]|\s[-–—]\s")
+# a clause ends at sentence punctuation followed by a space or the end ("3.14" and "1,234" go on),
+# at a newline, a quote or a bracket, or a spaced dash
+_CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)|[\n\"“”()\[\]]|\s[-–—]\s")
+# "St. Louis", "Dr. Who", "the U.S.": a full stop after one or two capitals is an abbreviation
+_ABBREVIATION = re.compile(r"(?:^|[\s.])[A-Z][a-z]?\.$")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -40,9 +45,17 @@ def short_answer(prompt: str, answer: str) -> str:
     """
     line = (answer or "").strip().split("\n", 1)[0].strip()
     rest = _after_restatement(prompt, line)
-    clause = _CLAUSE_END.split(rest, 1)[0].strip()
-    words = clause.split()
+    words = _first_clause(rest).split()
     return " ".join(words[:MAX_WORDS]).strip(" '\"`")
+
+
+def _first_clause(text: str) -> str:
+    """`text` up to its first clause boundary (_CLAUSE_END), skipping abbreviations' full stops."""
+    for m in _CLAUSE_END.finditer(text):
+        if m.group() == "." and _ABBREVIATION.search(text[:m.end()]):
+            continue
+        return text[:m.start()].strip()
+    return text.strip()
 
 
 def _after_restatement(prompt: str, line: str) -> str:
@@ -88,6 +101,9 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
     out = list(edits)
     for i, a in zip(missing, answers):
         first_line = (a or "").strip().split("\n", 1)[0].strip()
-        old = short_answer(edits[i].prompt, a) or first_line or fmt.tokenizer.eos_token
+        # y⁻ must differ from y⁺ (the model may already say it): the next candidate, else the end of turn
+        new = normalise(edits[i].target_new)
+        old = next((c for c in (short_answer(edits[i].prompt, a), first_line) if c and normalise(c) != new),
+                   fmt.tokenizer.eos_token)
         out[i] = dataclasses.replace(edits[i], target_old=old)
     return out

@@ -79,16 +79,18 @@ def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dic
     for i in range(done, k):
         folder = out / f"update-{i + 1}"
         log(f"update {i + 1}/{k}: {len(updates[i])} edits")
-        editor.update(updates[i], out=folder, index=i)
+        editor.update(updates[i], out=folder)  # its index: the adapter's lineage so far (a resume included)
         dist.on_main(atomic_write_json, out / PROGRESS, {"settings": settings, "completed": i + 1})
     dist.on_main(_publish_final, out, k)
     return editor, updates
 
 
 def _publish_final(out: Path, k: int) -> None:
-    """Copy the last update's adapter to OUT/adapter, so `--adapter OUT` continues the sequence."""
-    from .io import atomic_dir
+    """Copy the last update's adapter (and run record) to OUT, so `--adapter OUT` continues the sequence."""
+    from .io import atomic_dir, atomic_write_text
 
     with atomic_dir(out / "adapter") as tmp:
         for f in (out / f"update-{k}" / "adapter").iterdir():
             shutil.copy2(f, tmp / f.name)
+    # the run record beside it carries the lineage, so `--adapter OUT` continues the numbering
+    atomic_write_text(out / "run.json", (out / f"update-{k}" / "run.json").read_text())

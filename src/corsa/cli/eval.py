@@ -33,7 +33,7 @@ def register(sub) -> None:
     e.add_argument("--vllm-gpu-memory", type=float, default=None, metavar="FRACTION",
                    help="with --generator vllm: the fraction of the GPU vLLM may take (default: what is free "
                         "after corsa's own model, less a margin)")
-    add_eval_options(e)
+    add_eval_options(e, aliases={"batch_size": "--batch-size"})  # eval has no training batch
     e.set_defaults(func=run)
 
 

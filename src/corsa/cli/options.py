@@ -89,8 +89,11 @@ def config_from_args(args) -> EditConfig:
     return EditConfig(**config_values(args))
 
 
-def add_eval_options(p, skip: tuple[str, ...] = ()) -> None:
-    """One flag per EvalSettings field (their `flag` metadata), and the MMLU options."""
+def add_eval_options(p, skip: tuple[str, ...] = (), aliases: dict[str, str] | None = None) -> None:
+    """One flag per EvalSettings field (their `flag` metadata), and the MMLU options.
+
+    aliases: field → an older flag name still accepted (not shown in the help).
+    """
     g = p.add_argument_group("evaluation options")
     hints = typing.get_type_hints(EvalSettings)
     for f in dataclasses.fields(EvalSettings):
@@ -98,6 +101,9 @@ def add_eval_options(p, skip: tuple[str, ...] = ()) -> None:
             continue
         g.add_argument(f.metadata["flag"], dest=f"eval_{f.name}", type=_base_type(hints[f.name]), default=None,
                        help=f"{f.metadata['help']} (default: {f.default})")
+        if aliases and f.name in aliases:
+            g.add_argument(aliases[f.name], dest=f"eval_{f.name}", type=_base_type(hints[f.name]), default=None,
+                           help=argparse.SUPPRESS)
     g.add_argument("--mmlu", type=int, default=0, metavar="N",
                    help="also measure zero-shot MMLU accuracy on N seeded questions, before and after (default: off)")
     g.add_argument("--mmlu-file", default=None, help="MMLU jsonl (default: $CORSA_MMLU or ../shared/data/mmlu)")
