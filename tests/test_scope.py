@@ -150,3 +150,20 @@ def test_the_scope_is_saved_with_the_adapter(tmp_path):
     assert again.scope_mode == "subject" and again.scope.keys == ["country 0", "country 1"]
     assert Editor(str(base), adapter=tmp_path / "run", method="lora", scope="all", **FAST).scope is None
     assert Editor(str(base), method="lora", **FAST).scope is None   # lora's own default: everything
+
+
+def test_eval_uses_the_saved_scope_unless_told(tmp_path):
+    from corsa.cli import main
+    from corsa.testing import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base")
+    Editor(str(base), method="lora", scope="subject", **FAST).update(_edits(2), out=tmp_path / "run")
+    data = tmp_path / "edits.jsonl"
+    data.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in _edits(2)))
+    common = ["eval", "--model", str(base), "--adapter", str(tmp_path / "run"), "--edits", str(data), "--quiet",
+              "--max-new-tokens", "4", "--no-base"]
+    assert main([*common, "--out", str(tmp_path / "saved.json")]) == 0
+    assert main([*common, "--out", str(tmp_path / "all.json"), "--scope", "all"]) == 0
+    saved, everywhere = (json.loads((tmp_path / n).read_text()) for n in ("saved.json", "all.json"))
+    assert saved["scope"]["mode"] == "subject" and saved["scope"]["probes_in_scope"] == 0
+    assert everywhere["scope"] == {"mode": "all"}

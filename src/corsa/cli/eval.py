@@ -26,6 +26,9 @@ def register(sub) -> None:
     e.add_argument("--base", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate the unedited model, side by side (default: on)")
     add_template(e)
+    e.add_argument("--scope", default=None, choices=["all", "subject"],
+                   help="who answers: the scope the adapter was saved with (default), all (the adapter "
+                        "everywhere) or subject (only prompts that name an edited subject)")
     add_device(e)
     add_quiet(e)
     e.add_argument("--generator", default="hf", choices=["hf", "vllm"],
@@ -66,7 +69,9 @@ def run(args) -> int:
     edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
     if not edits:
         raise ConfigError(f"{args.edits} holds no edits")
-    editor = Editor(args.model, adapter=args.adapter, template=args.template, device=args.device, progress=False)
+    scope = {} if args.scope is None else {"scope": args.scope}
+    editor = Editor(args.model, adapter=args.adapter, template=args.template, device=args.device, progress=False,
+                    **scope)
     # a missing y⁻ is found as training finds it: the unedited model's short answer
     edits = old_answers.fill(editor.model, editor.fmt, edits, settings.max_new_tokens)
     questions = None
