@@ -186,3 +186,39 @@ def test_ask_refuses_no_tokens_and_empty_prompts(capsys, tiny_model):
     assert code == 2 and "max_new_tokens" in err
     code, err = run(capsys, "ask", "  ", "--model", tiny_model, "--template", "raw")
     assert code == 2 and "empty" in err
+
+
+# --- the user's files are never replaced or deleted -----------------------------------------------
+
+def test_an_out_folder_with_files_corsa_did_not_write_is_refused(tmp_path, capsys, tiny_model):
+    edits = write(tmp_path / "e.jsonl", json.dumps(GOOD))
+    for where in ("notes.txt", "adapter/notes.txt"):
+        out = tmp_path / f"out-{where.replace('/', '-')}"
+        (out / where).parent.mkdir(parents=True, exist_ok=True)
+        (out / where).write_text("mine")
+        code, err = run(capsys, "edit", "--model", tiny_model, "--edits", edits, "--out", str(out), "--no-check")
+        assert code == 2 and where in err and "did not write" in err
+        assert (out / where).read_text() == "mine"
+    # a folder corsa wrote itself is a rerun, and is allowed
+    out = tmp_path / "mine"
+    assert run(capsys, "edit", "--model", tiny_model, "--edits", edits, "--out", str(out), "--no-check",
+               "--epochs", "1")[0] == 0
+    assert run(capsys, "edit", "--model", tiny_model, "--edits", edits, "--out", str(out), "--no-check",
+               "--epochs", "1")[0] == 0
+
+
+def test_an_output_never_overwrites_an_input(tmp_path, capsys, tiny_model):
+    out = tmp_path / "run"
+    out.mkdir()
+    inside = write(out / "edits.jsonl", json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "prompt": "Q is"}))
+    before = (out / "edits.jsonl").read_text()
+    code, err = run(capsys, "edit", "--model", tiny_model, "--edits", inside, "--limit", "1", "--out", str(out))
+    assert code == 2 and "inside the output" in err
+    assert (out / "edits.jsonl").read_text() == before
+    code, err = run(capsys, "eval", "--model", tiny_model, "--edits", inside, "--out", inside)
+    assert code == 2 and (out / "edits.jsonl").read_text() == before
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    code, err = run(capsys, "eval", "--model", tiny_model, "--edits", write(tmp_path / "e.jsonl", json.dumps(GOOD)),
+                    "--out", str(mine))
+    assert code == 2 and "not a metrics file" in err and mine.read_text() == '{"my": "notes"}'

@@ -27,7 +27,7 @@ from .engine import UpdateResult, train_update
 from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
 from . import negatives
-from .io import atomic_write_json, atomic_write_text, check_writable, library_versions
+from .io import atomic_write_json, atomic_write_text, check_ours, check_writable, library_versions
 from .prompts import PromptFormat, encode_edits
 from .metrics import normalise
 from .records import Edit
@@ -257,6 +257,7 @@ class Editor:
         """
         if out is not None:
             dist.on_main(check_writable, out)
+            dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write
         edits = self.fill_old_targets(as_edits(edits, limit))
         if not edits:
             raise ConfigError("no edits to train on")

@@ -46,7 +46,8 @@ from . import old_answers
 from .config import EditConfig
 from .errors import ConfigError
 from .evaluate import HEADLINE, EvalSettings, counts, evaluate, headline, summarise
-from .io import atomic_dir_on_main, atomic_write_json, check_writable, library_versions, sha256_file
+from .io import (atomic_dir_on_main, atomic_write_json, check_not_inside, check_ours, check_writable, library_versions,
+                 sha256_file)
 from .methods import METHODS, get_method
 from .records import Edit
 from .resume import check_same
@@ -224,6 +225,8 @@ class Bench:
         if not data.exists():
             raise ConfigError(f"--data {data} does not exist")
         dist.on_main(check_writable, self.out)
+        check_not_inside({"--data": data}, self.out)
+        dist.on_main(check_ours, self.out, "bench", tuple(METHODS))
         self.log(f"bench · loading {spec.model}")
         model, tokenizer = load_model(spec.model, device=dist.device(spec.device))
         fmt = PromptFormat(tokenizer, spec.template)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -147,3 +148,67 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 50 * 2**20) -> N
     if free < need_bytes:
         raise ConfigError(f"output folder {folder} has {free // 2**20} MiB free; the run needs about "
                           f"{need_bytes // 2**20} MiB. Free some space or choose another --out")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folders: corsa writes only into folders that are new, empty, or its own
+
+
+_ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json", "corsa-adapter.json", "trained-edits.jsonl",
+                  "README.md"}
+_TEMP = re.compile(r"^\..+\.(tmp|old)$|^\.corsa-write-test")  # atomic_write_text/atomic_dir leftovers, probes
+_ENTRIES = {
+    # a `corsa edit` run folder (one update, or --updates K)
+    "run": re.compile(r"^(adapter|adapter-last-good|run\.json|edits\.jsonl|log\.jsonl|progress\.json|update-\d+)$"),
+    # a `corsa bench` folder; each method's folder holds config.json and update-k
+    "bench": re.compile(r"^(bench\.json|base\.json|edits\.jsonl|results\.json|results\.csv|report\.md|.+\.png)$"),
+    "method": re.compile(r"^(config\.json|update-\d+)$"),
+}
+
+
+def foreign_files(folder: str | os.PathLike, kind: str, dirs: tuple[str, ...] = ()) -> list[str]:
+    """The entries of `folder` that corsa did not write (relative paths); [] for a new or empty folder.
+
+    kind: "run" or "bench" (what corsa writes there); `dirs` are further folder names that are
+    its own (a bench's method folders). Inside an adapter folder only the adapter's files count.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if _TEMP.match(entry.name):
+            continue
+        if entry.name in dirs and entry.is_dir():
+            found += [f"{entry.name}/{x}" for x in foreign_files(entry, "method")]
+        elif not _ENTRIES[kind].match(entry.name):
+            found.append(entry.name)
+        elif entry.name in ("adapter", "adapter-last-good") and entry.is_dir():
+            found += [f"{entry.name}/{x.name}" for x in sorted(entry.iterdir())
+                      if x.name not in _ADAPTER_FILES and not _TEMP.match(x.name)]
+    return found
+
+
+def check_ours(folder: str | os.PathLike, kind: str, dirs: tuple[str, ...] = ()) -> None:
+    """Refuse an output folder that holds files corsa did not write: it would replace or delete them."""
+    from .errors import ConfigError
+
+    found = foreign_files(folder, kind, dirs)
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ConfigError(f"output folder {folder} holds files corsa did not write ({shown}); corsa never "
+                          f"replaces or deletes those. Choose a new or empty folder, or move them out")
+
+
+def check_not_inside(inputs: dict[str, str | os.PathLike | None], out: str | os.PathLike) -> None:
+    """Refuse inputs that lie inside the output folder (or are the output file): an output never overwrites an input."""
+    from .errors import ConfigError
+
+    out = Path(out).resolve()
+    for flag, path in inputs.items():
+        if path is None:
+            continue
+        p = Path(path).resolve()
+        if p == out or out in p.parents:
+            raise ConfigError(f"{flag} {path} is inside the output {out}, which corsa writes: copy it elsewhere "
+                              f"or choose another --out")

@@ -37,8 +37,12 @@ def run(args) -> int:
     from ..metrics import contains
     from ..updates import run_updates, settings_of
 
+    from ..io import check_not_inside, check_ours
+
     cfg = config_from_args(args)
     out = Path(args.out)
+    check_not_inside({"--edits": args.edits, "--adapter": args.adapter}, out)
+    check_ours(out, "run")
     edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
 
     def make_editor(adapter=None):

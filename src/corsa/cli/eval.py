@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import check_writable
+from ..io import check_not_inside, check_writable
 from .options import (add_device, add_eval_options, add_model, add_quiet, add_skip_invalid, add_template,
                       eval_settings, output_path)
 from .output import fmt_metric, show_table
@@ -51,6 +51,17 @@ def _vllm_generator(args, editor):
     return VLLMGenerator(resolve_model(args.model), editor.fmt, adapter_dir, **options)
 
 
+def _ours(path: Path) -> bool:
+    """Whether `path` is a metrics file of an earlier `corsa eval` (which a rerun may replace)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"protocol", "metrics", "records", "versions"} <= set(data)
+
+
 def run(args) -> int:
     from .. import distributed as dist
     from .. import old_answers
@@ -63,6 +74,10 @@ def run(args) -> int:
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give the path of a .json file to write")
     check_writable(out.parent, need_bytes=2**20)  # before minutes of evaluation, not after
+    check_not_inside({"--edits": args.edits, "--adapter": args.adapter}, out)
+    if out.exists() and not _ours(out):
+        raise ConfigError(f"--out {out} exists and is not a metrics file corsa wrote; corsa never overwrites "
+                          f"other files: choose another path")
     if args.generator == "vllm" and dist.launched():  # said before minutes of loading, not after
         raise ConfigError("--generator vllm runs in one process (vLLM splits the work itself); drop the launcher")
     started = time.perf_counter()
