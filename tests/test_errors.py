@@ -222,3 +222,28 @@ def test_an_output_never_overwrites_an_input(tmp_path, capsys, tiny_model):
     code, err = run(capsys, "eval", "--model", tiny_model, "--edits", write(tmp_path / "e.jsonl", json.dumps(GOOD)),
                     "--out", str(mine))
     assert code == 2 and "not a metrics file" in err and mine.read_text() == '{"my": "notes"}'
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
+    import subprocess
+    import sys
+
+    from corsa.errors import ConfigError
+    from corsa.io import output_lock
+
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from corsa.io import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"in use by another corsa run \\(process {holder.pid}\\)"):
+            with output_lock(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out):  # the killed run's lock went with it
+        with output_lock(out):  # and one process may enter its own lock again
+            pass
+    assert not (out / ".corsa-lock").exists()

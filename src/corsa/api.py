@@ -27,7 +27,7 @@ from .engine import UpdateResult, train_update
 from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
 from . import negatives
-from .io import atomic_write_json, atomic_write_text, check_ours, check_writable, library_versions
+from .io import atomic_write_json, atomic_write_text, check_ours, check_writable, library_versions, output_lock
 from .prompts import PromptFormat, encode_edits
 from .metrics import normalise
 from .records import Edit
@@ -255,6 +255,12 @@ class Editor:
         number of updates the adapter has been through (its lineage, kept across continuations).
         A resumed run passes it explicitly.
         """
+        import contextlib
+
+        with output_lock(out) if out is not None else contextlib.nullcontext():
+            return self._update(edits, out, limit, index)
+
+    def _update(self, edits, out, limit, index) -> UpdateRecord:
         if out is not None:
             dist.on_main(check_writable, out)
             dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write

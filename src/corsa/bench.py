@@ -47,7 +47,7 @@ from .config import EditConfig
 from .errors import ConfigError
 from .evaluate import HEADLINE, EvalSettings, counts, evaluate, headline, summarise
 from .io import (atomic_dir_on_main, atomic_write_json, check_not_inside, check_ours, check_writable, library_versions,
-                 sha256_file)
+                 output_lock, sha256_file)
 from .methods import METHODS, get_method
 from .records import Edit
 from .resume import check_same
@@ -354,6 +354,10 @@ class Bench:
 
     # --- everything --------------------------------------------------------------------------
     def run(self) -> dict:
+        with output_lock(self.out):  # a second bench on the same folder is refused while this one runs
+            return self._run()
+
+    def _run(self) -> dict:
         from . import report
 
         started = time.time()

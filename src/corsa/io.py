@@ -156,7 +156,7 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 50 * 2**20) -> N
 
 _ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json", "corsa-adapter.json", "trained-edits.jsonl",
                   "README.md"}
-_TEMP = re.compile(r"^\..+\.(tmp|old)$|^\.corsa-write-test")  # atomic_write_text/atomic_dir leftovers, probes
+_TEMP = re.compile(r"^\..+\.(tmp|old)$|^\.corsa-write-test|^\.corsa-lock$")  # atomic_write_text/atomic_dir leftovers, probes
 _ENTRIES = {
     # a `corsa edit` run folder (one update, or --updates K)
     "run": re.compile(r"^(adapter|adapter-last-good|run\.json|edits\.jsonl|log\.jsonl|progress\.json|update-\d+)$"),
@@ -212,3 +212,49 @@ def check_not_inside(inputs: dict[str, str | os.PathLike | None], out: str | os.
         if p == out or out in p.parents:
             raise ConfigError(f"{flag} {path} is inside the output {out}, which corsa writes: copy it elsewhere "
                               f"or choose another --out")
+
+
+_HELD: set[Path] = set()  # output folders this process has locked (the lock is re-entrant within it)
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike):
+    """Hold `folder` for one run: a second run on it, at the same time, is refused at once.
+
+    An OS file lock (flock) on ``folder/.corsa-lock``: a killed run's lock goes with its process,
+    so it never stays stuck. Under a launcher only the main process (RANK 0) locks.
+    """
+    import fcntl
+
+    from .errors import ConfigError
+
+    folder = Path(folder).resolve()
+    if folder in _HELD or int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    path = folder / ".corsa-lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as e:
+        raise ConfigError(f"output folder {folder} is not writable: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise ConfigError(f"{folder} is in use by another corsa run{f' (process {holder})' if holder else ''}; "
+                          f"wait for it to finish, or choose another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _HELD.add(folder)
+    try:
+        yield
+    finally:
+        _HELD.discard(folder)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        f.close()

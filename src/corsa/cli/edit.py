@@ -33,16 +33,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..api import Editor, as_edits
-    from ..metrics import contains
-    from ..updates import run_updates, settings_of
-
-    from ..io import check_not_inside, check_ours
+    from ..io import check_not_inside, check_ours, output_lock
 
     cfg = config_from_args(args)
     out = Path(args.out)
     check_not_inside({"--edits": args.edits, "--adapter": args.adapter}, out)
     check_ours(out, "run")
+    with output_lock(out):  # a second run on the same folder is refused while this one works
+        return _run(args, cfg, out)
+
+
+def _run(args, cfg, out: Path) -> int:
+    from ..api import Editor, as_edits
+    from ..metrics import contains
+    from ..updates import run_updates, settings_of
+
     edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
 
     def make_editor(adapter=None):
