@@ -48,7 +48,7 @@ def start(argv):
 
 def wait_until_training(out, update, proc, timeout=300):
     """Block until update `update` has logged a step (so a kill lands mid-update)."""
-    log = out / f"update-{update}" / "log.jsonl"
+    log = out / f"update-{update}" / "log.partial.jsonl"  # the log of the update under way
     deadline = time.time() + timeout
     while time.time() < deadline:
         if log.exists() and log.read_text().count("\n") >= 2:
@@ -130,7 +130,7 @@ def test_sigkill_mid_bench_then_rerun_gives_the_uninterrupted_results(setup, cap
     log = out / "corsa"
     deadline = time.time() + 300
     while time.time() < deadline:
-        if (log / "update-1" / "eval.json").exists() and any(log.glob(".update-2.*.tmp/log.jsonl")):
+        if (log / "update-1" / "eval.json").exists() and any(log.glob(".update-2.*.tmp/log.partial.jsonl")):
             break
         if proc.poll() is not None:
             raise AssertionError(f"bench ended early: {proc.communicate()}")

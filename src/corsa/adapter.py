@@ -38,10 +38,23 @@ def find_adapter_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"adapter folder {path} does not exist")
+    _finish_publish(path)
     for candidate in (path / "adapter", path):
         if (candidate / "adapter_config.json").exists():
             return candidate
     raise ModelError(f"{path} holds no adapter (no adapter_config.json in it or in {path / 'adapter'})")
+
+
+def _finish_publish(path: Path) -> None:
+    """A run killed while publishing its adapter left a journal: finish it, unless a run holds the folder."""
+    import contextlib
+
+    from .errors import CorsaError
+    from .io import JOURNAL, output_lock
+
+    if path.is_dir() and any(path.glob(JOURNAL.format("*"))):
+        with contextlib.suppress(CorsaError, OSError), output_lock(path):
+            pass  # taking the folder replays the journal; a read-only or busy folder is left as it is
 
 
 def marker(path: str | Path) -> dict:
@@ -72,27 +85,76 @@ def load_existing(model, path: str | Path, fingerprint: str | None = None, train
             raise ModelError(f"adapter {folder} was made for a different base model "
                              f"(fingerprint {made_for}, this model is {fingerprint}); load it with the "
                              f"model it was trained on")
+    saved = _read_weights(folder)
     try:
-        return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
     except (ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"adapter {folder} does not fit this model: {str(e).splitlines()[0]}") from None
+    _check_keys(peft_model, saved, folder)
+    return peft_model
+
+
+def _read_weights(folder: Path) -> dict:
+    """The adapter's tensors, refused when the file is damaged or a value is NaN or infinite."""
+    import torch
+    from safetensors.torch import load_file
+
+    from .models import damaged_weights
+
+    damage = damaged_weights(folder)
+    if damage:
+        raise ModelError(f"the adapter weights in {folder} are damaged ({damage}): the file is truncated or "
+                         f"is not safetensors. Use another copy of the adapter; for an update of a "
+                         f"`corsa edit --updates` or `corsa bench` run, rerun the same command to train it again")
+    saved = load_file(str(folder / ADAPTER_WEIGHTS))
+    bad = [k for k, v in saved.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelError(f"the adapter {folder} holds NaN or infinite weights ({len(bad)} tensor(s), the first: "
+                         f"{bad[0]}), so every answer it gives is garbage; use the adapter of an earlier update "
+                         f"or OUT/adapter-last-good")
+    return saved
+
+
+def _check_keys(peft_model, saved: dict, folder: Path) -> None:
+    """PEFT only warns about an adapter whose tensors do not match the model, and then answers with
+    an untrained LoRA; refuse it instead, naming what is missing or foreign."""
+    from peft import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(peft_model))
+    missing, foreign = sorted(expected - set(saved)), sorted(set(saved) - expected)
+    if missing or foreign:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the {len(expected)} tensors this model's adapter needs are "
+                         f"missing (the first: {missing[0]})")
+        if foreign:
+            parts.append(f"{len(foreign)} tensor(s) fit no layer of it (the first: {foreign[0]})")
+        raise ModelError(f"adapter {folder} does not fit this model: {'; '.join(parts)}. It was saved for "
+                         f"another model or its tensors were renamed; load it with the model it was trained on")
 
 
 def save(model, path: str | Path, fingerprint: str | None = None, extra: dict | None = None,
          edits=None) -> Path:
-    """Save the adapter (safetensors) into `path`, atomically replacing an older one.
+    """Save the adapter (safetensors) into `path`, atomically replacing an older one."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        write(model, tmp, fingerprint, extra, edits)
+    return path
+
+
+def write(model, folder: str | Path, fingerprint: str | None = None, extra: dict | None = None,
+          edits=None) -> None:
+    """Write the adapter's files into the (new, empty) `folder`.
 
     `edits`, the edits the adapter has been trained on, go into the same folder
     (TRAINED_EDITS), so the adapter and its record of edits always appear together.
     """
-    path = Path(path)
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / MARKER).write_text(json.dumps({"base_fingerprint": fingerprint, **(extra or {})}, indent=2))
-        if edits is not None:
-            (tmp / TRAINED_EDITS).write_text("".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n"
-                                                     for e in edits), encoding="utf-8")
-    return path
+    folder = Path(folder)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / MARKER).write_text(json.dumps({"base_fingerprint": fingerprint, **(extra or {})}, indent=2))
+    if edits is not None:
+        (folder / TRAINED_EDITS).write_text("".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n"
+                                                    for e in edits), encoding="utf-8")
 
 
 def trained_edits(path: str | Path) -> list:

@@ -27,7 +27,8 @@ from .engine import UpdateResult, train_update
 from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
 from . import negatives
-from .io import atomic_write_json, atomic_write_text, check_ours, check_writable, library_versions, output_lock
+from .io import (PARTIAL_LOG, check_ours, check_writable, library_versions, output_lock, publish, stage_dir,
+                 stage_text, writing)
 from .prompts import PromptFormat, encode_edits
 from .metrics import normalise
 from .records import Edit
@@ -262,7 +263,8 @@ class Editor:
 
     def _update(self, edits, out, limit, index) -> UpdateRecord:
         if out is not None:
-            dist.on_main(check_writable, out)
+            # room for the new adapter beside the old one, and for adapter-last-good should a step fail
+            dist.on_main(check_writable, out, 2 * self.adapter_bytes() + 20 * 2**20)
             dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write
         edits = self.fill_old_targets(as_edits(edits, limit))
         if not edits:
@@ -278,7 +280,9 @@ class Editor:
             for enc, found in zip(encoded, negatives.interference(pool, self.history + edits, room)):
                 enc.extra = [self.fmt.answer_ids(a, eos) for a in found]
         anchors = self.anchors(pool, index) if cfg.value("preserve") > 0 else None
-        log_path = Path(out) / "log.jsonl" if out is not None else None
+        # the steps go to log.partial.jsonl; it becomes log.jsonl together with the new adapter and
+        # run record, so the folder never shows one run's record beside another run's log
+        log_path = Path(out) / PARTIAL_LOG if out is not None else None
         if log_path is not None and dist.is_main() and log_path.exists():
             log_path.unlink()
         started = time.time()
@@ -305,13 +309,30 @@ class Editor:
         """
         return dist.on_main(self._write, Path(out), record, started)
 
+    def adapter_bytes(self) -> int:
+        """The size of the adapter's weights as saved (what each saved copy needs on disk)."""
+        return sum(p.numel() * p.element_size() for n, p in self.model.named_parameters() if "lora_" in n)
+
     def _write(self, out: Path, record: UpdateRecord | None, started: float | None) -> Path:
-        adapters.save(self.model, out / "adapter", self.fingerprint, {"model": self.model_name, "scope": self.scope_mode},
-                      edits=self.history)
-        if record is not None:
-            atomic_write_text(out / "edits.jsonl",
-                              "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n"
-                                      for e in record.edits))
+        """Stage the adapter, edits, run record and step log complete, then publish them together."""
+        staged = {}
+        with writing(out, staged):
+            staged["adapter"] = stage_dir(out, "adapter")
+            adapters.write(self.model, staged["adapter"], self.fingerprint,
+                           {"model": self.model_name, "scope": self.scope_mode}, edits=self.history)
+            if record is not None:
+                staged["edits.jsonl"] = stage_text(out, "edits.jsonl", "".join(
+                    json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in record.edits))
+            staged["run.json"] = stage_text(out, "run.json", json.dumps(self._run_record(started), indent=2,
+                                                                       ensure_ascii=False, default=str) + "\n")
+            if record is not None:  # this update's steps (none for an update of no step) replace the last log
+                staged["log.jsonl"] = stage_text(out, "log.jsonl", "")
+                if (out / PARTIAL_LOG).exists():
+                    os.replace(out / PARTIAL_LOG, staged["log.jsonl"])
+            publish(out, staged)
+        return out
+
+    def _run_record(self, started: float | None) -> dict:
         run = {
             "corsa_run": 1,
             "model": self.model_name,
@@ -335,8 +356,7 @@ class Editor:
             "started_at": started,
             "finished_at": time.time(),
         }
-        atomic_write_json(out / "run.json", run)
-        return out
+        return run
 
 
 def edit(edits, model=DEFAULT_MODEL, method: str = "corsa", adapter=None, out=None, progress: bool = True,

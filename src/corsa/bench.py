@@ -284,12 +284,18 @@ class Bench:
         return dist.on_main(self._finished, method)
 
     def _finished(self, method: str) -> list[dict]:
+        from .models import damaged_weights
+
         evals = []
         for k in range(1, self.spec.n_updates + 1):
             path = self.out / method / f"update-{k}" / "eval.json"
-            if not path.exists():
+            try:
+                evals.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
                 break
-            evals.append(json.loads(path.read_text()))
+        # the run goes on from the last finished update's adapter: one that cannot be read is trained again
+        while evals and damaged_weights(self.out / method / f"update-{len(evals)}" / "adapter"):
+            evals.pop()
         return evals
 
     def run_method(self, method: str) -> list[dict]:

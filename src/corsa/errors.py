@@ -38,6 +38,10 @@ class ModelError(CorsaError):
     """A model or adapter that cannot be found, trusted or used."""
 
 
+class OutputError(CorsaError):
+    """An output that could not be written (a full disk, a quota, permissions); inputs are untouched."""
+
+
 class TrainingError(CorsaError):
     """Training could not go on (for example a non-finite loss); the last good state is kept."""
 

@@ -7,6 +7,7 @@ kill at any moment leaves either the previous complete file or the new complete 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -53,15 +54,173 @@ def _make_tmp_dir(path: Path) -> Path:
     return tmp
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Put the complete folder `tmp` at `path`, moving an older one aside first."""
-    if path.exists():
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-        os.replace(path, old / "x")
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+# ---------------------------------------------------------------------------------------------
+# Publishing: several finished files and folders appear together, or none of them does
+#
+# Each is written complete under a temporary name beside its final one (`.NAME.xxxxxxxx.tmp`,
+# as tempfile names them), then a journal listing the renames is written atomically, then the
+# renames run, then the journal goes. A kill before the journal leaves the old state (and
+# temporaries that `recover` removes); a kill after it leaves a journal that `recover` replays.
+# So a run folder always holds one run's adapter, record and log, never a mix, and never none.
+
+JOURNAL = ".corsa-publish.{}.json"  # named by the first entry published: one per target, so the model
+                                     # cache can convert two models side by side
+PARTIAL_LOG = "log.partial.jsonl"  # an update's step log until the update is published as log.jsonl
+_LEFTOVER = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")  # what tempfile.mkstemp/mkdtemp made for us
+
+
+def stage_text(folder: str | os.PathLike, name: str, text: str) -> Path:
+    """Write `text` complete (flushed to disk) under a temporary name in `folder`, for `publish`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def stage_dir(folder: str | os.PathLike, name: str) -> Path:
+    """An empty temporary folder in `folder`, to fill and then `publish` as `name`."""
+    return _make_tmp_dir(Path(folder) / name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _aside(staged: str) -> str:
+    """Where the entry a staged folder replaces waits until the renames are done."""
+    return staged[: -len(".tmp")] + ".old"
+
+
+def _redo(folder: Path, moves: list) -> None:
+    """Run the journal's renames; each is skipped once done, so a replay after a kill is safe."""
+    for name, staged in moves:
+        src, dst = folder / staged, folder / name
+        if not src.exists():
+            continue  # renamed already
+        if src.is_dir() and dst.exists():
+            aside = folder / _aside(staged)
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(dst, aside)  # a folder cannot be renamed over a non-empty one
+        os.replace(src, dst)
+    _fsync_dir(folder)
+    for _, staged in moves:
+        shutil.rmtree(folder / _aside(staged), ignore_errors=True)
+
+
+def _finish_pending(folder: Path, first: str | None = None) -> None:
+    """Replay the interrupted publish of `first` in `folder` (every one when None)."""
+    journals = [folder / JOURNAL.format(first)] if first else sorted(folder.glob(JOURNAL.format("*")))
+    for journal in journals:
+        if journal.is_file():
+            _replay(folder, journal)
+
+
+def _replay(folder: Path, journal: Path) -> None:
+    try:
+        moves = [(str(a), str(b)) for a, b in json.loads(journal.read_text())["moves"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        moves = []  # written atomically, so never torn; one that is not ours is not replayed
+    moves = [(a, b) for a, b in moves if "/" not in a + b and _LEFTOVER.match(b)]
+    _redo(folder, moves)
+    journal.unlink()
+
+
+def publish(folder: str | os.PathLike, staged: dict[str, str | os.PathLike]) -> None:
+    """Rename each complete staged file or folder in `folder` to its name there: all or none.
+
+    staged: {final name: temporary path in `folder`} (from `stage_text` / `stage_dir`). A name
+    that exists is replaced (a folder whole).
+    """
+    folder = Path(folder)
+    if not staged:
+        return
+    journal = folder / JOURNAL.format(next(iter(staged)))
+    _finish_pending(folder, next(iter(staged)))
+    moves = []
+    for name, tmp in staged.items():
+        tmp = Path(tmp)
+        if tmp.parent.resolve() != folder.resolve() or not _LEFTOVER.match(tmp.name):
+            raise ValueError(f"{tmp} was not staged in {folder}")
+        moves.append((name, tmp.name))
+    atomic_write_json(journal, {"moves": moves})
+    _fsync_dir(folder)
+    _redo(folder, moves)
+    journal.unlink()
+    _fsync_dir(folder)
+
+
+def recover(folder: str | os.PathLike, recursive: bool = True, _depth: int = 0) -> None:
+    """Finish what a killed run left in `folder`: replay an interrupted publish, remove temporaries.
+
+    Call it only while holding the folder (`output_lock`): a temporary there belongs to no live
+    run. Recurses into subfolders (update-k, a bench's method folders), three levels at most.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    _finish_pending(folder)
+    for entry in folder.iterdir():
+        if _LEFTOVER.match(entry.name) or entry.name.startswith(".corsa-write-test-") or entry.name == PARTIAL_LOG:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+        elif recursive and _depth < 3 and entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
+            recover(entry, recursive, _depth + 1)
+
+
+def recover_entry(folder: str | os.PathLike, name: str) -> None:
+    """`recover` for one entry of a shared folder (the model cache): hold that entry's lock first."""
+    folder = Path(folder)
+    _finish_pending(folder, name)
+    for entry in folder.glob(f".{glob.escape(name)}.*"):
+        if _LEFTOVER.match(entry.name) and entry.name[len(name) + 2:].count(".") == 1:
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+@contextlib.contextmanager
+def writing(folder: str | os.PathLike, staged: dict | None = None):
+    """Report a failed write (disk full, quota, permissions) as an OutputError saying what to do.
+
+    `staged` ({name: temporary path}) is removed on failure; what was published stays as it was.
+    """
+    from .errors import OutputError
+
+    try:
+        yield
+    except OSError as e:
+        pending = any(Path(folder).glob(JOURNAL.format("*")))  # renames under way: the next run replays them
+        for tmp in () if pending else (staged or {}).values():
+            tmp = Path(tmp)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        raise OutputError(f"could not write the results into {folder}: {e.strerror or e}. What was there "
+                          f"before is unchanged; free some space (or fix the permissions) and rerun the same "
+                          f"command") from None
 
 
 @contextlib.contextmanager
@@ -71,10 +230,14 @@ def atomic_dir(path: str | os.PathLike):
     tmp = _make_tmp_dir(path)
     try:
         yield tmp
-        _replace_dir(tmp, path)
+        publish(path.parent, {path.name: tmp})
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish_one(tmp: Path, path: Path) -> None:
+    publish(path.parent, {path.name: tmp})
 
 
 @contextlib.contextmanager
@@ -96,7 +259,7 @@ def atomic_dir_on_main(path: str | os.PathLike):
     tmp = Path(dist.on_main(_make_tmp_dir, path))
     try:
         yield tmp
-        dist.on_main(_replace_dir, tmp, path)
+        dist.on_main(_publish_one, tmp, path)
     finally:
         if dist.is_main() and tmp.exists():  # no collective here: a failing worker must not wait
             shutil.rmtree(tmp, ignore_errors=True)
@@ -156,10 +319,11 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 50 * 2**20) -> N
 
 _ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json", "corsa-adapter.json", "trained-edits.jsonl",
                   "README.md"}
-_TEMP = re.compile(r"^\..+\.(tmp|old)$|^\.corsa-write-test|^\.corsa-lock$")  # atomic_write_text/atomic_dir leftovers, probes
+_TEMP = re.compile(r"^\..+\.(tmp|old)$|^\.corsa-write-test|^\.corsa-lock$|^\.corsa-publish\..+\.json$")  # atomic_write_text/atomic_dir leftovers, probes
 _ENTRIES = {
     # a `corsa edit` run folder (one update, or --updates K)
-    "run": re.compile(r"^(adapter|adapter-last-good|run\.json|edits\.jsonl|log\.jsonl|progress\.json|update-\d+)$"),
+    "run": re.compile(r"^(adapter|adapter-last-good|run\.json|edits\.jsonl|log\.jsonl|log\.partial\.jsonl|progress\.json|"
+                      r"update-\d+)$"),
     # a `corsa bench` folder; each method's folder holds config.json and update-k
     "bench": re.compile(r"^(bench\.json|base\.json|edits\.jsonl|results\.json|results\.csv|report\.md|.+\.png)$"),
     "method": re.compile(r"^(config\.json|update-\d+)$"),
@@ -252,6 +416,7 @@ def output_lock(folder: str | os.PathLike):
     f.flush()
     _HELD.add(folder)
     try:
+        recover(folder)  # what a killed run left here: no other run can be writing it now
         yield
     finally:
         _HELD.discard(folder)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, ModelError
-from .io import atomic_dir, library_versions, sha256_file
+from .io import atomic_dir, library_versions, recover_entry, sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
 SOURCE_MARKER = "corsa-source.json"
@@ -77,19 +77,26 @@ def default_cache_dir() -> Path:
 # Aliases: GGUF -> safetensors, once
 
 
-def prepare_alias(name: str, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def prepare_alias(name: str, cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                  verify: bool = False) -> Path:
     """Return the safetensors folder of alias `name`, converting it from its GGUF file on first use.
 
     The folder is ``<cache>/models/<name>/``; it counts as complete only when it holds
     ``corsa-source.json``, which is written last, inside a temporary folder that is renamed into
     place whole. A file lock makes a second process wait for the first one's conversion.
+    `verify` (what `corsa prepare-model` asks for) also reads the weights' headers and converts
+    again when they are damaged.
     """
     if name not in ALIASES:
         raise ModelError(f"unknown model alias '{name}'; known aliases: {', '.join(sorted(ALIASES))}")
     alias = ALIASES[name]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = root / "models" / name
-    if (target / SOURCE_MARKER).is_file():
+
+    def complete() -> bool:
+        return (target / SOURCE_MARKER).is_file() and not (verify and damaged_weights(target))
+
+    if complete():
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +104,8 @@ def prepare_alias(name: str, cache_dir: str | os.PathLike | None = None, progres
         raise ModelError(f"cannot create the model cache {target.parent}: {e.strerror or e}; "
                          f"set CORSA_CACHE to a writable folder") from None
     with _file_lock(target.parent / f".{name}.lock"):
-        if (target / SOURCE_MARKER).is_file():  # another process converted it while we waited
+        recover_entry(target.parent, name)  # a conversion killed while it was written or published
+        if complete():  # another process converted it while we waited
             return target
         gguf = _find_gguf(name, alias)
         digest = sha256_file(gguf)
@@ -108,6 +116,7 @@ def prepare_alias(name: str, cache_dir: str | os.PathLike | None = None, progres
         if progress:
             print(f"corsa: converting {name} from {gguf.name} to {target} (once, ~20 s)", file=sys.stderr)
         start = time.perf_counter()
+        from safetensors import SafetensorError
         try:
             with atomic_dir(target) as tmp:
                 _convert_gguf(gguf, tmp, progress)
@@ -119,7 +128,7 @@ def prepare_alias(name: str, cache_dir: str | os.PathLike | None = None, progres
                     "gguf_file": alias.filename, "gguf_sha256": digest,
                     "dtype": "float32", "versions": versions,
                 }, indent=2) + "\n")
-        except OSError as e:
+        except (OSError, SafetensorError) as e:  # a full disk while safetensors writes is a SafetensorError
             raise ModelError(f"could not write the converted model to {target}: {e.strerror or e}; "
                              f"free some space or set CORSA_CACHE to another folder") from None
         if progress:
@@ -291,6 +300,15 @@ def load_model(name_or_path: str, device: str | torch.device | None = None,
     source = resolve_model(name_or_path)
     if Path(source).is_dir():
         _check_safetensors(Path(source))
+        damage = damaged_weights(source)
+        if damage:
+            if name_or_path in ALIASES:
+                fix = (f"delete that folder (or run `corsa prepare-model {name_or_path}`) and corsa converts "
+                       f"it again")
+            else:
+                fix = "copy the model again from where it came"
+            raise ModelError(f"the weights of model '{name_or_path}' in {source} are damaged ({damage}): the "
+                             f"file is truncated or is not safetensors. {fix[0].upper() + fix[1:]}")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
@@ -308,6 +326,23 @@ def load_model(name_or_path: str, device: str | torch.device | None = None,
     model.to(device).eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def damaged_weights(folder: str | os.PathLike) -> str | None:
+    """Why a folder's safetensors files cannot be read (truncated, random bytes, empty); None if they can.
+
+    Reads each file's header and checks that its tensors cover the file exactly, as loading does,
+    without loading the weights.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            return f"{file.name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    return None
 
 
 def _check_safetensors(folder: Path) -> None:

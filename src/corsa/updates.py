@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import distributed as dist
 from .errors import ConfigError
-from .io import atomic_write_json
+from .io import atomic_write_json, check_writable
 from .records import Edit
 from .resume import differences
 
@@ -56,10 +56,16 @@ def completed(out: Path, settings: dict) -> int:
         raise ConfigError(f"{out} holds a run made with different settings ({'; '.join(changed)}); "
                           f"rerun the original command to resume it, or choose another --out")
     done = int(saved.get("completed", 0))
-    # a complete update is one whose folder exists; never trust a count beyond that
-    while done > 0 and not (out / f"update-{done}" / "adapter" / "adapter_model.safetensors").exists():
+    # a complete update is one whose adapter is there and readable; never trust a count beyond that
+    while done > 0 and not _readable(out / f"update-{done}" / "adapter"):
         done -= 1
     return done
+
+
+def _readable(adapter: Path) -> bool:
+    from .models import damaged_weights
+
+    return (adapter / "adapter_model.safetensors").is_file() and not damaged_weights(adapter)
 
 
 def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dict, log=print):
@@ -71,11 +77,18 @@ def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dic
     updates = split_in_order(edits, k)
     done = completed(out, settings)
     if done == k:
-        log(f"all {k} updates are already complete in {out}")
-        return make_editor(out / f"update-{k}"), updates
+        editor = make_editor(out / f"update-{k}")
+        if not published(out, k):  # a publish that failed (a full disk) is finished now
+            dist.on_main(_publish_final, out, k)
+            log(f"all {k} updates were complete in {out}; published the last one as {out / 'adapter'}")
+        else:
+            log(f"all {k} updates are already complete in {out}")
+        return editor, updates
     if done:
         log(f"resuming: updates 1–{done} of {k} are complete in {out}; continuing with update {done + 1}")
     editor = make_editor(out / f"update-{done}" if done else None)
+    # every update still to run saves an adapter, and the last is copied to OUT: room for all of them
+    dist.on_main(check_writable, out, (k - done + 1) * editor.adapter_bytes() + (k - done) * 20 * 2**20)
     for i in range(done, k):
         folder = out / f"update-{i + 1}"
         log(f"update {i + 1}/{k}: {len(updates[i])} edits")
@@ -85,12 +98,27 @@ def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dic
     return editor, updates
 
 
-def _publish_final(out: Path, k: int) -> None:
-    """Copy the last update's adapter (and run record) to OUT, so `--adapter OUT` continues the sequence."""
-    from .io import atomic_dir, atomic_write_text
+def published(out: Path, k: int) -> bool:
+    """Whether OUT/adapter and OUT/run.json are the last update's (what _publish_final leaves)."""
+    last, final = out / f"update-{k}", out / "adapter"
+    try:
+        return ((out / "run.json").read_bytes() == (last / "run.json").read_bytes()
+                and all((final / f.name).read_bytes() == f.read_bytes() for f in (last / "adapter").iterdir()))
+    except OSError:
+        return False
 
-    with atomic_dir(out / "adapter") as tmp:
+
+def _publish_final(out: Path, k: int) -> None:
+    """Copy the last update's adapter and run record to OUT together, so `--adapter OUT` continues the sequence.
+
+    The run record beside the adapter carries the lineage, so `--adapter OUT` continues the numbering.
+    """
+    from .io import publish, stage_dir, stage_text, writing
+
+    staged = {}
+    with writing(out, staged):
+        staged["adapter"] = stage_dir(out, "adapter")
         for f in (out / f"update-{k}" / "adapter").iterdir():
-            shutil.copy2(f, tmp / f.name)
-    # the run record beside it carries the lineage, so `--adapter OUT` continues the numbering
-    atomic_write_text(out / "run.json", (out / f"update-{k}" / "run.json").read_text())
+            shutil.copy2(f, staged["adapter"] / f.name)
+        staged["run.json"] = stage_text(out, "run.json", (out / f"update-{k}" / "run.json").read_text())
+        publish(out, staged)

@@ -13,6 +13,6 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..models import prepare_alias
 
-    path = prepare_alias(args.name)
+    path = prepare_alias(args.name, verify=True)  # a damaged conversion is made again
     print(f"{args.name}: ready at {path}")
     return 0
