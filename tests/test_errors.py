@@ -186,6 +186,18 @@ def test_ask_refuses_no_tokens_and_empty_prompts(capsys, tiny_model):
     assert code == 2 and "max_new_tokens" in err
     code, err = run(capsys, "ask", "  ", "--model", tiny_model, "--template", "raw")
     assert code == 2 and "empty" in err
+    # longer than the context (512 tokens for the tiny model): refused as in `corsa edit`, not cut
+    code, err = run(capsys, "ask", "word " * 200, "--model", tiny_model, "--template", "raw")
+    assert code == 2 and "more than the model's context of 512" in err
+    assert run(capsys, "ask", "word " * 90, "--model", tiny_model, "--template", "raw", "--max-new-tokens", "4")[0] == 0
+
+
+def test_a_model_cache_that_cannot_be_written_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    (cache / "models" / ".smollm2-135m.lock").mkdir(parents=True)  # the lock cannot be opened: unwritable
+    monkeypatch.setenv("CORSA_CACHE", str(cache))
+    code, err = run(capsys, "ask", "hello", "--model", "smollm2-135m")
+    assert code == 2 and "cannot be written" in err and "CORSA_CACHE" in err and "Traceback" not in err
 
 
 # --- the user's files are never replaced or deleted -----------------------------------------------

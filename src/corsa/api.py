@@ -184,6 +184,13 @@ class Editor:
         n = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"max_new_tokens must be a whole number of at least 1, not {n!r}")
+        if self.max_length is not None:  # refused as an edit longer than the context is, not cut silently
+            for i, p in enumerate(prompts):
+                length = len(self.fmt.prompt_ids(p))
+                if length + n > self.max_length:
+                    raise DataError(f"prompt {i} is {length} tokens; with the {n} new tokens asked for that is "
+                                    f"more than the model's context of {self.max_length}. Shorten it or ask "
+                                    f"for fewer new tokens")
         answer = lambda part: generate(self.model, self.fmt, part, n)  # noqa: E731
         if base:
             with self.model.disable_adapter():

@@ -139,7 +139,13 @@ def prepare_alias(name: str, cache_dir: str | os.PathLike | None = None, progres
 @contextlib.contextmanager
 def _file_lock(path: Path):
     """Hold an exclusive lock on `path`; the OS drops it if the process dies, so it never goes stale."""
-    with open(path, "a") as f:
+    try:
+        f = open(path, "a")
+    except OSError as e:
+        raise ModelError(f"the model cache {path.parent} cannot be written ({e.strerror or e}: {path}), and the "
+                         f"model must be converted into it once; set CORSA_CACHE to a writable folder, or run "
+                         f"`corsa prepare-model` once as a user who can write there") from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
