@@ -149,8 +149,16 @@ def write(model, folder: str | Path, fingerprint: str | None = None, extra: dict
     `edits`, the edits the adapter has been trained on, go into the same folder
     (TRAINED_EDITS), so the adapter and its record of edits always appear together.
     """
+    from .models import hub_id
+
     folder = Path(folder)
     model.save_pretrained(str(folder), safe_serialization=True)
+    name = hub_id(str((extra or {}).get("model", "")))
+    if name:  # PEFT records the machine-local folder it loaded from; the hub id is what others can load
+        config_file = folder / "adapter_config.json"
+        config = json.loads(config_file.read_text())
+        config["base_model_name_or_path"] = name
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
     (folder / MARKER).write_text(json.dumps({"base_fingerprint": fingerprint, **(extra or {})}, indent=2))
     if edits is not None:
         (folder / TRAINED_EDITS).write_text("".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n"

@@ -224,6 +224,33 @@ def writing(folder: str | os.PathLike, staged: dict | None = None):
 
 
 @contextlib.contextmanager
+def publish_contents(folder: str | os.PathLike, kind: str):
+    """Yield an empty temporary folder inside `folder`; its files then replace `folder`'s, all together.
+
+    For outputs whose file names are not known in advance (a saved model): each file is staged
+    beside its final name and published in one journal; files of `kind` left from an earlier
+    output and not written now (an old shard) are removed after. `folder` itself stays, so a
+    lock held on it stays valid.
+    """
+    folder = Path(folder)
+    filled = _make_tmp_dir(folder / "contents")
+    try:
+        yield filled
+        staged = {}
+        for f in sorted(filled.iterdir()):
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{f.name}.", suffix=".tmp")
+            os.close(fd)
+            os.replace(f, tmp)
+            staged[f.name] = tmp
+        publish(folder, staged)
+        for entry in folder.iterdir():
+            if entry.name not in staged and entry.is_file() and _ENTRIES[kind].match(entry.name):
+                entry.unlink()
+    finally:
+        shutil.rmtree(filled, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yield a temporary folder; on success it replaces `path` whole (old content removed)."""
     path = Path(path)
@@ -327,6 +354,11 @@ _ENTRIES = {
     # a `corsa bench` folder; each method's folder holds config.json and update-k
     "bench": re.compile(r"^(bench\.json|base\.json|edits\.jsonl|results\.json|results\.csv|report\.md|.+\.png)$"),
     "method": re.compile(r"^(config\.json|update-\d+)$"),
+    # a `corsa export` folder: a saved model, its tokenizer, the model card and corsa's record
+    "export": re.compile(r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|"
+                         r"model\.safetensors\.index\.json|tokenizer(_config)?\.json|tokenizer\.model|"
+                         r"special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)|vocab\.json|"
+                         r"merges\.txt|README\.md|corsa-export\.json)$"),
 }
 
 

@@ -200,6 +200,15 @@ def _convert_gguf(gguf: Path, out: Path, progress: bool) -> None:
 # Resolving a name
 
 
+def hub_id(model_name: str) -> str | None:
+    """The hub id behind a model name when it is known (an alias's original, or a hub id itself)."""
+    if model_name in ALIASES:
+        return ALIASES[model_name].original
+    if "/" in model_name and not model_name.startswith(("/", ".", "~")) and not Path(model_name).exists():
+        return model_name
+    return None
+
+
 def hub_offline() -> bool:
     """True when the user asked for no network (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
     return any(os.environ.get(variable, "").strip().lower() in _TRUE

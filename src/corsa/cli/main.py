@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 
-from . import ask, bench, demo, edit, eval, prepare_model
+from . import ask, bench, demo, edit, eval, export, prepare_model
 from .output import printable
 
-COMMANDS = (edit, ask, eval, bench, demo, prepare_model)  # in the order `corsa --help` lists them
+COMMANDS = (edit, ask, eval, export, bench, demo, prepare_model)  # in the order `corsa --help` lists them
 
 
 def _version() -> str:

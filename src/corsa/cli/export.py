@@ -1,0 +1,31 @@
+"""`corsa export`: merge an adapter into a full model folder for plain transformers or vLLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .options import add_device, add_quiet, output_path
+
+
+def register(sub) -> None:
+    x = sub.add_parser("export", help="merge an adapter into a full model folder (transformers, vLLM)")
+    x.add_argument("--adapter", required=True, help="a run or adapter folder")
+    x.add_argument("--out", required=True, type=output_path,
+                   help="the folder for the merged model (new, empty, or an earlier export)")
+    x.add_argument("--model", default=None,
+                   help="the base model (default: the one the adapter was trained on, from its record)")
+    x.add_argument("--all-prompts", action="store_true",
+                   help="export a scoped adapter (--scope subject) anyway: merged, it answers every prompt "
+                        "with the edits applied")
+    add_device(x)
+    add_quiet(x)
+    x.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..export import export
+
+    out = export(args.adapter, args.out, model=args.model, device=args.device, all_prompts=args.all_prompts,
+                 progress=not args.quiet)
+    print(f"merged model: {Path(out)} (load it with transformers' AutoModelForCausalLM.from_pretrained, or vLLM)")
+    return 0
