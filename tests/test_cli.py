@@ -53,6 +53,31 @@ def test_every_command_lives_in_its_own_module():
     m = importlib.import_module("corsa.cli.main")
 
     names = {c.__name__.rsplit(".", 1)[-1] for c in m.COMMANDS}
-    assert names == {"edit", "ask", "eval", "bench", "demo", "prepare_model"}
+    assert names == {"edit", "ask", "eval", "export", "bench", "demo", "prepare_model"}
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"edit", "ask", "eval", "bench", "demo", "prepare-model"}
+    assert set(sub.choices) == {"edit", "ask", "eval", "export", "bench", "demo", "prepare-model"}
+
+
+def test_the_cli_is_quiet_unless_verbose_and_draws_no_bars_into_a_log(tmp_path):
+    import json
+    import os
+
+    from corsa.testing import save_tiny_llama
+
+    model = str(save_tiny_llama(tmp_path / "model", seed=0))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+
+    def corsa(*argv):
+        done = subprocess.run([sys.executable, "-m", "corsa.cli", *argv], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert corsa("ask", "--model", model, "hello") == ""  # no loading bar, no library warning
+    assert "Loading weights" in corsa("--verbose", "ask", "--model", model, "hello")
+    edits = tmp_path / "e.jsonl"
+    edits.write_text(json.dumps({"prompt": "The capital of X is", "target_new": "Y", "target_old": "Z"}) + "\n")
+    # stderr is a pipe here, as in a log file: no progress bar redraws
+    err = corsa("edit", "--model", model, "--edits", str(edits), "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert "\r" not in err and "step/s" not in err and "it/s" not in err

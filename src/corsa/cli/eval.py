@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import check_not_inside, check_writable
 from .options import (add_device, add_eval_options, add_model, add_quiet, add_skip_invalid, add_template,
-                      eval_settings, output_path)
+                      eval_settings, output_path, progress)
 from .output import fmt_metric, show_table
 
 
@@ -84,26 +84,26 @@ def run(args) -> int:
     edits = as_edits(args.edits, limit=args.limit, on_invalid="skip" if args.skip_invalid else "error")
     if not edits:
         raise ConfigError(f"{args.edits} holds no edits")
+    questions = None
+    if args.mmlu:  # before the model loads: a wrong file is found in a second, not a minute
+        from .. import mmlu
+
+        questions = mmlu.subset(mmlu.load(args.mmlu_file), args.mmlu, args.mmlu_seed)
     scope = {} if args.scope is None else {"scope": args.scope}
     editor = Editor(args.model, adapter=args.adapter, template=args.template, device=args.device, progress=False,
                     **scope)
     # a missing y⁻ is found as training finds it: the unedited model's short answer
     edits = old_answers.fill(editor.model, editor.fmt, edits, settings.max_new_tokens)
-    questions = None
-    if args.mmlu:
-        from .. import mmlu
-
-        questions = mmlu.subset(mmlu.load(args.mmlu_file), args.mmlu, args.mmlu_seed)
-    progress = not args.quiet
+    show = progress(args)
     generator = _vllm_generator(args, editor) if args.generator == "vllm" else None
     base = None
     if args.adapter is None or args.base:
-        base = evaluate(editor, edits, base=True, mmlu=questions, settings=settings, progress=progress,
+        base = evaluate(editor, edits, base=True, mmlu=questions, settings=settings, progress=show,
                         generator=generator)
     edited = None
     if args.adapter is not None:
         edited = evaluate(editor, edits, base_answers=base["base_answers"] if base else None, mmlu=questions,
-                          settings=settings, progress=progress, generator=generator)
+                          settings=settings, progress=show, generator=generator)
     main = edited or base
     result = {
         "model": args.model, "adapter": args.adapter, "edits": args.edits, "n_edits": len(edits),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_device, add_quiet, output_path
+from .options import add_device, add_quiet, output_path, progress
 
 
 def register(sub) -> None:
@@ -26,6 +26,6 @@ def run(args) -> int:
     from ..export import export
 
     out = export(args.adapter, args.out, model=args.model, device=args.device, all_prompts=args.all_prompts,
-                 progress=not args.quiet)
+                 progress=progress(args))
     print(f"merged model: {Path(out)} (load it with transformers' AutoModelForCausalLM.from_pretrained, or vLLM)")
     return 0

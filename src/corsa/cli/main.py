@@ -26,6 +26,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="corsa", description="Knowledge editing with CoRSA and its baselines.")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    p.add_argument("--verbose", action="store_true",
+                   help="let the libraries speak: transformers' loading bars and warnings (off by default)")
     p.add_argument("--version", action="version", version=f"corsa {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
@@ -35,12 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def quiet_libraries() -> None:
+    """Silence what transformers, PEFT and torch print on every command (loading bars, deprecation
+    notices): corsa's own messages and errors say what matters. `corsa --verbose` keeps them."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the "Loading weights" bars follow this too
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|torch|accelerate)(\.|$)")
+    if "transformers" in sys.modules:  # imported already (a Python session calling main)
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..errors import CorsaError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     if int(os.environ.get("RANK", "0")) != 0:
         # under torchrun / accelerate launch only the main process speaks; errors still reach stderr
         sys.stdout = open(os.devnull, "w")

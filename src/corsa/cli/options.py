@@ -36,7 +36,15 @@ def add_device(p) -> None:
 
 
 def add_quiet(p) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (they are also off when stderr is not a terminal, so logs stay clean)")
+
+
+def progress(args) -> bool:
+    """Progress bars: asked for (no --quiet) and drawn on a terminal; a log file gets none of their redraws."""
+    import sys
+
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
 def add_skip_invalid(p) -> None:
