@@ -196,3 +196,27 @@ def test_recovery_never_removes_what_corsa_did_not_write(tmp_path):
     with io.output_lock(out):
         pass
     assert (out / ".notes.tmp").read_text() == "mine"
+
+
+def test_a_full_disk_while_a_rerun_writes_keeps_the_previous_run(tmp_path, toy_edits, monkeypatch):
+    from corsa import adapter as adapters
+    from corsa.api import Editor
+    from corsa.errors import OutputError
+    from corsa.testing import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base", seed=0)
+    out = tmp_path / "run"
+    fast = dict(method="lora", epochs=1, batch_size=2, grad_accum=1, lr=1e-2, progress=False)
+    Editor(str(base), **fast).update(toy_edits[:2], out=out)
+    before = state(out)
+    real = adapters.write
+
+    def full(model, folder, *args, **kwargs):
+        real(model, folder, *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(adapters, "write", full)
+    with pytest.raises(OutputError, match="No space left.*unchanged"):
+        Editor(str(base), adapter=out, **fast).update(toy_edits[2:4], out=out)
+    after = state(out)
+    assert {k: v for k, v in after.items() if k != io.PARTIAL_LOG} == before  # its staged adapter is gone too

@@ -92,6 +92,42 @@ def test_devices_and_pipes_are_not_read(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(DataError, match="not a regular file"):
         load_edits(fifo)  # would block forever waiting for a writer
+    import socket
+
+    sock_path = tmp_path / "sock.jsonl"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        with pytest.raises(DataError, match="not a regular file"):
+            load_edits(sock_path)
+
+
+def test_an_edit_file_over_the_size_limit_is_refused_unread(tmp_path):
+    from corsa.errors import DataError
+    from corsa.loaders import MAX_FILE_BYTES, load_edits
+
+    big = tmp_path / "big.jsonl"
+    with open(big, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: no gigabyte is written, and none may be read
+    with pytest.raises(DataError, match="GiB"):
+        load_edits(big)
+
+
+def test_control_characters_in_answers_are_printed_escaped():
+    from corsa.cli.output import show_table
+
+    table = show_table([["e1", "Rome\x1b[2J\x1b]0;owned\x07", "x"]], ["edit", "answer", "took"])
+    assert "\x1b" not in table and "\x07" not in table and "Rome" in table
+
+
+@pytest.mark.parametrize("record, field", [({"prompt": 5, "target_new": "Y"}, "prompt"),
+                                           ({"prompt": "P is", "target_new": ["Y"]}, "target_new"),
+                                           ({"prompt": "P is", "target_new": "Y", "target_old": 3.5}, "target_old")])
+def test_wrong_types_in_python_dicts_are_data_errors_naming_the_field(record, field):
+    from corsa.api import as_edits
+    from corsa.errors import DataError
+
+    with pytest.raises(DataError, match=f"field '{field}'"):
+        as_edits([record])
 
 
 @pytest.mark.parametrize("field", ["prompt", "target_new", "target_old"])
