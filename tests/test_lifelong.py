@@ -297,3 +297,42 @@ def test_no_room_means_no_interference_negative(tiny, monkeypatch):
     edits = [Edit(f"e{i}", f"Person {i} works in", f"City{i}", f"Town{i}", subject=f"Person {i}") for i in range(3)]
     Editor(tiny, method="corsa", negatives="interference", max_negatives=0, edit_stop=False, **FAST).update(edits)
     assert seen and all(n == [2] * len(n) for n in seen)
+
+
+def test_spillover_prompts_are_neither_anchors_nor_evaluation_probes():
+    from corsa.cli import SAMPLE
+    from corsa.cli.edit import spillover_prompts
+    from corsa.loaders import load_edits
+
+    prompts = spillover_prompts()
+    assert len(prompts) >= 6
+    assert not set(map(str.lower, prompts)) & set(map(str.lower, preserve.read_anchors()))
+    files = [SAMPLE, SHARED_DATA / "counterfact" / "easyedit" / "counterfact-edit.json",
+             SHARED_DATA / "zsre" / "zsre_mend_train-1k.json", SHARED_DATA / "mquake" / "MQuAKE-hard.json"]
+    for f in files:
+        if f.exists():
+            assert preserve.without_probes(prompts, load_edits(f, on_invalid="skip")) == prompts, f
+
+
+def test_corsa_edit_shows_spillover_and_warns_when_few_edits_took(tmp_path, capsys):
+    import json
+
+    from corsa.cli import main
+    from corsa.cli.edit import spillover_prompts
+    from corsa.testing import save_tiny_llama
+
+    model = str(save_tiny_llama(tmp_path / "model", seed=0))
+    edits = tmp_path / "e.jsonl"
+    edits.write_text(json.dumps({"prompt": "The capital of X is", "target_new": "Ybbb", "target_old": "Z"}) + "\n")
+    # one step at a tiny lr: the edit does not take, and the adapter barely moves
+    assert main(["edit", "--model", model, "--edits", str(edits), "--out", str(tmp_path / "weak"), "--epochs", "1",
+                 "--lr", "1e-6", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "unrelated prompt" in captured.out and spillover_prompts()[0][:40] in captured.out
+    assert "only 0 of 1 edits took" in captured.err and "corsa-lifelong" in captured.err
+    assert "spill over" not in captured.err  # nothing changed
+    # a strong update on the tiny model changes everything it answers: the warning says so
+    assert main(["edit", "--model", model, "--edits", str(edits), "--out", str(tmp_path / "strong"), "--epochs", "30",
+                 "--lr", "3e-2", "--batch-size", "1", "--quiet", "--scope", "all"]) == 0
+    captured = capsys.readouterr()
+    assert "CHANGED" in captured.out and "spill over" in captured.err and "--scope subject" in captured.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -78,5 +79,38 @@ def _run(args, cfg, out: Path) -> int:
         took = sum(contains(a, e.target_new) for e, a in zip(edits, after))
         took_before = sum(contains(b, e.target_new) for e, b in zip(edits, before))
         print(f"greedy answer contains the new answer: {took}/{len(edits)} after, {took_before}/{len(edits)} before")
+        show_spillover(editor)
+        if took < len(edits) / 2:
+            print(f"warning: only {took} of {len(edits)} edits took. Try more training (--epochs, or a higher "
+                  f"--lr), or --method corsa-lifelong, which trains until every edit holds (per-edit stopping)",
+                  file=sys.stderr)
     print(f"adapter and run record: {out}")
     return 0
+
+
+SPILLOVER = Path(__file__).resolve().parents[1] / "data" / "spillover.txt"
+
+
+def spillover_prompts() -> list[str]:
+    lines = SPILLOVER.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def show_spillover(editor) -> int:
+    """Ask the bundled unrelated prompts with and without the adapter; print them, warn on a change.
+
+    The unedited answers are the base model's (adapter off), so this shows what the adapter
+    changes, not what an earlier update changed. Returns how many changed.
+    """
+    from ..metrics import normalise
+
+    prompts = spillover_prompts()
+    base, now = editor.ask(prompts, base=True), editor.ask(prompts)
+    changed = [normalise(b) != normalise(a) for b, a in zip(base, now)]
+    rows = [[p[:40], b[:30], a[:30], "CHANGED" if c else ""] for p, b, a, c in zip(prompts, base, now, changed)]
+    print(show_table(rows, ["unrelated prompt", "unedited", "now", ""]))
+    if any(changed):
+        print(f"warning: {sum(changed)} of {len(prompts)} unrelated prompts answer differently with the adapter: "
+              f"the edits spill over. --scope subject (corsa-lifelong's default) lets only prompts that name an "
+              f"edited subject reach the adapter", file=sys.stderr)
+    return sum(changed)
