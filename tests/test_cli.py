@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,62 @@ def test_the_cli_is_quiet_unless_verbose_and_draws_no_bars_into_a_log(tmp_path):
     # stderr is a pipe here, as in a log file: no progress bar redraws
     err = corsa("edit", "--model", model, "--edits", str(edits), "--out", str(tmp_path / "run"), "--epochs", "1")
     assert "\r" not in err and "step/s" not in err and "it/s" not in err
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def parse(argv):
+    from corsa.cli import config_file
+    from corsa.cli.main import WITH_CONFIG, _commands
+
+    parser = build_parser()
+    commands = {n: p for n, p in _commands(parser).items() if n in WITH_CONFIG}
+    return parser.parse_args(config_file.expand(argv, commands))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_each_config_file_is_the_command_in_its_header(path):
+    import shlex
+
+    lines = path.read_text().splitlines()
+    usage = next(line for line in lines if line.startswith("#   corsa "))[len("#   corsa "):]
+    same = next(line for line in lines if line.startswith("# same as: corsa "))[len("# same as: corsa "):]
+    with_file = vars(parse(shlex.split(usage)))
+    spelled_out = vars(parse(shlex.split(same)))
+    assert with_file == spelled_out
+
+
+def test_flags_and_key_value_after_a_config_file_override_it(tmp_path):
+    from corsa.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("command: edit\nedits: e.jsonl\nout: runs/x\nlr: 1.0e-3\nepochs: 4\ncheck: false\nquiet: true\n")
+    args = parse(["edit", "--config", str(path)])
+    assert (args.edits, args.out, args.lr, args.epochs, args.check, args.quiet) == ("e.jsonl", "runs/x", 1e-3, 4,
+                                                                                  False, True)
+    args = parse(["edit", "--config", str(path), "--lr", "3e-4", "epochs=7", "check=true"])
+    assert (args.lr, args.epochs, args.check) == (3e-4, 7, True)
+    path.write_text("edits: e.jsonl\nout: o\nlearning_rate: 1\n")
+    with pytest.raises(ConfigError, match="has no option 'learning_rate'.*lr"):
+        parse(["edit", "--config", str(path)])
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        parse(["edit", "--config", str(path)])
+    path.write_text("command: bench\n")
+    with pytest.raises(ConfigError, match="for `corsa bench`, not `corsa edit`"):
+        parse(["edit", "--config", str(path)])
+    path.write_text("quiet: 3\n")
+    with pytest.raises(ConfigError, match="'quiet' is a switch"):
+        parse(["edit", "--config", str(path)])
+
+
+def test_a_bad_config_file_is_one_paragraph_from_main(tmp_path, capsys):
+    from corsa.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: [unclosed\n")
+    assert main(["edit", "--config", str(path)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["edit", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot be read" in capsys.readouterr().err

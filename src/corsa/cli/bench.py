@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .options import (add_config_options, add_device, add_eval_options, add_model, add_quiet,
+from .options import (add_config_file, add_config_options, add_device, add_eval_options, add_model, add_quiet,
                       add_skip_invalid, config_values, eval_settings, output_path, progress)
 
 DEFAULT_METHODS = "lora,sam,dpo,corsa"
@@ -17,6 +17,7 @@ def register(sub) -> None:
                                    "update, and write results.json, results.csv, report.md and plots into --out. "
                                    "Rerunning the same command resumes, skipping finished (method, update) pairs.")
     add_model(b)
+    add_config_file(b)
     b.add_argument("--data", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
     b.add_argument("--methods", "--method", dest="methods", default=DEFAULT_METHODS,
                    help=f"comma-separated methods (default: {DEFAULT_METHODS})")

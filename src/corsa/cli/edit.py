@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (add_config_options, add_device, add_model, add_quiet, add_skip_invalid,
+from .options import (add_config_file, add_config_options, add_device, add_model, add_quiet, add_skip_invalid,
                       config_from_args, output_path, progress)
 from .output import show_table
 
@@ -15,6 +15,7 @@ from .output import show_table
 def register(sub) -> None:
     e = sub.add_parser("edit", help="train the adapter on a file of edits (one update)")
     add_model(e)
+    add_config_file(e)
     e.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
     e.add_argument("--adapter", default=None, help="continue training this adapter (a run or adapter folder)")
     e.add_argument("--out", required=True, type=output_path, help="output folder for the adapter and the run record")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import check_not_inside, check_writable
-from .options import (add_device, add_eval_options, add_model, add_quiet, add_skip_invalid, add_template,
+from .options import (add_config_file, add_device, add_eval_options, add_model, add_quiet, add_skip_invalid, add_template,
                       eval_settings, output_path, progress)
 from .output import fmt_metric, show_table
 
@@ -18,6 +18,7 @@ def register(sub) -> None:
                        description="Reliability, generality, locality, portability (generated) and efficacy, "
                                    "margins (teacher-forced) of a file of edits, beside the unedited model's.")
     add_model(e)
+    add_config_file(e)
     e.add_argument("--adapter", default=None, help="the edited adapter (a run or adapter folder); none: the base model")
     e.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
     e.add_argument("--out", required=True, type=output_path, help="where to write the metrics (a .json file)")

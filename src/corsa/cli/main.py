@@ -6,10 +6,11 @@ import argparse
 import os
 import sys
 
-from . import ask, bench, demo, edit, eval, export, prepare_model
+from . import ask, bench, config_file, demo, edit, eval, export, prepare_model
 from .output import printable
 
 COMMANDS = (edit, ask, eval, export, bench, demo, prepare_model)  # in the order `corsa --help` lists them
+WITH_CONFIG = ("edit", "eval", "bench")  # the commands that take --config FILE.yaml and key=value
 
 
 def _version() -> str:
@@ -21,6 +22,10 @@ def _version() -> str:
         from .. import __version__
 
         return __version__
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = config_file.expand(argv, {name: sub for name, sub in _commands(parser).items() if name in WITH_CONFIG})
+    except CorsaError as e:
+        print(f"corsa: error: {printable(e, keep_newlines=True)}", file=sys.stderr)
+        return e.exit_code
     args = parser.parse_args(argv)
     if not args.verbose:
         quiet_libraries()

@@ -35,6 +35,12 @@ def add_device(p) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
+def add_config_file(p) -> None:
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="take the flags from a YAML file (keys are flag names: lr: 1e-3); flags and key=value "
+                        "given after it override the file (configs/ holds the files behind the README's tables)")
+
+
 def add_quiet(p) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars (they are also off when stderr is not a terminal, so logs stay clean)")
