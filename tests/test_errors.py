@@ -188,8 +188,9 @@ def test_ask_refuses_no_tokens_and_empty_prompts(capsys, tiny_model):
     assert code == 2 and "empty" in err
     # longer than the context (512 tokens for the tiny model): refused as in `corsa edit`, not cut
     code, err = run(capsys, "ask", "word " * 200, "--model", tiny_model, "--template", "raw")
-    assert code == 2 and "more than the model's context of 512" in err
-    assert run(capsys, "ask", "word " * 90, "--model", tiny_model, "--template", "raw", "--max-new-tokens", "4")[0] == 0
+    assert code == 2 and "no room for an answer in the model's context of 512" in err
+    # one that fits gets an answer cut where the context ends
+    assert run(capsys, "ask", "word " * 101, "--model", tiny_model, "--template", "raw", "--max-new-tokens", "40")[0] == 0
 
 
 def test_a_model_cache_that_cannot_be_written_is_a_clear_error(tmp_path, capsys, monkeypatch):

@@ -4,6 +4,8 @@ from dataclasses import replace
 
 import pytest
 
+from corsa.metrics import contains
+
 from corsa import ConfigError, Editor
 from corsa import evaluate as E
 from corsa.evaluate import EvalSettings, evaluate, summarise
@@ -86,7 +88,11 @@ def test_learnt_edits_show_in_generated_and_teacher_forced_numbers(tiny):
     after = evaluate(editor, edits, settings=EvalSettings(max_new_tokens=4))["metrics"]
     assert before["generated/reliability"] == 0.0 and after["generated/reliability"] == 1.0
     assert after["teacher_forced/efficacy"] == 1.0
-    assert after["generated/generality"] == 1.0 and after["generated/reliability_strict"] == 1.0
+    # whether a random tiny model carries an edit to a rephrasing is luck; that the metric counts
+    # the paraphrase answers that contain y⁺ is not
+    answers = editor.ask([e.paraphrases[0] for e in edits], max_new_tokens=4)
+    assert after["generated/generality"] == sum(contains(a, "QQ") for a in answers) / len(edits)
+    assert after["generated/reliability_strict"] == 1.0
     assert after["teacher_forced/margin_mean"] > before["teacher_forced/margin_mean"] + 1
     assert after["generated/locality"] is None  # no probes: nothing to measure, not a perfect score
 

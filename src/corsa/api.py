@@ -185,12 +185,12 @@ class Editor:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"max_new_tokens must be a whole number of at least 1, not {n!r}")
         if self.max_length is not None:  # refused as an edit longer than the context is, not cut silently
-            for i, p in enumerate(prompts):
-                length = len(self.fmt.prompt_ids(p))
-                if length + n > self.max_length:
-                    raise DataError(f"prompt {i} is {length} tokens; with the {n} new tokens asked for that is "
-                                    f"more than the model's context of {self.max_length}. Shorten it or ask "
-                                    f"for fewer new tokens")
+            lengths = [len(self.fmt.prompt_ids(p)) for p in prompts]
+            i = max(range(len(prompts)), key=lengths.__getitem__)
+            if lengths[i] >= self.max_length:
+                raise DataError(f"prompt {i} is {lengths[i]} tokens, which leaves no room for an answer in the "
+                                f"model's context of {self.max_length}; shorten it")
+            n = min(n, self.max_length - lengths[i])  # the answer ends where the context does
         answer = lambda part: generate(self.model, self.fmt, part, n)  # noqa: E731
         if base:
             with self.model.disable_adapter():

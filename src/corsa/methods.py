@@ -95,8 +95,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # defaults that study chose (see "Edits that last" there)
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
            description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
-                       "a firmer hold (γ = 8), the adapter scoped to prompts that name an edited subject",
-           defaults={"replay": "all", "scope": "subject", "margin_target": 8.0}),
+                       "a firmer hold (γ = 12), the adapter scoped to prompts that name an edited subject",
+           defaults={"replay": "all", "scope": "subject", "margin_target": 12.0}),
 ]}
 
 

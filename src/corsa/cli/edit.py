@@ -47,6 +47,7 @@ def run(args) -> int:
 
 def _run(args, cfg, out: Path) -> int:
     from ..api import Editor, as_edits
+    from ..prompts import encode_edits
     from ..io import peak_rss_mb
     from ..metrics import contains
     from ..updates import run_updates, settings_of
@@ -60,6 +61,8 @@ def _run(args, cfg, out: Path) -> int:
     t0 = time.perf_counter()
     if args.updates == 1:
         editor = make_editor()
+        # the edits' own checks (an edit longer than the context names its record) before the first question
+        encode_edits(editor.fmt, edits, editor.max_length, need_rejected=False)
         before = editor.ask([e.prompt for e in edits]) if args.check else None
         record = editor.update(edits, out=out)
         edits = record.edits
