@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from corsa import ConfigError
-from corsa.bench import TIMING_KEYS, BenchSpec, parse_sets, select
+from corsa.comparison import TIMING_KEYS, BenchSpec, parse_sets, select
 from corsa.cli import main
 from corsa.records import Edit, Probe
 
@@ -150,7 +150,7 @@ def test_rerun_skips_every_finished_pair(setup, first, monkeypatch, capsys):
         raise AssertionError("a finished pair was trained or evaluated again")
 
     monkeypatch.setattr("corsa.api.train_update", refuse)
-    monkeypatch.setattr("corsa.bench.evaluate", refuse)
+    monkeypatch.setattr("corsa.comparison.runner.evaluate", refuse)
     assert main(argv(setup, out)) == 0
     after = json.loads((out / "results.json").read_text())
     assert without_timing(after) == without_timing(before)
@@ -273,7 +273,7 @@ def test_selection_is_seeded_and_keeps_cases_whole():
 
 
 def test_demo_is_the_bench_on_the_bundled_sample(monkeypatch):
-    import corsa.bench
+    import corsa.comparison
     from corsa.cli import SAMPLE
 
     seen = {}
@@ -282,7 +282,7 @@ def test_demo_is_the_bench_on_the_bundled_sample(monkeypatch):
         seen["spec"] = spec
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(corsa.bench, "run_bench", capture)
+    monkeypatch.setattr(corsa.comparison, "run_bench", capture)
     assert main(["demo", "--quiet"]) == 2
     spec = seen["spec"]
     assert spec.methods == ("lora", "corsa", "corsa-lifelong") and spec.n_updates == 2 and spec.n_edits == 16

@@ -130,7 +130,7 @@ def close(a, b, tol: float = 1e-6, path: str = "") -> None:
 
 
 def test_corsa_bench_and_eval_under_torchrun_match_one_process(tmp_path):
-    from corsa.bench import TIMING_KEYS
+    from corsa.comparison import TIMING_KEYS
     from corsa.cli import main
     from corsa.testing import save_tiny_llama
 

@@ -1,6 +1,6 @@
 """The bench's outputs for people: results.csv, report.md (the comparison table) and PNG plots.
 
-Everything is drawn from the results dict of :mod:`corsa.bench` alone, so a report can be
+Everything is drawn from the results dict of :mod:`corsa.comparison` alone (its schema: corsa.comparison.results), so a report can be
 rebuilt from ``results.json``. Plots use matplotlib's object API with the Agg canvas (no
 pyplot, no global backend), and every file is written atomically.
 """

@@ -39,7 +39,7 @@ def register(sub) -> None:
 
 def spec_of(args, data, methods: str, sets=()):
     """The BenchSpec of parsed bench-like arguments (bench's, or demo's with its own data)."""
-    from ..bench import BenchSpec, parse_sets
+    from ..comparison import BenchSpec, parse_sets
 
     return BenchSpec(model=args.model, data=str(data), out=Path(args.out),
                      methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
@@ -58,7 +58,7 @@ def run(args) -> int:
 def run_spec(spec) -> int:
     """Run a bench and print its table and where its files are."""
     from .. import distributed as dist
-    from ..bench import run_bench
+    from ..comparison import run_bench
     from ..report import text_table
 
     results = run_bench(spec)
