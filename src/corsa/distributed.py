@@ -85,6 +85,17 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def show_bar(progress: bool) -> bool:
+    """Whether to draw a progress bar: asked for, by the main process, on a terminal.
+
+    A bar's redraws in a log file are noise, so output that is not a terminal gets the run's
+    one-line messages only (which `progress` still turns on).
+    """
+    import sys
+
+    return bool(progress) and is_main() and sys.stderr.isatty()
+
+
 def device(requested: str | None = None) -> str | torch.device | None:
     """The device this worker should load the model on.
 

@@ -397,7 +397,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
         active = list(range(n_new)) + [n_new + j for j, ok in enumerate(held) if not ok]
     model.train()
     bar = tqdm(total=total, desc=f"update {update_index + 1} · {cfg.method}", unit="step", leave=False,
-               disable=not (progress and dist.is_main()))
+               disable=not dist.show_bar(progress))
     for epoch in range(1, cfg.epochs + 1):
         if online:
             n_online = refresh_online_negatives(model, fmt, edits, encoded, ref, active, cfg, eval_bs)

@@ -112,7 +112,7 @@ def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | Non
     model, fmt, _ = _unwrap(model, fmt)
     prompts = _unique(p.prompt for e in edits for p in e.locality)
     with _adapter(model, False), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
-                                      disable=not (progress and dist.is_main()), leave=False) as bar:
+                                      disable=not dist.show_bar(progress), leave=False) as bar:
         answers = _greedy(model, fmt, prompts, settings, bar, generator, adapter=False)
     return dict(zip(prompts, answers))
 
@@ -148,7 +148,7 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     sampled_prompts = ask if settings.sample else []
     n = settings.max_new_tokens
     with _adapter(model, not base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
-                                         desc="eval · generate", disable=not (progress and dist.is_main()),
+                                         desc="eval · generate", disable=not dist.show_bar(progress),
                                          leave=False) as bar:
         answers = dict(zip(greedy_prompts, routed(
             model, scope, greedy_prompts,
@@ -190,7 +190,7 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
         from . import mmlu as mmlu_lib
 
         with _adapter(model, not base), tqdm(total=len(mmlu), desc="eval · mmlu", unit="question",
-                                             disable=not (progress and dist.is_main()), leave=False) as bar:
+                                             disable=not dist.show_bar(progress), leave=False) as bar:
             result["mmlu"] = mmlu_lib.accuracy(model, fmt.tokenizer, mmlu, settings.batch_size, bar, scope)
         result["metrics"]["teacher_forced/mmlu_accuracy"] = result["mmlu"]["accuracy"]
     result["seconds"] = time.perf_counter() - started

@@ -43,14 +43,12 @@ def add_config_file(p) -> None:
 
 def add_quiet(p) -> None:
     p.add_argument("--quiet", action="store_true",
-                   help="no progress bars (they are also off when stderr is not a terminal, so logs stay clean)")
+                   help="no progress output (bars are drawn on a terminal only, so a log gets no redraws)")
 
 
 def progress(args) -> bool:
-    """Progress bars: asked for (no --quiet) and drawn on a terminal; a log file gets none of their redraws."""
-    import sys
-
-    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+    """Progress output unless --quiet: bars on a terminal (distributed.show_bar), one-line messages anywhere."""
+    return not getattr(args, "quiet", False)
 
 
 def add_skip_invalid(p) -> None:

@@ -214,7 +214,7 @@ class Bench:
         started = time.time()
         self.prepare()
         self.bar = tqdm(total=len(self.spec.methods) * self.spec.n_updates, desc="bench", unit="update",
-                        disable=not (self.spec.progress and dist.is_main()))
+                        disable=not dist.show_bar(self.spec.progress))
         try:
             per_method = {m: self.run_method(m) for m in self.spec.methods}
         finally:
