@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from . import adapter as adapters
-from .errors import ConfigError, ModelError
+from .errors import ConfigError
 from .io import (check_not_inside, check_ours, check_writable, library_versions, output_lock, publish_contents,
                  sha256_file)
 from .models import hub_id
@@ -54,10 +54,7 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None
             merged.config._name_or_path = name
         edits = editor.history
         run = _run_record(folder)
-        free = _free_after(out)
-        need = sum(p.numel() * p.element_size() for p in merged.parameters())
-        if free is not None and free < need:
-            raise ConfigError(f"{out} has {free // 2**20} MiB free; the merged model needs about {need // 2**20} MiB")
+        check_writable(out, need_bytes=sum(p.numel() * p.element_size() for p in merged.parameters()))
         # written complete beside the old export, then put in place together (a kill leaves one or the other)
         with publish_contents(out, kind="export") as tmp:
             merged.save_pretrained(str(tmp), safe_serialization=True)
@@ -70,16 +67,6 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None
             }, indent=2) + "\n")
             (tmp / "README.md").write_text(model_card(str(model), name, edits, run, scope), encoding="utf-8")
     return out
-
-
-def _free_after(out: Path) -> int | None:
-    import shutil
-
-    probe = out if out.exists() else out.parent
-    try:
-        return shutil.disk_usage(probe).free
-    except OSError:
-        return None
 
 
 def _run_record(folder: Path) -> dict:

@@ -96,6 +96,15 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _remove(entry: Path) -> None:
+    """Remove a temporary file or folder corsa made; one that is already gone is fine."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
 def _aside(staged: str) -> str:
     """Where the entry a staged folder replaces waits until the renames are done."""
     return staged[: -len(".tmp")] + ".old"
@@ -172,11 +181,7 @@ def recover(folder: str | os.PathLike, recursive: bool = True, _depth: int = 0) 
     _finish_pending(folder)
     for entry in folder.iterdir():
         if _LEFTOVER.match(entry.name) or entry.name.startswith(".corsa-write-test-") or entry.name == PARTIAL_LOG:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+            _remove(entry)
         elif recursive and _depth < 3 and entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
             recover(entry, recursive, _depth + 1)
 
@@ -187,11 +192,7 @@ def recover_entry(folder: str | os.PathLike, name: str) -> None:
     _finish_pending(folder, name)
     for entry in folder.glob(f".{glob.escape(name)}.*"):
         if _LEFTOVER.match(entry.name) and entry.name[len(name) + 2:].count(".") == 1:
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+            _remove(entry)
 
 
 @contextlib.contextmanager
@@ -207,12 +208,7 @@ def writing(folder: str | os.PathLike, staged: dict | None = None):
     except OSError as e:
         pending = any(Path(folder).glob(JOURNAL.format("*")))  # renames under way: the next run replays them
         for tmp in () if pending else (staged or {}).values():
-            tmp = Path(tmp)
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+            _remove(Path(tmp))
         raise OutputError(f"could not write the results into {folder}: {e.strerror or e}. What was there "
                           f"before is unchanged; free some space (or fix the permissions) and rerun the same "
                           f"command") from None
