@@ -25,7 +25,11 @@ METHODS = list(ROWS)  # every row of the table: each must train the same adapter
 TRAIN = dict(epochs=3, batch_size=3, grad_accum=2, lr=1e-2, early_stop=True, margin_target=-100.0,
              max_new_tokens=4, progress=False)
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-TOL = 1e-5
+# Two workers sum the gradient in another order than one process: float32 noise of ~1e-7 relative
+# in the gradient (the logged grad/norm agrees to that), which AdamW's g/√v turns into differences of
+# up to ~1e-4 of the adapter's scale after 6 steps (measured 8e-5 for lora, 0.5e-5 for the others).
+# A worker that weighted its shard wrongly moves φ by whole percent. So the bound is relative.
+REL_TOL = 2e-4
 
 
 def edits():
@@ -60,6 +64,10 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def scale(a: dict) -> float:
+    return max(v.abs().max().item() for v in a.values())
+
+
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
@@ -73,8 +81,8 @@ def test_two_workers_train_the_adapter_of_one_process(method, two_workers):
     assert saved["world_size"] == 2
     lora, history, answers = train(method)
     diff = max_diff(saved["lora"], lora)
-    print(f"{method}: max |Δφ| two workers vs one process = {diff:.2e}")
-    assert diff < TOL
+    print(f"{method}: max |Δφ| two workers vs one process = {diff:.2e} of max |φ| {scale(lora):.2e}")
+    assert diff < REL_TOL * scale(lora)
     assert max_diff(saved["lora_rank1"], saved["lora"]) == 0.0  # the workers never drift apart
     # the logged losses are those of the global group, not of worker 0's shard
     assert len(saved["history"]) == len(history) == 6 + 2  # 6 steps, 2 early-stop checks
@@ -108,9 +116,10 @@ def test_corsa_edit_under_torchrun_writes_one_adapter_and_one_record(tmp_path):
     steps = run["updates"][0]["steps"]
     assert steps == 2 * 2 and (ddp / "log.jsonl").read_text().count("\n") == steps  # one writer
     weights = "adapter/adapter_model.safetensors"
-    diff = max_diff(load_file(ddp / weights), load_file(single / weights))
-    print(f"corsa edit: max |Δφ| torchrun ×2 vs one process = {diff:.2e}")
-    assert diff < TOL
+    one = load_file(single / weights)
+    diff = max_diff(load_file(ddp / weights), one)
+    print(f"corsa edit: max |Δφ| torchrun ×2 vs one process = {diff:.2e} of max |φ| {scale(one):.2e}")
+    assert diff < REL_TOL * scale(one)
 
 
 def close(a, b, tol: float = 1e-6, path: str = "") -> None:

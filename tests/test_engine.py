@@ -265,10 +265,32 @@ def test_early_stop_stops_before_the_last_epoch(tiny):
 
     # byte-level tiny tokenizer: a two-letter answer is two tokens the tiny model can learn quickly
     edits = [Edit(id=f"e{i}", prompt=f"The code of item {i} is", target_new="QQ", target_old="AB") for i in range(2)]
+    # the chat template closes each answer with the end-of-turn token, so the greedy answer is "QQ" and
+    # not a raw continuation ("QQQQ…") that never matches y⁺ as a whole word
     editor = Editor(tiny, method="corsa", epochs=60, batch_size=6, grad_accum=1, lr=3e-2, early_stop=True, warmup_steps=5,
-                    margin_target=0.5, progress=False, template="raw", max_new_tokens=8)
+                    margin_target=0.5, progress=False, max_new_tokens=8)
     record = editor.update(edits)
     assert record.result.stopped_early and record.result.epochs < 60
     checks = [h for h in record.result.history if "early_stop/min_margin" in h]
     assert checks[-1]["early_stop/done"] and checks[-1]["early_stop/min_margin"] > 0.5
     assert all(a.startswith("QQ") for a in editor.ask([e.prompt for e in edits]))
+
+
+def test_lr_factor_by_hand():
+    from corsa.engine import lr_factor
+
+    # warm-up 2 of 6 steps: 1/2, 1, then 4/4, 3/4, 2/4, 1/4
+    assert [lr_factor(k, 2, 6) for k in range(1, 7)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert [lr_factor(k, 0, 4) for k in range(1, 5)] == [1.0, 0.75, 0.5, 0.25]
+    assert [lr_factor(k, 5, 3) for k in range(1, 4)] == [1 / 3, 2 / 3, 1.0]  # warm-up longer than the update
+    assert lr_factor(7, 2, 6) == 0.0 and lr_factor(4, 3, 3) == 0.0
+
+
+def test_the_first_step_already_moves_the_adapter(tiny, toy_edits, tmp_path):
+    """A one-step update with the default warm-up trains (a schedule starting at lr 0 trains nothing)."""
+    editor = Editor(tiny, method="lora", epochs=1, batch_size=6, grad_accum=1, lr=1e-2, max_steps=1, progress=False)
+    assert editor.config.warmup_steps >= 1
+    record = editor.update(toy_edits, out=tmp_path / "run")
+    assert record.result.steps == 1
+    assert all(v.abs().sum() > 0 for k, v in lora_state(editor.model).items() if "lora_B" in k)
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text())["lr"] == pytest.approx(1e-2)

@@ -37,7 +37,9 @@ class EditConfig:
     # optimisation
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=1, metadata={"help": "linear warm-up steps, then linear decay to 0"})
+    # 2: step 1 at half the rate (Adam's first step is a full-size sign step: the warm-up softens it), step 2 at
+    # the full rate; each step moves the adapter (engine.lr_factor)
+    warmup_steps: int = field(default=2, metadata={"help": "linear warm-up steps (step k of W at lr·k/W), then linear decay"})
     batch_size: int = field(default=8, metadata={"help": "edits per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     epochs: int = field(default=20, metadata={
@@ -87,7 +89,7 @@ class EditConfig:
     early_stop: bool = field(default=False, metadata={"help": "stop once every edit's margin exceeds γ and its greedy answer is y⁺"})
     margin_target: float | None = field(default=None, metadata={
         "help": "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt "
-                "(default 1; corsa-lifelong's 8)"})
+                "(default 1; corsa-lifelong's 12)"})
     max_new_tokens: int = field(default=NEW_TOKENS, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
 
     def __post_init__(self):

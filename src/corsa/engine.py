@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from . import distributed as dist
 from .config import EditConfig
@@ -262,6 +261,22 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Pr
     return log
 
 
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """The learning-rate multiplier of optimizer step `step` (1-based) of `total`: linear warm-up, linear decay.
+
+    Warm-up rises over the first `warmup` steps to 1 (step k of them: k/warmup), then the rate
+    falls linearly, (total − k + 1)/(total − warmup) at step k, to 1/(total − warmup) at the last
+    step. Unlike a schedule that starts at 0 (transformers' linear warm-up), every step moves the
+    adapter: a one-step update trains, and no run wastes its first step.
+    """
+    warmup = min(warmup, total)
+    if step > total:
+        return 0.0  # LambdaLR asks once more after the last step
+    if step <= warmup:
+        return step / warmup
+    return (total - step + 1) / (total - warmup)
+
+
 def micro_batches(encoded: list[Encoded], batch_size: int, generator: torch.Generator,
                   subset: list[int] | None = None) -> list[list[int]]:
     """Edits (all, or those in `subset`) grouped by length into micro-batches, in a seeded random order.
@@ -372,7 +387,8 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
+    # LambdaLR counts its steps from 0; the optimizer step it sets the rate for is one more
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i + 1, cfg.warmup_steps, total))
     history: list[dict] = []
     step, stopped_early, epoch = 0, False, 0
     active = list(range(len(encoded)))
@@ -395,11 +411,12 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
             check_finite(log, params, step, group, edits)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]  # the rate this step is taken with
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             log.update({"update": update_index + 1, "epoch": epoch, "step": step, "edits": sum(map(len, group)),
-                        "lr": scheduler.get_last_lr()[0], "time/step_s": time.perf_counter() - t0})
+                        "lr": lr, "time/step_s": time.perf_counter() - t0})
             if online:
                 log["negatives/online"] = n_online
             history.append(log)
