@@ -51,16 +51,20 @@ def init(cpu: bool | None = None):
     return PartialState(cpu=cpu)
 
 
-def shutdown() -> None:
+def shutdown(wait: bool = True) -> None:
     """Leave the process group, if one was joined, before the interpreter exits.
 
     Left to interpreter shutdown, gloo's worker threads can be torn down while still joinable,
     and a worker that finished its work aborts ("terminate called without an active exception"),
-    which the launcher reports as a failure.
+    which the launcher reports as a failure. The same abort was seen when one worker left the
+    group while worker 0 was still writing the report, so with `wait` every worker first meets
+    the others at a barrier (skip it after an error: the others may never arrive).
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         from accelerate import PartialState
 
+        if wait:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
         PartialState._reset_state()  # so that a later init() in this process joins a new group
 

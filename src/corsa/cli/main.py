@@ -75,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         # under torchrun / accelerate launch only the main process speaks; errors still reach stderr
         sys.stdout = open(os.devnull, "w")
+    finished = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except CorsaError as e:
         if args.debug:
             raise
@@ -92,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
             from .. import distributed as dist
 
             if dist.launched():
-                dist.shutdown()
+                dist.shutdown(wait=finished)  # after an error the other workers may never arrive
