@@ -260,3 +260,11 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_one_leaves_no_l
         with output_lock(out):  # and one process may enter its own lock again
             pass
     assert not (out / ".corsa-lock").exists()
+
+
+def test_ask_with_no_prompts_answers_nothing(tiny):
+    from corsa import Editor
+
+    editor = Editor(tiny, method="lora", progress=False)
+    assert editor.max_length is not None  # the context check runs, and must not choke on an empty list
+    assert editor.ask([]) == []

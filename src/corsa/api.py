@@ -184,7 +184,7 @@ class Editor:
         n = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"max_new_tokens must be a whole number of at least 1, not {n!r}")
-        if self.max_length is not None:  # refused as an edit longer than the context is, not cut silently
+        if self.max_length is not None and prompts:  # refused as an edit longer than the context is, not cut silently
             lengths = [len(self.fmt.prompt_ids(p)) for p in prompts]
             i = max(range(len(prompts)), key=lengths.__getitem__)
             if lengths[i] >= self.max_length:
