@@ -59,6 +59,7 @@ def test_every_command_lives_in_its_own_module():
     assert set(sub.choices) == {"edit", "ask", "eval", "export", "bench", "demo", "prepare-model"}
 
 
+@pytest.mark.slow  # three real `corsa` processes, each importing torch
 def test_the_cli_is_quiet_unless_verbose_and_draws_no_bars_into_a_log(tmp_path):
     import json
     import os

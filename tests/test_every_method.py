@@ -114,3 +114,31 @@ def test_a_sequence_on_a_continued_adapter_numbers_on_and_can_be_continued(base,
     # a damaged run record does not stop the adapter from loading: a new lineage starts
     (tmp_path / "first" / "run.json").write_text('{"updates": [{"index": "x"}]}')
     assert Editor(base, adapter=tmp_path / "first", method="lora", **FAST).updates == []
+
+
+def test_every_row_resolves_its_options_from_the_table():
+    """A row's options come from the row: off where it lacks the part, its own default, refused when set."""
+    from corsa.errors import ConfigError
+    from corsa.methods import OPTIONS
+    from corsa.pcgrad import COMBINERS
+    from corsa.scope import MODES
+
+    # the table names every combiner the engine has, and nothing else
+    assert set(OPTIONS["combine"].choices) | {m.combine for m in METHODS.values()} - {"none"} == set(COMBINERS)
+    assert OPTIONS["scope"].choices == MODES
+    for name, row in METHODS.items():
+        cfg = EditConfig(method=name)
+        assert cfg.sam_rho == (0.05 if row.sam else 0.0)
+        assert cfg.dpo_beta == (0.1 if row.dpo else None)
+        assert cfg.combiner == ("pcgrad" if row.combine == "pcgrad" else row.combine)
+        for option, spec in OPTIONS.items():
+            if row.uses(option):
+                assert cfg.value(option) == row.defaults.get(option, spec.default), (name, option)
+            else:
+                assert cfg.value(option) == (row.combine if option == "combine" else spec.off), (name, option)
+                with pytest.raises(ConfigError, match=spec.flag):
+                    EditConfig(method=name, **{option: {"rho": 0.1, "beta": 0.2, "combine": "pcgrad",
+                                                        "negatives": ("online",)}[option]})
+    assert EditConfig(method="corsa-lifelong").value("margin_target") == 12.0
+    with pytest.raises(ConfigError, match="invalid --replay some: choose none, all or lost"):
+        EditConfig(replay="some")

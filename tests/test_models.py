@@ -187,7 +187,7 @@ def test_prepared_alias_is_reused_without_rehashing(tmp_path, monkeypatch):
     target = tmp_path / "models" / "smollm2-135m"
     target.mkdir(parents=True)
     (target / SOURCE_MARKER).write_text("{}")
-    monkeypatch.setattr(models, "sha256_file", lambda path: pytest.fail("hashed a prepared alias"))
+    monkeypatch.setattr(models.aliases, "sha256_file", lambda path: pytest.fail("hashed a prepared alias"))
     assert prepare_alias("smollm2-135m", cache_dir=tmp_path) == target
 
 
@@ -200,14 +200,14 @@ def test_alias_conversion_is_atomic_and_marked(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_convert_gguf", broken)
+    monkeypatch.setattr(models.gguf_convert, "convert", broken)
     with pytest.raises(KeyboardInterrupt):
         prepare_alias("smollm2-135m", cache_dir=tmp_path, progress=False)
     assert not (target / SOURCE_MARKER).exists()
     assert sorted(p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")) == [
         "smollm2-135m"]
 
-    monkeypatch.setattr(models, "_convert_gguf",
+    monkeypatch.setattr(models.gguf_convert, "convert",
                         lambda gguf, out, progress: (out / "config.json").write_text("{}"))
     assert prepare_alias("smollm2-135m", cache_dir=tmp_path, progress=False) == target
     assert sorted(p.name for p in target.iterdir()) == ["config.json", SOURCE_MARKER]

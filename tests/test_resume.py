@@ -96,7 +96,7 @@ def test_rerun_with_other_settings_is_refused(setup, capsys):
     capsys.readouterr()
     assert main(command(model, edits, out) + ["--lr", "1e-2"]) == 2
     err = capsys.readouterr().err
-    assert "different settings (config.lr: saved 0.005, now 0.01)" in err  # the key, and both values
+    assert "other settings: config.lr: saved 0.005, now 0.01" in err  # the key, and both values
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(setup):

@@ -34,7 +34,7 @@ from .metrics import normalise
 from .records import Edit
 from .scope import routed
 
-DEFAULT_MODEL = "smollm2-135m"
+from .config import ASK_NEW_TOKENS, DEFAULT_MODEL  # noqa: E402
 
 
 def seed_everything(seed: int) -> None:
@@ -108,13 +108,18 @@ class Editor:
 
     def __init__(self, model=DEFAULT_MODEL, adapter: str | os.PathLike | None = None,
                  config: EditConfig | None = None, device: str | None = None, progress: bool = True,
-                 trust_remote_code: bool = False, **overrides):
+                 trust_remote_code: bool = False, report_to: str = "none",
+                 logging_dir: str | os.PathLike | None = None, **overrides):
         from .models import load_model, model_fingerprint
+        from .tracking import check as check_reporter
 
         if config is not None and overrides:
             config = EditConfig.from_dict({**config.resolved(), **overrides})
         self.config = config or EditConfig(**overrides)
         self.progress = progress
+        # as TRL's report_to/logging_dir: TensorBoard event files in logging_dir, by default OUT/tensorboard
+        self.report_to = check_reporter(report_to)
+        self.logging_dir = Path(logging_dir) if logging_dir is not None else None
         seed_everything(self.config.seed)
         if isinstance(model, tuple):
             base, tokenizer = model
@@ -282,7 +287,7 @@ class Editor:
         pool = edits + replay
         eos = cfg.value("train_eos")
         encoded = encode_edits(self.fmt, pool, self.max_length, need_rejected=True, eos=eos)
-        if cfg.spec.dpo and "interference" in cfg.value("negatives"):
+        if "interference" in cfg.value("negatives"):  # () on a row without DPO
             room = max(0, cfg.max_negatives - ("online" in cfg.value("negatives")))  # leave one for online
             for enc, found in zip(encoded, negatives.interference(pool, self.history + edits, room)):
                 enc.extra = [self.fmt.answer_ids(a, eos) for a in found]
@@ -293,14 +298,19 @@ class Editor:
         if log_path is not None and dist.is_main() and log_path.exists():
             log_path.unlink()
         started = time.time()
+        board = self._tensorboard(out, index)
         try:
             result = train_update(self.model, self.fmt, pool, encoded, cfg, log_path=log_path,
-                                  progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors)
+                                  progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors,
+                                  on_log=board)
         except TrainingError:
             if out is not None:  # the adapter was restored before the failing step: keep it
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
                              {"model": self.model_name, "scope": self.scope_mode}, edits=self.history)
             raise
+        finally:
+            if board is not None:
+                board.close()
         record = UpdateRecord(index, edits, result, Path(out) if out is not None else None,
                               [e.id for e in replay])
         self.updates.append(record)
@@ -308,6 +318,18 @@ class Editor:
         if out is not None:
             self.save(out, record, started)
         return record
+
+    def _tensorboard(self, out, index: int):
+        """The TensorBoard writer for one update (main worker, report_to="tensorboard"), else None."""
+        from .tracking import TensorBoard
+
+        if self.report_to != "tensorboard" or not dist.is_main():
+            return None
+        folder = self.logging_dir or (Path(out) / "tensorboard" if out is not None else None)
+        if folder is None:
+            raise ConfigError("report_to='tensorboard' needs a logging_dir, or an out folder to put tensorboard/ in")
+        # the lineage's steps so far: a continued adapter's curves go on where the last update's ended
+        return TensorBoard(folder, first_step=sum(u.result.steps for u in self.updates), update=index + 1)
 
     def save(self, out: str | os.PathLike, record: UpdateRecord | None = None, started: float | None = None) -> Path:
         """Write the adapter, the edits (with their filled y⁻) and the run record into `out`.
@@ -374,7 +396,7 @@ def edit(edits, model=DEFAULT_MODEL, method: str = "corsa", adapter=None, out=No
     return editor
 
 
-def ask(prompts, model=DEFAULT_MODEL, adapter=None, max_new_tokens: int = 32, template: str = "auto",
+def ask(prompts, model=DEFAULT_MODEL, adapter=None, max_new_tokens: int = ASK_NEW_TOKENS, template: str = "auto",
         device: str | None = None) -> list[str]:
     """Greedy answers of a base model, with an adapter (and the scope saved with it) if one is given."""
     editor = Editor(model, adapter=adapter, template=template, device=device, progress=False)

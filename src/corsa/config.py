@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
 from .methods import OPTIONS, Method, get_method
-from .scope import MODES
 
+DEFAULT_MODEL = "smollm2-135m"  # the model every command and the Python API use when none is named
 NEW_TOKENS = 16  # tokens generated per answer, in training's greedy checks and in evaluation
+ASK_NEW_TOKENS = 32  # tokens generated per answer by `corsa ask` / corsa.ask: a reply, not a checked answer
+TEMPLATES = ("auto", "chat", "raw")  # prompt formats (corsa.prompts.PromptFormat)
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -48,8 +50,8 @@ class EditConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the combined gradient to this norm (0: off)"})
     seed: int = field(default=42, metadata={"help": "seed for LoRA init, batch order and PCGrad order"})
     # the CoRSA terms; None means "the method's default", a value for an unused term is an error
-    rho: float | None = field(default=None, metadata={"help": "SAM radius ρ (methods with SAM; default 0.05)"})
-    beta: float | None = field(default=None, metadata={"help": "DPO β (methods with DPO; default 0.1)"})
+    rho: float | None = field(default=None, metadata={"help": "SAM radius ρ (methods with SAM)"})
+    beta: float | None = field(default=None, metadata={"help": "DPO β (methods with DPO)"})
     sft_weight: float = field(default=1.0, metadata={"help": "λ, the weight of the SFT term"})
     combine: str | None = field(default=None, metadata={
         "help": "pcgrad (standard) or pcgrad-release (the authors' variant); only for PCGrad methods"})
@@ -88,8 +90,7 @@ class EditConfig:
                 "unless --early-stop)"})
     early_stop: bool = field(default=False, metadata={"help": "stop once every edit's margin exceeds γ and its greedy answer is y⁺"})
     margin_target: float | None = field(default=None, metadata={
-        "help": "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt "
-                "(default 1; corsa-lifelong's 12)"})
+        "help": "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt"})
     max_new_tokens: int = field(default=NEW_TOKENS, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
 
     def __post_init__(self):
@@ -101,20 +102,8 @@ class EditConfig:
         if self.negatives is not None:
             self.negatives = () if tuple(self.negatives) in ((), ("none",)) else tuple(self.negatives)
         m = get_method(self.method)
-        for name in OPTIONS:
-            value = getattr(self, name)
-            # ρ = 0 and "no negatives" switch nothing on, so they are accepted on every row
-            if value is not None and not m.uses(name) and value not in (0, ()):
-                raise m.refuse(name)
-        if self.combine is not None and self.combine not in ("pcgrad", "pcgrad-release"):
-            raise ConfigError(f"--combine must be 'pcgrad' or 'pcgrad-release', not '{self.combine}'")
-        bad = [n for n in self.value("negatives") if n not in ("online", "interference")]
-        if bad:
-            raise ConfigError(f"invalid negatives {','.join(bad)}: choose online, interference or both")
-        if self.value("scope") not in MODES:
-            raise ConfigError(f"invalid scope={self.scope!r}: choose {' or '.join(MODES)}")
-        if self.value("replay") not in ("none", "all", "lost"):
-            raise ConfigError(f"invalid replay={self.replay!r}: choose none, all or lost")
+        for name in OPTIONS:  # the row says which options it takes and what values they may have
+            m.check(name, getattr(self, name))
         if self.value("negatives") and self.reference != "base":
             raise ConfigError("--negatives needs --reference base: negatives are scored by the base model (an "
                               "online one appears during training, when the model of the last update is gone)")
@@ -160,8 +149,8 @@ class EditConfig:
                 raise ConfigError(f"invalid {name}={value!r}: it must be {need}")
         if self.reference not in ("base", "previous"):
             raise ConfigError(f"invalid reference={self.reference!r}: choose 'base' or 'previous'")
-        if self.template not in ("auto", "chat", "raw"):
-            raise ConfigError(f"invalid template={self.template!r}: choose auto, chat or raw")
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"invalid template={self.template!r}: choose {', '.join(TEMPLATES)}")
         if not self.target_modules:
             raise ConfigError("target_modules is empty: name the modules that get LoRA, or 'all-linear'")
 
@@ -171,23 +160,23 @@ class EditConfig:
         return get_method(self.method)
 
     def value(self, name: str):
-        """A method option as used: the value given, else the method row's default."""
-        given = getattr(self, name)
-        return self.spec.default(name) if given is None else given
+        """A method option as used (:meth:`Method.value`): off on a row without its part, else given, else the row's."""
+        return self.spec.value(name, getattr(self, name))
 
     @property
     def sam_rho(self) -> float:
         """ρ actually used: 0 for methods without SAM."""
-        return self.value("rho") if self.spec.sam else 0.0
+        return self.value("rho")
 
     @property
-    def dpo_beta(self) -> float:
+    def dpo_beta(self) -> float | None:
+        """β actually used: None for methods without DPO."""
         return self.value("beta")
 
     @property
     def combiner(self) -> str:
         """The gradient combination actually used: none, sum, pcgrad or pcgrad-release."""
-        return self.value("combine") if self.spec.combine == "pcgrad" else self.spec.combine
+        return self.value("combine")
 
     def resolved(self) -> dict:
         """Every field plus the resolved method terms, as written into the run record."""
@@ -195,9 +184,9 @@ class EditConfig:
         d["target_modules"] = list(self.target_modules)
         if d["negatives"] is not None:
             d["negatives"] = list(d["negatives"])
-        d["resolved"] = {"rho": self.sam_rho, "beta": self.dpo_beta if self.spec.dpo else None,
+        d["resolved"] = {"rho": self.sam_rho, "beta": self.dpo_beta,
                          "combine": self.combiner, "dpo": self.spec.dpo, "sam": self.spec.sam,
-                         "negatives": list(self.value("negatives")) if self.spec.dpo else [],
+                         "negatives": list(self.value("negatives")),
                          "replay": self.value("replay"), "train_eos": self.value("train_eos"),
                          "preserve": self.value("preserve"), "swap_anchors": self.value("swap_anchors"),
                          "scope": self.value("scope"), "margin_target": self.value("margin_target")}

@@ -352,7 +352,7 @@ def refresh_online_negatives(model, fmt, edits, encoded, ref, which, cfg, batch_
 
 def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: EditConfig,
                  log_path=None, progress: bool = True, update_index: int = 0, n_new: int | None = None,
-                 anchors=None) -> UpdateResult:
+                 anchors=None, on_log=None) -> UpdateResult:
     """Train the adapter of `model` (a PeftModel) on one update's edits.
 
     `edits` may end with replayed edits of earlier updates (the first `n_new` are the update's
@@ -360,6 +360,8 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     edit stops pulling), every pass ends with the test of all of them, and the update ends when
     all hold or the budget (epochs, max_steps) is spent; replayed edits that already hold at the
     start do not pull until they are lost. `anchors` (preserve.Anchors) feed the preservation term.
+Every step's log entry goes to `log_path` (JSON lines); it and every pass's entry also go to
+`on_log` (corsa.tracking.TensorBoard), on the main worker only.
 
     Under a launcher every worker runs this with the same edits and config: the batch order and
     PCGrad order come from identically seeded generators, the gradients are all-reduced, so the
@@ -373,7 +375,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     n_new = len(encoded) if n_new is None else n_new
     pad = pad_id(fmt.tokenizer)
     eval_bs = max(cfg.batch_size, 16)
-    online = cfg.spec.dpo and "online" in cfg.value("negatives")
+    online = "online" in cfg.value("negatives")  # () on a row without DPO
     for e in encoded:
         e.online = False
     ref = compute_reference(model, fmt, encoded, cfg, eval_bs) if cfg.spec.dpo else None
@@ -390,6 +392,15 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     # LambdaLR counts its steps from 0; the optimizer step it sets the rate for is one more
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i + 1, cfg.warmup_steps, total))
     history: list[dict] = []
+
+    def record(entry: dict, step_entry: bool = False) -> None:
+        history.append(entry)
+        if dist.is_main():
+            if step_entry and log_path is not None:
+                append_jsonl(log_path, entry)
+            if on_log is not None:
+                on_log(entry)
+
     step, stopped_early, epoch = 0, False, 0
     active = list(range(len(encoded)))
     if cfg.edit_stop and n_new < len(encoded):  # replayed edits that hold do not pull
@@ -419,9 +430,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
                         "lr": lr, "time/step_s": time.perf_counter() - t0})
             if online:
                 log["negatives/online"] = n_online
-            history.append(log)
-            if log_path is not None and dist.is_main():
-                append_jsonl(log_path, log)
+            record(log, step_entry=True)
             bar.update(1)
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in log.items()
                              if k in ("loss/sft", "loss/dpo", "rewards/margins")})
@@ -430,16 +439,16 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
         if cfg.edit_stop:
             held = holding(model, fmt, encoded, cfg, eval_bs)
             active = [i for i, ok in enumerate(held) if not ok]
-            history.append({"update": update_index + 1, "epoch": epoch, "step": step,
-                            "edit_stop/holding": len(encoded) - len(active), "edit_stop/edits": len(encoded)})
+            record({"update": update_index + 1, "epoch": epoch, "step": step,
+                    "edit_stop/holding": len(encoded) - len(active), "edit_stop/edits": len(encoded)})
             model.train()
             if not active:
                 stopped_early = epoch < cfg.epochs
                 break
         elif cfg.early_stop and epoch < cfg.epochs:
             done, min_margin = all_learnt(model, fmt, encoded, edits, cfg, eval_bs)
-            history.append({"update": update_index + 1, "epoch": epoch, "step": step,
-                            "early_stop/min_margin": min_margin, "early_stop/done": done})
+            record({"update": update_index + 1, "epoch": epoch, "step": step,
+                    "early_stop/min_margin": min_margin, "early_stop/done": done})
             model.train()
             if done:
                 stopped_early = True

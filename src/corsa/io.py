@@ -349,9 +349,10 @@ _TEMP = re.compile(r"^\..+\.(tmp|old)$|^\.corsa-write-test|^\.corsa-lock$|^\.cor
 _ENTRIES = {
     # a `corsa edit` run folder (one update, or --updates K)
     "run": re.compile(r"^(adapter|adapter-last-good|run\.json|edits\.jsonl|log\.jsonl|log\.partial\.jsonl|progress\.json|"
-                      r"update-\d+)$"),
+                      r"update-\d+|tensorboard)$"),
     # a `corsa bench` folder; each method's folder holds config.json and update-k
-    "bench": re.compile(r"^(bench\.json|base\.json|edits\.jsonl|results\.json|results\.csv|report\.md|.+\.png)$"),
+    "bench": re.compile(r"^(bench\.json|base\.json|edits\.jsonl|results\.json|results\.csv|report\.md|.+\.png|"
+                        r"tensorboard)$"),
     "method": re.compile(r"^(config\.json|update-\d+)$"),
     # a `corsa export` folder: a saved model, its tokenizer, the model card and corsa's record
     "export": re.compile(r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|"

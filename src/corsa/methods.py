@@ -18,15 +18,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .errors import ConfigError
+from .scope import MODES
 
 
 @dataclass(frozen=True)
 class Option:
-    """A method option: the part of a row it needs (None: any row) and its default."""
+    """A method option: the part of a row it needs (None: any row), its default, the value it has
+    on a row without that part (`off`), and the values it may take (`choices`; for a tuple option,
+    its items)."""
 
     needs: str | None
     default: object
     flag: str
+    off: object = None
+    choices: tuple | None = None
 
 
 # part a row must have → how to test for it, and how to name it in an error
@@ -37,15 +42,16 @@ PARTS = {
 }
 
 OPTIONS: dict[str, Option] = {
-    "rho": Option("sam", 0.05, "--rho"),
+    "rho": Option("sam", 0.05, "--rho", off=0.0),
     "beta": Option("dpo", 0.1, "--beta"),
-    "combine": Option("pcgrad", "pcgrad", "--combine"),
-    "negatives": Option("dpo", (), "--negatives"),
-    "replay": Option(None, "none", "--replay"),
+    # the PCGrad variant (pcgrad.COMBINERS); a row without PCGrad combines as its `combine` says
+    "combine": Option("pcgrad", "pcgrad", "--combine", choices=("pcgrad", "pcgrad-release")),
+    "negatives": Option("dpo", (), "--negatives", off=(), choices=("online", "interference")),
+    "replay": Option(None, "none", "--replay", choices=("none", "all", "lost")),
     "train_eos": Option(None, True, "--train-eos"),
     "preserve": Option(None, 0.0, "--preserve"),
     "swap_anchors": Option(None, 0, "--swap-anchors"),
-    "scope": Option(None, "all", "--scope"),
+    "scope": Option(None, "all", "--scope", choices=MODES),
     "margin_target": Option(None, 1.0, "--margin-target"),
 }
 
@@ -74,6 +80,28 @@ class Method:
         """The value of `option` when the user does not set it: the row's own, else the option's."""
         return self.defaults.get(option, OPTIONS[option].default)
 
+    def value(self, option: str, given=None):
+        """`option` as this row trains with it: `off` where the row lacks its part, else `given`, else the default.
+
+        For "combine", a row without PCGrad gives its own combination (none or sum).
+        """
+        if not self.uses(option):
+            return self.combine if option == "combine" else OPTIONS[option].off
+        return self.default(option) if given is None else given
+
+    def check(self, option: str, given) -> None:
+        """Refuse `given` for an option this row does not take (ρ = 0 and no negatives switch nothing on,
+        so they pass everywhere), and a value outside the option's choices."""
+        spec = OPTIONS[option]
+        if given is not None and not self.uses(option) and given not in (0, ()):
+            raise self.refuse(option)
+        value = self.default(option) if given is None else given
+        if spec.choices is not None:
+            bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in spec.choices]
+            if bad:
+                raise ConfigError(f"invalid {spec.flag} {','.join(map(str, bad))}: choose "
+                                  f"{', '.join(spec.choices[:-1])} or {spec.choices[-1]}")
+
     def refuse(self, option: str) -> ConfigError:
         """The error for setting an option this row does not take, naming the rows that do."""
         spec = OPTIONS[option]
@@ -98,6 +126,15 @@ METHODS: dict[str, Method] = {m.name: m for m in [
                        "a firmer hold (γ = 12), the adapter scoped to prompts that name an edited subject",
            defaults={"replay": "all", "scope": "subject", "margin_target": 12.0}),
 ]}
+
+
+def describe_default(option: str) -> str:
+    """`option`'s default as help text: the option's own, then every row whose default differs."""
+    base = OPTIONS[option].default
+    shown = lambda v: ",".join(v) or "none" if isinstance(v, tuple) else str(v)  # noqa: E731
+    own = [f"{m.name}: {shown(m.default(option))}" for m in METHODS.values()
+           if m.uses(option) and m.default(option) != base]
+    return "; ".join([shown(base), *own])
 
 
 def get_method(name: str) -> Method:

@@ -1,7 +1,8 @@
 """The bench's outputs for people: results.csv, report.md (the comparison table) and PNG plots.
 
-Everything is drawn from the results dict of :mod:`corsa.comparison` alone (its schema: corsa.comparison.results), so a report can be
-rebuilt from ``results.json``. Plots use matplotlib's object API with the Agg canvas (no
+Everything is drawn from the results alone, read through their schema
+(:class:`corsa.comparison.results.BenchResults`, which also reads a ``results.json`` dict), so a
+report can be rebuilt from the file. Plots use matplotlib's object API with the Agg canvas (no
 pyplot, no global backend), and every file is written atomically.
 """
 
@@ -13,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from .comparison.results import BenchResults, MethodResults
 from .io import atomic_write_text
 
 # (column, where the value is in a method's results, kind)
@@ -32,8 +34,11 @@ COLUMNS = [
 ]
 
 
-def _get(d: dict, path: tuple):
-    for key in path:
+def _get(entry: MethodResults | dict, path: tuple):
+    """The value at `path`: a MethodResults field (or the base's key), then keys of the dicts inside."""
+    first, *rest = path
+    d = getattr(entry, first) if isinstance(entry, MethodResults) else entry.get(first)
+    for key in rest:
         if not isinstance(d, dict):
             return None
         d = d.get(key)
@@ -52,17 +57,18 @@ def fmt_value(value, kind: str) -> str:
     return f"{value:+.2f}"
 
 
-def table(results: dict) -> tuple[list[str], list[list[str]]]:
+def table(results: BenchResults | dict) -> tuple[list[str], list[list[str]]]:
     """The comparison: methods as rows (the unedited model first), headline numbers as columns."""
+    results = BenchResults.of(results)
     header = ["method"] + [c for c, _, _ in COLUMNS]
-    rows = [["base (unedited)"] + [fmt_value(_get(results["base"], p) if p[0] == "final" else None, k)
+    rows = [["base (unedited)"] + [fmt_value(_get(results.base, p) if p[0] == "final" else None, k)
                                    for _, p, k in COLUMNS]]
-    for name, res in results["methods"].items():
+    for name, res in results.methods.items():
         rows.append([name] + [fmt_value(_get(res, p), k) for _, p, k in COLUMNS])
     return header, rows
 
 
-def text_table(results: dict) -> str:
+def text_table(results: BenchResults | dict) -> str:
     header, rows = table(results)
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -81,21 +87,22 @@ def _matrix_table(R: list[list[float]], K: int) -> str:
     return _md_table(head, body)
 
 
-def protocol_line(results: dict) -> str:
-    g, t = results["protocol"]["generated"], results["protocol"]["teacher_forced"]
+def protocol_line(results: BenchResults) -> str:
+    g, t = results.protocol["generated"], results.protocol["teacher_forced"]
     return (f"**generated**: {g['decoding']} decoding, up to {g['max_new_tokens']} new tokens, {g['template']} "
             f"template, answers matched as {g['match']}; locality {g['locality']}. "
             f"**teacher-forced**: {t['score']}, {t['template']} template.")
 
 
-def markdown(results: dict, plots: dict[str, str]) -> str:
+def markdown(results: BenchResults | dict, plots: dict[str, str]) -> str:
+    results = BenchResults.of(results)
     header, rows = table(results)
-    K = results["n_updates"]
+    K, s = results.n_updates, results.settings
     parts = [
-        f"# corsa bench: {results['model']} on {Path(results['data']).name}",
+        f"# corsa bench: {s['model']} on {Path(s['data']).name}",
         "",
-        f"{results['n_edits']} edits (seed {results['seed']}) in {K} update{'s' if K > 1 else ''} of "
-        f"{results['update_sizes'][0]}; every method trains one adapter update after update and is evaluated "
+        f"{s['n_edits']} edits (seed {s['seed']}) in {K} update{'s' if K > 1 else ''} of "
+        f"{results.update_sizes[0]}; every method trains one adapter update after update and is evaluated "
         f"on all edits seen so far after each (method.md §6).",
         "",
         _md_table(header, rows),
@@ -116,12 +123,11 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
         "Row k: after update k; column j: on the edits of update j.",
         "",
     ]
-    for name, res in results["methods"].items():
-        R = res["retention"]
-        parts += [f"### {name}", "", _matrix_table(R, K), ""]
-        if res.get("retention_teacher_forced"):
-            parts += ["Teacher-forced (efficacy, %):", "", _matrix_table(res["retention_teacher_forced"], K), ""]
-    lost = {n: r["lost_edits"] for n, r in results["methods"].items() if r.get("lost_edits")}
+    for name, res in results.methods.items():
+        parts += [f"### {name}", "", _matrix_table(res.retention, K), ""]
+        if res.retention_teacher_forced:
+            parts += ["Teacher-forced (efficacy, %):", "", _matrix_table(res.retention_teacher_forced, K), ""]
+    lost = {n: r.lost_edits for n, r in results.methods.items() if r.lost_edits}
     if lost:
         never = any("never_took" in c for c in lost.values())
         head = ["method", "earlier edits", "kept y⁺"] + ["never took"] * never + [
@@ -135,16 +141,16 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
                   "won), taken over by another edit's y⁺ (edits interfering), or elsewhere.", "",
                   _md_table(head, body), ""]
     parts += ["## All metrics after the last update", ""]
-    keys = list(results["base"]["metrics"])
-    for res in results["methods"].values():
-        keys += [k for k in res["metrics"] if k not in keys]
-    names = list(results["methods"])
-    body = [[k, fmt_metric(results["base"]["metrics"].get(k), k)]
-            + [fmt_metric(results["methods"][n]["metrics"].get(k), k) for n in names] for k in keys]
+    keys = list(results.base["metrics"])
+    for res in results.methods.values():
+        keys += [k for k in res.metrics if k not in keys]
+    names = list(results.methods)
+    body = [[k, fmt_metric(results.base["metrics"].get(k), k)]
+            + [fmt_metric(results.methods[n].metrics.get(k), k) for n in names] for k in keys]
     parts += [_md_table(["metric", "base"] + names, body), ""]
-    resources = [[n, fmt_value(r["train_seconds"], "sec"), fmt_value(r["eval_seconds"], "sec"), str(r["steps"]),
-                  f"{r['peak_rss_mb']:.0f}", "–" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}"]
-                 for n, r in results["methods"].items()]
+    resources = [[n, fmt_value(r.train_seconds, "sec"), fmt_value(r.eval_seconds, "sec"), str(r.steps),
+                  f"{r.peak_rss_mb:.0f}", "–" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}"]
+                 for n, r in results.methods.items()]
     parts += ["## Cost", "", _md_table(["method", "train s", "eval s", "steps", "peak RSS MiB", "peak GPU MiB"],
                                        resources), "",
               "Peak RSS is the whole process's (ru_maxrss) when the method finished, so it includes earlier methods.",
@@ -161,15 +167,15 @@ def _cell(text, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def _answers_section(results: dict) -> list[str]:
+def _answers_section(results: BenchResults) -> list[str]:
     """Per method, every edit's greedy answer before editing and after each update (✓: contains y⁺)."""
     from .metrics import contains
 
-    base = results["base"].get("answers") or {}
-    methods = {n: r["answers"] for n, r in results["methods"].items() if r.get("answers")}
+    base = results.base.get("answers") or {}
+    methods = {n: r.answers for n, r in results.methods.items() if r.answers}
     if not methods:
         return []
-    K = results["n_updates"]
+    K = results.n_updates
     parts = ["## What each edit answers", "",
              "The greedy answer to each edit prompt, unedited and after every update from the edit's own; "
              "✓ marks an answer that contains y⁺.", ""]
@@ -193,33 +199,33 @@ def fmt_metric(value, key: str) -> str:
     return f"{100 * value:.1f}%"
 
 
-def rows_csv(results: dict) -> list[list]:
+def rows_csv(results: BenchResults | dict) -> list[list]:
     """One row per method × update × metric (the unedited model is update 0 of `base`)."""
+    results = BenchResults.of(results)
     out = [["method", "update", "metric", "protocol", "value"]]
 
     def add(method, update, metric, value, protocol=None):
         out.append([method, update, metric, protocol or metric.split("/")[0], "" if value is None else value])
 
-    for key, value in results["base"]["metrics"].items():
+    for key, value in results.base["metrics"].items():
         add("base", 0, key, value)
-    for name, res in results["methods"].items():
-        for row in res["per_update"]:
+    K = results.n_updates
+    summary_keys = ("update_efficacy", "retention_final", "forgetting", "relative_forgetting_reduction")
+    for name, res in results.methods.items():
+        for row in res.per_update:
             k = row["update"]
             for key, value in row["metrics"].items():
                 add(name, k, key, value)
-            for j, value in enumerate(res["retention"][k - 1]):
+            for j, value in enumerate(res.retention[k - 1]):
                 add(name, k, f"retention/update-{j + 1}", value, "generated")
-            if res.get("retention_teacher_forced"):
-                for j, value in enumerate(res["retention_teacher_forced"][k - 1]):
+            if res.retention_teacher_forced:
+                for j, value in enumerate(res.retention_teacher_forced[k - 1]):
                     add(name, k, f"retention_teacher_forced/update-{j + 1}", value, "teacher_forced")
-        K = results["n_updates"]
-        summaries = [(res, "summary", "generated"), (res.get("teacher_forced"), "summary_teacher_forced",
-                                                     "teacher_forced")]
-        for summary, prefix, protocol in summaries:
-            if summary is None:
-                continue
-            for key in ("update_efficacy", "retention_final", "forgetting", "relative_forgetting_reduction"):
-                add(name, K, f"{prefix}/{key}", summary[key], protocol)
+        for key in summary_keys:
+            add(name, K, f"summary/{key}", getattr(res, key), "generated")
+        if res.teacher_forced is not None:
+            for key in summary_keys:
+                add(name, K, f"summary_teacher_forced/{key}", res.teacher_forced[key], "teacher_forced")
     return out
 
 
@@ -263,14 +269,14 @@ def plot_retention(name: str, R: list[list[float]], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_forgetting(results: dict, path: Path) -> None:
+def plot_forgetting(results: BenchResults, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    K = results["n_updates"]
+    K = results.n_updates
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    for name, res in results["methods"].items():
-        ax.plot(range(1, K + 1), [100 * row[0] for row in res["retention"]], marker="o", label=name)
+    for name, res in results.methods.items():
+        ax.plot(range(1, K + 1), [100 * row[0] for row in res.retention], marker="o", label=name)
     ax.set_xticks(range(1, K + 1))
     ax.set_xlabel("after update")
     ax.set_ylabel("reliability on update 1 (%)")
@@ -281,13 +287,13 @@ def plot_forgetting(results: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_margins(results: dict, path: Path) -> None:
+def plot_margins(results: BenchResults, path: Path) -> None:
     import numpy as np
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    series = {"base (before)": results["base"]["margins"]}
-    series.update({f"{n} (after)": r["margins"] for n, r in results["methods"].items()})
+    series = {"base (before)": results.base["margins"]}
+    series.update({f"{n} (after)": r.margins for n, r in results.methods.items()})
     series = {k: [m for m in v if m is not None] for k, v in series.items()}
     everything = [m for v in series.values() for m in v]
     fig = Figure(figsize=(7, 4))
@@ -306,15 +312,16 @@ def plot_margins(results: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def write_all(results: dict, out: str | os.PathLike) -> dict[str, str]:
+def write_all(results: BenchResults | dict, out: str | os.PathLike) -> dict[str, str]:
     """results.csv, the plots and report.md under `out`; returns their names by role."""
+    results = BenchResults.of(results)
     out = Path(out)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows_csv(results))
     atomic_write_text(out / "results.csv", buf.getvalue())
     plots = {}
-    for name, res in results["methods"].items():
-        plot_retention(name, res["retention"], out / f"retention-{name}.png")
+    for name, res in results.methods.items():
+        plot_retention(name, res.retention, out / f"retention-{name}.png")
         plots[f"retention matrix of {name}"] = f"retention-{name}.png"
     plot_forgetting(results, out / "forgetting.png")
     plots["forgetting curves"] = "forgetting.png"

@@ -3,6 +3,8 @@
 One rule for `corsa bench` (bench.json, each method's config.json) and `corsa edit --updates`
 (progress.json): the saved settings and the rerun's are compared key by key, nested keys
 named with dots, and any difference is an error that names the keys, never a silent mix.
+And one rule for where a rerun goes on: after the last complete update-k whose adapter can be
+read (:func:`last_readable`); a damaged or missing adapter is trained again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,27 @@ def differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def refuse_changes(saved: dict, now: dict, where: Path, what: str, hint: str) -> None:
+    """The error for a rerun whose settings `now` differ from the `saved` ones in folder `where`."""
+    diffs = differences(saved, json.loads(json.dumps(now, default=str)))
+    if diffs:
+        raise ConfigError(f"{where} holds a run with other {what}: {'; '.join(diffs)}. Rerun with "
+                          f"the saved settings to resume, {hint}")
+
+
+def last_readable(folder: Path, done: int) -> int:
+    """`done`, or less: the last of folder/update-1 … update-`done` whose adapter can be read."""
+    while done > 0 and not readable_adapter(folder / f"update-{done}" / "adapter"):
+        done -= 1
+    return done
+
+
+def readable_adapter(adapter: Path) -> bool:
+    from .models import damaged_weights
+
+    return (adapter / "adapter_model.safetensors").is_file() and not damaged_weights(adapter)
+
+
 def check_same(path: Path, now: dict, what: str, hint: str) -> None:
     """Write `now` to `path`, or, when a previous run left it, refuse to go on if it differs.
 
@@ -37,10 +60,6 @@ def check_same(path: Path, now: dict, what: str, hint: str) -> None:
 
 def _check_here(path: Path, now: dict, what: str, hint: str) -> None:
     if path.exists():
-        saved = json.loads(path.read_text())
-        diffs = differences(saved, json.loads(json.dumps(now, default=str)))
-        if diffs:
-            raise ConfigError(f"{path.parent} holds a run with other {what}: {'; '.join(diffs)}. Rerun with "
-                              f"the saved settings to resume, {hint}")
+        refuse_changes(json.loads(path.read_text()), now, path.parent, what, hint)
     else:
         atomic_write_json(path, now)

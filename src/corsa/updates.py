@@ -18,7 +18,7 @@ from . import distributed as dist
 from .errors import ConfigError
 from .io import atomic_write_json, check_writable, peak_rss_mb
 from .records import Edit
-from .resume import differences
+from .resume import last_readable, refuse_changes
 
 PROGRESS = "progress.json"
 
@@ -51,21 +51,9 @@ def completed(out: Path, settings: dict) -> int:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path} cannot be read ({e}); remove it to start over") from None
-    changed = differences(saved.get("settings") or {}, json.loads(json.dumps(settings, default=str)))
-    if changed:
-        raise ConfigError(f"{out} holds a run made with different settings ({'; '.join(changed)}); "
-                          f"rerun the original command to resume it, or choose another --out")
-    done = int(saved.get("completed", 0))
+    refuse_changes(saved.get("settings") or {}, settings, out, "settings", "or choose another --out")
     # a complete update is one whose adapter is there and readable; never trust a count beyond that
-    while done > 0 and not _readable(out / f"update-{done}" / "adapter"):
-        done -= 1
-    return done
-
-
-def _readable(adapter: Path) -> bool:
-    from .models import damaged_weights
-
-    return (adapter / "adapter_model.safetensors").is_file() and not damaged_weights(adapter)
+    return last_readable(out, int(saved.get("completed", 0)))
 
 
 def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dict, log=print):

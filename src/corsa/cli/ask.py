@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .options import add_device, add_model, add_template
+from ..config import ASK_NEW_TOKENS
+from .options import add_adapter, add_device, add_model, add_template
 from .output import printable
 
 
@@ -10,8 +11,9 @@ def register(sub) -> None:
     a = sub.add_parser("ask", help="greedy answers of the model, with an adapter if given")
     a.add_argument("prompt", nargs="+", help="one or more prompts, each answered on its own")
     add_model(a)
-    a.add_argument("--adapter", default=None, help="a run or adapter folder; none: the unedited model")
-    a.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per answer (default: 32)")
+    add_adapter(a, "a run or adapter folder; none: the unedited model")
+    a.add_argument("--max-new-tokens", type=int, default=ASK_NEW_TOKENS,
+                   help=f"tokens generated per answer (default: {ASK_NEW_TOKENS})")
     add_template(a)
     add_device(a)
     a.set_defaults(func=run)

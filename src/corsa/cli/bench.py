@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
+from ..comparison.spec import BenchSpec
 from .options import (add_config_file, add_config_options, add_device, add_eval_options, add_model, add_quiet,
-                      add_skip_invalid, config_values, eval_settings, output_path, progress)
+                      add_report_to, add_skip_invalid, config_values, eval_settings, output_path, progress)
 
-DEFAULT_METHODS = "lora,sam,dpo,corsa"
+# the spec's defaults, written once (BenchSpec)
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(BenchSpec)}
+DEFAULT_METHODS = ",".join(_DEFAULT["methods"])
 
 
 def register(sub) -> None:
@@ -21,10 +25,12 @@ def register(sub) -> None:
     b.add_argument("--data", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
     b.add_argument("--methods", "--method", dest="methods", default=DEFAULT_METHODS,
                    help=f"comma-separated methods (default: {DEFAULT_METHODS})")
-    b.add_argument("--edits", type=int, default=60, help="how many edits, chosen with --seed (default: 60)")
-    b.add_argument("--updates", type=int, default=3, help="split the edits into this many updates (default: 3)")
-    b.add_argument("--seed", type=int, default=0,
-                   help="chooses the edits and seeds every method's training (default: 0)")
+    b.add_argument("--edits", type=int, default=_DEFAULT["n_edits"],
+                   help=f"how many edits, chosen with --seed (default: {_DEFAULT['n_edits']})")
+    b.add_argument("--updates", type=int, default=_DEFAULT["n_updates"],
+                   help=f"split the edits into this many updates (default: {_DEFAULT['n_updates']})")
+    b.add_argument("--seed", type=int, default=_DEFAULT["seed"],
+                   help=f"chooses the edits and seeds every method's training (default: {_DEFAULT['seed']})")
     b.add_argument("--out", required=True, type=output_path, help="output folder (rerun the same command to resume)")
     b.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="a training option for one method, e.g. corsa.rho=0.1 (repeatable); a plain flag such "
@@ -32,6 +38,7 @@ def register(sub) -> None:
     add_skip_invalid(b)
     add_device(b)
     add_quiet(b)
+    add_report_to(b)
     add_config_options(b, skip=("method", "seed"))  # --methods and --seed above are the bench's own
     add_eval_options(b, skip=("max_new_tokens",))   # one --max-new-tokens: the training option's
     b.set_defaults(func=run)
@@ -48,7 +55,7 @@ def spec_of(args, data, methods: str, sets=()):
                      eval=eval_settings(args), mmlu=getattr(args, "mmlu", 0),
                      mmlu_file=getattr(args, "mmlu_file", None), mmlu_seed=getattr(args, "mmlu_seed", 0),
                      skip_invalid=getattr(args, "skip_invalid", False), device=getattr(args, "device", None),
-                     progress=progress(args))
+                     progress=progress(args), report_to=getattr(args, "report_to", "none"))
 
 
 def run(args) -> int:

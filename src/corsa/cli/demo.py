@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .bench import run_spec, spec_of
-from .options import SAMPLE, add_config_options, add_device, add_model, add_quiet, output_path
+from .options import SAMPLE, add_config_options, add_device, add_model, add_quiet, add_report_to, output_path
 
 DEMO_METHODS = "lora,corsa,corsa-lifelong"
 
@@ -21,6 +21,7 @@ def register(sub) -> None:
     d.add_argument("--updates", type=int, default=2, help="split them into this many updates (default: 2)")
     add_device(d)
     add_quiet(d)
+    add_report_to(d)
     add_config_options(d, skip=("method", "seed"))  # options given go to every method
     d.set_defaults(func=run)
 

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (add_config_file, add_config_options, add_device, add_model, add_quiet, add_skip_invalid,
-                      config_from_args, output_path, progress)
+from .options import (add_adapter, add_config_file, add_config_options, add_device, add_edits_file, add_model, add_quiet,
+                      add_report_to, add_skip_invalid, config_from_args, output_path, progress)
 from .output import show_table
 
 
@@ -16,10 +16,9 @@ def register(sub) -> None:
     e = sub.add_parser("edit", help="train the adapter on a file of edits (one update)")
     add_model(e)
     add_config_file(e)
-    e.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
-    e.add_argument("--adapter", default=None, help="continue training this adapter (a run or adapter folder)")
+    add_edits_file(e)
+    add_adapter(e, "continue training this adapter (a run or adapter folder)")
     e.add_argument("--out", required=True, type=output_path, help="output folder for the adapter and the run record")
-    e.add_argument("--limit", type=int, default=None, help="use only the first N edits")
     e.add_argument("--updates", type=int, default=1,
                    help="split the edits (in file order) into K consecutive updates of one adapter, saved "
                         "in OUT/update-k; a rerun of the same command resumes after the last complete one")
@@ -28,6 +27,7 @@ def register(sub) -> None:
                    help="print each edit's greedy answer before and after (default: on)")
     add_device(e)
     add_quiet(e)
+    add_report_to(e)
     e.add_argument("--trust-remote-code", action="store_true",
                    help="allow a hub model to run its own Python code (off: such code is never executed)")
     add_config_options(e)
@@ -56,7 +56,8 @@ def _run(args, cfg, out: Path) -> int:
 
     def make_editor(adapter=None):
         return Editor(args.model, adapter=adapter or args.adapter, config=cfg, device=args.device,
-                      progress=progress(args), trust_remote_code=args.trust_remote_code)
+                      progress=progress(args), trust_remote_code=args.trust_remote_code,
+                      report_to=args.report_to, logging_dir=out / "tensorboard")
 
     t0 = time.perf_counter()
     if args.updates == 1:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import check_not_inside, check_writable
-from .options import (add_config_file, add_device, add_eval_options, add_model, add_quiet, add_skip_invalid, add_template,
-                      eval_settings, output_path, progress)
+from ..scope import MODES
+from .options import (add_adapter, add_config_file, add_device, add_edits_file, add_eval_options, add_model, add_quiet,
+                      add_skip_invalid, add_template, eval_settings, output_path, progress)
 from .output import fmt_metric, show_table
 
 
@@ -19,15 +20,14 @@ def register(sub) -> None:
                                    "margins (teacher-forced) of a file of edits, beside the unedited model's.")
     add_model(e)
     add_config_file(e)
-    e.add_argument("--adapter", default=None, help="the edited adapter (a run or adapter folder); none: the base model")
-    e.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
+    add_adapter(e, "the edited adapter (a run or adapter folder); none: the base model")
+    add_edits_file(e)
     e.add_argument("--out", required=True, type=output_path, help="where to write the metrics (a .json file)")
-    e.add_argument("--limit", type=int, default=None, help="use only the first N edits")
     add_skip_invalid(e)
     e.add_argument("--base", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate the unedited model, side by side (default: on)")
     add_template(e)
-    e.add_argument("--scope", default=None, choices=["all", "subject"],
+    e.add_argument("--scope", default=None, choices=MODES,
                    help="who answers: the scope the adapter was saved with (default), all (the adapter "
                         "everywhere) or subject (only prompts that name an edited subject)")
     add_device(e)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_device, add_quiet, output_path, progress
+from .options import add_adapter, add_device, add_model, add_quiet, output_path, progress
 
 
 def register(sub) -> None:
     x = sub.add_parser("export", help="merge an adapter into a full model folder (transformers, vLLM)")
-    x.add_argument("--adapter", required=True, help="a run or adapter folder")
+    add_adapter(x, "a run or adapter folder", required=True)
     x.add_argument("--out", required=True, type=output_path,
                    help="the folder for the merged model (new, empty, or an earlier export)")
-    x.add_argument("--model", default=None,
-                   help="the base model (default: the one the adapter was trained on, from its record)")
+    add_model(x, " of the base model", default=None, default_text="the one the adapter was trained on, from its record")
     x.add_argument("--all-prompts", action="store_true",
                    help="export a scoped adapter (--scope subject) anyway: merged, it answers every prompt "
                         "with the edits applied")

@@ -12,11 +12,10 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from ..config import PRESETS, EditConfig, EvalSettings
-from ..methods import OPTIONS
+from ..config import DEFAULT_MODEL, PRESETS, TEMPLATES, EditConfig, EvalSettings
+from ..methods import OPTIONS, describe_default
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "counterfact_sample.jsonl"
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def output_path(value: str) -> str:
@@ -26,9 +25,20 @@ def output_path(value: str) -> str:
     return value
 
 
-def add_model(p, help_extra: str = "") -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"alias, local folder or hub id{help_extra} (default: {DEFAULT_MODEL})")
+def add_model(p, help_extra: str = "", default: str | None = DEFAULT_MODEL, default_text: str | None = None) -> None:
+    p.add_argument("--model", default=default,
+                   help=f"alias, local folder or hub id{help_extra} (default: {default_text or default})")
+
+
+def add_adapter(p, help: str, required: bool = False) -> None:
+    p.add_argument("--adapter", default=None, required=required, help=help)
+
+
+def add_edits_file(p, limit: bool = True) -> None:
+    """--edits FILE (edit, eval; bench's edit file is --data, its --edits a count) and --limit N."""
+    p.add_argument("--edits", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
+    if limit:
+        p.add_argument("--limit", type=int, default=None, help="use only the first N edits")
 
 
 def add_device(p) -> None:
@@ -51,14 +61,25 @@ def progress(args) -> bool:
     return not getattr(args, "quiet", False)
 
 
+def add_report_to(p) -> None:
+    from ..tracking import REPORTERS
+
+    p.add_argument("--report-to", default="none", choices=REPORTERS,
+                   help="also log every step to TensorBoard: event files in OUT/tensorboard (a bench: one folder "
+                        "per method), for `tensorboard --logdir OUT/tensorboard`; needs tensorboardX "
+                        "(default: none; log.jsonl is always written)")
+
+
 def add_skip_invalid(p) -> None:
     p.add_argument("--skip-invalid", action="store_true",
                    help="drop records that break the rules (conflicting or empty targets) instead of failing")
 
 
 def add_template(p) -> None:
-    p.add_argument("--template", default="auto", choices=["auto", "chat", "raw"],
-                   help="prompt format: chat (the tokenizer's template), raw, or auto (chat when there is one)")
+    """--template for the commands without training options (ask, eval); theirs is EditConfig.template."""
+    f = next(f for f in dataclasses.fields(EditConfig) if f.name == "template")
+    p.add_argument("--template", default=f.default, choices=TEMPLATES,
+                   help=f"prompt format: {f.metadata['help']} (default: {f.default})")
 
 
 def _base_type(hint):
@@ -78,7 +99,8 @@ def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not None else "method default" if f.name in OPTIONS else "none"
+        # a method option's default is its row's (corsa.methods), shown from there
+        default = describe_default(f.name) if f.name in OPTIONS else f.default if f.default is not None else "none"
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         hint = hints[f.name]
         base = _base_type(hint)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 
+from ..config import DEFAULT_MODEL
+
+
 def register(sub) -> None:
     m = sub.add_parser("prepare-model", help="convert a bundled model alias once into the cache")
-    m.add_argument("name", nargs="?", default="smollm2-135m",
-                   help="the alias to prepare (default: smollm2-135m); the cache is $CORSA_CACHE")
+    m.add_argument("name", nargs="?", default=DEFAULT_MODEL,
+                   help=f"the alias to prepare (default: {DEFAULT_MODEL}); the cache is $CORSA_CACHE")
     m.set_defaults(func=run)
 
 

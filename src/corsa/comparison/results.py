@@ -56,6 +56,13 @@ class MethodResults:
     answers: list = doc("per edit: its greedy answer after each update, from the update that brought it "
                         "(after[0]) to the last")
 
+    @classmethod
+    def of(cls, entry: "MethodResults | dict") -> "MethodResults":
+        """A method's entry of a results.json as the dataclass (a field an older file lacks is None)."""
+        if isinstance(entry, cls):
+            return entry
+        return cls(**{f.name: entry.get(f.name) for f in dataclasses.fields(cls)})
+
 
 @dataclass
 class BenchResults:
@@ -71,6 +78,25 @@ class BenchResults:
     base: dict = doc("the unedited model: headline, metrics, counts, MMLU, margins and answers")
     methods: dict = doc("method name → MethodResults")
     versions: dict = doc("library versions of the run")
+    seconds: float | None = doc("wall time of the whole bench command, resumed parts excluded", default=None)
+    finished_at: float | None = doc("when the bench finished (Unix time)", default=None)
+    files: dict | None = doc("the files written beside results.json, by role (corsa.report.write_all)",
+                             default=None)
+
+    @classmethod
+    def of(cls, results: "BenchResults | dict") -> "BenchResults":
+        """`results` as the dataclasses: a BenchResults as it is, or the dict of a results.json."""
+        if isinstance(results, cls):
+            return results
+        names = {f.name for f in dataclasses.fields(cls)}
+        settings = {k: v for k, v in results.items() if k not in names and k not in ("corsa_bench", "notes")}
+        given = {f.name: results.get(f.name) for f in dataclasses.fields(cls) if f.name not in ("settings", "methods")}
+        methods = {n: MethodResults.of(m) for n, m in (results.get("methods") or {}).items()}
+        return cls(settings=settings, methods=methods, **given)
+
+    @property
+    def n_updates(self) -> int:
+        return self.settings["n_updates"]
 
     def to_dict(self) -> dict:
         out = {"corsa_bench": 1, **self.settings}
@@ -113,8 +139,8 @@ def method_results(config: dict, evals: list[dict], sizes: list[int]) -> MethodR
 
 
 def assemble(settings: dict, updates: list[list], protocol: dict, base: dict, per_method: dict[str, list[dict]],
-             configs: dict[str, dict]) -> dict:
-    """results.json (without the run's timing, which the runner adds) from the evaluations."""
+             configs: dict[str, dict]) -> BenchResults:
+    """results.json's content (without the run's timing and files, which the runner adds) from the evaluations."""
     sizes = [len(u) for u in updates]
     methods = {name: method_results(configs[name], evals, sizes) for name, evals in per_method.items()}
     lora = methods.get("lora")
@@ -132,7 +158,7 @@ def assemble(settings: dict, updates: list[list], protocol: dict, base: dict, pe
               "mmlu": base["mmlu"], "margins": [r["margin"] for r in base["records"]],
               "answers": {r["id"]: r["answer"] for r in base["records"]}},
         methods=methods, versions=library_versions(),
-    ).to_dict()
+    )
 
 
 def lost_edits(evals: list[dict], sizes: list[int]) -> dict | None:

@@ -41,8 +41,8 @@ from ..evaluate import counts, evaluate, summarise
 from ..io import (atomic_dir_on_main, atomic_write_json, check_not_inside, check_ours, check_writable, output_lock,
                   peak_rss_mb, sha256_file)
 from ..methods import METHODS
-from ..resume import check_same
-from .results import assemble
+from ..resume import check_same, last_readable
+from .results import BenchResults, assemble
 from .spec import BenchSpec, select, split
 
 
@@ -129,8 +129,6 @@ class Bench:
         return dist.on_main(self._finished, method)
 
     def _finished(self, method: str) -> list[dict]:
-        from ..models import damaged_weights
-
         evals = []
         for k in range(1, self.spec.n_updates + 1):
             path = self.out / method / f"update-{k}" / "eval.json"
@@ -139,9 +137,7 @@ class Bench:
             except (OSError, ValueError):
                 break
         # the run goes on from the last finished update's adapter: one that cannot be read is trained again
-        while evals and damaged_weights(self.out / method / f"update-{len(evals)}" / "adapter"):
-            evals.pop()
-        return evals
+        return evals[:last_readable(self.out / method, len(evals))]
 
     def run_method(self, method: str) -> list[dict]:
         from ..api import Editor, seed_everything
@@ -161,7 +157,8 @@ class Bench:
         adapter = folder / f"update-{done}" if done else None
         # a resumed method continues the adapter's lineage (Editor reads it from the run record),
         # so the next update gets its own index and seeds and the record lists every update
-        editor = Editor(spec.model, adapter=adapter, config=cfg, device=spec.device, progress=spec.progress)
+        editor = Editor(spec.model, adapter=adapter, config=cfg, device=spec.device, progress=spec.progress,
+                        report_to=spec.report_to, logging_dir=self.out / "tensorboard" / method)
         cache = self.base["base_answers"]
         for k in range(done + 1, K + 1):
             edits = self.updates[k - 1]
@@ -222,15 +219,16 @@ class Bench:
         results = self.results(per_method)
 
         def write() -> dict:  # the main worker's results, written by it and returned to every worker
-            results["finished_at"] = time.time()
-            results["seconds"] = time.time() - started
-            results["files"] = report.write_all(results, self.out)
-            atomic_write_json(self.out / "results.json", results)
-            return results
+            results.finished_at = time.time()
+            results.seconds = time.time() - started
+            results.files = report.write_all(results, self.out)
+            content = results.to_dict()
+            atomic_write_json(self.out / "results.json", content)
+            return content
 
         return dist.on_main(write)
 
-    def results(self, per_method: dict[str, list[dict]]) -> dict:
+    def results(self, per_method: dict[str, list[dict]]) -> BenchResults:
         configs = {m: self.spec.method_config(m).resolved() for m in per_method}
         return assemble(self.settings, self.updates, self.protocol, self.base, per_method, configs)
 

@@ -44,6 +44,7 @@ class BenchSpec:
     skip_invalid: bool = False
     device: str | None = None
     progress: bool = True
+    report_to: str = "none"  # "tensorboard": every method's steps in OUT/tensorboard/METHOD (corsa.tracking)
 
     def __post_init__(self):
         self.out = Path(self.out)

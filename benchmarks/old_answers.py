@@ -1,0 +1,84 @@
+"""How often the filled y⁻ is the old answer: CounterFact prompts with their `ground_truth` hidden.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/old_answers.py --out runs/old-answers.json
+
+For each of `--edits` CounterFact records (every `--stride`-th from `--start`, so that the
+relations mix), the y⁻ that corsa fills in (:func:`corsa.old_answers.fill`, the unedited model's
+answer cut to an answer) is compared with the record's `ground_truth`, which the filler never
+sees. Two rates, side by side on the same greedy answers:
+
+- `greedy_contains`: the unedited model's greedy answer mentions `ground_truth`
+  (:func:`corsa.metrics.contains`), the most a filler that reads that answer can find;
+- `filled_matches`: the filled y⁻ *is* `ground_truth` (equal after :func:`corsa.metrics.normalise`),
+  and `filled_contains`: the filled y⁻ mentions it.
+
+Issue 13's target: `filled_contains` at least `greedy_contains`, i.e. cutting the sentence down to
+an answer never loses the old answer the model gave. The JSON lists every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from corsa import EditConfig, Editor  # noqa: E402
+from corsa.generate import generate  # noqa: E402
+from corsa.io import atomic_write_json, library_versions  # noqa: E402
+from corsa.loaders import load_edits  # noqa: E402
+from corsa.metrics import contains, normalise  # noqa: E402
+from corsa.old_answers import fill  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNTERFACT = ROOT.parent / "shared" / "data" / "counterfact" / "easyedit" / "counterfact-edit.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default=str(COUNTERFACT), help="CounterFact, EasyEdit format")
+    p.add_argument("--edits", type=int, default=48)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--stride", type=int, default=7, help="take every stride-th record (default 7)")
+    p.add_argument("--out", default="runs/old-answers.json")
+    args = p.parse_args(argv)
+
+    records = load_edits(args.data, limit=args.start + args.stride * args.edits)
+    picked = records[args.start::args.stride][:args.edits]
+    truth = [e.target_old for e in picked]
+    hidden = [dataclasses.replace(e, target_old=None) for e in picked]
+
+    editor = Editor(model=args.model, config=EditConfig(method="lora"))
+    filled = fill(editor.model, editor.fmt, hidden, editor.config.max_new_tokens)
+    # the answers the filler read, generated again the same way (greedy, adapter off on a new adapter)
+    with editor.model.disable_adapter():
+        greedy = generate(editor.model, editor.fmt, [e.prompt for e in picked], editor.config.max_new_tokens, 16)
+
+    cases = [{"id": e.id, "prompt": e.prompt, "ground_truth": t, "greedy": g, "filled": f.target_old,
+              "greedy_contains": contains(g, t), "filled_contains": contains(f.target_old, t),
+              "filled_matches": normalise(f.target_old) == normalise(t)}
+             for e, t, g, f in zip(picked, truth, greedy, filled)]
+    n = len(cases)
+    rates = {k: sum(c[k] for c in cases) for k in ("greedy_contains", "filled_contains", "filled_matches")}
+    result = {"data": args.data, "model": args.model, "edits": n, "start": args.start, "stride": args.stride,
+              "counts": rates, "target": {"filled_contains >= greedy_contains":
+                                          rates["filled_contains"] >= rates["greedy_contains"]},
+              "cases": cases, "versions": library_versions()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(args.out), result)
+    for k, v in rates.items():
+        print(f"{k:16s} {v}/{n}")
+    for c in cases:
+        if c["greedy_contains"] != c["filled_contains"]:
+            print(f"  lost: {c['prompt']!r} → {c['greedy']!r} → y⁻ {c['filled']!r} (truth {c['ground_truth']!r})")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
