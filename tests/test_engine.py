@@ -170,7 +170,7 @@ def test_micro_batches_cover_every_edit_once_grouped_by_length(tiny, toy_edits):
     (dict(method="sam", beta=0.1), "does not train DPO"),
     (dict(method="dpo", combine="pcgrad-release"), "does not use PCGrad"),
     (dict(method="lora", negatives="online"), "does not train DPO"),
-    (dict(negatives="offline"), "online, interference"),
+    (dict(negatives="offline"), "choose online or interference"),
     (dict(replay="some"), "none, all or lost"),
     (dict(negatives="online", reference="previous"), "reference base"),
     (dict(edit_stop=True, early_stop=True), "choose one"),
