@@ -63,20 +63,33 @@ def test_an_interrupted_sequence_resumes_to_the_uninterrupted_adapter(method, ba
     settings = settings_of(base, None, cfg, edits, 2)
     straight, _ = run_updates(make, edits, 2, tmp_path / "straight", settings, log=lambda *_: None)
     want = _lora(straight)
-    # the second update is stopped as a Ctrl-C would stop it, then the same call resumes
-    real = Editor.update
-    calls = []
+    # the second update is stopped in the middle of its training, after one optimizer step, as a
+    # Ctrl-C would stop it (a SIGKILL at any point: test_resume.py), then the same call resumes
+    import corsa.engine as engine
 
-    def interrupted(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
+    real_update, real_step = Editor.update, engine.corsa_step
+    state = {"update": 0, "steps": 0}
 
-    monkeypatch.setattr(Editor, "update", interrupted)
+    def counted_update(self, *a, **k):
+        state["update"] += 1
+        return real_update(self, *a, **k)
+
+    def step(*a, **k):
+        if state["update"] == 2:
+            state["steps"] += 1
+            if state["steps"] == 2:
+                raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(Editor, "update", counted_update)
+    monkeypatch.setattr(engine, "corsa_step", step)
     with pytest.raises(KeyboardInterrupt):
         run_updates(make, edits, 2, tmp_path / "resumed", settings, log=lambda *_: None)
-    monkeypatch.setattr(Editor, "update", real)
+    assert state["steps"] == 2  # it stopped inside update 2, one step taken
+    assert (tmp_path / "resumed" / "update-1" / "adapter").is_dir()
+    assert not (tmp_path / "resumed" / "update-2" / "adapter").exists()
+    monkeypatch.setattr(Editor, "update", real_update)
+    monkeypatch.setattr(engine, "corsa_step", real_step)
     resumed, _ = run_updates(make, edits, 2, tmp_path / "resumed", settings, log=lambda *_: None)
     got = _lora(resumed)
     assert got.keys() == want.keys()
