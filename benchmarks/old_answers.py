@@ -12,8 +12,11 @@ sees. Two rates, side by side on the same greedy answers:
 - `filled_matches`: the filled y⁻ *is* `ground_truth` (equal after :func:`corsa.metrics.normalise`),
   and `filled_contains`: the filled y⁻ mentions it.
 
-Issue 13's target: `filled_contains` at least `greedy_contains`, i.e. cutting the sentence down to
-an answer never loses the old answer the model gave. The JSON lists every case.
+Each rate is also given over the records whose prompt does not already name `ground_truth`
+(`*_known`): a reply that restates "Holy Name Cathedral, Chicago can be found in" contains
+"Chicago" without knowing anything, and a y⁻ that kept such a restatement would score there.
+Issue 13's target: the filled y⁻ finds the old answer at least as often as the greedy reply
+holds it. The JSON lists every case.
 """
 
 from __future__ import annotations
@@ -61,21 +64,25 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = [{"id": e.id, "prompt": e.prompt, "ground_truth": t, "greedy": g, "filled": f.target_old,
               "greedy_contains": contains(g, t), "filled_contains": contains(f.target_old, t),
-              "filled_matches": normalise(f.target_old) == normalise(t)}
+              "filled_matches": normalise(f.target_old) == normalise(t), "prompt_names_it": contains(e.prompt, t)}
              for e, t, g, f in zip(picked, truth, greedy, filled)]
     n = len(cases)
-    rates = {k: sum(c[k] for c in cases) for k in ("greedy_contains", "filled_contains", "filled_matches")}
+    kinds = ("greedy_contains", "filled_contains", "filled_matches")
+    rates = {k: sum(c[k] for c in cases) for k in kinds}
+    rates.update({f"{k}_known": sum(c[k] for c in cases if not c["prompt_names_it"]) for k in kinds})
+    rates["prompt_names_it"] = sum(c["prompt_names_it"] for c in cases)
     result = {"data": args.data, "model": args.model, "edits": n, "start": args.start, "stride": args.stride,
-              "counts": rates, "target": {"filled_contains >= greedy_contains":
-                                          rates["filled_contains"] >= rates["greedy_contains"]},
+              "counts": rates, "target": {"filled_contains_known >= greedy_contains_known":
+                                          rates["filled_contains_known"] >= rates["greedy_contains_known"]},
               "cases": cases, "versions": library_versions()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.out), result)
     for k, v in rates.items():
-        print(f"{k:16s} {v}/{n}")
+        print(f"{k:22s} {v}/{n}")
     for c in cases:
         if c["greedy_contains"] != c["filled_contains"]:
-            print(f"  lost: {c['prompt']!r} → {c['greedy']!r} → y⁻ {c['filled']!r} (truth {c['ground_truth']!r})")
+            which = "found only in the reply" if c["greedy_contains"] else "found only in y⁻"
+            print(f"  {which}: {c['prompt']!r} → {c['greedy']!r} → y⁻ {c['filled']!r} (truth {c['ground_truth']!r})")
     print(f"written: {args.out}")
     return 0
 

@@ -10,12 +10,20 @@ leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative)
 
 1. the unedited model's greedy answer to the prompt, in the edit's prompt format (the chat
    template where the tokenizer has one), first line only;
-2. :func:`short_answer`: where the answer restates the prompt ("The official language of
-   Majorca is Italian."), what follows the restatement; then the first clause (up to the first
-   sentence or clause punctuation), at most :data:`MAX_WORDS` words;
-3. an answer that leaves nothing (empty, or only a restatement), or that is y⁺ itself (the model
-   already says it), falls back to the whole first line, then to the end-of-turn token, so y⁻
-   is never empty and never y⁺.
+2. where that answer restates the prompt ("The official language of Majorca is Italian."),
+   :func:`short_answer`: what follows the restatement, up to the first sentence or clause
+   punctuation, at most :data:`MAX_WORDS` words;
+3. where it does not (a chat model often starts elsewhere: "Windows Embedded CE 6.0 is a Microsoft
+   product that…" for "Windows Embedded CE 6.0 is a product of"), the model is asked to complete
+   the prompt itself: its answer turn starts with the prompt's words, and the greedy completion,
+   cut by :func:`completion_answer` to its first sentence of at most :data:`COMPLETION_WORDS`
+   words, is y⁻ ("Microsoft"). On 96 CounterFact prompts whose `ground_truth` was hidden
+   (``benchmarks/old_answers.py``, two samples), this found the old answer in 7 cases against 4
+   for the reply's first clause, where the reply itself held it in 6 (counting only records whose
+   prompt does not already name the answer);
+4. an answer that leaves nothing (empty, or only a restatement), or that is y⁺ itself (the model
+   already says it), falls back to the other candidates, the whole first line, then the
+   end-of-turn token, so y⁻ is never empty and never y⁺.
 """
 
 from __future__ import annotations
@@ -26,11 +34,13 @@ import re
 from .metrics import normalise
 
 MAX_WORDS = 6
+COMPLETION_WORDS = 8
 # a clause ends at sentence punctuation followed by a space or the end ("3.14" and "1,234" go on),
 # at a newline, a quote or a bracket, or a spaced dash
 _CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)|[\n\"“”()\[\]]|\s[-–—]\s")
 # "St. Louis", "Dr. Who", "the U.S.": a full stop after one or two capitals is an abbreviation
 _ABBREVIATION = re.compile(r"(?:^|[\s.])[A-Z][a-z]?\.$")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -47,6 +57,27 @@ def short_answer(prompt: str, answer: str) -> str:
     rest = _after_restatement(prompt, line)
     words = _first_clause(rest).split()
     return " ".join(words[:MAX_WORDS]).strip(" '\"`")
+
+
+def completion_answer(completion: str) -> str:
+    """The answer in a completion of the prompt's own words: its first sentence, at most COMPLETION_WORDS words.
+
+    Pure. A sentence, not a clause: a completion starts with the answer ("a mix of faiths,
+    including Buddhism"), so there is no restatement to cut and a comma is rarely its end.
+    """
+    line = (completion or "").strip().split("\n", 1)[0].strip()
+    for m in _SENTENCE_END.finditer(line):
+        if m.group() == "." and _ABBREVIATION.search(line[:m.end()]):
+            continue
+        line = line[:m.start()]
+        break
+    return " ".join(line.split()[:COMPLETION_WORDS]).strip(" '\"`")
+
+
+def restates(prompt: str, answer: str) -> bool:
+    """Whether the first line of `answer` restates `prompt`'s closing words (see _after_restatement)."""
+    line = (answer or "").strip().split("\n", 1)[0].strip()
+    return _after_restatement(prompt, line) != line
 
 
 def _first_clause(text: str) -> str:
@@ -98,12 +129,21 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
     with off:
         answers = dist.gather_batches(lambda part: generate(model, fmt, part, max_new_tokens, batch_size),
                                       prompts, batch_size, key=lambda p: -len(p))
+        # a chat reply that does not restate the prompt: ask for the completion of the prompt itself
+        # (a raw model's answer already is one)
+        elsewhere = [p for p, a in zip(prompts, answers) if fmt.chat and not restates(p, a)]
+        completions = dict(zip(elsewhere, dist.gather_batches(
+            lambda part: generate(model, fmt, part, max_new_tokens, batch_size, prefill=True),
+            elsewhere, batch_size, key=lambda p: -len(p)))) if elsewhere else {}
     out = list(edits)
     for i, a in zip(missing, answers):
+        prompt = edits[i].prompt
         first_line = (a or "").strip().split("\n", 1)[0].strip()
+        candidates = [short_answer(prompt, a), first_line]
+        if prompt in completions:
+            candidates.insert(0, completion_answer(completions[prompt]))
         # y⁻ must differ from y⁺ (the model may already say it): the next candidate, else the end of turn
         new = normalise(edits[i].target_new)
-        old = next((c for c in (short_answer(edits[i].prompt, a), first_line) if c and normalise(c) != new),
-                   fmt.tokenizer.eos_token)
+        old = next((c for c in candidates if c and normalise(c) != new), fmt.tokenizer.eos_token)
         out[i] = dataclasses.replace(edits[i], target_old=old)
     return out

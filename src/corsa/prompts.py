@@ -57,6 +57,11 @@ class PromptFormat:
             return self.tokenizer(text, add_special_tokens=False).input_ids
         return self.tokenizer(prompt).input_ids
 
+    def prefill_ids(self, prompt: str) -> list[int]:
+        """The prompt's own words as the start of the answer turn (chat), so that the model completes
+        the statement instead of replying to it; nothing for raw prompts, which are completed already."""
+        return self.tokenizer(prompt.strip(), add_special_tokens=False).input_ids if self.chat else []
+
     def answer_ids(self, answer: str, eos: bool = True) -> list[int]:
         """The answer's tokens; with a chat template closed by the end-of-turn token unless `eos` is off."""
         answer = answer.strip()
