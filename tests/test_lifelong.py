@@ -336,3 +336,32 @@ def test_corsa_edit_shows_spillover_and_warns_when_few_edits_took(tmp_path, caps
                  "--lr", "3e-2", "--batch-size", "1", "--quiet", "--scope", "all"]) == 0
     captured = capsys.readouterr()
     assert "CHANGED" in captured.out and "spill over" in captured.err and "--scope subject" in captured.err
+
+
+def test_a_continued_adapter_keeps_its_method_unless_told_otherwise(tmp_path, capsys):
+    from corsa.cli import main
+    from corsa.testing import save_tiny_llama
+
+    model = str(save_tiny_llama(tmp_path / "model", seed=0))
+    edits = tmp_path / "e.jsonl"
+    edits.write_text("".join(json.dumps({"prompt": f"The code of item {i} is", "target_new": f"Q{i}",
+                                         "target_old": f"A{i}"}) + "\n" for i in range(2)))
+    flags = ["--model", model, "--edits", str(edits), "--epochs", "1", "--no-check", "--quiet"]
+
+    def method(run):
+        return json.loads((run / "run.json").read_text())["config"]["method"]
+
+    assert main(["edit", *flags, "--method", "corsa-lifelong", "--out", str(tmp_path / "first")]) == 0
+    capsys.readouterr()
+    # no --method: the adapter's own, said on stderr; the second update replays the first's edits
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"prompt": "The code of item 7 is", "target_new": "Q7", "target_old": "A7"}) + "\n")
+    again = [f if f != str(edits) else str(more) for f in flags]
+    assert main(["edit", *again, "--adapter", str(tmp_path / "first"), "--out", str(tmp_path / "second")]) == 0
+    assert "with corsa-lifelong, the method it was trained with" in capsys.readouterr().err
+    assert method(tmp_path / "second") == "corsa-lifelong"
+    assert json.loads((tmp_path / "second" / "run.json").read_text())["updates"][-1]["replayed_ids"]
+    # --method given: that one
+    assert main(["edit", *again, "--adapter", str(tmp_path / "second"), "--method", "lora",
+                 "--out", str(tmp_path / "third")]) == 0
+    assert method(tmp_path / "third") == "lora"

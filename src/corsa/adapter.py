@@ -58,7 +58,7 @@ def _finish_publish(path: Path) -> None:
 
 
 def marker(path: str | Path) -> dict:
-    """What corsa saved beside a saved adapter (MARKER: base fingerprint, model, scope); {} if none."""
+    """What corsa saved beside a saved adapter (MARKER: base fingerprint, model, scope, method); {} if none."""
     file = find_adapter_dir(path) / MARKER
     try:
         return json.loads(file.read_text()) if file.exists() else {}

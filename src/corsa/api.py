@@ -306,7 +306,7 @@ class Editor:
         except TrainingError:
             if out is not None:  # the adapter was restored before the failing step: keep it
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
-                             {"model": self.model_name, "scope": self.scope_mode}, edits=self.history)
+                             {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method}, edits=self.history)
             raise
         finally:
             if board is not None:
@@ -348,7 +348,7 @@ class Editor:
         with writing(out, staged):
             staged["adapter"] = stage_dir(out, "adapter")
             adapters.write(self.model, staged["adapter"], self.fingerprint,
-                           {"model": self.model_name, "scope": self.scope_mode}, edits=self.history)
+                           {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method}, edits=self.history)
             if record is not None:
                 staged["edits.jsonl"] = stage_text(out, "edits.jsonl", "".join(
                     json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in record.edits))

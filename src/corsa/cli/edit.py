@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .options import (add_adapter, add_config_file, add_config_options, add_device, add_edits_file, add_model, add_quiet,
-                      add_report_to, add_skip_invalid, config_from_args, output_path, progress)
+                      add_report_to, add_skip_invalid, config_from_args, config_values, output_path, progress)
 from .output import show_table
 
 
@@ -38,11 +38,30 @@ def run(args) -> int:
     from ..io import check_not_inside, check_ours, output_lock
 
     cfg = config_from_args(args)
+    if args.adapter is not None and getattr(args, "method", None) is None:
+        cfg = _method_of(args, cfg)
     out = Path(args.out)
     check_not_inside({"--edits": args.edits, "--adapter": args.adapter}, out)
     check_ours(out, "run")
     with output_lock(out):  # a second run on the same folder is refused while this one works
         return _run(args, cfg, out)
+
+
+def _method_of(args, cfg):
+    """A continued adapter keeps the method it was trained with unless --method says otherwise.
+
+    (corsa-lifelong's replay, scope and γ would otherwise quietly turn into plain corsa's on the
+    second update.) Adapters saved before corsa recorded the method continue with the default.
+    """
+    from ..adapter import marker
+    from ..config import EditConfig
+
+    saved = marker(args.adapter).get("method")
+    if saved is None or saved == cfg.method:
+        return cfg
+    print(f"continuing {args.adapter} with {saved}, the method it was trained with (--method to change it)",
+          file=sys.stderr)
+    return EditConfig(**{**config_values(args), "method": saved})
 
 
 def _run(args, cfg, out: Path) -> int:
