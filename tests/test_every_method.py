@@ -137,7 +137,7 @@ def test_every_row_resolves_its_options_from_the_table():
     from corsa.scope import MODES
 
     # the table names every combiner the engine has, and nothing else
-    assert set(OPTIONS["combine"].choices) | {m.combine for m in METHODS.values()} - {"none"} == set(COMBINERS)
+    assert (set(OPTIONS["combine"].choices) | {m.combine for m in METHODS.values()}) - {"none"} == set(COMBINERS)
     assert OPTIONS["scope"].choices == MODES
     for name, row in METHODS.items():
         cfg = EditConfig(method=name)

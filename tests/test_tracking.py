@@ -60,8 +60,20 @@ def test_tensorboard_holds_the_step_log_and_a_continued_adapter_draws_on(tmp_pat
     assert sorted(board2["loss/sft"]) == [5, 6, 7, 8]
     assert list(board2["loss/sft"].values()) == pytest.approx([e["loss/sft"] for e in steps(second)], rel=1e-6)
 
-    # the folder corsa wrote tensorboard/ into is still its own: the same command runs again there
+    # the folder corsa wrote tensorboard/ into is still its own: the same command runs again there,
+    # and its event file tells TensorBoard to drop the first attempt's points from step 1 on
     assert main(["edit", *common, "--out", str(first)]) == 0
+    from tensorboardX.proto.event_pb2 import Event
+
+    newest = sorted((first / "tensorboard").glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)[-1]
+    data = newest.read_bytes()
+    events = []
+    i = 0
+    while i < len(data):
+        n = struct.unpack("<Q", data[i:i + 8])[0]
+        events.append(Event.FromString(data[i + 12:i + 12 + n]))
+        i += 12 + n + 4
+    assert any(e.HasField("session_log") and e.step == 1 for e in events)
 
 
 def test_bench_writes_one_tensorboard_folder_per_method(tmp_path, tiny_model):

@@ -41,13 +41,15 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_what_corsa_reads_at_run_time(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("corsa/data/counterfact_sample.jsonl", "corsa/data/anchors.txt", "corsa/data/spillover.txt",
-                   "corsa/data/mmlu_subset.jsonl", "corsa/py.typed", "corsa/cli/main.py", "corsa/comparison/runner.py"):
+                   "corsa/data/mmlu_subset.jsonl", "corsa/py.typed", "corsa/cli/main.py", "corsa/comparison/runner.py",
+                   "corsa/models/__init__.py", "corsa/models/loading.py", "corsa/models/gguf_convert.py"):
         assert needed in names, needed
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "benchmarks/", "configs/")) for n in names)
 
 
 def test_the_wheel_in_a_fresh_venv_outside_the_repo_runs_the_demo(wheel, tmp_path):
+    from corsa import __version__ as corsa_version
     from corsa.testing import save_tiny_llama
 
     venv = tmp_path / "venv"
@@ -71,7 +73,7 @@ def test_the_wheel_in_a_fresh_venv_outside_the_repo_runs_the_demo(wheel, tmp_pat
     model = save_tiny_llama(tmp_path / "model", seed=0)
     corsa = venv / "bin" / "corsa"
     version = subprocess.run([str(corsa), "--version"], cwd=away, env=env, capture_output=True, text=True)
-    assert version.returncode == 0 and "0.1.0" in version.stdout, version.stderr
+    assert version.returncode == 0 and corsa_version in version.stdout, version.stderr
     demo = subprocess.run([str(corsa), "demo", "--model", str(model), "--edits", "4", "--epochs", "2", "--quiet",
                            "--out", "demo"], cwd=away, env=env, capture_output=True, text=True)
     assert demo.returncode == 0, demo.stderr[-3000:]

@@ -278,6 +278,8 @@ class Editor:
             # room for the new adapter beside the old one, and for adapter-last-good should a step fail
             dist.on_main(check_writable, out, 2 * self.adapter_bytes() + 20 * 2**20)
             dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write
+        if self.report_to == "tensorboard" and out is None and self.logging_dir is None:
+            raise ConfigError("report_to='tensorboard' needs a logging_dir, or an out folder to put tensorboard/ in")
         edits = self.fill_old_targets(as_edits(edits, limit))
         if not edits:
             raise ConfigError("no edits to train on")
@@ -323,11 +325,13 @@ class Editor:
         """The TensorBoard writer for one update (main worker, report_to="tensorboard"), else None."""
         from .tracking import TensorBoard
 
-        if self.report_to != "tensorboard" or not dist.is_main():
+        if self.report_to != "tensorboard":
             return None
         folder = self.logging_dir or (Path(out) / "tensorboard" if out is not None else None)
-        if folder is None:
+        if folder is None:  # raised on every worker, so none of them waits for the others in training
             raise ConfigError("report_to='tensorboard' needs a logging_dir, or an out folder to put tensorboard/ in")
+        if not dist.is_main():
+            return None
         # the lineage's steps so far: a continued adapter's curves go on where the last update's ended
         return TensorBoard(folder, first_step=sum(u.result.steps for u in self.updates), update=index + 1)
 

@@ -29,7 +29,8 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 @dataclass
 class EditConfig:
     method: str = field(default="corsa", metadata={
-        "help": "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad, corsa-lifelong"})
+        "help": "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad, corsa-lifelong; `corsa edit --adapter` "
+                "without it continues with the method the adapter was trained with"})
     # LoRA (the release: r=32, α=64, no dropout, all attention and MLP projections)
     lora_r: int = field(default=32, metadata={"help": "LoRA rank r"})
     lora_alpha: float = field(default=64.0, metadata={"help": "LoRA scale α (the update is α/r · BA)"})

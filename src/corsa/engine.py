@@ -360,8 +360,8 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     edit stops pulling), every pass ends with the test of all of them, and the update ends when
     all hold or the budget (epochs, max_steps) is spent; replayed edits that already hold at the
     start do not pull until they are lost. `anchors` (preserve.Anchors) feed the preservation term.
-Every step's log entry goes to `log_path` (JSON lines); it and every pass's entry also go to
-`on_log` (corsa.tracking.TensorBoard), on the main worker only.
+    Every step's log entry goes to `log_path` (JSON lines); it and every pass's entry also go to
+    `on_log` (corsa.tracking.TensorBoard), on the main worker only.
 
     Under a launcher every worker runs this with the same edits and config: the batch order and
     PCGrad order come from identically seeded generators, the gradients are all-reduced, so the

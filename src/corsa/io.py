@@ -377,7 +377,7 @@ def foreign_files(folder: str | os.PathLike, kind: str, dirs: tuple[str, ...] = 
             continue
         if entry.name in dirs and entry.is_dir():
             found += [f"{entry.name}/{x}" for x in foreign_files(entry, "method")]
-        elif not _ENTRIES[kind].match(entry.name):
+        elif not _ENTRIES[kind].match(entry.name) or (entry.name == "tensorboard" and not entry.is_dir()):
             found.append(entry.name)
         elif entry.name in ("adapter", "adapter-last-good") and entry.is_dir():
             found += [f"{entry.name}/{x.name}" for x in sorted(entry.iterdir())

@@ -43,7 +43,10 @@ class TensorBoard:
         from tensorboardX import SummaryWriter
 
         self.first_step = first_step
-        self.writer = SummaryWriter(logdir=str(folder), filename_suffix=f".update-{update}")
+        # purge_step: a rerun or a resumed update writes its steps again; TensorBoard then drops the
+        # earlier attempt's points from this step on, so the curves show the run that counts
+        self.writer = SummaryWriter(logdir=str(folder), filename_suffix=f".update-{update}",
+                                    purge_step=first_step + 1)
 
     def __call__(self, entry: dict) -> None:
         step = self.first_step + int(entry["step"])

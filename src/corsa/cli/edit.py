@@ -51,17 +51,32 @@ def _method_of(args, cfg):
     """A continued adapter keeps the method it was trained with unless --method says otherwise.
 
     (corsa-lifelong's replay, scope and γ would otherwise quietly turn into plain corsa's on the
-    second update.) Adapters saved before corsa recorded the method continue with the default.
+    second update.) The method is in the adapter's marker, or, for adapters saved before it was,
+    in the run record beside the adapter; with neither, the default.
     """
-    from ..adapter import marker
+    import json
+
+    from .. import distributed as dist
+    from ..adapter import find_adapter_dir, marker
     from ..config import EditConfig
+    from ..errors import ConfigError
 
     saved = marker(args.adapter).get("method")
+    if saved is None:
+        try:
+            saved = json.loads((find_adapter_dir(args.adapter).parent / "run.json").read_text())["config"]["method"]
+        except (OSError, ValueError, KeyError, TypeError):
+            saved = None
     if saved is None or saved == cfg.method:
         return cfg
-    print(f"continuing {args.adapter} with {saved}, the method it was trained with (--method to change it)",
-          file=sys.stderr)
-    return EditConfig(**{**config_values(args), "method": saved})
+    if dist.is_main():
+        print(f"continuing {args.adapter} with {saved}, the method it was trained with (--method to change it)",
+              file=sys.stderr)
+    try:
+        return EditConfig(**{**config_values(args), "method": saved})
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the method {saved} is the one {args.adapter} was trained with; "
+                          f"pass --method to train it with another)") from None
 
 
 def _run(args, cfg, out: Path) -> int:

@@ -11,7 +11,6 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .. import metrics as M
-from ..evaluate import HEADLINE, headline
 from ..io import library_versions
 
 # keys whose values differ between two runs of the same command (time, memory)
@@ -116,6 +115,7 @@ def notes() -> dict:
 
 def method_results(config: dict, evals: list[dict], sizes: list[int]) -> MethodResults:
     """One method's entry from the evaluations after each of its updates (eval.json of update-k)."""
+    from ..evaluate import headline  # torch; the schema and its readers (corsa.report) do without
     R = [[ev["per_update"][j]["metrics"]["generated/reliability"] for j in range(k + 1)]
          for k, ev in enumerate(evals)]
     R_tf = [[ev["per_update"][j]["metrics"]["teacher_forced/efficacy"] for j in range(k + 1)]
@@ -141,6 +141,7 @@ def method_results(config: dict, evals: list[dict], sizes: list[int]) -> MethodR
 def assemble(settings: dict, updates: list[list], protocol: dict, base: dict, per_method: dict[str, list[dict]],
              configs: dict[str, dict]) -> BenchResults:
     """results.json's content (without the run's timing and files, which the runner adds) from the evaluations."""
+    from ..evaluate import HEADLINE, headline
     sizes = [len(u) for u in updates]
     methods = {name: method_results(configs[name], evals, sizes) for name, evals in per_method.items()}
     lora = methods.get("lora")

@@ -47,6 +47,9 @@ class BenchSpec:
     report_to: str = "none"  # "tensorboard": every method's steps in OUT/tensorboard/METHOD (corsa.tracking)
 
     def __post_init__(self):
+        from ..tracking import check
+
+        check(self.report_to)  # before the model loads, not minutes into the run
         self.out = Path(self.out)
         self.methods = tuple(self.methods)
         if not self.methods:
