@@ -209,16 +209,16 @@ def test_unknown_target_module_lists_the_real_ones(tiny):
 def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
     from dataclasses import replace
 
-    from corsa.old_answers import short_answer
+    from corsa.old_answers import completion_answer, restates, short_answer
 
     editor = Editor(tiny, method="dpo", **FAST)
     edits = [replace(e, target_old=None) for e in toy_edits[:2]] + toy_edits[2:3]
     filled = editor.fill_old_targets(edits)
     assert filled[2] is edits[2]  # a given y⁻ stays
-    # the greedy answer decoded one token at a time by hand, without generate()'s batching and cache
+    # the greedy answers decoded one token at a time by hand, without generate()'s batching and cache
     model, fmt = editor.model, editor.fmt
-    for e, f in zip(edits[:2], filled[:2]):
-        ids = fmt.prompt_ids(e.prompt)
+
+    def greedy(ids):
         answer = []
         with torch.no_grad():
             for _ in range(editor.config.max_new_tokens):
@@ -226,9 +226,15 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
                 answer.append(nxt)
                 if nxt == editor.tokenizer.eos_token_id:
                     break
-        text = fmt.decode_answer(answer)
-        assert f.target_old == (short_answer(e.prompt, text) or text.strip().split("\n")[0].strip()
-                                or editor.tokenizer.eos_token)
+        return fmt.decode_answer(answer)
+
+    for e, f in zip(edits[:2], filled[:2]):
+        text = greedy(fmt.prompt_ids(e.prompt))
+        candidates = [short_answer(e.prompt, text), text.strip().split("\n")[0].strip()]
+        if fmt.chat and not restates(e.prompt, text):  # then the completion of the prompt's own words first
+            candidates.insert(0, completion_answer(greedy(fmt.prompt_ids(e.prompt) + fmt.prefill_ids(e.prompt))))
+        want = next((c for c in candidates if c and c != e.target_new), editor.tokenizer.eos_token)
+        assert f.target_old == want
 
 
 def test_save_continue_and_refuse(tmp_path, toy_edits):
