@@ -67,6 +67,16 @@ def marker(path: str | Path) -> dict:
                          f"without its base-model check") from None
 
 
+def run_record(path: str | Path) -> dict:
+    """The run record (run.json) corsa wrote beside a saved adapter; {} if there is none or it cannot be read."""
+    file = find_adapter_dir(path).parent / "run.json"
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def load_existing(model, path: str | Path, fingerprint: str | None = None, trainable: bool = True):
     """Load a saved adapter to keep training it; pickle weights are refused, never unpickled."""
     from peft import PeftModel

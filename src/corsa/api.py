@@ -22,7 +22,7 @@ import torch
 
 from . import adapter as adapters
 from . import distributed as dist
-from .config import EditConfig
+from .config import ASK_NEW_TOKENS, DEFAULT_MODEL, EditConfig
 from .engine import UpdateResult, train_update
 from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
@@ -33,8 +33,7 @@ from .prompts import PromptFormat, encode_edits
 from .metrics import normalise
 from .records import Edit
 from .scope import routed
-
-from .config import ASK_NEW_TOKENS, DEFAULT_MODEL  # noqa: E402
+from . import tracking
 
 
 def seed_everything(seed: int) -> None:
@@ -81,15 +80,14 @@ def lineage(adapter, history: list[Edit]) -> list[UpdateRecord]:
     and the new run record lists the earlier updates before the new one. An adapter saved
     without a run record (or a damaged one) starts a new lineage.
     """
-    run = adapters.find_adapter_dir(adapter).parent / "run.json"
+    folder = adapters.find_adapter_dir(adapter).parent
     by_id = {e.id: e for e in history}
     try:
-        saved = json.loads(run.read_text())["updates"] if run.exists() else []
         out = []
-        for u in saved:
+        for u in adapters.run_record(adapter).get("updates", []):
             result = UpdateResult(u["steps"], u["epochs"], u["train_seconds"], u["stopped_early"], [u["final"]])
             out.append(UpdateRecord(u["index"] - 1, [by_id[i] for i in u["edit_ids"] if i in by_id], result,
-                                    run.parent, u.get("replayed_ids", []), list(u["edit_ids"])))
+                                    folder, u.get("replayed_ids", []), list(u["edit_ids"])))
         return out
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []  # an older or damaged record: a new lineage starts here
@@ -111,14 +109,13 @@ class Editor:
                  trust_remote_code: bool = False, report_to: str = "none",
                  logging_dir: str | os.PathLike | None = None, **overrides):
         from .models import load_model, model_fingerprint
-        from .tracking import check as check_reporter
 
         if config is not None and overrides:
             config = EditConfig.from_dict({**config.resolved(), **overrides})
         self.config = config or EditConfig(**overrides)
         self.progress = progress
         # as TRL's report_to/logging_dir: TensorBoard event files in logging_dir, by default OUT/tensorboard
-        self.report_to = check_reporter(report_to)
+        self.report_to = tracking.check(report_to)
         self.logging_dir = Path(logging_dir) if logging_dir is not None else None
         seed_everything(self.config.seed)
         if isinstance(model, tuple):
@@ -278,8 +275,7 @@ class Editor:
             # room for the new adapter beside the old one, and for adapter-last-good should a step fail
             dist.on_main(check_writable, out, 2 * self.adapter_bytes() + 20 * 2**20)
             dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write
-        if self.report_to == "tensorboard" and out is None and self.logging_dir is None:
-            raise ConfigError("report_to='tensorboard' needs a logging_dir, or an out folder to put tensorboard/ in")
+        board_dir = self._board_dir(out)  # refused before any work, on every worker
         edits = self.fill_old_targets(as_edits(edits, limit))
         if not edits:
             raise ConfigError("no edits to train on")
@@ -300,7 +296,9 @@ class Editor:
         if log_path is not None and dist.is_main() and log_path.exists():
             log_path.unlink()
         started = time.time()
-        board = self._tensorboard(out, index)
+        # the lineage's steps so far: a continued adapter's curves go on where the last update's ended
+        board = (tracking.TensorBoard(board_dir, first_step=sum(u.result.steps for u in self.updates), update=index + 1)
+                 if board_dir is not None and dist.is_main() else None)
         try:
             result = train_update(self.model, self.fmt, pool, encoded, cfg, log_path=log_path,
                                   progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors,
@@ -308,7 +306,7 @@ class Editor:
         except TrainingError:
             if out is not None:  # the adapter was restored before the failing step: keep it
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
-                             {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method}, edits=self.history)
+                             self._marker(), edits=self.history)
             raise
         finally:
             if board is not None:
@@ -321,19 +319,17 @@ class Editor:
             self.save(out, record, started)
         return record
 
-    def _tensorboard(self, out, index: int):
-        """The TensorBoard writer for one update (main worker, report_to="tensorboard"), else None."""
-        from .tracking import TensorBoard
-
+    def _board_dir(self, out) -> Path | None:
+        """Where this update's TensorBoard event files go (report_to="tensorboard"), else None."""
         if self.report_to != "tensorboard":
             return None
-        folder = self.logging_dir or (Path(out) / "tensorboard" if out is not None else None)
-        if folder is None:  # raised on every worker, so none of them waits for the others in training
+        if self.logging_dir is None and out is None:
             raise ConfigError("report_to='tensorboard' needs a logging_dir, or an out folder to put tensorboard/ in")
-        if not dist.is_main():
-            return None
-        # the lineage's steps so far: a continued adapter's curves go on where the last update's ended
-        return TensorBoard(folder, first_step=sum(u.result.steps for u in self.updates), update=index + 1)
+        return self.logging_dir or Path(out) / "tensorboard"
+
+    def _marker(self) -> dict:
+        """What is saved beside the adapter besides the base fingerprint (adapter.MARKER)."""
+        return {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method}
 
     def save(self, out: str | os.PathLike, record: UpdateRecord | None = None, started: float | None = None) -> Path:
         """Write the adapter, the edits (with their filled y⁻) and the run record into `out`.
@@ -351,8 +347,7 @@ class Editor:
         staged = {}
         with writing(out, staged):
             staged["adapter"] = stage_dir(out, "adapter")
-            adapters.write(self.model, staged["adapter"], self.fingerprint,
-                           {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method}, edits=self.history)
+            adapters.write(self.model, staged["adapter"], self.fingerprint, self._marker(), edits=self.history)
             if record is not None:
                 staged["edits.jsonl"] = stage_text(out, "edits.jsonl", "".join(
                     json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in record.edits))

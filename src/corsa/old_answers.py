@@ -44,6 +44,11 @@ _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+def first_line(text: str | None) -> str:
+    """The first line of a model's answer, stripped ("" for none)."""
+    return (text or "").strip().split("\n", 1)[0].strip()
+
+
 def _words(text: str) -> list[str]:
     return _WORD.findall(normalise(text))
 
@@ -53,7 +58,7 @@ def short_answer(prompt: str, answer: str) -> str:
 
     Pure; see the module docstring for the rule. Returns "" when nothing is left.
     """
-    line = (answer or "").strip().split("\n", 1)[0].strip()
+    line = first_line(answer)
     rest = _after_restatement(prompt, line)
     words = _first_clause(rest).split()
     return " ".join(words[:MAX_WORDS]).strip(" '\"`")
@@ -65,7 +70,7 @@ def completion_answer(completion: str) -> str:
     Pure. A sentence, not a clause: a completion starts with the answer ("a mix of faiths,
     including Buddhism"), so there is no restatement to cut and a comma is rarely its end.
     """
-    line = (completion or "").strip().split("\n", 1)[0].strip()
+    line = first_line(completion)
     for m in _SENTENCE_END.finditer(line):
         if m.group() == "." and _ABBREVIATION.search(line[:m.end()]):
             continue
@@ -76,7 +81,7 @@ def completion_answer(completion: str) -> str:
 
 def restates(prompt: str, answer: str) -> bool:
     """Whether the first line of `answer` restates `prompt`'s closing words (see _after_restatement)."""
-    line = (answer or "").strip().split("\n", 1)[0].strip()
+    line = first_line(answer)
     return _after_restatement(prompt, line) != line
 
 
@@ -138,8 +143,7 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
     out = list(edits)
     for i, a in zip(missing, answers):
         prompt = edits[i].prompt
-        first_line = (a or "").strip().split("\n", 1)[0].strip()
-        candidates = [short_answer(prompt, a), first_line]
+        candidates = [short_answer(prompt, a), first_line(a)]
         if prompt in completions:
             candidates.insert(0, completion_answer(completions[prompt]))
         # y⁻ must differ from y⁺ (the model may already say it): the next candidate, else the end of turn

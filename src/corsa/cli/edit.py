@@ -54,19 +54,13 @@ def _method_of(args, cfg):
     second update.) The method is in the adapter's marker, or, for adapters saved before it was,
     in the run record beside the adapter; with neither, the default.
     """
-    import json
-
     from .. import distributed as dist
-    from ..adapter import find_adapter_dir, marker
+    from ..adapter import marker, run_record
     from ..config import EditConfig
     from ..errors import ConfigError
 
-    saved = marker(args.adapter).get("method")
-    if saved is None:
-        try:
-            saved = json.loads((find_adapter_dir(args.adapter).parent / "run.json").read_text())["config"]["method"]
-        except (OSError, ValueError, KeyError, TypeError):
-            saved = None
+    config = run_record(args.adapter).get("config")
+    saved = marker(args.adapter).get("method") or (config.get("method") if isinstance(config, dict) else None)
     if saved is None or saved == cfg.method:
         return cfg
     if dist.is_main():
