@@ -365,3 +365,111 @@ def test_a_continued_adapter_keeps_its_method_unless_told_otherwise(tmp_path, ca
     assert main(["edit", *again, "--adapter", str(tmp_path / "second"), "--method", "lora",
                  "--out", str(tmp_path / "third")]) == 0
     assert method(tmp_path / "third") == "lora"
+
+
+# --- the cost of replay: reference scores and hold tests that are not repeated -----------------
+
+def _scripted_update(tiny, monkeypatch, retest, script, replay_held):
+    """train_update on 6 edits (2 new, 4 replayed) with the step stubbed and the hold test scripted.
+
+    `script` maps the tuple of edit indices a hold test is given to the answers it returns; the
+    run returns the trained groups and the tested index tuples, in order.
+    """
+    from corsa import engine
+
+    editor = Editor(tiny, method="lora", template="raw", batch_size=8, epochs=10, retest=retest, progress=False)
+    edits = [Edit(f"e{i}", f"The code of item {i} is", "QQ", "AB") for i in range(6)]
+    encoded = encode_edits(editor.fmt, edits, None, need_rejected=True)
+    index = {id(e): i for i, e in enumerate(encoded)}
+    tested, trained = [], []
+
+    def holding(model, fmt, part, cfg, bs):
+        key = tuple(index[id(e)] for e in part)
+        tested.append(key)
+        return script[key]
+
+    def step(model, params, cfg, enc, ref, group, pad, generator, pres=None):
+        trained.append(sorted(i for mb in group for i in mb))
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        return {}
+
+    monkeypatch.setattr(engine, "holding", holding)
+    monkeypatch.setattr(engine, "corsa_step", step)
+    result = engine.train_update(editor.model, editor.fmt, edits, encoded, editor.config, progress=False,
+                                 n_new=2, replay_held=replay_held)
+    return result, trained, tested
+
+
+def test_retest_trained_scores_the_pass_edits_then_all_of_them(tiny, monkeypatch):
+    T, F = True, False
+    calls = []
+
+    def full():  # the first test of all six finds edit 3 knocked out, the second finds all holding
+        calls.append(1)
+        return [T, T, T, F, T, T] if len(calls) == 1 else [T] * 6
+
+    class Script(dict):
+        def __getitem__(self, key):
+            return full() if key == (0, 1, 2, 3, 4, 5) else dict.__getitem__(self, key)
+
+    script = Script({(0, 1, 5): [T, F, T], (1,): [T], (3,): [T]})
+    result, trained, tested = _scripted_update(tiny, monkeypatch, "trained", script, [T, T, T, F])
+    assert trained == [[0, 1, 5], [1], [3]]
+    assert tested == [(0, 1, 5), (1,), (0, 1, 2, 3, 4, 5), (3,), (0, 1, 2, 3, 4, 5)]  # no test before pass 1
+    checks = [h["edit_stop/tested"] for h in result.history if "edit_stop/tested" in h]
+    assert checks == [3, 1 + 6, 1 + 6]
+    assert result.stopped_early and result.held == [T] * 6
+
+
+def test_retest_all_scores_every_edit_after_every_pass(tiny, monkeypatch):
+    T, F = True, False
+    answers = iter([[T] * 4, [T, F, T, T, T, T], [T] * 6])
+
+    class Script(dict):
+        def __getitem__(self, key):
+            return next(answers)
+
+    result, trained, tested = _scripted_update(tiny, monkeypatch, "all", Script(), None)
+    assert tested[0] == (2, 3, 4, 5)                  # without replay_held the replayed edits are tested first
+    assert trained == [[0, 1], [1]] and tested[1:] == [tuple(range(6))] * 2
+    assert result.held == [T] * 6
+
+
+def test_a_budget_spent_after_a_partial_test_leaves_held_unknown(tiny, monkeypatch):
+    T, F = True, False
+
+    class Script(dict):
+        def __getitem__(self, key):
+            return [F] * len(key)                     # nothing ever holds
+
+    result, trained, tested = _scripted_update(tiny, monkeypatch, "trained", Script(), [T, T, T, T])
+    assert all(len(t) == 2 for t in tested) and len(trained) == 10  # only the new edits, every pass
+    assert result.held is None and not result.stopped_early
+
+
+def test_later_updates_score_only_new_reference_pairs_and_reuse_the_last_hold_test(tiny, monkeypatch):
+    from corsa import engine
+
+    sizes = []
+    real = engine.holding
+    monkeypatch.setattr(engine, "holding", lambda m, f, part, *a: sizes.append(len(part)) or real(m, f, part, *a))
+    scored = []
+    real_pairs = engine.score_pairs
+    monkeypatch.setattr(engine, "score_pairs", lambda m, f, pairs, *a: scored.append(len(pairs)) or real_pairs(m, f, pairs, *a))
+    first = [Edit(f"a{i}", f"The code of item {i} is", "QQ", "AB") for i in range(3)]
+    second = [Edit(f"b{i}", f"The code of thing {i} is", "ZZ", "CD") for i in range(2)]
+    editor = Editor(tiny, method="dpo", replay="all", retest="trained", template="raw", epochs=60, batch_size=4,
+                    lr=3e-2, warmup_steps=5, margin_target=0.5, progress=False)
+    editor.update(first)
+    assert scored == [6] and len(editor._base_scores) == 6        # y⁺ and y⁻ of 3 edits
+    assert editor._known_held(first) == [True] * 3                # the first update ended with all holding
+    scored.clear(), sizes.clear()
+    record = editor.update(second)
+    assert scored == [4]                                           # only the 2 new edits' pairs
+    assert record.replayed == ["a0", "a1", "a2"] and sizes[0] == 2  # the replayed ones were not tested first
+    # the cached reference is the base model's score, as a fresh one gives it
+    enc = encode_edits(editor.fmt, first + second, None, need_rejected=True)
+    fresh = compute_reference(editor.model, editor.fmt, enc, editor.config, 16)
+    kept = compute_reference(editor.model, editor.fmt, enc, editor.config, 16, editor._base_scores)
+    assert torch.allclose(fresh.chosen, kept.chosen, atol=1e-4) and torch.allclose(fresh.rejected, kept.rejected, atol=1e-4)

@@ -23,7 +23,7 @@ import torch
 from . import adapter as adapters
 from . import distributed as dist
 from .config import ASK_NEW_TOKENS, DEFAULT_MODEL, EditConfig
-from .engine import UpdateResult, train_update
+from .engine import BaseScores, UpdateResult, train_update
 from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
 from . import negatives
@@ -34,6 +34,11 @@ from .metrics import normalise
 from .records import Edit
 from .scope import routed
 from . import tracking
+
+
+def _held_key(edit: Edit) -> tuple:
+    """What the hold test of an edit depends on besides the adapter: its prompt and both answers."""
+    return edit.prompt, edit.target_new, edit.target_old
 
 
 def seed_everything(seed: int) -> None:
@@ -136,6 +141,10 @@ class Editor:
         for p in base.parameters():
             p.requires_grad_(False)
         self._saved_scope = None  # the scope a loaded adapter was saved with
+        # kept across updates: the base model's DPO reference scores (it never changes), and which
+        # edits held at the last update's final test (the adapter has not moved since)
+        self._base_scores = BaseScores()
+        self._held: dict[tuple, bool] = {}
         if adapter is not None:
             self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True)
             self.parent = str(adapters.find_adapter_dir(adapter))
@@ -229,13 +238,20 @@ class Editor:
             return []
         if mode == "all" and not (budget and len(earlier) > budget):
             return earlier
-        enc = encode_edits(self.fmt, earlier, None, need_rejected=True, eos=self.config.value("train_eos"))
-        held = holding(self.model, self.fmt, enc, self.config, max(self.config.batch_size, 16))
+        held = self._known_held(earlier)
+        if held is None:
+            enc = encode_edits(self.fmt, earlier, None, need_rejected=True, eos=self.config.value("train_eos"))
+            held = holding(self.model, self.fmt, enc, self.config, max(self.config.batch_size, 16))
         lost = [e for e, ok in zip(earlier, held) if not ok]
         rest = [] if mode == "lost" else [e for e, ok in zip(earlier, held) if ok]
         random.Random(self.config.seed + 1000 * index).shuffle(rest)
         chosen = lost + rest
         return chosen[:budget] if budget else chosen
+
+    def _known_held(self, edits: list[Edit]) -> list[bool] | None:
+        """Whether each of `edits` holds, from the last update's final test; None if any is unknown."""
+        held = [self._held.get(_held_key(e)) for e in edits]
+        return None if any(h is None for h in held) else held
 
     def anchors(self, edits: list[Edit], index: int = 0):
         """The preservation term's anchors (corsa.preserve), without any evaluation probe of `edits`.
@@ -299,10 +315,12 @@ class Editor:
         # the lineage's steps so far: a continued adapter's curves go on where the last update's ended
         board = (tracking.TensorBoard(board_dir, first_step=sum(u.result.steps for u in self.updates), update=index + 1)
                  if board_dir is not None and dist.is_main() else None)
+        replay_held = self._known_held(replay) if replay else None
+        self._held = {}  # from here on the adapter moves
         try:
             result = train_update(self.model, self.fmt, pool, encoded, cfg, log_path=log_path,
                                   progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors,
-                                  on_log=board)
+                                  on_log=board, base_scores=self._base_scores, replay_held=replay_held)
         except TrainingError:
             if out is not None:  # the adapter was restored before the failing step: keep it
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
@@ -315,6 +333,8 @@ class Editor:
                               [e.id for e in replay])
         self.updates.append(record)
         self.history = self._not_edited_again(edits) + list(edits)
+        if result.held is not None:
+            self._held = {_held_key(e): h for e, h in zip(pool, result.held)}
         if out is not None:
             self.save(out, record, started)
         return record
