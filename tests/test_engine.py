@@ -189,7 +189,7 @@ def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
 
 def test_resolved_terms_per_method():
     plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "swap_anchors": 0, "scope": "all",
-             "margin_target": 1.0, "retest": "all"}
+             "margin_target": 1.0}
     assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",
                                                                 "dpo": False, "sam": False, **plain}
     r = EditConfig(method="corsa", combine="pcgrad-release").resolved()["resolved"]
@@ -199,11 +199,6 @@ def test_resolved_terms_per_method():
     assert life.value("replay") != "none" and EditConfig(method="corsa-lifelong", replay="none").value("replay") == "none"
     assert EditConfig(method="lora", replay="all").value("replay") == "all"  # every mechanism on any row
     assert EditConfig(method="corsa-no-pcgrad").combiner == "sum"
-    assert life.value("retest") == "trained" and EditConfig(method="corsa", retest="trained").value("retest") == "trained"
-    with pytest.raises(ConfigError, match="--retest"):
-        EditConfig(method="corsa", edit_stop=False, early_stop=True, retest="trained")
-    with pytest.raises(ConfigError, match="invalid --retest"):
-        EditConfig(method="corsa", retest="some")
 
 
 def test_unknown_target_module_lists_the_real_ones(tiny):

@@ -369,24 +369,23 @@ def test_a_continued_adapter_keeps_its_method_unless_told_otherwise(tmp_path, ca
 
 # --- the cost of replay: reference scores and hold tests that are not repeated -----------------
 
-def _scripted_update(tiny, monkeypatch, retest, script, replay_held):
-    """train_update on 6 edits (2 new, 4 replayed) with the step stubbed and the hold test scripted.
+def _scripted_update(tiny, monkeypatch, answers, replay_held):
+    """train_update on 6 edits (2 new, 4 replayed) with the step stubbed and the hold tests' answers scripted.
 
-    `script` maps the tuple of edit indices a hold test is given to the answers it returns; the
-    run returns the trained groups and the tested index tuples, in order.
+    Returns the result, the edits each step trained and the edits each hold test was given.
     """
     from corsa import engine
 
-    editor = Editor(tiny, method="lora", template="raw", batch_size=8, epochs=10, retest=retest, progress=False)
+    editor = Editor(tiny, method="lora", template="raw", batch_size=8, epochs=10, progress=False)
     edits = [Edit(f"e{i}", f"The code of item {i} is", "QQ", "AB") for i in range(6)]
     encoded = encode_edits(editor.fmt, edits, None, need_rejected=True)
     index = {id(e): i for i, e in enumerate(encoded)}
+    answers = iter(answers)
     tested, trained = [], []
 
     def holding(model, fmt, part, cfg, bs):
-        key = tuple(index[id(e)] for e in part)
-        tested.append(key)
-        return script[key]
+        tested.append(tuple(index[id(e)] for e in part))
+        return next(answers)
 
     def step(model, params, cfg, enc, ref, group, pad, generator, pres=None):
         trained.append(sorted(i for mb in group for i in mb))
@@ -401,51 +400,24 @@ def _scripted_update(tiny, monkeypatch, retest, script, replay_held):
     return result, trained, tested
 
 
-def test_retest_trained_scores_the_pass_edits_then_all_of_them(tiny, monkeypatch):
+def test_the_last_hold_test_given_for_replayed_edits_is_not_repeated(tiny, monkeypatch):
     T, F = True, False
-    calls = []
-
-    def full():  # the first test of all six finds edit 3 knocked out, the second finds all holding
-        calls.append(1)
-        return [T, T, T, F, T, T] if len(calls) == 1 else [T] * 6
-
-    class Script(dict):
-        def __getitem__(self, key):
-            return full() if key == (0, 1, 2, 3, 4, 5) else dict.__getitem__(self, key)
-
-    script = Script({(0, 1, 5): [T, F, T], (1,): [T], (3,): [T]})
-    result, trained, tested = _scripted_update(tiny, monkeypatch, "trained", script, [T, T, T, F])
-    assert trained == [[0, 1, 5], [1], [3]]
-    assert tested == [(0, 1, 5), (1,), (0, 1, 2, 3, 4, 5), (3,), (0, 1, 2, 3, 4, 5)]  # no test before pass 1
-    checks = [h["edit_stop/tested"] for h in result.history if "edit_stop/tested" in h]
-    assert checks == [3, 1 + 6, 1 + 6]
+    # given: replayed edit 5 is lost; pass 1 trains 0, 1, 5; the test of all six finds 1 and 3 not holding
+    result, trained, tested = _scripted_update(tiny, monkeypatch, [[T, F, T, F, T, T], [T] * 6], [T, T, T, F])
+    assert trained == [[0, 1, 5], [1, 3]]
+    assert tested == [tuple(range(6))] * 2                         # no test of the replayed edits first
     assert result.stopped_early and result.held == [T] * 6
+    # without it, the replayed edits are tested before the first pass
+    result, trained, tested = _scripted_update(tiny, monkeypatch, [[T, T, T, F], [T] * 6], None)
+    assert tested[0] == (2, 3, 4, 5) and trained == [[0, 1, 5]] and result.held == [T] * 6
 
 
-def test_retest_all_scores_every_edit_after_every_pass(tiny, monkeypatch):
-    T, F = True, False
-    answers = iter([[T] * 4, [T, F, T, T, T, T], [T] * 6])
-
-    class Script(dict):
-        def __getitem__(self, key):
-            return next(answers)
-
-    result, trained, tested = _scripted_update(tiny, monkeypatch, "all", Script(), None)
-    assert tested[0] == (2, 3, 4, 5)                  # without replay_held the replayed edits are tested first
-    assert trained == [[0, 1], [1]] and tested[1:] == [tuple(range(6))] * 2
-    assert result.held == [T] * 6
-
-
-def test_a_budget_spent_after_a_partial_test_leaves_held_unknown(tiny, monkeypatch):
-    T, F = True, False
-
-    class Script(dict):
-        def __getitem__(self, key):
-            return [F] * len(key)                     # nothing ever holds
-
-    result, trained, tested = _scripted_update(tiny, monkeypatch, "trained", Script(), [T, T, T, T])
-    assert all(len(t) == 2 for t in tested) and len(trained) == 10  # only the new edits, every pass
-    assert result.held is None and not result.stopped_early
+def test_a_spent_budget_leaves_the_last_tests_answers(tiny, monkeypatch):
+    answers = [[False] * 6 for _ in range(10)]
+    result, trained, tested = _scripted_update(tiny, monkeypatch, answers, [True] * 4)
+    assert len(trained) == 10 and not result.stopped_early and result.held == [False] * 6
+    with pytest.raises(ValueError, match="replay_held"):
+        _scripted_update(tiny, monkeypatch, answers, [True] * 3)
 
 
 def test_later_updates_score_only_new_reference_pairs_and_reuse_the_last_hold_test(tiny, monkeypatch):
@@ -459,7 +431,7 @@ def test_later_updates_score_only_new_reference_pairs_and_reuse_the_last_hold_te
     monkeypatch.setattr(engine, "score_pairs", lambda m, f, pairs, *a: scored.append(len(pairs)) or real_pairs(m, f, pairs, *a))
     first = [Edit(f"a{i}", f"The code of item {i} is", "QQ", "AB") for i in range(3)]
     second = [Edit(f"b{i}", f"The code of thing {i} is", "ZZ", "CD") for i in range(2)]
-    editor = Editor(tiny, method="dpo", replay="all", retest="trained", template="raw", epochs=60, batch_size=4,
+    editor = Editor(tiny, method="dpo", replay="all", template="raw", epochs=60, batch_size=4,
                     lr=3e-2, warmup_steps=5, margin_target=0.5, progress=False)
     editor.update(first)
     assert scored == [6] and len(editor._base_scores) == 6        # y⁺ and y⁻ of 3 edits
@@ -467,7 +439,7 @@ def test_later_updates_score_only_new_reference_pairs_and_reuse_the_last_hold_te
     scored.clear(), sizes.clear()
     record = editor.update(second)
     assert scored == [4]                                           # only the 2 new edits' pairs
-    assert record.replayed == ["a0", "a1", "a2"] and sizes[0] == 2  # the replayed ones were not tested first
+    assert record.replayed == ["a0", "a1", "a2"] and sizes[0] == 5  # the first test is after pass 1, of all 5
     # the cached reference is the base model's score, as a fresh one gives it
     enc = encode_edits(editor.fmt, first + second, None, need_rejected=True)
     fresh = compute_reference(editor.model, editor.fmt, enc, editor.config, 16)

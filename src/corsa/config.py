@@ -92,10 +92,6 @@ class EditConfig:
     early_stop: bool = field(default=False, metadata={"help": "stop once every edit's margin exceeds γ and its greedy answer is y⁺"})
     margin_target: float | None = field(default=None, metadata={
         "help": "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt"})
-    retest: str | None = field(default=None, metadata={
-        "help": "with --edit-stop, what the test after each pass scores: all (every edit, every pass) or "
-                "trained (the edits the pass trained, and all of them once those hold: cheaper when most "
-                "edits rest, as replayed ones do); the update ends only when every edit holds either way"})
     max_new_tokens: int = field(default=NEW_TOKENS, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
 
     def __post_init__(self):
@@ -119,9 +115,6 @@ class EditConfig:
             raise ConfigError("--replay-budget limits replay, which is off; set --replay all or lost, or drop it")
         if self.edit_stop is None:
             self.edit_stop = not self.early_stop
-        if not self.edit_stop and self.retest is not None and self.retest != "all":
-            raise ConfigError("--retest chooses what per-edit stopping tests after each pass, which is off; "
-                              "drop --no-edit-stop or --retest")
         if self.edit_stop and self.early_stop:
             raise ConfigError("--early-stop and --edit-stop are two stopping rules; choose one "
                               "(--no-edit-stop --early-stop for the whole-update rule)")
@@ -197,8 +190,7 @@ class EditConfig:
                          "negatives": list(self.value("negatives")),
                          "replay": self.value("replay"), "train_eos": self.value("train_eos"),
                          "preserve": self.value("preserve"), "swap_anchors": self.value("swap_anchors"),
-                         "scope": self.value("scope"), "margin_target": self.value("margin_target"),
-                         "retest": self.value("retest")}
+                         "scope": self.value("scope"), "margin_target": self.value("margin_target")}
         return d
 
     @classmethod

@@ -395,9 +395,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     all hold or the budget (epochs, max_steps) is spent; replayed edits that already hold at the
     start do not pull until they are lost. `replay_held`, when given, says which replayed edits
     hold now (the last update's final test, UpdateResult.held: the adapter has not moved
-    since), so they are not tested again. With `cfg.value("retest") == "trained"` the test
-    after a pass scores only the edits that pass trained, and all of them once those hold; the
-    update still ends only when a test of all of them finds every edit holding. `anchors`
+    since), so they are not tested again. `anchors`
     (preserve.Anchors) feed the preservation term; `base_scores` keeps the base model's DPO
     reference scores across updates.
     Every step's log entry goes to `log_path` (JSON lines); it and every pass's entry also go to
@@ -448,7 +446,6 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
             raise ValueError(f"replay_held has {len(replay_held)} entries for {len(encoded) - n_new} replayed edits")
         held = replay_held if replay_held is not None else holding(model, fmt, encoded[n_new:], cfg, eval_bs)
         active = list(range(n_new)) + [n_new + j for j, ok in enumerate(held) if not ok]
-    retest_trained = cfg.value("retest") == "trained"
     model.train()
     bar = tqdm(total=total, desc=f"update {update_index + 1} · {cfg.method}", unit="step", leave=False,
                disable=not dist.show_bar(progress))
@@ -480,18 +477,9 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
             if step >= total:
                 break
         if cfg.edit_stop:
-            tested, still = 0, []
-            if retest_trained and len(active) < len(encoded):  # this pass's edits first
-                ok = holding(model, fmt, [encoded[i] for i in active], cfg, eval_bs)
-                still = [i for i, h in zip(active, ok) if not h]
-                tested = len(active)
-            final_held = None
-            if not tested or not still:  # then all of them: training some edits moves the others
-                final_held = holding(model, fmt, encoded, cfg, eval_bs)
-                still = [i for i, ok in enumerate(final_held) if not ok]
-                tested += len(encoded)
-            active = still
-            record({"update": update_index + 1, "epoch": epoch, "step": step, "edit_stop/tested": tested,
+            final_held = holding(model, fmt, encoded, cfg, eval_bs)
+            active = [i for i, ok in enumerate(final_held) if not ok]
+            record({"update": update_index + 1, "epoch": epoch, "step": step,
                     "edit_stop/holding": len(encoded) - len(active), "edit_stop/edits": len(encoded)})
             model.train()
             if not active:

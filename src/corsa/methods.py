@@ -53,7 +53,6 @@ OPTIONS: dict[str, Option] = {
     "swap_anchors": Option(None, 0, "--swap-anchors"),
     "scope": Option(None, "all", "--scope", choices=MODES),
     "margin_target": Option(None, 1.0, "--margin-target"),
-    "retest": Option(None, "all", "--retest", choices=("all", "trained")),
 }
 
 
@@ -125,7 +124,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
            description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
                        "a firmer hold (γ = 12), the adapter scoped to prompts that name an edited subject",
-           defaults={"replay": "all", "scope": "subject", "margin_target": 12.0, "retest": "trained"}),
+           defaults={"replay": "all", "scope": "subject", "margin_target": 12.0}),
 ]}
 
 
