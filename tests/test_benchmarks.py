@@ -10,7 +10,7 @@ import torch
 from corsa import Editor
 from corsa.engine import compute_reference, corsa_step, trainable_parameters
 from corsa.prompts import collate, collate_shared, encode_edits
-from corsa.scoring import score, score_shared
+from corsa.scoring import score, score_shared, shared_prefix
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -49,7 +49,9 @@ def test_shared_prompt_scores_equal_one_forward_per_answer(tiny):
     fmt = PromptFormat(tok)
     prompts = [fmt.prompt_ids(p) for p in ("a short one", "a much longer prompt that needs padding", "mid")]
     answers = [[fmt.answer_ids(a) for a in pair] for pair in (("yes", "no it is not"), ("x", "y"), ("ab c", "z"))]
-    shared = score_shared(model, collate_shared(prompts, answers, tok.pad_token_id))              # (3, 2)
+    batch = collate_shared(prompts, answers, tok.pad_token_id)
+    assert shared_prefix(batch) >= 4  # the chat template's opening runs once for all three prompts
+    shared = score_shared(model, batch)                                                         # (3, 2)
     alone = score(model, collate([(p, a) for p, pair in zip(prompts, answers) for a in pair], tok.pad_token_id))
     assert torch.allclose(shared.reshape(-1), alone, atol=1e-4)
     w = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))

@@ -37,21 +37,21 @@ def score_shared(model, batch: SharedBatch, greedy: bool = False):
 
     The prompts run once; all n answers continue from their KV cache, so with chosen and
     rejected answers the prompt tokens (most of a CounterFact sequence) are not computed twice.
-    Gradients flow through the cache into the prompt's activations, as in one long forward.
+    The tokens every prompt starts with (a chat template's system turn: 24 of SmolLM2's 38 on a
+    CounterFact prompt) run once for the whole batch (`shared_prefix`). Gradients flow through
+    the caches into the prompt's activations, as in one long forward.
     """
-    n, P, K = batch.n_answers, batch.prompt_ids.shape[1], batch.answer_ids.shape[1]
+    n, K = batch.n_answers, batch.answer_ids.shape[1]
     device = batch.prompt_ids.device
-    out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=batch.prompt_positions,
-                logits_to_keep=torch.tensor([P - 1], device=device), use_cache=True)
-    first = out.logits.repeat_interleave(n, 0)                          # predicts answer token 0
+    name = _cache_argument(model)
+    first, cache, mask = _prompt_pass(model, batch, name)
+    first = first.repeat_interleave(n, 0)                               # predicts answer token 0
     if K == 1:
         logits = first
     else:
-        name = _cache_argument(model)
-        cache = getattr(out, name)
         cache.batch_repeat_interleave(n)
         # answer tokens 0 … K-2 are the inputs that predict tokens 1 … K-1
-        mask = torch.cat([batch.prompt_mask.repeat_interleave(n, 0), batch.answer_mask[:, :-1]], dim=1)
+        mask = torch.cat([mask.repeat_interleave(n, 0), batch.answer_mask[:, :-1]], dim=1)
         start = batch.prompt_mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
         positions = start + torch.arange(K - 1, device=device)
         rest = model(input_ids=batch.answer_ids[:, :-1], attention_mask=mask, position_ids=positions,
@@ -62,6 +62,62 @@ def score_shared(model, batch: SharedBatch, greedy: bool = False):
     if greedy:
         return lp, is_greedy(logits, batch.answer_ids, mask).view(-1, n)
     return lp
+
+
+MIN_SHARED_PREFIX = 4  # fewer shared tokens than this are not worth a second forward
+
+
+def shared_prefix(batch: SharedBatch) -> int:
+    """How many tokens every prompt of the batch starts with, leaving each at least one of its own.
+
+    0 for a single prompt, or when the shared part is shorter than MIN_SHARED_PREFIX.
+    """
+    lengths = batch.prompt_mask.sum(-1)
+    B, P = batch.prompt_ids.shape
+    m = int(lengths.min()) - 1  # every prompt keeps a token of its own: its last logit is the answer's first
+    if B < 2 or m < MIN_SHARED_PREFIX:
+        return 0
+    starts = (P - lengths).tolist()  # left-padded: row b's prompt begins at column P − len_b
+    heads = torch.stack([batch.prompt_ids[b, s:s + m] for b, s in enumerate(starts)])
+    same = (heads == heads[:1]).all(0).long()
+    L = int(same.cumprod(0).sum())
+    return L if L >= MIN_SHARED_PREFIX else 0
+
+
+def _prompt_pass(model, batch: SharedBatch, name: str):
+    """Run the prompts: the logits that predict each answer's first token (B, 1, V), the KV
+    cache, and the attention mask over the cached positions (B, cached length).
+
+    With a shared prefix of L tokens, the prefix runs once and its cache is repeated for every
+    prompt; each prompt's own tokens follow it, left-padded, so the pads sit between the prefix
+    and the prompt's rest, masked out, and the positions run on from L as in the full prompt.
+    """
+    P, device = batch.prompt_ids.shape[1], batch.prompt_ids.device
+    L = shared_prefix(batch)
+    if not L:
+        out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=batch.prompt_positions,
+                    logits_to_keep=torch.tensor([P - 1], device=device), use_cache=True)
+        return out.logits, getattr(out, name), batch.prompt_mask
+    B = batch.prompt_ids.shape[0]
+    lengths = batch.prompt_mask.sum(-1)
+    first = int(P - lengths[0])                    # where prompt 0 begins (left padding)
+    head = batch.prompt_ids[:1, first:first + L]
+    out = model(input_ids=head, attention_mask=torch.ones_like(head), position_ids=torch.arange(L, device=device)[None],
+                use_cache=True)
+    cache = getattr(out, name)
+    cache.batch_repeat_interleave(B)
+    # each prompt without its first L tokens, left-padded again to the longest rest
+    S = int(lengths.max()) - L
+    rest_ids = torch.full((B, S), int(batch.prompt_ids[0, 0]), dtype=batch.prompt_ids.dtype, device=device)
+    rest_mask = torch.zeros((B, S), dtype=batch.prompt_mask.dtype, device=device)
+    for b, n_own in enumerate((lengths - L).tolist()):
+        rest_ids[b, S - n_own:] = batch.prompt_ids[b, P - n_own:]
+        rest_mask[b, S - n_own:] = 1
+    positions = L + (rest_mask.cumsum(-1) - 1).clamp_min(0)
+    mask = torch.cat([torch.ones(B, L, dtype=rest_mask.dtype, device=device), rest_mask], dim=1)
+    out = model(input_ids=rest_ids, attention_mask=mask, position_ids=positions,
+                logits_to_keep=torch.tensor([S - 1], device=device), use_cache=True, **{name: cache})
+    return out.logits, getattr(out, name), mask
 
 
 def _cache_argument(model) -> str:
