@@ -277,10 +277,12 @@ def test_early_stop_stops_before_the_last_epoch(tiny):
     edits = [Edit(id=f"e{i}", prompt=f"The code of item {i} is", target_new="QQ", target_old="AB") for i in range(2)]
     # the chat template closes each answer with the end-of-turn token, so the greedy answer is "QQ" and
     # not a raw continuation ("QQQQ…") that never matches y⁺ as a whole word
-    editor = Editor(tiny, method="corsa", epochs=60, batch_size=6, grad_accum=1, lr=3e-2, early_stop=True, warmup_steps=5,
-                    margin_target=0.5, progress=False, max_new_tokens=8)
+    # a budget of 120 passes decays the rate slowly enough that the answer is learnt well before its end,
+    # whatever the float rounding of the batch layout (the trajectory at this rate is sensitive to it)
+    editor = Editor(tiny, method="corsa", epochs=120, batch_size=6, grad_accum=1, lr=3e-2, early_stop=True,
+                    warmup_steps=5, margin_target=0.5, progress=False, max_new_tokens=8)
     record = editor.update(edits)
-    assert record.result.stopped_early and record.result.epochs < 60
+    assert record.result.stopped_early and record.result.epochs < 120
     checks = [h for h in record.result.history if "early_stop/min_margin" in h]
     assert checks[-1]["early_stop/done"] and checks[-1]["early_stop/min_margin"] > 0.5
     assert all(a.startswith("QQ") for a in editor.ask([e.prompt for e in edits]))
