@@ -83,3 +83,35 @@ def test_quick_benchmark_writes_raw_figures_ratios_and_targets(tmp_path):
             "time_to_edit/early_stop_over_fixed"} <= set(tiny["ratios"])
     assert all({"value", "limit", "met"} == set(t) for t in tiny["targets"].values())
     assert len(tiny["targets"]) == 5
+
+
+def test_stream_cost_times_every_update_of_every_method_and_where_it_went(tmp_path):
+    import stream_cost
+    from conftest import SHARED_DATA
+
+    out = tmp_path / "stream.json"
+    doc = stream_cost.main(["--tiny", "--data", str(SHARED_DATA / "counterfact" / "easyedit" / "counterfact-edit.json"),
+                            "--out", str(out)])
+    assert json.loads(out.read_text()) == doc
+    assert doc["settings"]["methods"] == ["corsa", "corsa-lifelong"]
+    for name, m in doc["methods"].items():
+        assert [u["update"] for u in m["updates"]] == [1, 2, 3]
+        for u in m["updates"]:
+            parts = u["steps_s"] + u["reference_s"] + u["hold_tests_s"] + u["other_s"]
+            assert u["steps"] >= 1 and u["steps_s"] > 0 and abs(parts - u["seconds"]) < 0.01
+        assert m["ratio_to_corsa"] == round(m["train_seconds"] / doc["methods"]["corsa"]["train_seconds"], 3)
+    # the lifelong row replays: by update 3 it trains the 2 new edits and the 4 it holds
+    assert [u["edits_trained"] for u in doc["methods"]["corsa-lifelong"]["updates"]] == [2, 4, 6]
+    assert [u["edits_trained"] for u in doc["methods"]["corsa"]["updates"]] == [2, 2, 2]
+
+
+def test_shared_prefix_benchmark_times_both_layouts_and_they_agree(tmp_path):
+    import shared_prefix
+    from conftest import SHARED_DATA
+
+    doc = shared_prefix.main(["--tiny", "--edits", "4", "--rounds", "1", "--out", str(tmp_path / "p.json"),
+                              "--data", str(SHARED_DATA / "counterfact" / "easyedit" / "counterfact-edit.json")])
+    assert doc["shared_prefix_tokens"] >= 4 and doc["max_logprob_difference"] < 1e-3
+    for task in ("hold_test", "forward_backward", "corsa_step"):
+        t = doc["tasks"][task]
+        assert set(t["median_s"]) == {"shared", "every_row"} and all(v > 0 for v in t["median_s"].values())
