@@ -15,10 +15,10 @@ from .errors import TrainingError
 from .io import append_jsonl
 from .objectives import dpo_loss, sft_loss
 from .pcgrad import COMBINERS, cosine
-from .prompts import Encoded, PromptFormat, collate, collate_shared, pad_id
+from .prompts import Encoded, PromptFormat, collate_shared, pad_id
 from .sam import add_flat_, restore_, sam_perturbation, snapshot
 from .metrics import contains
-from .scoring import autocast, holds, margins, score, score_pairs, score_shared
+from .scoring import autocast, holds, margins, score_pairs, score_shared
 
 
 class BaseScores:
@@ -92,8 +92,8 @@ class UpdateResult:
     seconds: float
     stopped_early: bool
     history: list[dict]   # one entry per optimizer step, and one per stopping check (edit_stop/…, early_stop/…)
-    # with edit_stop: whether each edit held at the last test of all of them, which the adapter still
-    # passes at the end of the update; None when the last test was not of all of them
+    # with edit_stop: whether each edit held at the test after the last pass, which is the adapter
+    # the update leaves (Editor reuses it for the next update's replayed edits); None without edit_stop
     held: list[bool] | None = None
 
     @property
@@ -193,11 +193,11 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
             lp_chosen, lp_rejected = lp[:, 0], lp[:, 1:]
             ref_rejected = torch.stack([_reference_rejected(ref, i, M) for i in mb]).to(device)
             n_chosen = batch.answer_mask[::1 + M].sum(-1)
-        else:
-            batch = collate([(encoded[i].prompt, encoded[i].chosen) for i in mb], pad).to(device)
+        else:  # the same layout with y⁺ alone, so a shared prompt prefix runs once here too
+            batch = collate_shared([encoded[i].prompt for i in mb], [[encoded[i].chosen] for i in mb], pad).to(device)
             with autocast(device):
-                lp_chosen = score(model, batch)                          # (B,)
-            n_chosen = batch.n_answer_tokens
+                lp_chosen = score_shared(model, batch)[:, 0]             # (B,)
+            n_chosen = batch.answer_mask.sum(-1)
         loss_sft = sft_loss(lp_chosen, n_chosen)
         stats["loss/sft"] += w * loss_sft.item()
         if spec.dpo:
@@ -395,9 +395,8 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     all hold or the budget (epochs, max_steps) is spent; replayed edits that already hold at the
     start do not pull until they are lost. `replay_held`, when given, says which replayed edits
     hold now (the last update's final test, UpdateResult.held: the adapter has not moved
-    since), so they are not tested again. `anchors`
-    (preserve.Anchors) feed the preservation term; `base_scores` keeps the base model's DPO
-    reference scores across updates.
+    since), so they are not tested again. `anchors` (preserve.Anchors) feed the preservation
+    term; `base_scores` keeps the base model's DPO reference scores across updates.
     Every step's log entry goes to `log_path` (JSON lines); it and every pass's entry also go to
     `on_log` (corsa.tracking.TensorBoard), on the main worker only.
 
