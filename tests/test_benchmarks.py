@@ -70,7 +70,7 @@ def test_quick_benchmark_writes_raw_figures_ratios_and_targets(tmp_path):
     assert {"command", "machine", "versions", "memory_method", "models"} <= set(result)
     tiny = result["models"]["tiny"]
     methods = tiny["step"]["methods"]
-    assert set(methods) == {"lora", "sam", "dpo", "corsa", "straightforward"}
+    assert set(methods) == {"lora", "sam", "dpo", "corsa", "corsa-reuse", "straightforward"}
     for v in methods.values():
         assert len(v["times_s"]) >= 2 and v["median_s"] > 0 and v["peak_step_mib"] > 0
         assert v["peak_total_mib"] > v["peak_step_mib"]
@@ -82,7 +82,7 @@ def test_quick_benchmark_writes_raw_figures_ratios_and_targets(tmp_path):
     assert {"time/corsa_over_lora", "time/corsa_over_straightforward", "peak_total/corsa_over_lora",
             "time_to_edit/early_stop_over_fixed"} <= set(tiny["ratios"])
     assert all({"value", "limit", "met"} == set(t) for t in tiny["targets"].values())
-    assert len(tiny["targets"]) == 5
+    assert len(tiny["targets"]) == 6 and "time/corsa-reuse_over_lora" in tiny["ratios"]
 
 
 def test_stream_cost_times_every_update_of_every_method_and_where_it_went(tmp_path):

@@ -191,9 +191,11 @@ def test_resolved_terms_per_method():
     plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "swap_anchors": 0, "scope": "all",
              "margin_target": 1.0}
     assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",
-                                                                "dpo": False, "sam": False, **plain}
+                                                                "dpo": False, "sam": False, "sharpness": "none",
+                                                                **plain}
     r = EditConfig(method="corsa", combine="pcgrad-release").resolved()["resolved"]
-    assert r == {"rho": 0.05, "beta": 0.1, "combine": "pcgrad-release", "dpo": True, "sam": True, **plain}
+    assert r == {"rho": 0.05, "beta": 0.1, "combine": "pcgrad-release", "dpo": True, "sam": True,
+                 "sharpness": "exact", **plain}
     # a row's own defaults, and a user's value over them
     life = EditConfig(method="corsa-lifelong")
     assert life.value("replay") != "none" and EditConfig(method="corsa-lifelong", replay="none").value("replay") == "none"
@@ -306,3 +308,56 @@ def test_the_first_step_already_moves_the_adapter(tiny, toy_edits, tmp_path):
     assert record.result.steps == 1
     assert all(v.abs().sum() > 0 for k, v in lora_state(editor.model).items() if "lora_B" in k)
     assert json.loads((tmp_path / "run" / "log.jsonl").read_text())["lr"] == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize("combine", ["pcgrad", "pcgrad-release"])
+def test_reuse_takes_the_probe_mix_of_both_gradients_at_the_perturbed_point(tiny, toy_edits, combine):
+    from corsa.engine import combine as merge
+    from corsa.pcgrad import coefficients
+    from corsa.sam import add_flat_, restore_, snapshot
+
+    editor = Editor(tiny, method="corsa", rho=0.5, combine=combine, sharpness="reuse", max_grad_norm=0, progress=False)
+    params = trainable_parameters(editor.model)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+    cfg, pad, group = editor.config, editor.tokenizer.pad_token_id, [[0, 1, 2], [3, 4, 5]]
+    enc = encode_edits(editor.fmt, toy_edits, None, need_rejected=True)
+    ref = compute_reference(editor.model, editor.fmt, enc, cfg, 8)
+    editor.model.train()
+    before = snapshot(params)
+    # by hand: the probe pass's mix (a, b), then both gradients at φ + ρ·g/‖g‖, mixed the same way
+    probe = objective_gradients(editor.model, params, cfg, enc, ref, group, pad)
+    a, b = coefficients(probe.dpo, probe.sft, combine)
+    g = merge(probe, cfg, torch.Generator().manual_seed(0))
+    add_flat_(params, sam_perturbation(g, 0.5))
+    there = objective_gradients(editor.model, params, cfg, enc, ref, group, pad)
+    want = a * there.dpo + b * there.sft
+    restore_(params, before)
+    corsa_step(editor.model, params, cfg, enc, ref, group, pad, torch.Generator().manual_seed(0))
+    got = torch.cat([p.grad.reshape(-1) for p in params])
+    assert want.norm() > 0 and torch.allclose(got, want, atol=1e-6, rtol=1e-4), (got - want).abs().max()
+    assert all(torch.equal(p, q) for p, q in zip(params, before))  # the adapter is restored exactly
+    # one backward per micro-batch at φ+ε instead of two: 2·2 + 2 autograd calls against 2·2 + 2·2
+    calls = []
+    real = torch.autograd.grad
+    torch.autograd.grad = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        corsa_step(editor.model, params, cfg, enc, ref, group, pad, torch.Generator().manual_seed(0))
+        n_reuse = len(calls)
+        calls.clear()
+        exact_cfg = EditConfig.from_dict({**cfg.resolved(), "sharpness": "exact"})
+        corsa_step(editor.model, params, exact_cfg, enc, ref, group, pad, torch.Generator().manual_seed(0))
+    finally:
+        torch.autograd.grad = real
+    assert (n_reuse, len(calls)) == (6, 8)
+
+
+def test_sharpness_is_an_option_of_the_rows_with_sam():
+    assert EditConfig(method="corsa").value("sharpness") == "exact"
+    assert EditConfig(method="sam", sharpness="reuse").value("sharpness") == "reuse"
+    assert EditConfig(method="lora").value("sharpness") == "none"
+    with pytest.raises(ConfigError, match="--sharpness"):
+        EditConfig(method="dpo", sharpness="reuse")
+    with pytest.raises(ConfigError, match="invalid --sharpness"):
+        EditConfig(method="corsa", sharpness="cheap")

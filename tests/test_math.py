@@ -100,3 +100,20 @@ def test_dpo_loss_hand_computed():
     assert dpo_loss(pc, pr, rc, rr, beta).item() == pytest.approx(expected)
     # at the reference the loss is log 2 whatever β
     assert dpo_loss(rc, rr, rc, rr, 5.0).item() == pytest.approx(math.log(2))
+
+
+def test_combination_coefficients_by_hand_and_against_the_combiners():
+    from corsa.pcgrad import COMBINERS, coefficients
+
+    g_dpo, g_sft = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    # d = −1, ‖g_dpo‖² = 1, ‖g_sft‖² = 2: pcgrad a = 1 + 1 = 2, b = 1 + ½ = 1.5; release a = ½, b = ½·1.5
+    assert coefficients(g_dpo, g_sft, "pcgrad") == pytest.approx((2.0, 1.5))
+    assert coefficients(g_dpo, g_sft, "pcgrad-release") == pytest.approx((0.5, 0.75))
+    assert coefficients(g_dpo, g_sft, "sum") == (1.0, 1.0)
+    assert coefficients(g_dpo, -g_sft, "pcgrad") == (1.0, 1.0)  # no conflict, no projection
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a_, b_ = torch.randn(7, generator=gen), torch.randn(7, generator=gen)
+        for name, fn in COMBINERS.items():
+            a, b = coefficients(a_, b_, name)
+            assert torch.allclose(a * a_ + b * b_, fn([a_, b_], torch.Generator().manual_seed(1)), atol=1e-5), name

@@ -82,6 +82,10 @@ class EditConfig:
     scope: str | None = field(default=None, metadata={
         "help": "which prompts the adapter answers: all, or subject (only prompts that name an edited "
                 "subject; the rest get the unedited model, exactly). Saved with the adapter (corsa.scope)"})
+    sharpness: str | None = field(default=None, metadata={
+        "help": "the gradient at the SAM point φ+ε: exact (∇L_DPO and ∇L_SFT again, merged again: two "
+                "backwards) or reuse (one backward of the probe pass's merge a·L_DPO + b·λL_SFT); "
+                "methods with SAM"})
     # prompts
     template: str = field(default="auto", metadata={"help": "chat, raw, or auto (chat when the tokenizer has a template)"})
     # stopping (method.md §4: documented alternatives to a fixed number of epochs)
@@ -190,7 +194,8 @@ class EditConfig:
                          "negatives": list(self.value("negatives")),
                          "replay": self.value("replay"), "train_eos": self.value("train_eos"),
                          "preserve": self.value("preserve"), "swap_anchors": self.value("swap_anchors"),
-                         "scope": self.value("scope"), "margin_target": self.value("margin_target")}
+                         "scope": self.value("scope"), "margin_target": self.value("margin_target"),
+                         "sharpness": self.value("sharpness")}
         return d
 
     @classmethod

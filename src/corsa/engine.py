@@ -14,7 +14,7 @@ from .config import EditConfig
 from .errors import TrainingError
 from .io import append_jsonl
 from .objectives import dpo_loss, sft_loss
-from .pcgrad import COMBINERS, cosine
+from .pcgrad import COMBINERS, coefficients, cosine
 from .prompts import Encoded, PromptFormat, collate_shared, pad_id
 from .sam import add_flat_, restore_, sam_perturbation, snapshot
 from .metrics import contains
@@ -152,8 +152,12 @@ def score_negatives(model, fmt, encoded: list[Encoded], ref: Reference, which, b
 
 
 def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], ref: Reference | None,
-                        group: list[list[int]], pad: int, pres: Preservation | None = None) -> Gradients:
+                        group: list[list[int]], pad: int, pres: Preservation | None = None,
+                        mix: tuple[float, float] | None = None) -> Gradients:
     """∇(λL_SFT + κL_pres) and ∇L_DPO over a group of micro-batches, as one big batch would give them.
+
+    With `mix` = (a, b) it takes ONE backward, of a·L_DPO + b·(λL_SFT + κL_pres), and returns
+    that gradient as `sft` (and `dpo` None): the perturbed pass of `sharpness="reuse"`.
 
     Chosen and rejected answers go through ONE forward, which runs each prompt once and
     continues every answer (y⁺, y⁻ and any extra negatives) from its KV cache; both losses come
@@ -172,7 +176,8 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
     device = params[0].device
     n_group = sum(len(mb) for mb in group)
     g_sft = torch.zeros(sum(p.numel() for p in params), device=device)
-    g_dpo = torch.zeros_like(g_sft) if spec.dpo else None
+    g_dpo = torch.zeros_like(g_sft) if spec.dpo and mix is None else None
+    a_dpo, b_sft = mix if mix is not None else (1.0, 1.0)
     stats = {"loss/sft": 0.0}
     if spec.dpo:
         stats.update({"loss/dpo": 0.0, "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0})
@@ -203,17 +208,21 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
         if spec.dpo:
             loss_dpo = dpo_loss(lp_chosen, lp_rejected, ref.chosen[mb].to(device), ref_rejected, cfg.dpo_beta,
                                 weights)
-            g_dpo += flat(torch.autograd.grad(w * loss_dpo, params, retain_graph=True, allow_unused=True), params)
+            if mix is None:
+                g_dpo += flat(torch.autograd.grad(w * loss_dpo, params, retain_graph=True, allow_unused=True), params)
             stats["loss/dpo"] += w * loss_dpo.item()
             stats["rewards/margins"] += w * (lp_chosen - lp_rejected[:, 0]).mean().item()
             stats["logps/chosen"] += w * lp_chosen.mean().item()
             stats["logps/rejected"] += w * lp_rejected[:, 0].mean().item()
-        g_sft += flat(torch.autograd.grad(w * cfg.sft_weight * loss_sft, params, allow_unused=True), params)
+        loss = b_sft * w * cfg.sft_weight * loss_sft
+        if spec.dpo and mix is not None:
+            loss = loss + a_dpo * w * loss_dpo
+        g_sft += flat(torch.autograd.grad(loss, params, allow_unused=True), params)
     if pres is not None and pres.weight > 0:
         loss = preservation_loss(model, pres, device)
         stats["loss/preserve"] = 0.0 if loss is None else loss.item()
         if loss is not None:
-            g_sft += flat(torch.autograd.grad(pres.weight * loss, params, allow_unused=True), params)
+            g_sft += flat(torch.autograd.grad(b_sft * pres.weight * loss, params, allow_unused=True), params)
     dist.all_reduce_sum_(g_sft)
     if g_dpo is not None:
         dist.all_reduce_sum_(g_dpo)
@@ -283,8 +292,13 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Pr
     if rho > 0:
         saved = snapshot(params)                            # exact copy of φ
         add_flat_(params, sam_perturbation(g, rho))         # φ ← φ + ρ·g/‖g‖
-        perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
-        g = combine(perturbed, cfg, generator)              # g' at φ+ε
+        if cfg.value("sharpness") == "reuse" and grads.dpo is not None:
+            # g = a·g_dpo + b·g_sft at φ; at φ+ε one backward of a·L_DPO + b·λL_SFT, the same mix
+            mix = coefficients(grads.dpo, grads.sft, cfg.combiner)
+            g = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres, mix).sft
+        else:
+            perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
+            g = combine(perturbed, cfg, generator)          # g' at φ+ε
         restore_(params, saved)                             # φ ← saved φ, not φ − ε
         log["sam/grad_norm"] = g.norm().item()
     offset = 0

@@ -53,6 +53,9 @@ OPTIONS: dict[str, Option] = {
     "swap_anchors": Option(None, 0, "--swap-anchors"),
     "scope": Option(None, "all", "--scope", choices=MODES),
     "margin_target": Option(None, 1.0, "--margin-target"),
+    # the gradient at φ+ε: exact (both objectives' gradients again, combined again) or reuse (one
+    # backward of the probe pass's combination a·L_DPO + b·λL_SFT; exact when the row has no DPO)
+    "sharpness": Option("sam", "exact", "--sharpness", off="none", choices=("exact", "reuse")),
 }
 
 

@@ -55,6 +55,26 @@ def pcgrad_release(grads: list[torch.Tensor], generator: torch.Generator | None 
 COMBINERS = {"sum": combine_sum, "pcgrad": pcgrad, "pcgrad-release": pcgrad_release}
 
 
+def coefficients(g_dpo: torch.Tensor, g_sft: torch.Tensor, combiner: str) -> tuple[float, float]:
+    """(a, b) with COMBINERS[combiner]([g_dpo, g_sft]) = a·g_dpo + b·g_sft.
+
+    With two gradients every combination is such a sum. Let d = g_dpo·g_sft; when d < 0:
+    pcgrad gives a = 1 − d/‖g_dpo‖², b = 1 − d/‖g_sft‖² (each projected off the other, the
+    random order does not matter with two); pcgrad-release gives a = ½, b = ½(1 − d/‖g_sft‖²)
+    (only g_dpo is projected, then the mean). When d ≥ 0 nothing is projected. sum: (1, 1).
+    With g_dpo=(1,0), g_sft=(−1,1): pcgrad (2, 1.5), pcgrad-release (0.5, 0.75).
+    """
+    if combiner == "sum":
+        return 1.0, 1.0
+    half = 0.5 if combiner == "pcgrad-release" else 1.0
+    d = float(torch.dot(g_dpo, g_sft))
+    if d >= 0:
+        return half, half
+    a = half if combiner == "pcgrad-release" else 1.0 - d / max(float(torch.dot(g_dpo, g_dpo)), 1e-30)
+    b = half * (1.0 - d / max(float(torch.dot(g_sft, g_sft)), 1e-30))
+    return a, b
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Cosine similarity of two flat gradients (0 when either is zero)."""
     denom = a.norm() * b.norm()
