@@ -170,7 +170,7 @@ def test_micro_batches_cover_every_edit_once_grouped_by_length(tiny, toy_edits):
     (dict(method="sam", beta=0.1), "does not train DPO"),
     (dict(method="dpo", combine="pcgrad-release"), "does not use PCGrad"),
     (dict(method="lora", negatives="online"), "does not train DPO"),
-    (dict(negatives="offline"), "choose online or interference"),
+    (dict(negatives="offline"), "choose online, interference or rivals"),
     (dict(replay="some"), "none, all or lost"),
     (dict(negatives="online", reference="previous"), "reference base"),
     (dict(edit_stop=True, early_stop=True), "choose one"),
@@ -189,13 +189,13 @@ def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
 
 def test_resolved_terms_per_method():
     plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "swap_anchors": 0, "scope": "all",
-             "margin_target": 1.0}
+             "margin_target": 1.0, "retest_every": 1}
     assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",
                                                                 "dpo": False, "sam": False, "sharpness": "none",
-                                                                **plain}
+                                                                "max_negatives": 0, **plain}
     r = EditConfig(method="corsa", combine="pcgrad-release").resolved()["resolved"]
     assert r == {"rho": 0.05, "beta": 0.1, "combine": "pcgrad-release", "dpo": True, "sam": True,
-                 "sharpness": "exact", **plain}
+                 "sharpness": "exact", "max_negatives": 4, **plain}
     # a row's own defaults, and a user's value over them
     life = EditConfig(method="corsa-lifelong")
     assert life.value("replay") != "none" and EditConfig(method="corsa-lifelong", replay="none").value("replay") == "none"

@@ -151,7 +151,8 @@ def test_every_row_resolves_its_options_from_the_table():
                 assert cfg.value(option) == (row.combine if option == "combine" else spec.off), (name, option)
                 with pytest.raises(ConfigError, match=spec.flag):
                     EditConfig(method=name, **{option: {"rho": 0.1, "beta": 0.2, "combine": "pcgrad",
-                                                        "negatives": ("online",), "sharpness": "reuse"}[option]})
+                                                        "negatives": ("online",), "sharpness": "reuse",
+                                                        "max_negatives": 2}[option]})
     assert EditConfig(method="corsa-lifelong").value("margin_target") == 12.0
     with pytest.raises(ConfigError, match="invalid --replay some: choose none, all or lost"):
         EditConfig(replay="some")

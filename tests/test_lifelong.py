@@ -16,9 +16,11 @@ from corsa import Editor
 from corsa import negatives as N
 from corsa import preserve
 from corsa.config import EditConfig
+from corsa.errors import ConfigError
 from corsa.engine import refresh_online_negatives, compute_reference
 from corsa.objectives import dpo_loss, is_greedy
 from corsa.prompts import PromptFormat, encode_edits
+from corsa.scoring import next_token_logprobs
 from corsa.records import Edit, Probe
 
 from conftest import SHARED_DATA
@@ -28,13 +30,13 @@ FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False)
 
 # --- pure parts, against hand-computed values -------------------------------------------------
 
-def test_dpo_with_several_negatives_is_the_mean_over_pairs():
+def test_dpo_with_several_negatives_is_the_sum_over_pairs():
     lc, rc = torch.tensor([-1.0]), torch.tensor([-2.0])
     lr_, rr = torch.tensor([[-3.0, -1.5, 0.0]]), torch.tensor([[-2.5, -2.0, 0.0]])
     w = torch.tensor([[1.0, 1.0, 0.0]])  # the third rejected row is padding
     beta = 0.5
     # pair i: β[(−1 − −2) − (lr_i − rr_i)]: pair 0 → 0.5·(1 − (−0.5)) = 0.75, pair 1 → 0.5·(1 − 0.5) = 0.25
-    want = -(math.log(1 / (1 + math.exp(-0.75))) + math.log(1 / (1 + math.exp(-0.25)))) / 2
+    want = -(math.log(1 / (1 + math.exp(-0.75))) + math.log(1 / (1 + math.exp(-0.25))))
     assert dpo_loss(lc, lr_, rc, rr, beta, w).item() == pytest.approx(want, rel=1e-6)
     # one negative: Eq. 7 exactly
     one = dpo_loss(lc, lr_[:, 0], rc, rr[:, 0], beta)
@@ -62,6 +64,32 @@ def test_interference_negatives_are_other_edits_answers_with_the_same_template()
     # while b's answer is one; the most recent edits come first, and the limit holds
     assert N.interference([e], [a, b, d], limit=4)[0] == ["Berlin", "Paris"]
     assert N.interference([e], [a, b, d], limit=1)[0] == ["Berlin"]
+
+
+def test_rivals_are_the_other_answers_the_base_finds_most_plausible_whatever_the_template():
+    a = Edit("a", "The mother tongue of Ann Lee is", "English", "French", subject="Ann Lee")
+    b = Edit("b", "Bo Lin writes in", "Russian", "Chinese", subject="Bo Lin")
+    c = Edit("c", "Cy Dee was born in", "Oslo", "Rome", subject="Cy Dee")
+    d = Edit("d", "Di Wu speaks", "French", "Dutch", subject="Di Wu")        # y⁺ = a's y⁻
+    e = Edit("e", "Ed Po is from", "New York", "Lima", subject="Ed Po")
+    f = Edit("f", "Fa Ru lives in", "York", "Lima", subject="Fa Ru")           # inside e's y⁺
+    g = Edit("g", "Gu Ha speaks", "russian", "Thai", subject="Gu Ha")         # b's answer again
+    plausible = {0: {"Russian": -1.0, "Oslo": -6.0, "French": -0.5, "York": -9.0},
+                 1: {"English": -2.0, "Oslo": -2.0, "York": -3.0}}
+    rank = lambda i, answer: plausible[i].get(answer)  # noqa: E731  (None: not a plausible answer)
+    got = N.rivals([a, b], [a, b, c, d], rank, limit=4)
+    # a: French is its own y⁻, never a rival; Russian (another template) before Oslo; its own y⁺ never
+    assert got[0] == ["Russian", "Oslo"]
+    # b: a tie goes to the most recent edit of the pool (c after a)
+    assert got[1] == ["Oslo", "English"]
+    assert N.rivals([a, b], [a, b, c, d], rank, limit=1) == [["Russian"], ["Oslo"]]
+    # an answer inside y⁺ (or holding it) is not wrong; the same answer twice is one rival (the latest spelling)
+    assert N.rivals([e], [e, f], lambda i, ans: 0.0, limit=4) == [[]]
+    assert N.rivals([a], [b, g], lambda i, ans: 0.0, limit=4) == [["russian"]]
+
+
+def test_negatives_merge_keeps_the_first_kind_first_without_repeats():
+    assert N.merge([["Paris"], []], [["paris", "Rome", "Oslo"], ["Lima"]], 2) == [["Paris", "Rome"], ["Lima"]]
 
 
 def test_online_negative_only_for_a_wrong_answer():
@@ -116,6 +144,42 @@ def test_interference_negatives_reach_the_dpo_term(tiny, monkeypatch):
     seen.clear()
     Editor(tiny, method="corsa", edit_stop=False, **FAST).update(edits)
     assert all(n == [2] * len(n) for n in seen)
+
+
+def test_rival_negatives_reach_the_dpo_term_ranked_by_the_base_model(tiny, monkeypatch):
+    import corsa.engine as engine
+
+    seen = []
+    real = engine.collate_shared
+
+    def spy(prompts, answers, pad):
+        seen.append(answers)
+        return real(prompts, answers, pad)
+
+    monkeypatch.setattr(engine, "collate_shared", spy)
+    # other templates, so no interference negative: the rivals alone add rows
+    edits = [Edit("e0", "Person 0 works in", "Arles", "Town0", subject="Person 0"),
+             Edit("e1", "Person 1 was born in", "Bern", "Town1", subject="Person 1"),
+             Edit("e2", "Person 2 lives in", "Cork", "Town2", subject="Person 2")]
+    editor = Editor(tiny, method="corsa", negatives="rivals", max_negatives=1, edit_stop=False, **FAST)
+    encoded = encode_edits(editor.fmt, edits, None, need_rejected=True)
+    nexts = next_token_logprobs(editor.model, editor.fmt, [enc.prompt for enc in encoded], top=10**6)
+    first = {e.target_new: editor.fmt.answer_ids(e.target_new)[0] for e in edits}
+    assert len(set(first.values())) == 3  # answers that start differently, so the base ranks them
+    # the one rival of each edit is the other y⁺ whose first token the base model ranks higher (a tie: the later edit)
+    expected = [max((j for j in range(3) if j != i), key=lambda j: (nexts[i][first[edits[j].target_new]], j))
+                for i in range(3)]
+    expected = [edits[j].target_new for j in expected]
+    editor.update(edits)
+    rows = [answers for call in seen for answers in call]
+    assert rows and all(len(r) == 3 for r in rows)  # y⁺, y⁻, one rival
+    by_chosen = {tuple(r[0]): r[2] for r in rows}
+    assert [by_chosen[tuple(enc.chosen)] for enc in encoded] == [editor.fmt.answer_ids(a) for a in expected]
+    # the base's next-token scores are kept: a later update on the same prompts scores none again
+    calls = []
+    monkeypatch.setattr(engine, "next_token_logprobs", lambda *a, **k: calls.append(1) or [])
+    editor.update(edits)
+    assert calls == []
 
 
 def test_replayed_edits_come_from_the_adapters_own_record(tiny, tmp_path, toy_edits):
@@ -369,14 +433,15 @@ def test_a_continued_adapter_keeps_its_method_unless_told_otherwise(tmp_path, ca
 
 # --- the cost of replay: reference scores and hold tests that are not repeated -----------------
 
-def _scripted_update(tiny, monkeypatch, answers, replay_held):
+def _scripted_update(tiny, monkeypatch, answers, replay_held, retest_every=1, epochs=10):
     """train_update on 6 edits (2 new, 4 replayed) with the step stubbed and the hold tests' answers scripted.
 
     Returns the result, the edits each step trained and the edits each hold test was given.
     """
     from corsa import engine
 
-    editor = Editor(tiny, method="lora", template="raw", batch_size=8, epochs=10, progress=False)
+    editor = Editor(tiny, method="lora", template="raw", batch_size=8, epochs=epochs, progress=False,
+                    retest_every=retest_every)
     edits = [Edit(f"e{i}", f"The code of item {i} is", "QQ", "AB") for i in range(6)]
     encoded = encode_edits(editor.fmt, edits, None, need_rejected=True)
     index = {id(e): i for i, e in enumerate(encoded)}
@@ -410,6 +475,29 @@ def test_the_last_hold_test_given_for_replayed_edits_is_not_repeated(tiny, monke
     # without it, the replayed edits are tested before the first pass
     result, trained, tested = _scripted_update(tiny, monkeypatch, [[T, T, T, F], [T] * 6], None)
     assert tested[0] == (2, 3, 4, 5) and trained == [[0, 1, 5]] and result.held == [T] * 6
+
+
+def test_resting_edits_are_tested_every_kth_pass_and_an_update_ends_on_a_test_of_all(tiny, monkeypatch):
+    T, F = True, False
+    answers = [[F, F, T],            # pass 1 (odd): only the edits it trained (0, 1, 5); 5 now holds
+               [T] * 6,              # pass 2: everything; all hold
+               ]
+    result, trained, tested = _scripted_update(tiny, monkeypatch, answers, [T, T, T, F], retest_every=2)
+    assert trained == [[0, 1, 5], [0, 1]]
+    assert tested == [(0, 1, 5), tuple(range(6))]
+    assert result.stopped_early and result.held == [T] * 6
+    # the edits a pass trained all hold: the rest are tested at once, before the update may end
+    answers = [[T, T, T], [T, F, T, T, T, T],   # pass 1: the trained ones hold, so all are tested: 1 is lost
+               [T] * 6]                          # pass 2 (even) tests everything
+    result, trained, tested = _scripted_update(tiny, monkeypatch, answers, [T, T, T, F], retest_every=2)
+    assert trained == [[0, 1, 5], [1]] and tested == [(0, 1, 5), tuple(range(6)), tuple(range(6))]
+    assert result.held == [T] * 6
+    # a resting edit keeps its last answer until its test, and the last pass of the budget tests everything
+    answers = [[F, F, F], [F, F, F], [F, F, F, F, F, F]]
+    result, trained, tested = _scripted_update(tiny, monkeypatch, answers, [T, T, T, F], retest_every=5, epochs=3)
+    assert tested == [(0, 1, 5), (0, 1, 5), tuple(range(6))] and result.held == [F] * 6
+    with pytest.raises(ConfigError, match="--retest-every"):
+        EditConfig(retest_every=2, edit_stop=False, early_stop=True)
 
 
 def test_a_spent_budget_leaves_the_last_tests_answers(tiny, monkeypatch):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -253,6 +254,14 @@ class Editor:
         held = [self._held.get(_held_key(e)) for e in edits]
         return None if any(h is None for h in held) else held
 
+    def _plausibility(self, encoded, eos: bool):
+        """plausibility(i, answer) for negatives.rivals: log p_base of `answer`'s first token after
+        encoded[i]'s prompt (None outside the base model's most likely tokens), kept across updates."""
+        bs = max(self.config.batch_size, 16)
+        nexts = self._base_scores.next_token(self.model, self.fmt, [enc.prompt for enc in encoded], bs)
+        first = functools.lru_cache(maxsize=None)(lambda answer: self.fmt.answer_ids(answer, eos)[0])
+        return lambda i, answer: nexts[i].get(first(answer))
+
     def anchors(self, edits: list[Edit], index: int = 0):
         """The preservation term's anchors (corsa.preserve), without any evaluation probe of `edits`.
 
@@ -301,10 +310,15 @@ class Editor:
         pool = edits + replay
         eos = cfg.value("train_eos")
         encoded = encode_edits(self.fmt, pool, self.max_length, need_rejected=True, eos=eos)
-        if "interference" in cfg.value("negatives"):  # () on a row without DPO
-            room = max(0, cfg.max_negatives - ("online" in cfg.value("negatives")))  # leave one for online
-            for enc, found in zip(encoded, negatives.interference(pool, self.history + edits, room)):
-                enc.extra = [self.fmt.answer_ids(a, eos) for a in found]
+        kinds = cfg.value("negatives")  # () on a row without DPO
+        if {"interference", "rivals"} & set(kinds):
+            room = max(0, cfg.value("max_negatives") - ("online" in kinds))  # leave one for online
+            seen = self.history + edits
+            found = negatives.interference(pool, seen, room) if "interference" in kinds else [[] for _ in pool]
+            if "rivals" in kinds:
+                found = negatives.merge(found, negatives.rivals(pool, seen, self._plausibility(encoded, eos), room), room)
+            for enc, answers in zip(encoded, found):
+                enc.extra = [self.fmt.answer_ids(a, eos) for a in answers]
         anchors = self.anchors(pool, index) if cfg.value("preserve") > 0 else None
         # the steps go to log.partial.jsonl; it becomes log.jsonl together with the new adapter and
         # run record, so the folder never shows one run's record beside another run's log

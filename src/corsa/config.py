@@ -61,9 +61,10 @@ class EditConfig:
     # lifelong editing (docs/results.md, "Edits that last"); None means "the method's default"
     negatives: tuple[str, ...] | None = field(default=None, metadata={
         "help": "extra rejected answers for DPO: 'online' (the model's current wrong greedy answer, "
-                "refreshed every pass), 'interference' (other edits' y⁺ with the same prompt template); "
+                "refreshed every pass), 'interference' (other edits' y⁺ with the same prompt template), 'rivals' "
+                "(the other edits' y⁺ the unedited model finds most plausible for the prompt); "
                 "comma-separated, or 'none'"})
-    max_negatives: int = field(default=4, metadata={"help": "most extra rejected answers per edit"})
+    max_negatives: int | None = field(default=None, metadata={"help": "most extra rejected answers per edit"})
     replay: str | None = field(default=None, metadata={
         "help": "earlier updates' edits trained again in this one: none, all, or lost (those whose "
                 "greedy answer no longer holds at the start); they come from the adapter's own record"})
@@ -96,6 +97,10 @@ class EditConfig:
     early_stop: bool = field(default=False, metadata={"help": "stop once every edit's margin exceeds γ and its greedy answer is y⁺"})
     margin_target: float | None = field(default=None, metadata={
         "help": "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt"})
+    retest_every: int | None = field(default=None, metadata={
+        "help": "with --edit-stop: test the edits at rest (those that held at the last test) after every k-th "
+                "pass only; the edits a pass trained are tested after it, and an update ends only on a test "
+                "of every edit"})
     max_new_tokens: int = field(default=NEW_TOKENS, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
 
     def __post_init__(self):
@@ -110,8 +115,10 @@ class EditConfig:
         for name in OPTIONS:  # the row says which options it takes and what values they may have
             m.check(name, getattr(self, name))
         if self.value("negatives") and self.reference != "base":
+            whose = "" if self.negatives is not None else f" ({self.method} takes --negatives " \
+                f"{','.join(self.value('negatives'))} by default; --negatives none turns them off)"
             raise ConfigError("--negatives needs --reference base: negatives are scored by the base model (an "
-                              "online one appears during training, when the model of the last update is gone)")
+                              f"online one appears during training, when the model of the last update is gone){whose}")
         if not self.value("preserve") and (self.value("swap_anchors") or self.anchors is not None):
             raise ConfigError("--swap-anchors and --anchors shape the preservation term, which is off; "
                               "set --preserve κ > 0 or drop them")
@@ -122,6 +129,9 @@ class EditConfig:
         if self.edit_stop and self.early_stop:
             raise ConfigError("--early-stop and --edit-stop are two stopping rules; choose one "
                               "(--no-edit-stop --early-stop for the whole-update rule)")
+        if not self.edit_stop and self.retest_every not in (None, 1):
+            raise ConfigError("--retest-every spaces the tests of per-edit stopping, which is off; "
+                              "drop it or use --edit-stop")
         checks = [
             ("lora_r", self.lora_r >= 1, "at least 1"),
             ("lora_alpha", self.lora_alpha > 0, "positive"),
@@ -134,7 +144,7 @@ class EditConfig:
             ("epochs", self.epochs >= 1, "at least 1"),
             ("seed", isinstance(self.seed, int) and 0 <= self.seed < 2**32, "a whole number from 0 to 2³² − 1"),
             ("max_steps", self.max_steps >= 0, "non-negative (0: no cap)"),
-            ("max_negatives", self.max_negatives >= 0, "non-negative"),
+            ("max_negatives", self.max_negatives is None or self.max_negatives >= 0, "non-negative"),
             ("replay_budget", self.replay_budget >= 0, "non-negative (0: no cap)"),
             ("preserve", self.preserve is None or self.preserve >= 0, "non-negative"),
             ("anchor_batch", self.anchor_batch >= 1, "at least 1"),
@@ -144,6 +154,7 @@ class EditConfig:
             ("beta", self.beta is None or self.beta > 0, "positive"),
             ("sft_weight", self.sft_weight >= 0, "non-negative"),
             ("margin_target", True, ""),
+            ("retest_every", self.retest_every is None or self.retest_every >= 1, "at least 1"),
             ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
         ]
         for name, ok, need in checks:
@@ -191,11 +202,11 @@ class EditConfig:
             d["negatives"] = list(d["negatives"])
         d["resolved"] = {"rho": self.sam_rho, "beta": self.dpo_beta,
                          "combine": self.combiner, "dpo": self.spec.dpo, "sam": self.spec.sam,
-                         "negatives": list(self.value("negatives")),
+                         "negatives": list(self.value("negatives")), "max_negatives": self.value("max_negatives"),
                          "replay": self.value("replay"), "train_eos": self.value("train_eos"),
                          "preserve": self.value("preserve"), "swap_anchors": self.value("swap_anchors"),
                          "scope": self.value("scope"), "margin_target": self.value("margin_target"),
-                         "sharpness": self.value("sharpness")}
+                         "sharpness": self.value("sharpness"), "retest_every": self.value("retest_every")}
         return d
 
     @classmethod

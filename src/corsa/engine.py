@@ -18,7 +18,7 @@ from .pcgrad import COMBINERS, coefficients, cosine
 from .prompts import Encoded, PromptFormat, collate_shared, pad_id
 from .sam import add_flat_, restore_, sam_perturbation, snapshot
 from .metrics import contains
-from .scoring import autocast, holds, margins, score_pairs, score_shared
+from .scoring import autocast, holds, margins, next_token_logprobs, score_pairs, score_shared
 
 
 class BaseScores:
@@ -34,6 +34,7 @@ class BaseScores:
 
     def __init__(self):
         self._lp: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+        self._next: dict[tuple[int, ...], dict[int, float]] = {}
 
     def __len__(self) -> int:
         return len(self._lp)
@@ -48,6 +49,17 @@ class BaseScores:
                 lp = dist.gather_sharded(scored, [(list(p), list(a)) for p, a in todo])
             self._lp.update(zip(todo, lp))
         return torch.tensor([self._lp[k] for k in keys], dtype=torch.float32)
+
+    def next_token(self, model, fmt: PromptFormat, prompts: list[list[int]], batch_size: int) -> list[dict[int, float]]:
+        """log p_base of each prompt's most likely first answer tokens (scoring.next_token_logprobs), kept too."""
+        keys = [tuple(p) for p in prompts]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._next))
+        if todo:
+            scored = lambda part: next_token_logprobs(model, fmt, part, batch_size)  # noqa: E731
+            with model.disable_adapter():
+                found = dist.gather_sharded(scored, [list(k) for k in todo])
+            self._next.update(zip(todo, found))
+        return [self._next[k] for k in keys]
 
 
 @dataclass
@@ -367,6 +379,29 @@ def holding(model, fmt, encoded, cfg, batch_size) -> list[bool]:
     return dist.gather_sharded(lambda part: holds(model, fmt, part, cfg.value("margin_target"), batch_size), encoded)
 
 
+def hold_test(model, fmt, encoded, cfg, batch_size, trained: list[int], held: list[bool] | None, epoch: int,
+              last: bool) -> tuple[list[bool], int]:
+    """The test after pass `epoch` of per-edit stopping: whether each edit holds, and how many were tested.
+
+    Every edit is tested after every pass, or, with retest_every = k > 1, the edits at rest
+    (those that held at the last test and did not train in this pass) only after every k-th
+    pass: in between they keep their last result. Resting edits are the bulk of a lifelong
+    update (every earlier edit), so this spares most of its tests. The edits the pass trained
+    are always tested; when all of them hold, or on the last pass, everything is tested, so an
+    update ends only on a test of every edit and what it reports as held was measured.
+    """
+    k = cfg.value("retest_every")
+    if held is None or k == 1 or epoch % k == 0 or last:
+        return holding(model, fmt, encoded, cfg, batch_size), len(encoded)
+    now = holding(model, fmt, [encoded[i] for i in trained], cfg, batch_size)
+    if all(now):
+        return holding(model, fmt, encoded, cfg, batch_size), len(trained) + len(encoded)
+    held = list(held)
+    for i, ok in zip(trained, now):
+        held[i] = ok
+    return held, len(trained)
+
+
 def refresh_online_negatives(model, fmt, edits, encoded, ref, which, cfg, batch_size) -> int:
     """Replace the online negative of the edits `which` by their current wrong greedy answer.
 
@@ -386,7 +421,7 @@ def refresh_online_negatives(model, fmt, edits, encoded, ref, which, cfg, batch_
             enc.extra.pop()
             enc.online = False
         negative = negatives.online(answer, edits[i])
-        if negative is not None and len(enc.extra) < cfg.max_negatives:
+        if negative is not None and len(enc.extra) < cfg.value("max_negatives"):
             enc.extra.append(fmt.answer_ids(negative, cfg.value("train_eos")))
             enc.online = True
         changed.append(i)
@@ -459,6 +494,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
             raise ValueError(f"replay_held has {len(replay_held)} entries for {len(encoded) - n_new} replayed edits")
         held = replay_held if replay_held is not None else holding(model, fmt, encoded[n_new:], cfg, eval_bs)
         active = list(range(n_new)) + [n_new + j for j, ok in enumerate(held) if not ok]
+        final_held = [False] * n_new + list(held)  # what is known before the first pass (hold_test)
     model.train()
     bar = tqdm(total=total, desc=f"update {update_index + 1} · {cfg.method}", unit="step", leave=False,
                disable=not dist.show_bar(progress))
@@ -490,9 +526,10 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
             if step >= total:
                 break
         if cfg.edit_stop:
-            final_held = holding(model, fmt, encoded, cfg, eval_bs)
+            last = epoch == cfg.epochs or step >= total
+            final_held, tested = hold_test(model, fmt, encoded, cfg, eval_bs, active, final_held, epoch, last)
             active = [i for i, ok in enumerate(final_held) if not ok]
-            record({"update": update_index + 1, "epoch": epoch, "step": step,
+            record({"update": update_index + 1, "epoch": epoch, "step": step, "edit_stop/tested": tested,
                     "edit_stop/holding": len(encoded) - len(active), "edit_stop/edits": len(encoded)})
             model.train()
             if not active:

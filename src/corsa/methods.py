@@ -46,13 +46,17 @@ OPTIONS: dict[str, Option] = {
     "beta": Option("dpo", 0.1, "--beta"),
     # the PCGrad variant (pcgrad.COMBINERS); a row without PCGrad combines as its `combine` says
     "combine": Option("pcgrad", "pcgrad", "--combine", choices=("pcgrad", "pcgrad-release")),
-    "negatives": Option("dpo", (), "--negatives", off=(), choices=("online", "interference")),
+    "negatives": Option("dpo", (), "--negatives", off=(), choices=("online", "interference", "rivals")),
+    "max_negatives": Option("dpo", 4, "--max-negatives", off=0),
     "replay": Option(None, "none", "--replay", choices=("none", "all", "lost")),
     "train_eos": Option(None, True, "--train-eos"),
     "preserve": Option(None, 0.0, "--preserve"),
     "swap_anchors": Option(None, 0, "--swap-anchors"),
     "scope": Option(None, "all", "--scope", choices=MODES),
     "margin_target": Option(None, 1.0, "--margin-target"),
+    # with per-edit stopping: the edits at rest (held at the last test) are tested after every k-th
+    # pass only; the edits a pass trained are tested after it, and an update ends on a test of all
+    "retest_every": Option(None, 1, "--retest-every"),
     # the gradient at φ+ε: exact (both objectives' gradients again, combined again) or reuse (one
     # backward of the probe pass's combination a·L_DPO + b·λL_SFT; exact when the row has no DPO)
     "sharpness": Option("sam", "exact", "--sharpness", off="none", choices=("exact", "reuse")),
@@ -125,9 +129,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # CoRSA plus the mechanisms of docs/results.md's lifelong study that helped, with the
     # defaults that study chose (see "Edits that last" there)
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
-           description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
-                       "a firmer hold (γ = 12), the adapter scoped to prompts that name an edited subject",
-           defaults={"replay": "all", "scope": "subject", "margin_target": 12.0}),
+           description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest, tested "
+                       "every other pass), a firmer hold (γ = 12), other edits' answers of the same kind as "
+                       "rejected answers (rivals), the adapter scoped to prompts that name an edited subject",
+           defaults={"replay": "all", "scope": "subject", "margin_target": 12.0, "negatives": ("rivals",),
+                     "max_negatives": 2, "retest_every": 2}),
 ]}
 
 

@@ -41,8 +41,11 @@ def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor,
 
     With several rejected answers per prompt (logp_rejected and ref_rejected of shape (B, M),
     `weights` (B, M) marking the real ones), each (y⁺, y⁻_i) is a pair and a prompt's loss is
-    the mean over its pairs, so a prompt weighs the same however many negatives it has:
-    L = − mean_b Σ_i w_bi log σ(β[Δ⁺_b − Δ⁻_bi]) / Σ_i w_bi. With M = 1 this is Eq. 7.
+    the sum over its pairs: L = − mean_b Σ_i w_bi log σ(β[Δ⁺_b − Δ⁻_bi]). With M = 1 this is
+    Eq. 7. A sum, not a mean, so that the pair against y⁻ keeps its full weight however many
+    further negatives a prompt has: under a mean, two extra negatives cut the push against y⁻ to
+    a third, and per-edit stopping (a margin over y⁻ of γ) then needs a third more steps
+    (docs/results.md, "Negatives beyond y⁻").
     """
     if logp_rejected.dim() == 1:
         logp_rejected, ref_rejected = logp_rejected[:, None], ref_rejected[:, None]
@@ -50,5 +53,5 @@ def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor,
         weights = torch.ones_like(logp_rejected)
     delta_chosen = (logp_chosen - ref_chosen)[:, None]
     logits = beta * (delta_chosen - (logp_rejected - ref_rejected))
-    per_prompt = -(F.logsigmoid(logits) * weights).sum(-1) / weights.sum(-1).clamp_min(1e-12)
+    per_prompt = -(F.logsigmoid(logits) * weights).sum(-1)
     return per_prompt.mean()

@@ -183,6 +183,32 @@ def margins_and_greedy(model, fmt: PromptFormat, encoded, batch_size: int = 16) 
     return out, greedy
 
 
+@torch.no_grad()
+def next_token_logprobs(model, fmt: PromptFormat, prompts: list[list[int]], batch_size: int = 16,
+                        top: int = 1024) -> list[dict[int, float]]:
+    """log p(first answer token | prompt) of each prompt's `top` most likely tokens: one dict per prompt.
+
+    One prompt pass per batch (the answer's first token is predicted by the prompt's last
+    position), so this costs what the prompt part of a scoring pass costs. Tokens outside the
+    top are left out: they are not plausible answers of the prompt.
+    """
+    pad = pad_id(fmt.tokenizer)
+    out: list[dict[int, float]] = [{} for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    with eval_mode(model) as device:
+        name = _cache_argument(model)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collate_shared([prompts[i] for i in idx], [[[pad]] for _ in idx], pad).to(device)
+            with autocast(device):
+                first = _prompt_pass(model, batch, name)[0]
+            lp = torch.log_softmax(first[:, -1].float(), dim=-1)
+            values, ids = lp.topk(min(top, lp.shape[-1]), dim=-1)
+            for row, i in enumerate(idx):
+                out[i] = dict(zip(ids[row].tolist(), values[row].tolist()))
+    return out
+
+
 def holds(model, fmt: PromptFormat, encoded, margin_target: float, batch_size: int = 16) -> list[bool]:
     """An edit holds when y⁺ is its greedy answer and its margin exceeds γ (per-edit stopping)."""
     m, greedy = margins_and_greedy(model, fmt, encoded, batch_size)
