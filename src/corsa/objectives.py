@@ -45,7 +45,7 @@ def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor,
     Eq. 7. A sum, not a mean, so that the pair against y⁻ keeps its full weight however many
     further negatives a prompt has: under a mean, two extra negatives cut the push against y⁻ to
     a third, and per-edit stopping (a margin over y⁻ of γ) then needs a third more steps
-    (docs/results.md, "Negatives beyond y⁻").
+    (docs/results.md, "Negatives beyond y⁻: rivals").
     """
     if logp_rejected.dim() == 1:
         logp_rejected, ref_rejected = logp_rejected[:, None], ref_rejected[:, None]
