@@ -83,9 +83,24 @@ def test_rivals_are_the_other_answers_the_base_finds_most_plausible_whatever_the
     # b: a tie goes to the most recent edit of the pool (c after a)
     assert got[1] == ["Oslo", "English"]
     assert N.rivals([a, b], [a, b, c, d], rank, limit=1) == [["Russian"], ["Oslo"]]
-    # an answer inside y⁺ (or holding it) is not wrong; the same answer twice is one rival (the latest spelling)
+    # an answer inside y⁺, or one holding it, is not wrong; the same answer twice is one rival (the latest spelling)
     assert N.rivals([e], [e, f], lambda i, ans: 0.0, limit=4) == [[]]
+    assert N.rivals([f], [e, f], lambda i, ans: 0.0, limit=4) == [[]]
     assert N.rivals([a], [b, g], lambda i, ans: 0.0, limit=4) == [["russian"]]
+    # an excluded answer does not take a place: the next plausible one fills it
+    assert N.rivals([a], [a, b, c, d], lambda i, ans: {"French": 0.0, "Oslo": -1.0}.get(ans), limit=1) == [["Oslo"]]
+
+
+def test_next_token_logprobs_keep_only_the_most_likely_tokens(tiny):
+    editor = Editor(tiny, method="corsa", progress=False, template="raw")
+    prompts = [editor.fmt.prompt_ids("The code of item 1 is"), editor.fmt.prompt_ids("Person 2 lives in")]
+    full = next_token_logprobs(editor.model, editor.fmt, prompts, top=10**6)
+    top3 = next_token_logprobs(editor.model, editor.fmt, prompts, top=3)
+    for whole, few in zip(full, top3):
+        best = sorted(whole, key=whole.get, reverse=True)[:3]
+        assert sorted(few) == sorted(best)                               # a token outside the top is absent: None
+        assert all(few[t] == pytest.approx(whole[t], abs=1e-5) for t in best)
+        assert math.fsum(math.exp(v) for v in whole.values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_negatives_merge_keeps_the_first_kind_first_without_repeats():
@@ -433,7 +448,7 @@ def test_a_continued_adapter_keeps_its_method_unless_told_otherwise(tmp_path, ca
 
 # --- the cost of replay: reference scores and hold tests that are not repeated -----------------
 
-def _scripted_update(tiny, monkeypatch, answers, replay_held, retest_every=1, epochs=10):
+def _scripted_update(tiny, monkeypatch, answers, replay_held, retest_every=1, epochs=10, max_steps=0):
     """train_update on 6 edits (2 new, 4 replayed) with the step stubbed and the hold tests' answers scripted.
 
     Returns the result, the edits each step trained and the edits each hold test was given.
@@ -441,7 +456,7 @@ def _scripted_update(tiny, monkeypatch, answers, replay_held, retest_every=1, ep
     from corsa import engine
 
     editor = Editor(tiny, method="lora", template="raw", batch_size=8, epochs=epochs, progress=False,
-                    retest_every=retest_every)
+                    retest_every=retest_every, max_steps=max_steps)
     edits = [Edit(f"e{i}", f"The code of item {i} is", "QQ", "AB") for i in range(6)]
     encoded = encode_edits(editor.fmt, edits, None, need_rejected=True)
     index = {id(e): i for i, e in enumerate(encoded)}
@@ -496,8 +511,14 @@ def test_resting_edits_are_tested_every_kth_pass_and_an_update_ends_on_a_test_of
     answers = [[F, F, F], [F, F, F], [F, F, F, F, F, F]]
     result, trained, tested = _scripted_update(tiny, monkeypatch, answers, [T, T, T, F], retest_every=5, epochs=3)
     assert tested == [(0, 1, 5), (0, 1, 5), tuple(range(6))] and result.held == [F] * 6
+    # a spent step budget mid-update is the last pass too: everything is tested
+    answers = [[F, F, T], [F] * 6]
+    result, trained, tested = _scripted_update(tiny, monkeypatch, answers, [T, T, T, F], retest_every=5, max_steps=2)
+    assert trained == [[0, 1, 5], [0, 1]] and tested == [(0, 1, 5), tuple(range(6))]
     with pytest.raises(ConfigError, match="--retest-every"):
         EditConfig(retest_every=2, edit_stop=False, early_stop=True)
+    with pytest.raises(ConfigError, match="at least 1"):
+        EditConfig(retest_every=0)
 
 
 def test_a_spent_budget_leaves_the_last_tests_answers(tiny, monkeypatch):

@@ -315,7 +315,7 @@ class Editor:
             room = max(0, cfg.value("max_negatives") - ("online" in kinds))  # leave one for online
             seen = self.history + edits
             found = negatives.interference(pool, seen, room) if "interference" in kinds else [[] for _ in pool]
-            if "rivals" in kinds:
+            if "rivals" in kinds and room and len({normalise(e.target_new) for e in seen}) > 1:  # else no rival to find
                 found = negatives.merge(found, negatives.rivals(pool, seen, self._plausibility(encoded, eos), room), room)
             for enc, answers in zip(encoded, found):
                 enc.extra = [self.fmt.answer_ids(a, eos) for a in answers]

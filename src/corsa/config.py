@@ -115,10 +115,8 @@ class EditConfig:
         for name in OPTIONS:  # the row says which options it takes and what values they may have
             m.check(name, getattr(self, name))
         if self.value("negatives") and self.reference != "base":
-            whose = "" if self.negatives is not None else f" ({self.method} takes --negatives " \
-                f"{','.join(self.value('negatives'))} by default; --negatives none turns them off)"
             raise ConfigError("--negatives needs --reference base: negatives are scored by the base model (an "
-                              f"online one appears during training, when the model of the last update is gone){whose}")
+                              "online one appears during training, when the model of the last update is gone)")
         if not self.value("preserve") and (self.value("swap_anchors") or self.anchors is not None):
             raise ConfigError("--swap-anchors and --anchors shape the preservation term, which is off; "
                               "set --preserve κ > 0 or drop them")
@@ -129,7 +127,7 @@ class EditConfig:
         if self.edit_stop and self.early_stop:
             raise ConfigError("--early-stop and --edit-stop are two stopping rules; choose one "
                               "(--no-edit-stop --early-stop for the whole-update rule)")
-        if not self.edit_stop and self.retest_every not in (None, 1):
+        if not self.edit_stop and self.value("retest_every") > 1:
             raise ConfigError("--retest-every spaces the tests of per-edit stopping, which is off; "
                               "drop it or use --edit-stop")
         checks = [

@@ -57,7 +57,9 @@ class BaseScores:
         if todo:
             scored = lambda part: next_token_logprobs(model, fmt, part, batch_size)  # noqa: E731
             with model.disable_adapter():
-                found = dist.gather_sharded(scored, [list(k) for k in todo])
+                # whole batches per worker, as one process cuts them: the scores decide a ranking,
+                # so they must be bit-identical whatever the number of workers
+                found = dist.gather_batches(scored, [list(k) for k in todo], batch_size, key=len)
             self._next.update(zip(todo, found))
         return [self._next[k] for k in keys]
 
@@ -440,9 +442,11 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
 
     `edits` may end with replayed edits of earlier updates (the first `n_new` are the update's
     own). With `cfg.edit_stop` every pass trains only the edits that do not hold yet (a held
-    edit stops pulling), every pass ends with the test of all of them, and the update ends when
-    all hold or the budget (epochs, max_steps) is spent; replayed edits that already hold at the
-    start do not pull until they are lost. `replay_held`, when given, says which replayed edits
+    edit stops pulling), every pass ends with a test (hold_test: of every edit, or with
+    retest_every = k of the edits it trained and of the resting ones every k-th pass; a pass's
+    log entry then counts an untested resting edit as its last test found it), and the update
+    ends when all hold on a test of every edit or the budget (epochs, max_steps) is spent;
+    replayed edits that already hold at the start do not pull until they are lost. `replay_held`, when given, says which replayed edits
     hold now (the last update's final test, UpdateResult.held: the adapter has not moved
     since), so they are not tested again. `anchors` (preserve.Anchors) feed the preservation
     term; `base_scores` keeps the base model's DPO reference scores across updates.

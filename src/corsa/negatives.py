@@ -76,15 +76,18 @@ def rivals(edits: list[Edit], pool: list[Edit], plausibility: Callable[[int, str
             answers[key] = e.target_new
     out = []
     for i, e in enumerate(edits):
+        # rank first (a lookup per answer), then apply the exclusions (a regex each) only until
+        # `limit` are found: with 1,000 edits seen, testing every answer would cost seconds per edit
+        scored = ((plausibility(i, answer), order, key, answer) for order, (key, answer) in enumerate(answers.items()))
+        ranked = sorted((-score, order, key, answer) for score, order, key, answer in scored if score is not None)
         own = {normalise(e.target_new), normalise(e.target_old or "")}
-        ranked = []
-        for order, (key, answer) in enumerate(answers.items()):
-            if key in own or contains(answer, e.target_new) or contains(e.target_new, answer):
-                continue
-            score = plausibility(i, answer)
-            if score is not None:
-                ranked.append((-score, order, answer))
-        out.append([answer for _, _, answer in sorted(ranked)[:limit]])
+        found: list[str] = []
+        for _, _, key, answer in ranked:
+            if len(found) == limit:
+                break
+            if key not in own and not contains(answer, e.target_new) and not contains(e.target_new, answer):
+                found.append(answer)
+        out.append(found)
     return out
 
 
