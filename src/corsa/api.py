@@ -242,7 +242,7 @@ class Editor:
         held = self._known_held(earlier)
         if held is None:
             enc = encode_edits(self.fmt, earlier, None, need_rejected=True, eos=self.config.value("train_eos"))
-            held = holding(self.model, self.fmt, enc, self.config, max(self.config.batch_size, 16))
+            held = holding(self.model, self.fmt, enc, self.config, self.config.eval_batch_size)
         lost = [e for e, ok in zip(earlier, held) if not ok]
         rest = [] if mode == "lost" else [e for e, ok in zip(earlier, held) if ok]
         random.Random(self.config.seed + 1000 * index).shuffle(rest)
@@ -257,8 +257,8 @@ class Editor:
     def _plausibility(self, encoded, eos: bool):
         """plausibility(i, answer) for negatives.rivals: log p_base of `answer`'s first token after
         encoded[i]'s prompt (None outside the base model's most likely tokens), kept across updates."""
-        bs = max(self.config.batch_size, 16)
-        nexts = self._base_scores.next_token(self.model, self.fmt, [enc.prompt for enc in encoded], bs)
+        nexts = self._base_scores.next_token(self.model, self.fmt, [enc.prompt for enc in encoded],
+                                             self.config.eval_batch_size)
         first = functools.lru_cache(maxsize=None)(lambda answer: self.fmt.answer_ids(answer, eos)[0])
         return lambda i, answer: nexts[i].get(first(answer))
 

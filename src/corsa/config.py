@@ -178,6 +178,11 @@ class EditConfig:
         return self.spec.value(name, getattr(self, name))
 
     @property
+    def eval_batch_size(self) -> int:
+        """Edits per batch of no-grad scoring (reference, hold tests, rivals): the training batch, at least 16."""
+        return max(self.batch_size, 16)
+
+    @property
     def sam_rho(self) -> float:
         """ρ actually used: 0 for methods without SAM."""
         return self.value("rho")

@@ -39,29 +39,29 @@ class BaseScores:
     def __len__(self) -> int:
         return len(self._lp)
 
+    @staticmethod
+    def _kept(store: dict, model, keys: list, compute) -> list:
+        """store[k] for every key, computing (adapter off) only the keys not seen before, each once."""
+        todo = list(dict.fromkeys(k for k in keys if k not in store))
+        if todo:
+            with model.disable_adapter():
+                store.update(zip(todo, compute(todo)))
+        return [store[k] for k in keys]
+
     def of(self, model, fmt: PromptFormat, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> torch.Tensor:
         """log p_base of every pair, (N,): the pairs not seen before are scored, split across workers."""
-        keys = [(tuple(p), tuple(a)) for p, a in pairs]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._lp))
-        if todo:
-            scored = lambda part: score_pairs(model, fmt, part, batch_size).tolist()  # noqa: E731
-            with model.disable_adapter():
-                lp = dist.gather_sharded(scored, [(list(p), list(a)) for p, a in todo])
-            self._lp.update(zip(todo, lp))
-        return torch.tensor([self._lp[k] for k in keys], dtype=torch.float32)
+        scored = lambda part: score_pairs(model, fmt, part, batch_size).tolist()  # noqa: E731
+        lp = self._kept(self._lp, model, [(tuple(p), tuple(a)) for p, a in pairs],
+                        lambda todo: dist.gather_sharded(scored, [(list(p), list(a)) for p, a in todo]))
+        return torch.tensor(lp, dtype=torch.float32)
 
     def next_token(self, model, fmt: PromptFormat, prompts: list[list[int]], batch_size: int) -> list[dict[int, float]]:
         """log p_base of each prompt's most likely first answer tokens (scoring.next_token_logprobs), kept too."""
-        keys = [tuple(p) for p in prompts]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._next))
-        if todo:
-            scored = lambda part: next_token_logprobs(model, fmt, part, batch_size)  # noqa: E731
-            with model.disable_adapter():
-                # whole batches per worker, as one process cuts them: the scores decide a ranking,
-                # so they must be bit-identical whatever the number of workers
-                found = dist.gather_batches(scored, [list(k) for k in todo], batch_size, key=len)
-            self._next.update(zip(todo, found))
-        return [self._next[k] for k in keys]
+        scored = lambda part: next_token_logprobs(model, fmt, part, batch_size)  # noqa: E731
+        # whole batches per worker, as one process cuts them: the scores decide a ranking, so they
+        # must be bit-identical whatever the number of workers
+        return self._kept(self._next, model, [tuple(p) for p in prompts],
+                          lambda todo: dist.gather_batches(scored, [list(k) for k in todo], batch_size, key=len))
 
 
 @dataclass
@@ -396,12 +396,17 @@ def hold_test(model, fmt, encoded, cfg, batch_size, trained: list[int], held: li
     if held is None or k == 1 or epoch % k == 0 or last:
         return holding(model, fmt, encoded, cfg, batch_size), len(encoded)
     now = holding(model, fmt, [encoded[i] for i in trained], cfg, batch_size)
-    if all(now):
-        return holding(model, fmt, encoded, cfg, batch_size), len(trained) + len(encoded)
     held = list(held)
     for i, ok in zip(trained, now):
         held[i] = ok
-    return held, len(trained)
+    if not all(now):
+        return held, len(trained)
+    # the trained edits all hold: test the resting ones too (the adapter has not moved since)
+    trained_set = set(trained)
+    resting = [i for i in range(len(encoded)) if i not in trained_set]
+    for i, ok in zip(resting, holding(model, fmt, [encoded[i] for i in resting], cfg, batch_size)):
+        held[i] = ok
+    return held, len(encoded)
 
 
 def refresh_online_negatives(model, fmt, edits, encoded, ref, which, cfg, batch_size) -> int:
@@ -446,8 +451,8 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     retest_every = k of the edits it trained and of the resting ones every k-th pass; a pass's
     log entry then counts an untested resting edit as its last test found it), and the update
     ends when all hold on a test of every edit or the budget (epochs, max_steps) is spent;
-    replayed edits that already hold at the start do not pull until they are lost. `replay_held`, when given, says which replayed edits
-    hold now (the last update's final test, UpdateResult.held: the adapter has not moved
+    replayed edits that already hold at the start do not pull until they are lost.
+    `replay_held`, when given, says which replayed edits hold now (the last update's final test, UpdateResult.held: the adapter has not moved
     since), so they are not tested again. `anchors` (preserve.Anchors) feed the preservation
     term; `base_scores` keeps the base model's DPO reference scores across updates.
     Every step's log entry goes to `log_path` (JSON lines); it and every pass's entry also go to
@@ -464,7 +469,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     dist.broadcast_(params)  # start from worker 0's φ, as DDP does, whatever each worker loaded
     n_new = len(encoded) if n_new is None else n_new
     pad = pad_id(fmt.tokenizer)
-    eval_bs = max(cfg.batch_size, 16)
+    eval_bs = cfg.eval_batch_size
     online = "online" in cfg.value("negatives")  # () on a row without DPO
     for e in encoded:
         e.online = False
