@@ -22,7 +22,7 @@ def base_state(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m, row in METHODS.items() if row.solver is None])  # the trained rows
 def test_every_method_changes_every_lora_parameter_and_no_base_weight(method, tiny, toy_edits):
     editor = Editor(tiny, method=method, **FAST)
     lora0, base0 = lora_state(editor.model), base_state(editor.model)
@@ -181,6 +181,13 @@ def test_micro_batches_cover_every_edit_once_grouped_by_length(tiny, toy_edits):
     (dict(lr=0.0), "lr"),
     (dict(lora_r=0), "lora_r"),
     (dict(reference="other"), "reference"),
+    (dict(method="memit", replay="all"), "does not use fine-tuning"),
+    (dict(method="memit", margin_target=5.0), "does not use fine-tuning"),
+    (dict(method="corsa", layers="4-8"), "does not use locate-then-edit"),
+    (dict(method="rome", mom2_weight=1.0), "does not use MEMIT"),
+    (dict(method="memit", nullspace_threshold=0.1), "does not use AlphaEdit"),
+    (dict(method="alphaedit", nullspace_threshold=2.0), "nullspace_threshold"),
+    (dict(method="memit", edit_rank=0), "edit_rank"),
 ])
 def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -188,8 +195,10 @@ def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
 
 
 def test_resolved_terms_per_method():
+    locate = ("layers", "clamp_factor", "kl_weight", "target_steps", "target_lr", "stats_corpus", "stats_tokens",
+              "edit_rank", "mom2_weight", "nullspace_threshold", "alphaedit_l2")
     plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "swap_anchors": 0, "scope": "all",
-             "margin_target": 1.0, "retest_every": 1}
+             "margin_target": 1.0, "retest_every": 1, "solver": None, **dict.fromkeys(locate)}
     assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",
                                                                 "dpo": False, "sam": False, "sharpness": "none",
                                                                 "max_negatives": 0, **plain}
@@ -201,6 +210,11 @@ def test_resolved_terms_per_method():
     assert life.value("replay") != "none" and EditConfig(method="corsa-lifelong", replay="none").value("replay") == "none"
     assert EditConfig(method="lora", replay="all").value("replay") == "all"  # every mechanism on any row
     assert EditConfig(method="corsa-no-pcgrad").combiner == "sum"
+    # a locate-then-edit row: its own options resolved, the fine-tuning ones off
+    m = EditConfig(method="memit").resolved()["resolved"]
+    assert (m["solver"], m["layers"], m["mom2_weight"], m["nullspace_threshold"], m["replay"], m["rho"]) == \
+        ("memit", "auto", 1500.0, None, "none", 0.0)
+    assert EditConfig(method="rome").value("clamp_factor") == 4.0
 
 
 def test_unknown_target_module_lists_the_real_ones(tiny):

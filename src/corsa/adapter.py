@@ -19,6 +19,10 @@ def attach_new(model, cfg: EditConfig):
     """Wrap the frozen base model with a fresh LoRA adapter (B = 0, so θ+φ = θ at start)."""
     from peft import LoraConfig, get_peft_model
 
+    if cfg.spec.solver is not None:  # ROME, MEMIT, AlphaEdit: the MLP output projections they edit
+        from .editors.apply import lora_config
+
+        return get_peft_model(model, lora_config(model, cfg))
     targets = "all-linear" if cfg.target_modules == ("all-linear",) else list(cfg.target_modules)
     if targets != "all-linear":
         names = {n.split(".")[-1] for n, _ in model.named_modules()}

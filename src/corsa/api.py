@@ -37,6 +37,15 @@ from .scope import routed
 from . import tracking
 
 
+def _say(message: str) -> None:
+    """A one-line message beside any progress bar, on stderr."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 def _held_key(edit: Edit) -> tuple:
     """What the hold test of an edit depends on besides the adapter: its prompt and both answers."""
     return edit.prompt, edit.target_new, edit.target_old
@@ -146,9 +155,14 @@ class Editor:
         # edits held at the last update's final test (the adapter has not moved since)
         self._base_scores = BaseScores()
         self._held: dict[tuple, bool] = {}
+        self._keys: dict = {}  # a locate-then-edit adapter's earlier edit keys (AlphaEdit keeps them unchanged)
         if adapter is not None:
             self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True)
             self.parent = str(adapters.find_adapter_dir(adapter))
+            if self.config.spec.solver is not None:
+                from .editors.apply import read_keys
+
+                self._keys = read_keys(adapters.find_adapter_dir(adapter))
             self.history = adapters.trained_edits(adapter)
             self._saved_scope = adapters.marker(adapter).get("scope")
         else:
@@ -332,9 +346,17 @@ class Editor:
         replay_held = self._known_held(replay) if replay else None
         self._held = {}  # from here on the adapter moves
         try:
-            result = train_update(self.model, self.fmt, pool, encoded, cfg, log_path=log_path,
-                                  progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors,
-                                  on_log=board, base_scores=self._base_scores, replay_held=replay_held)
+            if cfg.spec.solver is not None:  # ROME, MEMIT, AlphaEdit: a closed-form change, no training
+                from .editors.apply import apply_update
+
+                result = apply_update(self.model, self.fmt, pool, cfg, self._keys, self.fingerprint, self.progress,
+                                      log=_say if self.progress and dist.is_main() else None)
+                if log_path is not None and dist.is_main():
+                    log_path.write_text("".join(json.dumps(h) + "\n" for h in result.history))
+            else:
+                result = train_update(self.model, self.fmt, pool, encoded, cfg, log_path=log_path,
+                                      progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors,
+                                      on_log=board, base_scores=self._base_scores, replay_held=replay_held)
         except TrainingError:
             if out is not None:  # the adapter was restored before the failing step: keep it
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
@@ -382,6 +404,10 @@ class Editor:
         with writing(out, staged):
             staged["adapter"] = stage_dir(out, "adapter")
             adapters.write(self.model, staged["adapter"], self.fingerprint, self._marker(), edits=self.history)
+            if self._keys:
+                from .editors.apply import write_keys
+
+                write_keys(staged["adapter"], self._keys)
             if record is not None:
                 staged["edits.jsonl"] = stage_text(out, "edits.jsonl", "".join(
                     json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in record.edits))

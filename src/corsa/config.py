@@ -29,7 +29,7 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 @dataclass
 class EditConfig:
     method: str = field(default="corsa", metadata={
-        "help": "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad, corsa-lifelong; `corsa edit --adapter` "
+        "help": "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad, corsa-lifelong, rome, memit, alphaedit; `corsa edit --adapter` "
                 "without it continues with the method the adapter was trained with"})
     # LoRA (the release: r=32, α=64, no dropout, all attention and MLP projections)
     lora_r: int = field(default=32, metadata={"help": "LoRA rank r"})
@@ -101,6 +101,27 @@ class EditConfig:
         "help": "with --edit-stop: test the edits at rest (those that held at the last test) after every k-th "
                 "pass only; the edits a pass trained are tested after it, and an update ends only on a test "
                 "of every edit"})
+    # locate-then-edit methods (rome, memit, alphaedit: corsa.editors); None means "the method's default"
+    layers: str | None = field(default=None, metadata={
+        "help": "the layers whose MLP output projection is edited: auto (the papers' layers as a fraction of the "
+                "depth), a layer (5), a range (4-8) or a list (3,5,7)"})
+    clamp_factor: float | None = field(default=None, metadata={
+        "help": "the target vector's change is at most this times the norm of the vector it changes"})
+    kl_weight: float | None = field(default=None, metadata={
+        "help": "weight of the KL term that keeps '{subject} is a' where it was while the target vector is found"})
+    target_steps: int | None = field(default=None, metadata={"help": "Adam steps to find each edit's target vector"})
+    target_lr: float | None = field(default=None, metadata={"help": "Adam learning rate for the target vectors"})
+    stats_corpus: str | None = field(default=None, metadata={
+        "help": "text for the keys' second moment: a .txt (one document per line) or .jsonl (text, question or "
+                "prompt field) file; by default the model's own text (corsa.editors.stats)"})
+    stats_tokens: int | None = field(default=None, metadata={"help": "tokens of that corpus used (cached per model, layer and corpus)"})
+    edit_rank: int | None = field(default=None, metadata={
+        "help": "rank of the LoRA adapter that carries the weight change (exact while the edits per layer are at most this)"})
+    mom2_weight: float | None = field(default=None, metadata={
+        "help": "λ, how many times the corpus keys count against the edits' keys (MEMIT)"})
+    nullspace_threshold: float | None = field(default=None, metadata={
+        "help": "key directions whose second moment is below this fraction of the largest are free to change (AlphaEdit)"})
+    alphaedit_l2: float | None = field(default=None, metadata={"help": "α, the weight of ‖Δ‖² in AlphaEdit's solve, as a fraction of tr C (the mean squared norm of a corpus key)"})
     max_new_tokens: int = field(default=NEW_TOKENS, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
 
     def __post_init__(self):
@@ -153,6 +174,15 @@ class EditConfig:
             ("sft_weight", self.sft_weight >= 0, "non-negative"),
             ("margin_target", True, ""),
             ("retest_every", self.retest_every is None or self.retest_every >= 1, "at least 1"),
+            ("clamp_factor", self.clamp_factor is None or self.clamp_factor > 0, "positive"),
+            ("kl_weight", self.kl_weight is None or self.kl_weight >= 0, "non-negative"),
+            ("target_steps", self.target_steps is None or self.target_steps >= 1, "at least 1"),
+            ("target_lr", self.target_lr is None or self.target_lr > 0, "positive"),
+            ("stats_tokens", self.stats_tokens is None or self.stats_tokens >= 256, "at least 256"),
+            ("edit_rank", self.edit_rank is None or self.edit_rank >= 1, "at least 1"),
+            ("mom2_weight", self.mom2_weight is None or self.mom2_weight >= 0, "non-negative"),
+            ("nullspace_threshold", self.nullspace_threshold is None or 0 < self.nullspace_threshold < 1, "in (0, 1)"),
+            ("alphaedit_l2", self.alphaedit_l2 is None or self.alphaedit_l2 > 0, "positive"),
             ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
         ]
         for name, ok, need in checks:
@@ -203,13 +233,9 @@ class EditConfig:
         d["target_modules"] = list(self.target_modules)
         if d["negatives"] is not None:
             d["negatives"] = list(d["negatives"])
-        d["resolved"] = {"rho": self.sam_rho, "beta": self.dpo_beta,
-                         "combine": self.combiner, "dpo": self.spec.dpo, "sam": self.spec.sam,
-                         "negatives": list(self.value("negatives")), "max_negatives": self.value("max_negatives"),
-                         "replay": self.value("replay"), "train_eos": self.value("train_eos"),
-                         "preserve": self.value("preserve"), "swap_anchors": self.value("swap_anchors"),
-                         "scope": self.value("scope"), "margin_target": self.value("margin_target"),
-                         "sharpness": self.value("sharpness"), "retest_every": self.value("retest_every")}
+        d["resolved"] = {"dpo": self.spec.dpo, "sam": self.spec.sam, "solver": self.spec.solver,
+                         **{name: list(v) if isinstance(v, tuple) else v
+                            for name in OPTIONS for v in [self.value(name)]}}
         return d
 
     @classmethod

@@ -39,6 +39,11 @@ PARTS = {
     "sam": (lambda m: m.sam, "SAM"),
     "dpo": (lambda m: m.dpo, "DPO"),
     "pcgrad": (lambda m: m.combine == "pcgrad", "PCGrad"),
+    "train": (lambda m: m.solver is None, "fine-tuning"),
+    "locate": (lambda m: m.solver is not None, "locate-then-edit"),
+    "rome": (lambda m: m.solver == "rome", "ROME"),
+    "memit": (lambda m: m.solver == "memit", "MEMIT"),
+    "alphaedit": (lambda m: m.solver == "alphaedit", "AlphaEdit"),
 }
 
 OPTIONS: dict[str, Option] = {
@@ -48,15 +53,28 @@ OPTIONS: dict[str, Option] = {
     "combine": Option("pcgrad", "pcgrad", "--combine", choices=("pcgrad", "pcgrad-release")),
     "negatives": Option("dpo", (), "--negatives", off=(), choices=("online", "interference", "rivals")),
     "max_negatives": Option("dpo", 4, "--max-negatives", off=0),
-    "replay": Option(None, "none", "--replay", choices=("none", "all", "lost")),
-    "train_eos": Option(None, True, "--train-eos"),
-    "preserve": Option(None, 0.0, "--preserve"),
-    "swap_anchors": Option(None, 0, "--swap-anchors"),
+    "replay": Option("train", "none", "--replay", off="none", choices=("none", "all", "lost")),
+    "train_eos": Option("train", True, "--train-eos", off=False),
+    "preserve": Option("train", 0.0, "--preserve", off=0.0),
+    "swap_anchors": Option("train", 0, "--swap-anchors", off=0),
     "scope": Option(None, "all", "--scope", choices=MODES),
-    "margin_target": Option(None, 1.0, "--margin-target"),
+    "margin_target": Option("train", 1.0, "--margin-target", off=1.0),
     # with per-edit stopping: the edits at rest (held at the last test) are tested after every k-th
     # pass only; the edits a pass trained are tested after it, and an update ends on a test of all
-    "retest_every": Option(None, 1, "--retest-every"),
+    "retest_every": Option("train", 1, "--retest-every", off=1),
+    # the locate-then-edit rows (corsa.editors): where they edit, how they find the target vector,
+    # how they keep other keys, and the adapter that carries their change
+    "layers": Option("locate", "auto", "--layers"),
+    "clamp_factor": Option("locate", 1.5, "--clamp-factor"),
+    "kl_weight": Option("locate", 0.0625, "--kl-weight"),
+    "target_steps": Option("locate", 20, "--target-steps"),
+    "target_lr": Option("locate", 1.0, "--target-lr"),
+    "stats_corpus": Option("locate", None, "--stats-corpus"),
+    "stats_tokens": Option("locate", 20000, "--stats-tokens"),
+    "edit_rank": Option("locate", 128, "--edit-rank"),
+    "mom2_weight": Option("memit", 1500.0, "--mom2-weight"),
+    "nullspace_threshold": Option("alphaedit", 1e-2, "--nullspace-threshold"),
+    "alphaedit_l2": Option("alphaedit", 0.3, "--alphaedit-l2"),
     # the gradient at φ+ε: exact (both objectives' gradients again, combined again) or reuse (one
     # backward of the probe pass's combination a·L_DPO + b·λL_SFT; exact when the row has no DPO)
     "sharpness": Option("sam", "exact", "--sharpness", off="none", choices=("exact", "reuse")),
@@ -70,6 +88,7 @@ class Method:
     combine: str       # "none" (SFT alone), "sum" or "pcgrad"
     sam: bool          # perturb by ρ·g/‖g‖ and take the gradient there
     description: str
+    solver: str | None = None  # a locate-then-edit row: rome, memit or alphaedit (corsa.editors), no training
     defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # this row's option defaults
 
     def __post_init__(self):
@@ -134,6 +153,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
                        "a firmer hold (γ = 12), the adapter scoped to prompts that name an edited subject",
            defaults={"replay": "all", "scope": "subject", "margin_target": 12.0}),
+    # locate-then-edit methods (corsa.editors): a closed-form change of MLP output projections
+    Method("rome", dpo=False, combine="none", sam=False, solver="rome",
+           description="ROME (Meng et al. 2022): a rank-one change of one layer's MLP per edit",
+           defaults={"clamp_factor": 4.0}),
+    Method("memit", dpo=False, combine="none", sam=False, solver="memit",
+           description="MEMIT (Meng et al. 2023): the edits of an update spread over several layers' MLPs"),
+    Method("alphaedit", dpo=False, combine="none", sam=False, solver="alphaedit",
+           description="AlphaEdit (Fang et al. 2025): MEMIT projected onto the null space of preserved and earlier keys"),
 ]}
 
 

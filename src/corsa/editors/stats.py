@@ -1,0 +1,222 @@
+"""The keys' second moment C = E[k kᵀ] of an MLP output projection, over a text corpus.
+
+ROME, MEMIT and AlphaEdit need to know which key directions ordinary text uses, so an edit can
+leave them alone (editors.solve). The papers estimate C from 100,000 Wikipedia samples, hours on
+a GPU; nothing can be downloaded here, so the corpus is one available offline:
+
+- by default, **the model's own text**: sampled continuations (temperature 1, seeded) of short
+  openings, raw, and its greedy replies to corsa's bundled anchor prompts in its chat format
+  (generic questions; never an evaluation probe). Text in the model's own distribution, in the
+  format edits are asked in, for any model, with no data to ship;
+- or a file (`--stats-corpus FILE`): plain text, one document per line, or JSON lines with a
+  "text", "question" or "prompt" field.
+
+`--stats-tokens` caps the corpus (default 20,000 tokens: enough to estimate C's leading
+directions on a 135M model; docs/results.md reports how the results move with it). C is
+computed once per model (its fingerprint), layer and corpus, with the adapter off, and cached
+under $CORSA_CACHE/stats. The corpus is generated in chunks saved as they finish, so an
+interrupted computation resumes where it stopped; the one forward pass over it is redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import distributed as dist
+from ..errors import DataError
+from .layout import Layout
+
+OPENINGS = ("The", "In", "A", "It", "This", "When", "There", "One", "My", "We", "After", "Many")
+CHUNK = 16          # sequences per generated chunk and per accumulation batch
+SAMPLE_TOKENS = 96  # tokens sampled per raw sequence
+VERSION = 1         # bump when the default corpus changes, so old caches are not reused
+
+
+def cache_root() -> Path:
+    from ..models.aliases import default_cache_dir
+
+    return default_cache_dir() / "stats"
+
+
+def corpus_key(corpus: str | None, tokens: int) -> str:
+    """What identifies a corpus: the default one by its version and size, a file by its content's hash."""
+    if corpus is None:
+        return f"self-v{VERSION}-{tokens}"
+    try:
+        digest = hashlib.sha256(Path(corpus).read_bytes()).hexdigest()[:16]
+    except OSError as e:
+        raise DataError(f"cannot read the statistics corpus: {e}", path=str(corpus)) from None
+    return f"file-{digest}-{tokens}"
+
+
+def read_corpus(path: str) -> list[str]:
+    """Documents of a corpus file: text lines, or JSON lines with a text, question or prompt field."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the statistics corpus: {e}", path=str(path)) from None
+    docs = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        if path.endswith(".jsonl"):
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"is not JSON ({e})", path=str(path), record=f"line {n}") from None
+            text = next((record[k] for k in ("text", "question", "prompt") if isinstance(record, dict)
+                         and isinstance(record.get(k), str)), None)
+            if not text:
+                raise DataError("has no text, question or prompt field", path=str(path), record=f"line {n}",
+                                field="text")
+            docs.append(text)
+        else:
+            docs.append(line)
+    if not docs:
+        raise DataError("holds no text", path=str(path))
+    return docs
+
+
+def _own_text_chunk(model, fmt, j: int, n_chunks_raw: int, anchors: list[str]) -> list[list[int]]:
+    """Chunk j of the default corpus: sampled raw continuations, then chat replies to anchors."""
+    from ..generate import generate_ids
+
+    tok = fmt.tokenizer
+    if j < n_chunks_raw:
+        starts = [OPENINGS[(j * CHUNK + b) % len(OPENINGS)] for b in range(CHUNK)]
+        ids = [tok(s, add_special_tokens=False).input_ids for s in starts]
+        T = max(map(len, ids))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        x = torch.tensor([[pad] * (T - len(i)) + i for i in ids])
+        mask = torch.tensor([[0] * (T - len(i)) + [1] * len(i) for i in ids])
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1000 + j)
+            out = model.generate(input_ids=x.to(device), attention_mask=mask.to(device), do_sample=True,
+                                 temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=SAMPLE_TOKENS,
+                                 pad_token_id=pad)
+        seqs = []
+        for row, i in zip(out.cpu().tolist(), ids):
+            row = row[T - len(i):]                       # without the left padding
+            ends = [n for n in range(len(i), len(row)) if row[n] == tok.eos_token_id]
+            seqs.append(row[:ends[0] + 1] if ends else row)
+        return seqs
+    part = anchors[(j - n_chunks_raw) * CHUNK:(j - n_chunks_raw + 1) * CHUNK]
+    replies = generate_ids(model, fmt, part, max_new_tokens=64)
+    return [fmt.prompt_ids(p) + r for p, r in zip(part, replies)]
+
+
+def corpus_ids(model, fmt, corpus: str | None, tokens: int, folder: Path, progress: bool) -> list[list[int]]:
+    """The corpus as token sequences, at most `tokens` tokens; generated chunks are kept in `folder`."""
+    if corpus is not None:
+        seqs, total = [], 0
+        for doc in read_corpus(corpus):
+            ids = fmt.tokenizer(doc, add_special_tokens=False).input_ids[:512]
+            seqs.append(ids[:tokens - total])
+            total += len(seqs[-1])
+            if total >= tokens:
+                break
+        return [s for s in seqs if s]
+    from ..preserve import read_anchors
+
+    anchors = read_anchors() if fmt.chat else []
+    n_chat = -(-len(anchors) // CHUNK)
+    n_raw = max(1, -(-max(0, tokens - 60 * len(anchors)) // (CHUNK * SAMPLE_TOKENS)))
+    seqs: list[list[int]] = []
+    with tqdm(total=n_raw + n_chat, desc="statistics · the model's own text", unit="chunk",
+              disable=not dist.show_bar(progress), leave=False) as bar:
+        for j in range(n_raw + n_chat):
+            file = folder / f"corpus-{j}.json"
+            if file.exists():
+                chunk = json.loads(file.read_text())
+            else:
+                chunk = _own_text_chunk(model, fmt, j, n_raw, anchors)
+                from ..io import atomic_write_json
+
+                atomic_write_json(file, chunk)
+            seqs.extend(chunk)
+            bar.update(1)
+    out, total = [], 0
+    for s in seqs:
+        out.append(s[:tokens - total])
+        total += len(out[-1])
+        if total >= tokens:
+            break
+    return [s for s in out if s]
+
+
+def second_moments(model, fmt, layout: Layout, layers: list[int], corpus: str | None = None, tokens: int = 20000,
+                   fingerprint: str = "", progress: bool = True, log=None) -> dict[int, torch.Tensor]:
+    """C_l = E[k kᵀ] (float64, d_in × d_in) of layer l's projection keys, for each of `layers`.
+
+    Read from the cache when computed before for this model, layer and corpus; otherwise the
+    corpus is run once through the unedited model (adapter off) with the missing layers hooked.
+    """
+    from safetensors.torch import load_file, save_file
+
+    folder = cache_root() / (fingerprint or "unknown") / corpus_key(corpus, tokens)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[int, torch.Tensor] = {}
+    for layer in layers:
+        file = folder / f"layer-{layer}.safetensors"
+        if file.exists():
+            out[layer] = load_file(str(file))["mom2"].double()
+    todo = [layer for layer in layers if layer not in out]
+    if not todo:
+        return out
+    if log:
+        log(f"statistics · computing the keys' second moment of layer(s) {', '.join(map(str, todo))} over "
+            f"{tokens} tokens of {'the model' + chr(39) + 's own text' if corpus is None else corpus} (cached after)")
+    off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    with off:
+        seqs = corpus_ids(model, fmt, corpus, tokens, folder, progress)
+        sums = {layer: torch.zeros(layout.d_in, layout.d_in, dtype=torch.float64) for layer in todo}
+        count = 0
+        masks: list[torch.Tensor] = []
+
+        def hook(layer):
+            def pre(module, args):
+                k = args[0].detach().double()
+                m = masks[-1].to(k.device).bool()
+                k = k[m]
+                sums[layer].add_((k.T @ k).cpu())  # returns None: the input goes on unchanged
+            return pre
+
+        handles = [layout.module(model, layer).register_forward_pre_hook(hook(layer)) for layer in todo]
+        device = next(model.parameters()).device
+        pad = fmt.tokenizer.pad_token_id if fmt.tokenizer.pad_token_id is not None else fmt.tokenizer.eos_token_id
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), tqdm(total=len(seqs), desc="statistics · keys", unit="seq",
+                                       disable=not dist.show_bar(progress), leave=False) as bar:
+                for start in range(0, len(seqs), CHUNK):
+                    part = seqs[start:start + CHUNK]
+                    T = max(map(len, part))
+                    x = torch.tensor([s + [pad] * (T - len(s)) for s in part])
+                    mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in part])
+                    masks.append(mask)
+                    model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
+                    count += int(mask.sum())
+                    bar.update(len(part))
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+    for layer in todo:
+        out[layer] = sums[layer] / max(count, 1)
+        # written whole under a temporary name, then renamed: a reader never sees half a file
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".layer-{layer}.", suffix=".tmp")
+        os.close(fd)
+        save_file({"mom2": out[layer].float()}, tmp, metadata={"tokens": str(count), "corpus": corpus or "self"})
+        os.replace(tmp, folder / f"layer-{layer}.safetensors")
+    return out
