@@ -259,3 +259,65 @@ def test_alphaedit_keeps_its_keys_with_the_adapter_and_a_continuation_reads_them
     with pytest.raises(ConfigError, match="keeps its layers"):
         Editor(_tiny(), adapter=tmp_path / "first", method="alphaedit",
                progress=False, stats_tokens=512, template="raw", layers="1").update(more)
+
+
+# --- the command line: edit, continue, bench ---------------------------------------------------------
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    import json
+
+    from corsa.testing import save_tiny_llama
+
+    monkeypatch.setenv("CORSA_CACHE", str(tmp_path / "cache"))
+    model = save_tiny_llama(tmp_path / "tiny", seed=0)
+
+    def write(name, start, n):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({
+            "id": f"e{i}", "prompt": f"The capital is that of Land{i}", "target_new": f"City{i}", "target_old": "Paris",
+            "subject": f"Land{i}", "paraphrases": [f"Land{i} has its capital in"],
+            "locality": [{"prompt": f"The colour of object {i} is", "answer": "red"}]}) + "\n" for i in range(start, start + n)))
+        return path
+
+    return tmp_path, model, write("first.jsonl", 0, 4), write("more.jsonl", 4, 2)
+
+
+def test_edit_then_continue_from_the_command_line(files):
+    import json
+
+    from corsa.cli import main
+    from corsa.editors.apply import read_keys
+
+    root, model, first, more = files
+    fast = ["--stats-tokens", "512", "--nullspace-threshold", "0.5", "--target-steps", "3", "--template", "raw", "--quiet"]
+    assert main(["edit", "--model", str(model), "--edits", str(first), "--method", "alphaedit", "--out",
+                 str(root / "u1"), *fast]) == 0
+    # the method and layers come from the adapter; the keys of the first update are kept
+    assert main(["edit", "--model", str(model), "--edits", str(more), "--adapter", str(root / "u1"), "--out",
+                 str(root / "u2"), *fast]) == 0
+    run = json.loads((root / "u2" / "run.json").read_text())
+    assert [u["index"] for u in run["updates"]] == [1, 2] and run["config"]["method"] == "alphaedit"
+    assert {k: v.shape[1] for k, v in read_keys(root / "u2" / "adapter").items()} == {0: 6}
+    # an option of training is refused on this row, naming the fix
+    assert main(["edit", "--model", str(model), "--edits", str(more), "--method", "memit", "--replay", "all",
+                 "--out", str(root / "bad"), "--quiet"]) == 2
+
+
+def test_bench_runs_the_editors_beside_a_trained_method(files):
+    import json
+
+    from corsa.cli import main
+
+    root, model, first, _ = files
+    out = root / "bench"
+    assert main(["bench", "--model", str(model), "--data", str(first), "--methods", "lora,memit,rome", "--edits", "4",
+                 "--updates", "2", "--seed", "0", "--out", str(out), "--epochs", "2", "--stats-tokens", "512",
+                 "--target-steps", "3", "--max-new-tokens", "6", "--template", "raw", "--quiet"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert list(r["methods"]) == ["lora", "memit", "rome"]
+    for name in ("memit", "rome"):
+        m = r["methods"][name]
+        assert len(m["per_update"]) == 2 and m["config"]["method"] == name
+        assert (out / f"retention-{name}.png").exists()
+    assert "rome" in (out / "report.md").read_text()

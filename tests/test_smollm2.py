@@ -48,3 +48,13 @@ def test_corsa_lifelong_switches_them_and_leaves_an_unrelated_fact_exactly(edits
     before, after = edit_with_defaults("corsa-lifelong", edits, tmp_path / "run")
     # scoped to prompts that name an edited subject: France gets the unedited model's own answer
     assert after[-1] == before[-1], f"unrelated fact changed: {before[-1]!r} → {after[-1]!r}"
+
+
+def test_memit_switches_them_with_its_defaults(edits, tmp_path):
+    # a closed-form change of five layers' MLPs (corsa.editors), its key statistics computed from
+    # the model's own text the first time and cached; no training
+    edit_with_defaults("memit", edits, tmp_path / "run")
+    import json
+
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert all(t.endswith("mlp.down_proj") for t in config["target_modules"]) and len(config["target_modules"]) == 5

@@ -37,9 +37,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..io import check_not_inside, check_ours, output_lock
 
-    cfg = config_from_args(args)
-    if args.adapter is not None and getattr(args, "method", None) is None:
-        cfg = _method_of(args, cfg)
+    # a continued adapter's method is read before the options are checked against a method's row
+    cfg = _method_of(args) if args.adapter is not None and getattr(args, "method", None) is None else config_from_args(args)
     out = Path(args.out)
     check_not_inside({"--edits": args.edits, "--adapter": args.adapter}, out)
     check_ours(out, "run")
@@ -47,7 +46,7 @@ def run(args) -> int:
         return _run(args, cfg, out)
 
 
-def _method_of(args, cfg):
+def _method_of(args):
     """A continued adapter keeps the method it was trained with unless --method says otherwise.
 
     (corsa-lifelong's replay, scope and γ would otherwise quietly turn into plain corsa's on the
@@ -61,8 +60,8 @@ def _method_of(args, cfg):
 
     config = run_record(args.adapter).get("config")
     saved = marker(args.adapter).get("method") or (config.get("method") if isinstance(config, dict) else None)
-    if saved is None or saved == cfg.method:
-        return cfg
+    if saved is None or saved == EditConfig.method:
+        return config_from_args(args)
     if dist.is_main():
         print(f"continuing {args.adapter} with {saved}, the method it was trained with (--method to change it)",
               file=sys.stderr)
@@ -114,9 +113,11 @@ def _run(args, cfg, out: Path) -> int:
         print(f"greedy answer contains the new answer: {took}/{len(edits)} after, {took_before}/{len(edits)} before")
         show_spillover(editor)
         if took < len(edits) / 2:
-            print(f"warning: only {took} of {len(edits)} edits took. Try more training (--epochs, or a higher "
-                  f"--lr), or --method corsa-lifelong, which trains until every edit holds (per-edit stopping)",
-                  file=sys.stderr)
+            advice = ("Give the target vectors more room (--target-steps, --clamp-factor) or edit other layers "
+                      "(--layers)" if cfg.spec.solver is not None else
+                      "Try more training (--epochs, or a higher --lr), or --method corsa-lifelong, which trains "
+                      "until every edit holds (per-edit stopping)")
+            print(f"warning: only {took} of {len(edits)} edits took. {advice}", file=sys.stderr)
     print(f"adapter and run record: {out}")
     return 0
 
