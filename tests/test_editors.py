@@ -144,6 +144,27 @@ def test_layout_and_subject_token_come_from_config_and_tokenizer():
     assert tok.decode(ids[i]) == "x" and tok.decode(ids[i + 1]) == " "
     with pytest.raises(DataError, match="not in the prompt"):
         subject_position(fmt, prompt, "Paris")
+    # only the prompt's own text is searched, never the template's role headers
+    with pytest.raises(DataError, match="not in the prompt"):
+        subject_position(fmt, prompt, "assistant")
+    assert subject_position(fmt, prompt, "danielle DARRIEUX") == i  # case does not matter
+
+
+def test_an_edits_target_does_not_depend_on_the_edits_beside_it():
+    from corsa.editors import targets
+    from corsa.prompts import PromptFormat
+
+    model, tok = _tiny()
+    fmt = PromptFormat(tok, "raw")
+    layout = find_layout(model)
+    edits = _edits()
+    settings = {"steps": 6, "lr": 1.0, "clamp": 1.5, "kl_weight": 0.0625, "eos": False}
+    rows = [targets.subject_rows(fmt, e) for e in edits]
+    module = layout.layer(model, 1)
+    alone, _, _ = targets.optimise(model, fmt, module, edits[:1], rows[:1], settings)
+    together, _, _ = targets.optimise(model, fmt, module, edits, rows, settings)
+    torch.testing.assert_close(together[0], alone[0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(together[1], together[0])
 
 
 # --- the statistics cache and the editors on the tiny model ----------------------------------------
@@ -302,6 +323,13 @@ def test_edit_then_continue_from_the_command_line(files):
     # an option of training is refused on this row, naming the fix
     assert main(["edit", "--model", str(model), "--edits", str(more), "--method", "memit", "--replay", "all",
                  "--out", str(root / "bad"), "--quiet"]) == 2
+    # and an adapter of the other kind cannot be continued
+    assert main(["edit", "--model", str(model), "--edits", str(first), "--method", "lora", "--epochs", "1",
+                 "--out", str(root / "trained"), "--quiet", "--no-check"]) == 0
+    with pytest.raises(ConfigError, match="cannot continue it"):
+        from corsa.api import Editor
+
+        Editor(str(model), adapter=root / "trained", method="memit", progress=False)
 
 
 def test_bench_runs_the_editors_beside_a_trained_method(files):

@@ -188,6 +188,8 @@ def test_micro_batches_cover_every_edit_once_grouped_by_length(tiny, toy_edits):
     (dict(method="memit", nullspace_threshold=0.1), "does not use AlphaEdit"),
     (dict(method="alphaedit", nullspace_threshold=2.0), "nullspace_threshold"),
     (dict(method="memit", edit_rank=0), "edit_rank"),
+    (dict(method="memit", lr=1e-4), "does not train, so --lr"),
+    (dict(method="rome", epochs=3, lora_r=8), "--lora-r, --epochs|--epochs, --lora-r"),
 ])
 def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
     with pytest.raises(ConfigError, match=message):

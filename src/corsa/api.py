@@ -37,6 +37,19 @@ from .scope import routed
 from . import tracking
 
 
+def _same_family(adapter, config: EditConfig) -> None:
+    """Refuse to continue a trained adapter with ROME, MEMIT or AlphaEdit, or one of theirs with training:
+    the two kinds carry different layers (all projections against a few MLP outputs)."""
+    from .methods import METHODS
+
+    saved = adapters.marker(adapter).get("method")
+    row = METHODS.get(saved) if isinstance(saved, str) else None
+    if row is not None and (row.solver is None) != (config.spec.solver is None):
+        kind = lambda r: "a closed-form edit of MLP layers" if r.solver else "a trained LoRA adapter"  # noqa: E731
+        raise ConfigError(f"{adapter} holds {kind(row)} ({saved}); {config.method} makes {kind(config.spec)}, so it "
+                          f"cannot continue it. Continue it with {saved}, or start a new adapter")
+
+
 def _say(message: str) -> None:
     """A one-line message beside any progress bar, on stderr."""
     import sys
@@ -156,7 +169,11 @@ class Editor:
         self._base_scores = BaseScores()
         self._held: dict[tuple, bool] = {}
         self._keys: dict = {}  # a locate-then-edit adapter's earlier edit keys (AlphaEdit keeps them unchanged)
+        if self.config.spec.solver is not None and dist.world_size() > 1:
+            raise ConfigError(f"{self.config.method} runs in one process (its update is a closed-form solve, with no "
+                              f"gradient to share); start it without torchrun or accelerate launch")
         if adapter is not None:
+            _same_family(adapter, self.config)
             self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True)
             self.parent = str(adapters.find_adapter_dir(adapter))
             if self.config.spec.solver is not None:

@@ -26,6 +26,13 @@ TEMPLATES = ("auto", "chat", "raw")  # prompt formats (corsa.prompts.PromptForma
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+# the settings of training, which the locate-then-edit rows (no training) refuse
+TRAINING_FIELDS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "target_modules", "lr", "weight_decay",
+                             "warmup_steps", "batch_size", "grad_accum", "epochs", "max_steps", "max_grad_norm",
+                             "sft_weight", "reference", "replay_budget", "anchors", "anchor_batch", "edit_stop",
+                             "early_stop"})
+
+
 @dataclass
 class EditConfig:
     method: str = field(default="corsa", metadata={
@@ -135,6 +142,14 @@ class EditConfig:
         m = get_method(self.method)
         for name in OPTIONS:  # the row says which options it takes and what values they may have
             m.check(name, getattr(self, name))
+        if m.solver is not None:  # ROME, MEMIT, AlphaEdit do not train: a training setting would be ignored
+            given = [f.name for f in fields(self) if f.name in TRAINING_FIELDS and getattr(self, f.name) != f.default
+                     and not (f.name == "target_modules" and tuple(getattr(self, f.name)) == tuple(f.default))]
+            if given:
+                flags = ", ".join("--" + g.replace("_", "-") for g in given)
+                raise ConfigError(f"method '{self.method}' does not train, so {flags} has no effect; its options are "
+                                  f"--layers, --clamp-factor, --target-steps … (corsa edit --help), or use a "
+                                  f"trained method (lora, corsa, …)")
         if self.value("negatives") and self.reference != "base":
             raise ConfigError("--negatives needs --reference base: negatives are scored by the base model (an "
                               "online one appears during training, when the model of the last update is gone)")

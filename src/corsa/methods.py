@@ -7,9 +7,10 @@ baseline is exactly CoRSA with parts switched off, and `corsa-lifelong` is exact
 with the lifelong mechanisms switched on.
 
 The method options are the ones whose meaning depends on the row: an option that needs a
-part the row does not have (ρ without SAM, β without DPO) is refused, never ignored. Every
-other option (replay, eos, preservation, scope) applies to every row, so each mechanism can be
-ablated on any baseline.
+part the row does not have (ρ without SAM, β without DPO) is refused, never ignored. The
+lifelong mechanisms (replay, eos, preservation, γ) apply to every trained row, so each can be
+ablated on any baseline; the scope to every row. The locate-then-edit rows (rome, memit,
+alphaedit: corsa.editors) do not train: they take their own options and refuse the others.
 """
 
 from __future__ import annotations
@@ -116,10 +117,10 @@ class Method:
         return self.default(option) if given is None else given
 
     def check(self, option: str, given) -> None:
-        """Refuse `given` for an option this row does not take (ρ = 0 and no negatives switch nothing on,
-        so they pass everywhere), and a value outside the option's choices."""
+        """Refuse `given` for an option this row does not take (its `off` value, ρ = 0 and no negatives
+        switch nothing on, so they pass everywhere), and a value outside the option's choices."""
         spec = OPTIONS[option]
-        if given is not None and not self.uses(option) and given not in (0, ()):
+        if given is not None and not self.uses(option) and given not in (0, ()) and given != spec.off:
             raise self.refuse(option)
         value = self.default(option) if given is None else given
         if spec.choices is not None:

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import EditConfig, EvalSettings
+from ..config import TRAINING_FIELDS, EditConfig, EvalSettings
 from ..errors import ConfigError
 from ..methods import METHODS, get_method
 from ..records import Edit
@@ -89,8 +89,10 @@ class BenchSpec:
 
     def method_config(self, method: str) -> EditConfig:
         row = get_method(method)
-        # a plain flag sets an option for every method that takes it (the method row says which)
-        d = {k: v for k, v in self.train.items() if row.uses(k)} | {"method": method, "seed": self.seed}
+        # a plain flag sets an option for every method that takes it (the method row says which; the
+        # locate-then-edit rows take no training setting)
+        d = {k: v for k, v in self.train.items() if row.uses(k) and not (row.solver and k in TRAINING_FIELDS)}
+        d |= {"method": method, "seed": self.seed}
         d.update(self.sets.get(method, {}))
         return EditConfig.from_dict(d)
 

@@ -4,6 +4,7 @@ subject's last token. Found from the model's config and the tokenizer, never fro
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -125,15 +126,22 @@ def subject_position(fmt, prompt: str, subject: str | None, where: str = "") -> 
     tok = fmt.tokenizer
     text = (tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
             if fmt.chat else prompt)
-    found = text.lower().rfind(subject.strip().lower()) if subject and subject.strip() else -1
-    if found < 0:
+    # the subject's last mention inside the prompt's own text (never in a system turn or a role header),
+    # matched case-insensitively on the original characters so the offsets stay those of `text`
+    start = text.rfind(prompt)
+    found = [m for m in re.finditer(re.escape(subject.strip()), prompt, flags=re.IGNORECASE)] \
+        if subject and subject.strip() and start >= 0 else []
+    if not found:
         raise DataError(f"the subject {subject!r} is not in the prompt {prompt!r}; ROME, MEMIT and AlphaEdit edit "
                         f"the subject's last token, so every edit needs a subject its prompt names{where}",
                         field="subject")
-    end = found + len(subject.strip())
-    enc = tok(text, add_special_tokens=not fmt.chat, return_offsets_mapping=True)
+    end = start + found[-1].end()
+    try:
+        enc = tok(text, add_special_tokens=not fmt.chat, return_offsets_mapping=True)
+    except NotImplementedError:
+        raise ConfigError("this tokenizer cannot give character offsets (a slow tokenizer), so the subject's token "
+                          "cannot be found; load the model's fast tokenizer") from None
     if list(enc.input_ids) != list(ids):  # the offsets must index the very tokens the model sees
         raise DataError(f"the prompt {prompt!r} tokenises differently with character offsets; cannot find its "
                         f"subject's token", field="prompt")
-    last = max(i for i, (s, e) in enumerate(enc.offset_mapping) if s < end and e > s)
-    return last
+    return max(i for i, (s, e) in enumerate(enc.offset_mapping) if s < end and e > s)

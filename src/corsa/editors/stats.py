@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from ..errors import DataError
+from ..prompts import pad_id
 from .layout import Layout
 
 OPENINGS = ("The", "In", "A", "It", "This", "When", "There", "One", "My", "We", "After", "Many")
@@ -46,15 +47,16 @@ def cache_root() -> Path:
     return default_cache_dir() / "stats"
 
 
-def corpus_key(corpus: str | None, tokens: int) -> str:
-    """What identifies a corpus: the default one by its version and size, a file by its content's hash."""
+def corpus_key(corpus: str | None, tokens: int, template: str = "chat") -> str:
+    """What identifies a corpus: the default one by its version, prompt format (its chat part is in
+    the model's chat format) and size; a file by its content's hash, the format and the size."""
     if corpus is None:
-        return f"self-v{VERSION}-{tokens}"
+        return f"self-v{VERSION}-{template}-{tokens}"
     try:
         digest = hashlib.sha256(Path(corpus).read_bytes()).hexdigest()[:16]
     except OSError as e:
         raise DataError(f"cannot read the statistics corpus: {e}", path=str(corpus)) from None
-    return f"file-{digest}-{tokens}"
+    return f"file-{digest}-{template}-{tokens}"
 
 
 def read_corpus(path: str) -> list[str]:
@@ -95,15 +97,16 @@ def _own_text_chunk(model, fmt, j: int, n_chunks_raw: int, anchors: list[str]) -
         starts = [OPENINGS[(j * CHUNK + b) % len(OPENINGS)] for b in range(CHUNK)]
         ids = [tok(s, add_special_tokens=False).input_ids for s in starts]
         T = max(map(len, ids))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_id(tok)
         x = torch.tensor([[pad] * (T - len(i)) + i for i in ids])
         mask = torch.tensor([[0] * (T - len(i)) + [1] * len(i) for i in ids])
         device = next(model.parameters()).device
-        with torch.random.fork_rng(devices=[]):
+        # seeded here, and the callers' generators (CPU and this device's) left as they were
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(1000 + j)
             out = model.generate(input_ids=x.to(device), attention_mask=mask.to(device), do_sample=True,
                                  temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=SAMPLE_TOKENS,
-                                 pad_token_id=pad)
+                                 pad_token_id=pad, eos_token_id=tok.eos_token_id)
         seqs = []
         for row, i in zip(out.cpu().tolist(), ids):
             row = row[T - len(i):]                       # without the left padding
@@ -163,13 +166,17 @@ def second_moments(model, fmt, layout: Layout, layers: list[int], corpus: str | 
     """
     from safetensors.torch import load_file, save_file
 
-    folder = cache_root() / (fingerprint or "unknown") / corpus_key(corpus, tokens)
+    if not fingerprint:  # the cache is per model: never shared under a made-up name
+        from ..models import model_fingerprint
+
+        fingerprint = model_fingerprint(model)
+    folder = cache_root() / fingerprint / corpus_key(corpus, tokens, fmt.name)
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[int, torch.Tensor] = {}
     for layer in layers:
         file = folder / f"layer-{layer}.safetensors"
         if file.exists():
-            out[layer] = load_file(str(file))["mom2"].double()
+            out[layer] = load_file(str(file))["mom2"]
     todo = [layer for layer in layers if layer not in out]
     if not todo:
         return out
@@ -177,46 +184,51 @@ def second_moments(model, fmt, layout: Layout, layers: list[int], corpus: str | 
         log(f"statistics · computing the keys' second moment of layer(s) {', '.join(map(str, todo))} over "
             f"{tokens} tokens of {'the model' + chr(39) + 's own text' if corpus is None else corpus} (cached after)")
     off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    with off:
-        seqs = corpus_ids(model, fmt, corpus, tokens, folder, progress)
-        sums = {layer: torch.zeros(layout.d_in, layout.d_in, dtype=torch.float64) for layer in todo}
-        count = 0
-        masks: list[torch.Tensor] = []
-
-        def hook(layer):
-            def pre(module, args):
-                k = args[0].detach().double()
-                m = masks[-1].to(k.device).bool()
-                k = k[m]
-                sums[layer].add_((k.T @ k).cpu())  # returns None: the input goes on unchanged
-            return pre
-
-        handles = [layout.module(model, layer).register_forward_pre_hook(hook(layer)) for layer in todo]
-        device = next(model.parameters()).device
-        pad = fmt.tokenizer.pad_token_id if fmt.tokenizer.pad_token_id is not None else fmt.tokenizer.eos_token_id
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), tqdm(total=len(seqs), desc="statistics · keys", unit="seq",
-                                       disable=not dist.show_bar(progress), leave=False) as bar:
-                for start in range(0, len(seqs), CHUNK):
-                    part = seqs[start:start + CHUNK]
-                    T = max(map(len, part))
-                    x = torch.tensor([s + [pad] * (T - len(s)) for s in part])
-                    mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in part])
-                    masks.append(mask)
-                    model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
-                    count += int(mask.sum())
-                    bar.update(len(part))
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        with off:
+            seqs = corpus_ids(model, fmt, corpus, tokens, folder, progress)
+            sums = _accumulate(model, fmt, layout, todo, seqs, progress)
+    finally:
+        model.train(was_training)
     for layer in todo:
-        out[layer] = sums[layer] / max(count, 1)
+        out[layer] = sums[layer][0] / max(sums[layer][1], 1)
         # written whole under a temporary name, then renamed: a reader never sees half a file
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".layer-{layer}.", suffix=".tmp")
         os.close(fd)
-        save_file({"mom2": out[layer].float()}, tmp, metadata={"tokens": str(count), "corpus": corpus or "self"})
+        save_file({"mom2": out[layer]}, tmp, metadata={"tokens": str(sums[layer][1]), "corpus": corpus or "self"})
         os.replace(tmp, folder / f"layer-{layer}.safetensors")
     return out
+
+
+def _accumulate(model, fmt, layout: Layout, layers: list[int], seqs: list[list[int]], progress: bool) -> dict:
+    """Σ k kᵀ (float64) and the number of tokens, per layer, over `seqs` (one forward pass, hooked)."""
+    sums = {layer: torch.zeros(layout.d_in, layout.d_in, dtype=torch.float64) for layer in layers}
+    count = 0
+    mask = None
+
+    def hook(layer):
+        def pre(module, args):
+            k = args[0].detach().double()[mask.to(args[0].device).bool()]
+            sums[layer].add_((k.T @ k).cpu())  # returns None: the input goes on unchanged
+        return pre
+
+    handles = [layout.module(model, layer).register_forward_pre_hook(hook(layer)) for layer in layers]
+    device = next(model.parameters()).device
+    pad = pad_id(fmt.tokenizer)
+    try:
+        with torch.no_grad(), tqdm(total=len(seqs), desc="statistics · keys", unit="seq",
+                                   disable=not dist.show_bar(progress), leave=False) as bar:
+            for start in range(0, len(seqs), CHUNK):
+                part = seqs[start:start + CHUNK]
+                T = max(map(len, part))
+                x = torch.tensor([s + [pad] * (T - len(s)) for s in part])
+                mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in part])
+                model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
+                count += int(mask.sum())
+                bar.update(len(part))
+    finally:
+        for h in handles:
+            h.remove()
+    return {layer: (sums[layer], count) for layer in layers}

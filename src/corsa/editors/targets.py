@@ -24,7 +24,9 @@ from .layout import subject_position
 
 # neutral sentences put before the edit prompt in the user turn (the prompt alone comes first)
 CONTEXTS = ("", "Here is a fact.", "I read this in a book.")
-STOP_NLL = 0.05  # an edit whose y⁺ costs less than this per token (over its contexts) has its δ
+STOP_NLL = 0.05  # an edit whose y⁺ costs less than this per token (over its contexts) has found its δ
+DECAY = 1e-3     # weight of ‖δ‖²/‖h‖² (ROME's v_weight_decay scale): δ no longer than it needs to be
+GROUP = 16       # edits optimised in one batch: memory grows with the edits × contexts × vocabulary
 
 
 @dataclass
@@ -40,9 +42,10 @@ def context_prompts(prompt: str) -> list[str]:
     return [f"{c} {prompt}".strip() for c in CONTEXTS]
 
 
-def subject_rows(fmt, edit, where: str = "") -> list[Row]:
-    """The edit prompt in every context, with the subject's last token (no answer)."""
-    return [Row(fmt.prompt_ids(p), subject_position(fmt, p, edit.subject, where)) for p in context_prompts(edit.prompt)]
+def subject_rows(fmt, edit) -> list[Row]:
+    """The edit prompt in every context, with the subject's last token (no answer); the first is the prompt alone."""
+    return [Row(fmt.prompt_ids(p), subject_position(fmt, p, edit.subject, f" (edit {edit.id})"))
+            for p in context_prompts(edit.prompt)]
 
 
 def _batch(rows: list[Row], pad: int, device):
@@ -97,24 +100,32 @@ def keys(model, fmt, module, per_edit_rows: list[list[Row]]) -> torch.Tensor:
     return k.view(len(per_edit_rows), n, -1).mean(1).T.contiguous()
 
 
-def optimise(model, fmt, module, edits, settings: dict, where=lambda e: "") -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+def optimise(model, fmt, module, edits, rows: list[list[Row]], settings: dict) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """δ for each edit at `module`'s output (module docstring): returns (δ (n, d), the output at
-    the plain prompt's subject token before δ (n, d), and each edit's final NLL per answer token).
+    the plain prompt's subject token before δ (n, d), and each edit's NLL per answer token at the
+    returned δ, or at its last step when it never fell below STOP_NLL).
 
-    settings: steps, lr, clamp, kl_weight, decay, and eos (whether y⁺'s end-of-turn token is a
-    target). An edit whose NLL is below STOP_NLL leaves the batch (its δ is found), so the steps
-    are spent on the edits still far from y⁺.
+    `rows[i]` are edit i's subject_rows. settings: steps, lr, clamp, kl_weight, and eos (whether
+    y⁺'s end-of-turn token is a target). Edits are optimised GROUP at a time; an edit whose NLL
+    falls below STOP_NLL leaves the batch and its δ is kept as it is (Adam's momentum would
+    otherwise move it on), so the steps go to the edits still far from y⁺ and an edit's δ does
+    not depend on which others share its update.
     """
+    out = [_optimise_group(model, fmt, module, edits[i:i + GROUP], rows[i:i + GROUP], settings)
+           for i in range(0, len(edits), GROUP)]
+    return (torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out]), [x for o in out for x in o[2]])
+
+
+def _optimise_group(model, fmt, module, edits, rows, settings):
     pad, device = pad_id(fmt.tokenizer), next(model.parameters()).device
     per_edit: list[list[Row]] = []
     essence: list[Row] = []
-    for e in edits:
+    for e, subject in zip(edits, rows):
         answer = fmt.answer_ids(e.target_new, settings["eos"])
-        per_edit.append([Row(r.ids + answer, r.position, len(answer)) for r in subject_rows(fmt, e, where(e))])
+        per_edit.append([Row(r.ids + answer, r.position, len(answer)) for r in subject])
         p = f"{e.subject.strip()} is a"
-        essence.append(Row(fmt.prompt_ids(p), subject_position(fmt, p, e.subject, where(e))))
-    plain = [Row(rows[0].ids[:len(rows[0].ids) - rows[0].answer], rows[0].position) for rows in per_edit]
-    h0 = capture(model, fmt, module, plain, "output").to(device)                      # (n, d)
+        essence.append(Row(fmt.prompt_ids(p), subject_position(fmt, p, e.subject)))
+    h0 = capture(model, fmt, module, [r[0] for r in rows], "output").to(device)      # (n, d)
     with torch.no_grad():
         ids, mask, _ = _batch(essence, pad, device)
         base_logp = F.log_softmax(_forward(model, ids, mask, 1)[:, -1].float(), -1)     # (n, V)
@@ -126,8 +137,7 @@ def optimise(model, fmt, module, edits, settings: dict, where=lambda e: "") -> t
 
     def add_delta(m, args, output):  # δ of each row's edit, at its subject token
         h = _first(output)
-        rows, pos, owner = current["rows"], current["pos"], current["owner"]
-        shift = torch.zeros_like(h).index_put((rows, pos), delta[owner].to(h.dtype))
+        shift = torch.zeros_like(h).index_put((current["rows"], current["pos"]), delta[current["owner"]].to(h.dtype))
         return (h + shift, *output[1:]) if isinstance(output, tuple) else h + shift
 
     handle = module.register_forward_hook(add_delta)
@@ -155,18 +165,23 @@ def optimise(model, fmt, module, edits, settings: dict, where=lambda e: "") -> t
             logp = F.log_softmax(logits[:A, :-1], -1).gather(-1, labels[..., None]).squeeze(-1)
             per_row = -(logp * label_mask).sum(-1) / label_mask.sum(-1)
             per_active = per_row.view(len(active), n_ctx).mean(-1)
+            nll[active] = per_active.detach().cpu()
+            if not any(float(nll[i]) >= STOP_NLL for i in active):
+                break  # every δ of the group is found: no step past it
             new_logp = F.log_softmax(logits[A:, -1], -1)
             old = base_logp[active]
             kl = (old.exp() * (old - new_logp)).sum(-1)
-            d = delta[active]
-            decay = d.norm(dim=-1).square() / h0[active].norm(dim=-1).square()
-            loss = (per_active + settings["kl_weight"] * kl + settings["decay"] * decay).sum()
-            nll[active] = per_active.detach().cpu()
+            decay = delta[active].norm(dim=-1).square() / h0[active].norm(dim=-1).square()
+            loss = (per_active + settings["kl_weight"] * kl + DECAY * decay).sum()
             (grad,) = torch.autograd.grad(loss, [delta])
+            done = torch.tensor([float(x) < STOP_NLL for x in nll], device=device)
+            kept = delta.detach()[done].clone()
             delta.grad = grad
             opt.step()
             opt.zero_grad(set_to_none=True)
-            with torch.no_grad():  # stay within clamp · ‖h‖ (ROME's clamp_norm_factor)
+            with torch.no_grad():
+                delta[done] = kept  # a found δ stays found
+                # stay within clamp · ‖h‖ (ROME's clamp_norm_factor)
                 delta.mul_(torch.clamp(limit / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0))
     finally:
         handle.remove()
