@@ -349,3 +349,30 @@ def test_bench_runs_the_editors_beside_a_trained_method(files):
         assert len(m["per_update"]) == 2 and m["config"]["method"] == name
         assert (out / f"retention-{name}.png").exists()
     assert "rome" in (out / "report.md").read_text()
+
+
+def test_an_interrupted_statistics_run_resumes_from_its_saved_chunks(tmp_path, monkeypatch):
+    from corsa.editors import stats
+    from corsa.editors.layout import find_layout
+
+    monkeypatch.setenv("CORSA_CACHE", str(tmp_path))
+    ed = _tiny_editor("memit")
+    layout = find_layout(ed.model)
+    real, made = stats._own_text_chunk, []
+
+    def counted(*a, **k):
+        made.append(a[2])
+        if len(made) == 2 and not hasattr(counted, "failed"):
+            counted.failed = True
+            raise KeyboardInterrupt  # stopped while generating the second chunk
+        return real(*a, **k)
+
+    monkeypatch.setattr(stats, "_own_text_chunk", counted)
+    with pytest.raises(KeyboardInterrupt):
+        stats.second_moments(ed.model, ed.fmt, layout, [0], None, 2000, ed.fingerprint, False)
+    made.clear()
+    C = stats.second_moments(ed.model, ed.fmt, layout, [0], None, 2000, ed.fingerprint, False)[0]
+    assert 0 not in made and made[0] == 1  # the first chunk was read back, generation went on from the second
+    # the same statistics as a run never interrupted
+    monkeypatch.setenv("CORSA_CACHE", str(tmp_path / "fresh"))
+    torch.testing.assert_close(stats.second_moments(ed.model, ed.fmt, layout, [0], None, 2000, ed.fingerprint, False)[0], C)
