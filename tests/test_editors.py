@@ -376,3 +376,31 @@ def test_an_interrupted_statistics_run_resumes_from_its_saved_chunks(tmp_path, m
     # the same statistics as a run never interrupted
     monkeypatch.setenv("CORSA_CACHE", str(tmp_path / "fresh"))
     torch.testing.assert_close(stats.second_moments(ed.model, ed.fmt, layout, [0], None, 2000, ed.fingerprint, False)[0], C)
+
+
+def test_rome_on_the_tiny_model_maps_the_subject_key_to_its_value_and_moves_other_keys_little(tmp_path, monkeypatch):
+    from corsa.editors import apply, stats, targets
+    from corsa.editors.layout import find_layout
+
+    monkeypatch.setenv("CORSA_CACHE", str(tmp_path))
+    ed = _tiny_editor("rome")
+    layout = find_layout(ed.model)
+    (layer,) = apply.edited_layers(ed.model, layout)
+    module = layout.module(ed.model, layer)
+    edit = _edits()[0]
+    rows = [targets.subject_rows(ed.fmt, edit)]
+    K = targets.keys(ed.model, ed.fmt, module, rows).double()                     # (d_in, 1)
+    C = stats.second_moments(ed.model, ed.fmt, layout, [layer], None, 2000, ed.fingerprint, False)[layer]
+    W = layout.weight(ed.model, layer).detach().double()
+    g = torch.Generator().manual_seed(1)
+    delta = 0.5 * (W @ K).norm() * torch.nn.functional.normalize(torch.randn(1, W.shape[0], generator=g, dtype=torch.float64))
+    apply._rome(ed.model, layout, layer, K, delta, C + 1e-3 * C.trace() / C.shape[0] * torch.eye(C.shape[0]))
+    change = apply.current_delta(module)
+    torch.testing.assert_close((W + change) @ K[:, 0], W @ K[:, 0] + delta[0])  # the solved value, exactly
+    # the corpus keys (second moment C) move less than under the plain least-norm change that maps the
+    # subject's key just as well, δ kᵀ/‖k‖²: E‖Δ k₀‖² = tr(Δ C Δᵀ)
+    k = K[:, 0]
+    naive = torch.outer(delta[0], k) / (k @ k)
+    torch.testing.assert_close((W + naive) @ k, W @ k + delta[0])
+    spread = lambda D: float(torch.trace(D @ C @ D.T))  # noqa: E731
+    assert spread(change) < 0.7 * spread(naive)
