@@ -404,3 +404,16 @@ def test_rome_on_the_tiny_model_maps_the_subject_key_to_its_value_and_moves_othe
     torch.testing.assert_close((W + naive) @ k, W @ k + delta[0])
     spread = lambda D: float(torch.trace(D @ C @ D.T))  # noqa: E731
     assert spread(change) < 0.7 * spread(naive)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3"])
+def test_the_layout_of_other_decoders_comes_from_their_config(family):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Config, Qwen2ForCausalLM
+
+    size = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2)
+    model = (Qwen2ForCausalLM(Qwen2Config(**size)) if family == "qwen2"
+             else Gemma3ForCausalLM(Gemma3TextConfig(**size, head_dim=8)))
+    layout = find_layout(model)
+    assert (layout.projection, layout.n_layers, layout.d_in, layout.d_out) == ("mlp.down_proj", 3, 48, 32)
+    assert layout.weight(model, 2).shape == (32, 48)
