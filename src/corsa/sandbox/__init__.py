@@ -1,0 +1,175 @@
+"""Run a program a model wrote, and only that program: :func:`run_program`.
+
+Each call runs the source in a separate interpreter, in a fresh temporary directory, through a
+supervisor process (``_supervisor.py``, whose docstring lists every layer) that applies
+
+- new mount, network and pid namespaces: every mount read-only except the program's directory, the
+  invoking user's home covered by an empty tmpfs, and a network with only a loopback that is down;
+- a user id of the program's own when corsa runs as root (CI and these machines do), since
+  RLIMIT_NPROC does not hold for root and root could signal anything;
+- CPU-time, address-space, file-size, open-file and process-count limits, a cleaned environment;
+- a wall-clock timeout, after which the program and everything it started is killed, so that
+  nothing it starts outlives the call;
+- an audit hook in the program's interpreter that refuses sockets and writes outside its
+  directory, a second layer where the kernel refuses namespaces.
+
+A program's misbehaviour is always an :class:`Outcome` (``timeout``, ``memory``, ``failed``,
+``error``), never an exception in corsa.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATUSES = ("passed", "failed", "timeout", "memory", "error")
+_SUPERVISOR = Path(__file__).with_name("_supervisor.py")
+# A user id of the program's own, outside any range a distribution hands out (no passwd entry):
+# its processes are exactly the program's, which is what the process limit and the kill count.
+_UID_BASE, _UID_SPAN = 1_500_000_000, 100_000_000
+_MEMORY = re.compile(r"MemoryError|can't allocate memory|Cannot allocate memory|std::bad_alloc")
+_NOT_STARTED = "corsa sandbox: could not start the program"
+_LAST_EXCEPTION = re.compile(r"^(\w[\w.]*(?:Error|Exception|Exit|Interrupt)|AssertionError)\b", re.M)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a program: ``status`` is one of :data:`STATUSES`."""
+
+    status: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    detail: str = ""
+    isolation: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def classify(returncode: int | None, stderr: str, timed_out: bool) -> tuple[str, str]:
+    """The status of a finished program and a one-line reason, from its exit and its stderr.
+
+    ``passed``: exit 0. ``timeout``: killed at the wall-clock limit, or by the CPU limit
+    (SIGXCPU, -24). ``memory``: a MemoryError or an allocator's failure (the address-space limit)
+    ``failed``: an AssertionError (a unit test), or a non-zero exit
+    without a traceback. ``error``: any other exception or signal (the program is broken).
+    """
+    if timed_out or returncode == -24:
+        return "timeout", "killed at the time limit"
+    if returncode == 0:
+        return "passed", ""
+    if returncode == 127 and _NOT_STARTED in stderr:
+        return "error", _last_line(stderr)
+    exceptions = _LAST_EXCEPTION.findall(stderr)
+    last = exceptions[-1] if exceptions else ""
+    if _MEMORY.search(stderr):
+        return "memory", last or "killed"
+    if last == "AssertionError":
+        return "failed", _last_line(stderr)
+    if not last and returncode is not None and returncode > 0 and "Traceback" not in stderr:
+        return "failed", f"exit status {returncode}"
+    return "error", _last_line(stderr) or f"exit status {returncode}"
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _environment(workdir: str) -> dict:
+    # Nothing of the caller's environment: no tokens, no proxies, no PYTHONPATH. One thread per
+    # numerical library (threads count against the process limit and the address space).
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
+           "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+           "MALLOC_ARENA_MAX": "2"}
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[name] = "1"
+    return env
+
+
+def _passwd_home() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, KeyError):
+        return ""
+
+
+def _interpreter_paths(python: str | None) -> list[str]:
+    """The directories the program's interpreter reads: kept visible when the home is covered."""
+    import site
+    import sysconfig
+
+    exe = python or sys.executable
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(exe)),
+             *site.getsitepackages(), *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))}
+    return sorted(os.path.realpath(p) for p in paths if p)
+
+
+def run_program(source: str, timeout_s: float = 10, memory_mb: int = 1024, *,
+                file_mb: int = 64, processes: int = 64, python: str | None = None) -> Outcome:
+    """Run ``source`` as ``main.py`` in a sandbox and return its :class:`Outcome`.
+
+    ``timeout_s`` is wall-clock (the CPU limit is one second more); ``memory_mb`` bounds the
+    address space, ``file_mb`` every file written, ``processes`` the processes and threads of the
+    program's user (as root, where it has one of its own). ``python`` is the interpreter
+    (default: this one, so the program sees the packages corsa's environment has).
+    """
+    if timeout_s <= 0 or memory_mb <= 0:
+        raise ValueError("timeout_s and memory_mb must be positive")
+    root = os.getuid() == 0
+    uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if root else None
+    workdir = tempfile.mkdtemp(prefix="corsa-sandbox-")
+    try:
+        (Path(workdir) / "main.py").write_text(source, encoding="utf-8")
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+            os.chown(Path(workdir) / "main.py", uid, uid)
+            os.chmod(workdir, 0o700)
+        homes = sorted({str(Path.home()), os.environ.get("HOME", str(Path.home())), _passwd_home()} - {"", "/"})
+        config = {"workdir": workdir, "python": python or sys.executable, "timeout_s": timeout_s,
+                  "memory_mb": memory_mb, "file_mb": file_mb, "processes": processes, "uid": uid,
+                  "homes": homes, "keep": _interpreter_paths(python), "env": _environment(workdir)}
+        try:
+            done = subprocess.run([sys.executable, "-I", str(_SUPERVISOR), json.dumps(config)],
+                                  capture_output=True, text=True, timeout=timeout_s + 30,
+                                  start_new_session=True, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return Outcome("error", None, "", "", timeout_s + 30, "the sandbox's supervisor did not finish")
+        try:
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            return Outcome("error", None, "", done.stderr[-2000:], 0.0,
+                           f"the sandbox's supervisor failed: {_last_line(done.stderr)}")
+        status, detail = classify(result["returncode"], result["stderr"], result["timed_out"])
+        if result["survivors"]:
+            detail = f"{detail}; {result['survivors']} of its processes could not be killed".lstrip("; ")
+        return Outcome(status, result["returncode"], result["stdout"], result["stderr"], result["seconds"],
+                       detail, result["isolation"])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_programs(sources: list[str], timeout_s: float = 10, memory_mb: int = 1024, *,
+                 workers: int | None = None, **options) -> list[Outcome]:
+    """:func:`run_program` on each source, ``workers`` at a time (default: the CPU count), in order.
+
+    Threads are enough: each program is a process of its own and the threads only wait on it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda s: run_program(s, timeout_s, memory_mb, **options), sources))

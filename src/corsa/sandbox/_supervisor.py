@@ -1,0 +1,342 @@
+"""The sandbox's supervisor: the process between corsa and a program it runs.
+
+Started by :func:`corsa.sandbox.run_program` as ``python -I _supervisor.py CONFIG``. It imports
+nothing from corsa (``-I`` ignores PYTHONPATH, and a program's limits must not depend on which
+corsa is importable), so it is a plain script. It
+
+1. becomes a *child subreaper*, so that whatever the program starts and orphans is re-parented to
+   it rather than to init, where it could not be found again;
+2. enters new mount, network and pid namespaces (as root directly; otherwise inside a new user
+   namespace, where the kernel allows one): the network holds only a loopback that is down, every
+   mount is made read-only except the program's own temporary directory, and the invoking user's
+   home is covered by an empty, read-only tmpfs;
+3. forks the program with a cleaned environment, CPU-time, address-space, file-size, open-file and
+   process-count limits, and, as root, under a user id of its own (no passwd entry, no groups), so
+   that the process-count limit counts only the program's processes (RLIMIT_NPROC is not enforced
+   for root) and the program can signal nothing but itself;
+4. waits for the program, at most the wall-clock timeout, reading its output through pipes;
+5. kills everything the program started: as root, every process of its user id (by a helper
+   that takes that id and calls ``kill(-1, SIGKILL)``, which reaches exactly the processes of
+   that user), otherwise its process group and every descendant re-parented to the supervisor;
+   then reaps them, and writes one JSON line on stdout.
+
+Each isolation step that the kernel refuses is reported (``isolation`` in the JSON) and the
+remaining ones still apply; the interpreter-level guard in :data:`BOOTSTRAP` (an audit hook that
+refuses sockets and writes outside the directory) is a second layer, not the first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import resource
+import selectors
+import signal
+import sys
+import time
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+OUTPUT_LIMIT = 1 << 20  # bytes of stdout and of stderr kept; the rest is read and dropped
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Runs the program inside the sandboxed interpreter. The audit hook is the second layer (the
+# namespaces are the first): it refuses every socket operation and every open for writing
+# outside the working directory, so a kernel without namespaces still blocks the common cases.
+BOOTSTRAP = r"""
+import os, runpy, sys
+_root = os.path.realpath(os.getcwd())
+_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+def _guard(event, args):
+    if event.startswith("socket.") and event not in ("socket.gethostname", "socket.__new__"):
+        raise PermissionError("the corsa sandbox allows no network access")
+    if event == "open" and isinstance(args[0], (str, bytes)):
+        mode, flags = args[1], args[2] or 0
+        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & _WRITE:
+            path = os.path.realpath(os.fsdecode(args[0]))
+            if path != "/dev/null" and not (path + "/").startswith(_root + "/"):
+                raise PermissionError(f"the corsa sandbox allows writes only under {_root}: {path}")
+sys.addaudithook(_guard)
+sys.argv = ["main.py"]
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = (lambda s: None if s is None else s.encode())
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+
+
+def _mount_points() -> list[tuple[str, int]]:
+    """Every mount point of this namespace, with the per-mount flags a read-only remount must keep."""
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")  # \040 for a space, and so on
+            options = fields[5].split(",")
+            keep = (MS_NOSUID if "nosuid" in options else 0) | (MS_NODEV if "nodev" in options else 0) \
+                | (MS_NOEXEC if "noexec" in options else 0)
+            points.append((point, keep))
+    return points
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _cover(home: str, keep: list[str]) -> None:
+    """Cover ``home`` with an empty tmpfs, except the directories in ``keep`` under it.
+
+    The interpreter itself may live in the home (pyenv, uv: ``/root/.pyenv/...``), so its
+    prefix and site-packages are bound back, read-only, at the same paths; nothing else is.
+    """
+    inside = [p for p in keep if (p + "/").startswith(home.rstrip("/") + "/") and os.path.isdir(p)]
+    handles = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in inside]  # reachable after covering
+    _mount("none", home, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+    for path, fd in handles:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
+
+
+def isolate(workdir: str, homes: list[str], keep: list[str]) -> dict:
+    """Enter new mount and network namespaces; everything read-only but ``workdir``; homes covered."""
+    state = {"namespaces": False, "filesystem": False, "network": False, "home_hidden": False}
+    uid, gid = os.getuid(), os.getgid()
+    # a new pid namespace too: the program (its first process) sees and signals no process outside
+    # it, and when it ends the kernel kills whatever it left behind
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
+    if uid != 0:
+        flags |= CLONE_NEWUSER
+    try:
+        _check(_libc.unshare(flags), "unshare")
+    except OSError as e:
+        state["error"] = str(e)
+        return state
+    state["namespaces"] = state["network"] = True
+    if uid != 0:  # map ourselves to ourselves: the same files stay ours, nothing else becomes so
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    try:
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host
+        _mount(workdir, workdir, None, MS_BIND)  # the directory becomes a mount of its own, kept writable
+        for home in homes:
+            if not (workdir + "/").startswith(home.rstrip("/") + "/") and os.path.isdir(home):
+                _cover(home, keep)
+                state["home_hidden"] = True
+        failed = []
+        for point, keep in _mount_points():
+            if point == workdir:
+                continue
+            try:
+                _mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
+            except OSError as e:
+                failed.append(f"{point}: {e.strerror}")
+        state["filesystem"] = not any(f.startswith("/:") for f in failed)
+        if failed:
+            state["read_only_failed"] = failed[:8]
+    except OSError as e:
+        state["error"] = str(e)
+    return state
+
+
+def _processes_of(uid: int) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/status") as f:
+                    for line in f:
+                        if line.startswith("Uid:"):
+                            if int(line.split()[1]) == uid:
+                                pids.append(int(name))
+                            break
+            except OSError:
+                continue
+    return pids
+
+
+def _descendants() -> list[int]:
+    """The processes below this one (children of children…), found through /proc."""
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found += kids
+            frontier += kids
+    return found
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _fork_or_none() -> int | None:
+    try:
+        return os.fork()
+    except OSError:
+        return None
+
+
+def kill_all(pid: int, uid: int | None) -> int:
+    """Kill the program and everything it started; return how many processes remained after 5 s."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        # (in a pid namespace whose first process has ended, fork fails with ENOMEM: the kernel
+        # has killed its every process already)
+        killer = _fork_or_none() if uid is not None else None
+        if killer is not None:
+            if killer == 0:  # as the program's user, kill(-1) reaches all of its processes and no other
+                try:
+                    os.setgid(uid)
+                    os.setuid(uid)
+                    os.kill(-1, signal.SIGKILL)
+                finally:
+                    os._exit(0)
+            os.waitpid(killer, 0)
+        for target in [pid, *_descendants()]:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(target, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        _reap()
+        left = (_processes_of(uid) if uid is not None else []) + _descendants()
+        if not left or time.monotonic() > deadline:
+            return len(left)
+        time.sleep(0.02)
+
+
+def _limits(config: dict) -> None:
+    timeout = float(config["timeout_s"])
+    cpu = int(timeout) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    memory = int(config["memory_mb"]) << 20
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(config["file_mb"]) << 20,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (int(config["processes"]),) * 2)
+
+
+def run(config: dict) -> dict:
+    workdir = os.path.realpath(config["workdir"])
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    isolation = isolate(workdir, config["homes"], config["keep"]) if config.get("isolate", True) else {"namespaces": False}
+    uid = config.get("uid") if os.getuid() == 0 else None
+    isolation["own_user"] = uid is not None
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the program
+        try:
+            os.setpgid(0, 0)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in (null, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            os.chdir(workdir)
+            _limits(config)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            # after setuid, which clears it: the program dies with the supervisor
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            os.execve(config["python"], [config["python"], "-I", "-c", BOOTSTRAP], config["env"])
+        except BaseException as e:  # noqa: BLE001 - anything here is reported as the program's error
+            os.write(2, f"corsa sandbox: could not start the program: {e!r}\n".encode())
+        os._exit(127)
+    os.close(out_w)
+    os.close(err_w)
+    output = {out_r: bytearray(), err_r: bytearray()}
+    selector = selectors.DefaultSelector()
+    for fd in output:
+        selector.register(fd, selectors.EVENT_READ)
+    deadline = started + float(config["timeout_s"])
+    status, timed_out = None, False
+    while status is None:
+        for key, _ in selector.select(timeout=0.05):
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                selector.unregister(key.fd)
+                continue
+            kept = output[key.fd]
+            kept += chunk[: max(0, OUTPUT_LIMIT - len(kept))]
+        done, status_word = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = status_word
+        elif time.monotonic() > deadline:
+            timed_out = True
+            os.kill(pid, signal.SIGKILL)
+            status = os.waitpid(pid, 0)[1]
+    seconds = time.monotonic() - started
+    survivors = kill_all(pid, uid)
+    for fd in list(output):  # what the program wrote before it ended
+        os.set_blocking(fd, False)  # a survivor holding the pipe must not hang the supervisor
+        try:
+            while chunk := os.read(fd, 65536):
+                output[fd] += chunk[: max(0, OUTPUT_LIMIT - len(output[fd]))]
+        except OSError:
+            pass
+        os.close(fd)
+    return {
+        "returncode": os.waitstatus_to_exitcode(status),
+        "timed_out": timed_out,
+        "seconds": round(seconds, 3),
+        "stdout": output[out_r].decode("utf-8", "replace"),
+        "stderr": output[err_r].decode("utf-8", "replace"),
+        "survivors": survivors,
+        "isolation": isolation,
+    }
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    result = run(config)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except OSError as e:
+        if e.errno == errno.EPIPE:
+            sys.exit(1)
+        raise
