@@ -351,7 +351,7 @@ _ENTRIES = {
     "run": re.compile(r"^(adapter|adapter-last-good|run\.json|edits\.jsonl|log\.jsonl|log\.partial\.jsonl|progress\.json|"
                       r"update-\d+|tensorboard)$"),
     # a `corsa bench` folder; each method's folder holds config.json and update-k
-    "bench": re.compile(r"^(bench\.json|base\.json|edits\.jsonl|results\.json|results\.csv|report\.md|.+\.png|"
+    "bench": re.compile(r"^(bench\.json|base\.json|edits\.jsonl|tasks\.json|results\.json|results\.csv|report\.md|.+\.png|"
                         r"tensorboard)$"),
     "method": re.compile(r"^(config\.json|update-\d+)$"),
     # a `corsa export` folder: a saved model, its tokenizer, the model card and corsa's record

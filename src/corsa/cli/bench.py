@@ -22,7 +22,8 @@ def register(sub) -> None:
                                    "Rerunning the same command resumes, skipping finished (method, update) pairs.")
     add_model(b)
     add_config_file(b)
-    b.add_argument("--data", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL)")
+    b.add_argument("--data", required=True, help="edit file (CounterFact, zsRE, MQuAKE, JSON/JSONL), or a CodeUpdateArena "
+                   "file (API updates: --edits counts API updates, programs are run in the sandbox, Pass@k)")
     b.add_argument("--methods", "--method", dest="methods", default=DEFAULT_METHODS,
                    help=f"comma-separated methods (default: {DEFAULT_METHODS})")
     b.add_argument("--edits", type=int, default=_DEFAULT["n_edits"],
@@ -59,7 +60,25 @@ def spec_of(args, data, methods: str, sets=()):
 
 
 def run(args) -> int:
-    return run_spec(spec_of(args, args.data, args.methods, args.set))
+    from ..code import is_arena
+
+    spec = spec_of(args, args.data, args.methods, args.set)
+    if is_arena(args.data):  # API updates: programs run in the sandbox, Pass@k (corsa.code.bench)
+        return run_code_spec(spec)
+    return run_spec(spec)
+
+
+def run_code_spec(spec) -> int:
+    from ..code.bench import run_code_bench, text_table
+
+    results = run_code_bench(spec)
+    print(text_table(results))
+    print(f"{results['api_updates']} API updates in {results['n_updates']} updates; pass@k in %, "
+          f"{results['protocol']['samples']} programs per task run in the sandbox")
+    print(f"report: {spec.out / 'report.md'}")
+    print(f"results: {spec.out / 'results.json'}")
+    print("plots: " + ", ".join(str(spec.out / p) for p in results["files"]["plots"]))
+    return 0
 
 
 def run_spec(spec) -> int:

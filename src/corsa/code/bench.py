@@ -1,0 +1,284 @@
+"""The multi-update comparison on API updates (CodeUpdateArena), resumable like the fact bench.
+
+    corsa bench --data ../shared/data/codeupdatearena/arena.jsonl --methods lora,corsa --edits 6 --updates 2 --out DIR
+
+``--edits N`` counts *API updates* here: N are chosen with the seed, and split in order into K
+updates of N/K. Of each API update's tasks about half are trained (the edits) and the others held
+out (:func:`corsa.code.arena.split_tasks`); ``DIR/tasks.json`` records the choice.
+
+An edit (method.md §1) is x = the task's prompt (:func:`corsa.code.evaluate.task_prompt`: the
+problem and the solution's signature, never the update's documentation), y⁺ = the reference
+solution in a ```python block, y⁻ = the program the unedited model writes (greedy, adapter off),
+so DPO pushes the model's old habit down. They are written to ``DIR/edits.jsonl``.
+
+Before training, and after each update k, the tasks of API updates 1..k are measured by running
+sampled programs in the sandbox (:mod:`corsa.code.evaluate`): Pass@1/5 and UPass@1/5, held-out
+and trained tasks apart, and per API-update group, so what an update k does to the groups before
+it (retention) is seen. Everything goes to ``DIR/base.json``, ``DIR/<method>/update-<k>/``
+(adapter and eval.json, whole or not at all), ``results.json``, ``report.md`` and a plot.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..io import (atomic_dir, atomic_write_json, atomic_write_text, check_not_inside, check_ours, check_writable,
+                  output_lock, sha256_file)
+from ..methods import METHODS, get_method
+from ..records import Edit
+from ..resume import check_same, last_readable
+from .arena import CodeTask, load_arena, split_tasks
+from .evaluate import evaluate_code, sample_programs, summarise, task_prompt
+from .programs import fence
+
+# how programs are drawn when the command does not say (--sample, --temperature, --max-new-tokens)
+SAMPLES, TEMPERATURE, NEW_TOKENS = 5, 0.8, 320
+
+
+def _edit_id(task: CodeTask) -> str:
+    return "cua-" + task.id.replace("[", "").replace("]", "").replace(":", "-")
+
+
+class CodeBench:
+    """Runs a :class:`corsa.comparison.spec.BenchSpec` whose data is a CodeUpdateArena file."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.out = Path(spec.out)
+        ev = spec.eval
+        self.samples = ev.sample or SAMPLES
+        self.temperature = ev.temperature if ev.sample else TEMPERATURE
+        self.new_tokens = ev.max_new_tokens if spec.train.get("max_new_tokens") else NEW_TOKENS
+        for m in spec.methods:
+            if get_method(m).solver:
+                raise ConfigError(f"--methods {m}: the model editors change facts about a subject; on API "
+                                  f"updates only the trained methods run ({', '.join(n for n, r in METHODS.items() if not r.solver)})")
+
+    def log(self, message: str) -> None:
+        if self.spec.progress:
+            tqdm.write(message, file=sys.stderr)
+
+    def _eval(self, model, fmt, tasks, adapter: bool, seed: int) -> dict:
+        return evaluate_code(model, fmt, tasks, self.split, samples=self.samples, temperature=self.temperature,
+                             max_new_tokens=self.new_tokens, batch_size=self.spec.eval.batch_size, seed=seed,
+                             adapter=adapter, progress=self.spec.progress)
+
+    def prepare(self) -> None:
+        from ..loaders import load_edits, save_edits_jsonl
+        from ..models import load_model, model_fingerprint
+        from ..prompts import PromptFormat
+
+        spec, data = self.spec, Path(self.spec.data)
+        check_writable(self.out)
+        check_not_inside({"--data": data}, self.out)
+        check_ours(self.out, "bench", tuple(METHODS))
+        groups = load_arena(data)
+        n, k = spec.n_edits, spec.n_updates
+        if n > len(groups):
+            raise ConfigError(f"--edits {n}: {data} holds {len(groups)} API updates (--edits counts API updates "
+                              f"for CodeUpdateArena)")
+        if k < 1 or n % k:
+            raise ConfigError(f"--edits {n} must split into --updates {k} equal parts")
+        chosen = random.Random(spec.seed).sample(groups, n)
+        self.groups = [chosen[i * (n // k):(i + 1) * (n // k)] for i in range(k)]  # [update][api update][task]
+        self.split = split_tasks(chosen, spec.seed)
+        self.log(f"bench · loading {spec.model}")
+        self.model, tokenizer = load_model(spec.model, device=spec.device)
+        self.fmt = PromptFormat(tokenizer, spec.template)
+        self.settings = {"model": spec.model, "model_fingerprint": model_fingerprint(self.model), "data": str(data),
+                         "data_sha256": sha256_file(data), "api_updates": n, "n_updates": k, "seed": spec.seed,
+                         "template": self.fmt.name, "samples": self.samples, "temperature": self.temperature,
+                         "max_new_tokens": self.new_tokens, "domain": "code"}
+        check_same(self.out / "bench.json", {k: v for k, v in self.settings.items() if k not in ("model", "data")},
+                   "settings", "or choose another --out")
+        atomic_write_json(self.out / "tasks.json", {
+            "updates": [[g[0].update.id for g in groups_k] for groups_k in self.groups], **self.split})
+        trained = set(self.split["train"])
+        edits_file = self.out / "edits.jsonl"
+        if edits_file.exists():
+            edits = load_edits(edits_file, format="plain")
+        else:
+            tasks = [t for g in chosen for t in g if t.id in trained]
+            self.log(f"bench · the unedited model writes y⁻ for {len(tasks)} trained tasks")
+            old = sample_programs(self.model, self.fmt, tasks, samples=0, temperature=1.0,
+                                  max_new_tokens=self.new_tokens, batch_size=spec.eval.batch_size, seed=spec.seed)
+            edits = [Edit(id=_edit_id(t), prompt=task_prompt(t), target_new=fence(t.reference),
+                          target_old=fence(o[0]) if o[0].strip() else "pass", subject=t.update.function_path,
+                          source=str(data)) for t, o in zip(tasks, old)]
+            save_edits_jsonl(edits, edits_file)
+        by_id = {e.id: e for e in edits}
+        self.edits = [[by_id[_edit_id(t)] for g in groups_k for t in g if t.id in trained]
+                      for groups_k in self.groups]
+        base_file = self.out / "base.json"
+        if base_file.exists():
+            self.base = json.loads(base_file.read_text())
+        else:
+            self.log("bench · the unedited model on every task")
+            self.base = self._eval(self.model, self.fmt, self.tasks(k), adapter=False, seed=spec.seed)
+            atomic_write_json(base_file, self.base)
+
+    def tasks(self, k: int) -> list[CodeTask]:
+        """The tasks of API updates in bench updates 1..k."""
+        return [t for groups_k in self.groups[:k] for g in groups_k for t in g]
+
+    def per_update(self, records: list[dict], k: int) -> list[dict]:
+        ids = [{t.id for g in groups_j for t in g} for groups_j in self.groups[:k]]
+        return [{"update": j + 1, "metrics": {**summarise([r for r in records if r["id"] in ids[j]
+                                                            and r["split"] == "held_out"], "code/held_out"),
+                                               **summarise([r for r in records if r["id"] in ids[j]
+                                                            and r["split"] == "trained"], "code/trained")}}
+                for j in range(k)]
+
+    def run_method(self, method: str) -> list[dict]:
+        from ..api import Editor, seed_everything
+
+        spec, K = self.spec, self.spec.n_updates
+        cfg = spec.method_config(method)
+        folder = self.out / method
+        check_same(folder / "config.json", cfg.resolved(), f"training options for {method}",
+                   f"or delete {folder} to train {method} again")
+        evals = []
+        for k in range(1, K + 1):
+            try:
+                evals.append(json.loads((folder / f"update-{k}" / "eval.json").read_text()))
+            except (OSError, ValueError):
+                break
+        evals = evals[:last_readable(folder, len(evals))]
+        if len(evals) == K:
+            return evals
+        done = len(evals)
+        editor = Editor(spec.model, adapter=folder / f"update-{done}" if done else None, config=cfg,
+                        device=spec.device, progress=spec.progress)
+        for k in range(done + 1, K + 1):
+            seed_everything(cfg.seed + 1000 * k)
+            with atomic_dir(folder / f"update-{k}") as tmp:
+                self.log(f"{method} · update {k}/{K} · training on {len(self.edits[k - 1])} programs")
+                record = editor.update(self.edits[k - 1], out=tmp)
+                ev = self._eval(editor.model, editor.fmt, self.tasks(k), adapter=True, seed=spec.seed + k)
+                result = {"method": method, "update": k, "edit_ids": [e.id for e in self.edits[k - 1]],
+                          "train": {"seconds": record.result.seconds, "steps": record.result.steps,
+                                    "epochs": record.result.epochs},
+                          **ev, "per_update": self.per_update(ev["records"], k)}
+                atomic_write_json(tmp / "eval.json", result)
+            evals.append(result)
+            m = ev["metrics"]
+            self.log(f"{method} · update {k}/{K} · held-out pass@1 {_pct(m['code/held_out/pass@1'])}, "
+                     f"pass@5 {_pct(m.get('code/held_out/pass@5'))}; trained pass@1 {_pct(m['code/trained/pass@1'])}")
+        del editor
+        gc.collect()
+        return evals
+
+    def run(self) -> dict:
+        with output_lock(self.out):
+            started = time.time()
+            self.prepare()
+            per_method = {m: self.run_method(m) for m in self.spec.methods}
+            K = self.spec.n_updates
+            base_per_update = self.per_update(self.base["records"], K)
+            results = {
+                "domain": "code", "settings": self.settings, "split": self.split,
+                "base": {"metrics": self.base["metrics"], "per_update": base_per_update},
+                "protocol": self.base["protocol"], "n_updates": K, "api_updates": self.spec.n_edits,
+                "methods": {m: {"config": self.spec.method_config(m).resolved(),
+                                "updates": [{"update": e["update"], "metrics": e["metrics"],
+                                             "per_update": e["per_update"], "train": e["train"],
+                                             "seconds": e["seconds"]} for e in evals]}
+                            for m, evals in per_method.items()},
+                "seconds": round(time.time() - started, 1),
+            }
+            plot = self.out / "code-pass.png"
+            plot_pass(results, plot)
+            results["files"] = {"report": "report.md", "plots": [plot.name]}
+            atomic_write_text(self.out / "report.md", markdown(results))
+            atomic_write_json(self.out / "results.json", results)
+            return results
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+COLUMNS = (("held-out pass@1", "code/held_out/pass@1"), ("held-out pass@5", "code/held_out/pass@5"),
+           ("held-out upass@5", "code/held_out/upass@5"), ("trained pass@1", "code/trained/pass@1"),
+           ("trained pass@5", "code/trained/pass@5"))
+
+
+def table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per method and update (and the unedited model), the Pass@k columns in %."""
+    header = ["method", "after update"] + [name for name, _ in COLUMNS]
+    rows = [["unedited", "–"] + [_pct(results["base"]["metrics"].get(key)) for _, key in COLUMNS]]
+    for method, entry in results["methods"].items():
+        for u in entry["updates"]:
+            rows.append([method, str(u["update"])] + [_pct(u["metrics"].get(key)) for _, key in COLUMNS])
+    return header, rows
+
+
+def text_table(results: dict) -> str:
+    header, rows = table(results)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+
+
+def markdown(results: dict) -> str:
+    header, rows = table(results)
+    p = results["protocol"]
+    lines = [f"# corsa bench on API updates ({results['settings']['data']})", "",
+             f"{results['api_updates']} API updates in {results['n_updates']} updates; "
+             f"{len(results['split']['train'])} tasks trained, {len(results['split']['held_out'])} held out. "
+             f"{p['samples']} programs per task sampled at temperature {p['temperature']} (up to {p['max_new_tokens']} "
+             f"tokens), each run against the task's unit tests in the sandbox ({p['timeout_s']} s limit). "
+             "Pass@k: unbiased estimator (Chen et al. 2021); UPass: passes with the update and fails without it. "
+             "Held-out tasks were never trained on: they measure whether the update was learnt.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "## By API-update group (held-out pass@5 on the group's tasks after each update)", ""]
+    K = results["n_updates"]
+    head = ["method", "after update"] + [f"group {j}" for j in range(1, K + 1)]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = results["base"]["per_update"]
+    lines.append("| unedited | – | " + " | ".join(_pct(b["metrics"].get("code/held_out/pass@5")) for b in base) + " |")
+    for method, entry in results["methods"].items():
+        for u in entry["updates"]:
+            cells = [_pct(g["metrics"].get("code/held_out/pass@5")) for g in u["per_update"]]
+            lines.append(f"| {method} | {u['update']} | " + " | ".join(cells + ["–"] * (K - len(cells))) + " |")
+    lines += ["", f"![pass@k]({results['files']['plots'][0]})", ""]
+    return "\n".join(lines)
+
+
+def plot_pass(results: dict, path: Path) -> None:
+    """Held-out and trained pass@5 after each update, one line per method, the unedited model dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..report import _save
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, (title, key) in zip(axes, (("held-out tasks", "code/held_out/pass@5"),
+                                       ("trained tasks", "code/trained/pass@5"))):
+        base = results["base"]["metrics"].get(key)
+        if base is not None:
+            ax.axhline(100 * base, color="grey", linestyle="--", label="unedited")
+        for method, entry in results["methods"].items():
+            xs = [u["update"] for u in entry["updates"]]
+            ys = [100 * (u["metrics"].get(key) or 0.0) for u in entry["updates"]]
+            ax.plot(xs, ys, marker="o", label=method)
+        ax.set_title(f"pass@5, {title}")
+        ax.set_xlabel("after update")
+        ax.set_xticks(range(1, results["n_updates"] + 1))
+    axes[0].set_ylabel("%")
+    axes[0].legend(fontsize=8)
+    _save(fig, path)
+
+
+def run_code_bench(spec) -> dict:
+    return CodeBench(spec).run()
