@@ -13,6 +13,7 @@ from .options import (add_config_file, add_config_options, add_device, add_eval_
 # the spec's defaults, written once (BenchSpec)
 _DEFAULT = {f.name: f.default for f in dataclasses.fields(BenchSpec)}
 DEFAULT_METHODS = ",".join(_DEFAULT["methods"])
+CODE_EDITS = 6  # API updates: each brings 3-11 tasks whose programs are sampled and run
 
 
 def register(sub) -> None:
@@ -26,8 +27,9 @@ def register(sub) -> None:
                    "file (API updates: --edits counts API updates, programs are run in the sandbox, Pass@k)")
     b.add_argument("--methods", "--method", dest="methods", default=DEFAULT_METHODS,
                    help=f"comma-separated methods (default: {DEFAULT_METHODS})")
-    b.add_argument("--edits", type=int, default=_DEFAULT["n_edits"],
-                   help=f"how many edits, chosen with --seed (default: {_DEFAULT['n_edits']})")
+    b.add_argument("--edits", type=int, default=None,
+                   help=f"how many edits, chosen with --seed (default: {_DEFAULT['n_edits']}); for a CodeUpdateArena "
+                        f"file, how many API updates (default: {CODE_EDITS})")
     b.add_argument("--updates", type=int, default=_DEFAULT["n_updates"],
                    help=f"split the edits into this many updates (default: {_DEFAULT['n_updates']})")
     b.add_argument("--seed", type=int, default=_DEFAULT["seed"],
@@ -62,8 +64,11 @@ def spec_of(args, data, methods: str, sets=()):
 def run(args) -> int:
     from ..code import is_arena
 
+    code = is_arena(args.data)
+    if args.edits is None:
+        args.edits = CODE_EDITS if code else _DEFAULT["n_edits"]
     spec = spec_of(args, args.data, args.methods, args.set)
-    if is_arena(args.data):  # API updates: programs run in the sandbox, Pass@k (corsa.code.bench)
+    if code:  # API updates: programs run in the sandbox, Pass@k (corsa.code.bench)
         return run_code_spec(spec)
     return run_spec(spec)
 

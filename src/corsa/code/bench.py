@@ -37,10 +37,12 @@ from ..records import Edit
 from ..resume import check_same, last_readable
 from .arena import CodeTask, load_arena, split_tasks
 from .evaluate import evaluate_code, sample_programs, summarise, task_prompt
-from .programs import fence
+from ..sandbox import run_programs
+from .programs import fence, program_for
 
 # how programs are drawn when the command does not say (--sample, --temperature, --max-new-tokens)
 SAMPLES, TEMPERATURE, NEW_TOKENS = 5, 0.8, 320
+TIMEOUT_S = 10.0  # per program, wall clock
 
 
 def _edit_id(task: CodeTask) -> str:
@@ -69,7 +71,7 @@ class CodeBench:
     def _eval(self, model, fmt, tasks, adapter: bool, seed: int) -> dict:
         return evaluate_code(model, fmt, tasks, self.split, samples=self.samples, temperature=self.temperature,
                              max_new_tokens=self.new_tokens, batch_size=self.spec.eval.batch_size, seed=seed,
-                             adapter=adapter, progress=self.spec.progress)
+                             timeout_s=TIMEOUT_S, adapter=adapter, progress=self.spec.progress)
 
     def prepare(self) -> None:
         from ..loaders import load_edits, save_edits_jsonl
@@ -87,7 +89,7 @@ class CodeBench:
                               f"for CodeUpdateArena)")
         if k < 1 or n % k:
             raise ConfigError(f"--edits {n} must split into --updates {k} equal parts")
-        chosen = random.Random(spec.seed).sample(groups, n)
+        chosen = self.choose(groups, n, spec.seed)
         self.groups = [chosen[i * (n // k):(i + 1) * (n // k)] for i in range(k)]  # [update][api update][task]
         self.split = split_tasks(chosen, spec.seed)
         self.log(f"bench · loading {spec.model}")
@@ -96,11 +98,13 @@ class CodeBench:
         self.settings = {"model": spec.model, "model_fingerprint": model_fingerprint(self.model), "data": str(data),
                          "data_sha256": sha256_file(data), "api_updates": n, "n_updates": k, "seed": spec.seed,
                          "template": self.fmt.name, "samples": self.samples, "temperature": self.temperature,
-                         "max_new_tokens": self.new_tokens, "domain": "code"}
+                         "max_new_tokens": self.new_tokens, "domain": "code",
+                         "tasks": [t.id for g in chosen for t in g]}  # a resume must measure the same tasks
         check_same(self.out / "bench.json", {k: v for k, v in self.settings.items() if k not in ("model", "data")},
                    "settings", "or choose another --out")
         atomic_write_json(self.out / "tasks.json", {
-            "updates": [[g[0].update.id for g in groups_k] for groups_k in self.groups], **self.split})
+            "updates": [[g[0].update.id for g in groups_k] for groups_k in self.groups], **self.split,
+            "dropped": self.dropped})
         trained = set(self.split["train"])
         edits_file = self.out / "edits.jsonl"
         if edits_file.exists():
@@ -124,6 +128,33 @@ class CodeBench:
             self.log("bench · the unedited model on every task")
             self.base = self._eval(self.model, self.fmt, self.tasks(k), adapter=False, seed=spec.seed)
             atomic_write_json(base_file, self.base)
+
+    def choose(self, groups: list[list[CodeTask]], n: int, seed: int) -> list[list[CodeTask]]:
+        """``n`` API updates in a seeded order, each with at least two tasks whose reference passes here.
+
+        A few of the benchmark's reference solutions fail their own tests in this environment: they
+        need more than the sandbox's memory, a package it lacks (scipy), or an API that NumPy 2
+        removed (``np.NaN``). A model cannot be scored on a task its reference fails, so such tasks
+        are left out and said so (``tasks.json``: ``dropped``, with the reason); an API update left
+        with fewer than two tasks (one to train, one to hold out) is passed over for the next.
+        """
+        order = list(groups)
+        random.Random(seed).shuffle(order)
+        chosen, self.dropped = [], {}
+        while len(chosen) < n and order:
+            batch, order = order[:n - len(chosen)], order[n - len(chosen):]
+            tasks = [t for g in batch for t in g]
+            self.log(f"bench · running the reference solutions of {len(tasks)} tasks")
+            outcomes = run_programs([program_for(t, t.reference) for t in tasks], timeout_s=TIMEOUT_S)
+            failed = {t.id: f"{o.status}: {o.detail}" for t, o in zip(tasks, outcomes) if not o.passed}
+            self.dropped |= failed
+            chosen += [kept for g in batch if len(kept := [t for t in g if t.id not in failed]) >= 2]
+        if len(chosen) < n:
+            raise ConfigError(f"--edits {n}: only {len(chosen)} API updates have two tasks whose reference "
+                              f"solution passes here")
+        if self.dropped:
+            self.log(f"bench · {len(self.dropped)} tasks left out: their reference fails here (tasks.json)")
+        return chosen
 
     def tasks(self, k: int) -> list[CodeTask]:
         """The tasks of API updates in bench updates 1..k."""
