@@ -202,3 +202,14 @@ def test_the_code_bench_runs_measures_and_resumes(tmp_path):
     assert (out / "lora" / "update-2" / "eval.json").stat().st_mtime_ns == stamp
     changed = [a if a != "2" or argv[i - 1] != "--sample" else "3" for i, a in enumerate(argv)]
     assert main(changed) == 2  # other settings on the same folder: refused, not mixed
+
+    # corsa eval on the same file, with the bench's last adapter and its split
+    metrics = tmp_path / "metrics.json"
+    assert main(["eval", "--model", str(model), "--adapter", str(out / "corsa" / "update-2"), "--edits", str(UNGROUPED),
+                 "--code-split", str(out / "tasks.json"), "--sample", "2", "--max-new-tokens", "16", "--quiet",
+                 "--out", str(metrics)]) == 0
+    measured = json.loads(metrics.read_text())
+    assert measured["domain"] == "code" and measured["n_tasks"] == 6
+    assert measured["metrics"]["code/trained/tasks"] == 2 and measured["metrics"]["code/held_out/tasks"] == 4
+    assert measured["base"]["metrics"]["code/held_out/tasks"] == 4  # the unedited model beside it
+    assert all(len(r["programs"]) == 2 for r in measured["records"])

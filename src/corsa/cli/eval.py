@@ -37,6 +37,9 @@ def register(sub) -> None:
     e.add_argument("--vllm-gpu-memory", type=float, default=None, metavar="FRACTION",
                    help="with --generator vllm: the fraction of the GPU vLLM may take (default: what is free "
                         "after corsa's own model, less a margin)")
+    e.add_argument("--code-split", default=None, metavar="TASKS_JSON",
+                   help="with a CodeUpdateArena file: a code bench's tasks.json, so that its trained and held-out "
+                        "tasks are measured apart (default: every task, counted as held out)")
     add_eval_options(e, aliases={"batch_size": "--batch-size"})  # eval has no training batch
     e.set_defaults(func=run)
 
@@ -64,6 +67,69 @@ def _ours(path: Path) -> bool:
 
 
 def run(args) -> int:
+    from ..code import is_arena
+
+    if is_arena(args.edits):  # API updates: Pass@k of programs run in the sandbox
+        return run_code(args)
+    return run_facts(args)
+
+
+def run_code(args) -> int:
+    """`corsa eval --edits <CodeUpdateArena file>`: Pass@k and UPass@k, unedited and edited side by side."""
+    import json
+
+    from ..api import Editor
+    from ..code import load_arena
+    from ..code.bench import NEW_TOKENS, SAMPLES, TEMPERATURE, TIMEOUT_S
+    from ..code.evaluate import evaluate_code
+    from ..config import NEW_TOKENS as FACT_TOKENS
+    from ..io import atomic_write_json, library_versions
+
+    settings = eval_settings(args)
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the path of a .json file to write")
+    check_writable(out.parent, need_bytes=2**20)
+    check_not_inside({"--edits": args.edits, "--adapter": args.adapter}, out)
+    if out.exists() and not _ours(out):
+        raise ConfigError(f"--out {out} exists and is not a metrics file corsa wrote; corsa never overwrites "
+                          f"other files: choose another path")
+    started = time.perf_counter()
+    groups = load_arena(args.edits)[:args.limit] if args.limit else load_arena(args.edits)
+    tasks = [t for g in groups for t in g]
+    split = {"train": [], "held_out": [t.id for t in tasks]}
+    if args.code_split is not None:  # a code bench's tasks.json: its trained tasks are reported apart
+        chosen = json.loads(Path(args.code_split).read_text())
+        tasks = [t for t in tasks if t.id in set(chosen["train"]) | set(chosen["held_out"])]
+        split = {"train": chosen["train"], "held_out": chosen["held_out"]}
+    if not tasks:
+        raise ConfigError(f"{args.edits} holds no task to measure" + (" of --code-split" if args.code_split else ""))
+    editor = Editor(args.model, adapter=args.adapter, template=args.template, device=args.device, progress=False)
+    options = dict(samples=settings.sample or SAMPLES, temperature=settings.temperature if settings.sample else TEMPERATURE,
+                   max_new_tokens=settings.max_new_tokens if settings.max_new_tokens != FACT_TOKENS else NEW_TOKENS,
+                   batch_size=settings.batch_size, seed=settings.seed, timeout_s=TIMEOUT_S, progress=progress(args))
+    runs = {}
+    if args.adapter is None or args.base:
+        runs["unedited"] = evaluate_code(editor.model, editor.fmt, tasks, split, adapter=False, **options)
+    if args.adapter is not None:
+        runs["edited"] = evaluate_code(editor.model, editor.fmt, tasks, split, adapter=True, **options)
+    main = runs.get("edited") or runs["unedited"]
+    result = {"model": args.model, "adapter": args.adapter, "edits": args.edits, "domain": "code",
+              "n_tasks": len(tasks), "protocol": main["protocol"], "metrics": main["metrics"],
+              "base": runs["unedited"] if "edited" in runs and "unedited" in runs else None,
+              "records": main["records"], "seconds": round(time.perf_counter() - started, 3),
+              "versions": library_versions()}
+    atomic_write_json(out, result)
+    keys = [k for k in main["metrics"] if not k.endswith("/tasks") and main["metrics"][k] is not None]
+    rows = [[k.removeprefix("code/")] + [fmt_metric(r["metrics"][k], k) for r in runs.values()] for k in keys]
+    print(show_table(rows, ["metric"] + list(runs)))
+    print(f"{len(tasks)} tasks; {options['samples']} programs per task sampled at temperature "
+          f"{options['temperature']}, run in the sandbox; {result['seconds']:.0f} s")
+    print(f"metrics and every program: {out}")
+    return 0
+
+
+def run_facts(args) -> int:
     from .. import distributed as dist
     from .. import old_answers
     from ..api import Editor, as_edits
