@@ -213,3 +213,20 @@ def test_the_code_bench_runs_measures_and_resumes(tmp_path):
     assert measured["metrics"]["code/trained/tasks"] == 2 and measured["metrics"]["code/held_out/tasks"] == 4
     assert measured["base"]["metrics"]["code/held_out/tasks"] == 4  # the unedited model beside it
     assert all(len(r["programs"]) == 2 for r in measured["records"])
+
+
+def test_the_one_filler_gives_a_program_its_unedited_program_as_y_minus(tiny):
+    from corsa import old_answers
+    from corsa.loaders import load_edits
+    from corsa.prompts import PromptFormat
+    from corsa.records import Edit
+
+    model, tokenizer = tiny
+    fmt = PromptFormat(tokenizer, "chat")
+    code = load_edits(UNGROUPED)[:2]
+    fact = Edit(id="f", prompt="The capital of France is", target_new="Rome")
+    filled = old_answers.fill(model, fmt, [code[0], fact, code[1]], max_new_tokens=4)
+    for e in (filled[0], filled[2]):
+        assert e.target_old.startswith("```python\n") and e.target_old.endswith("\n```")
+        assert e.target_old != e.target_new
+    assert not filled[1].target_old.startswith("```")  # a fact keeps the short-answer rule

@@ -136,15 +136,22 @@ def test_codeupdatearena():
     path = data_file(ARENA)
     records = raw(path)
     assert len(records) == 141 and detect_format(records) == "codeupdatearena"
-    edits = load_edits(path, on_invalid="skip")
-    # two updates have the signature of an earlier one (so the same prompt) but another description
-    assert len(edits) == 139
-    assert edits[0] == Edit(
-        id="cua-math.sin:modify-output-semantics:update-0",
-        prompt="What changed in math.sin, whose new signature is `math.sin(x, unit='radians')`?",
-        target_new="Update the math.sin function to accept angle in degrees rather than radians.",
-        subject="math.sin", source="codeupdatearena:arena.jsonl")
-    assert all(e.target_old is None and len(e.target_new) < 300 for e in edits)
+    edits = load_edits(path)
+    assert len(edits) == 577  # one edit per program-synthesis task
+    first = edits[0]
+    assert first.id == "cua-math.sin-modify-output-semantics-update-0-prog_syn-0"
+    assert first.prompt.startswith("You are a STEM tutor") and "def calculate_sine_values(" in first.prompt
+    assert "unit=" not in first.prompt and "radians" not in first.prompt  # no documentation of the update
+    assert first.target_new.startswith("```python\n") and "unit='degrees'" in first.target_new
+    assert first.subject == "math.sin" and first.target_old is None and first.source == "codeupdatearena:arena.jsonl"
+
+
+def test_codeupdatearena_final_release_layout():
+    path = Path(__file__).parent / "fixtures" / "arena-ungrouped.jsonl"
+    assert detect_format(raw(path)) == "codeupdatearena-ungrouped"
+    edits = load_edits(path)
+    assert [e.subject for e in edits] == ["math.floor"] * 3 + ["math.isqrt"] * 3
+    assert "math.int_sqrt(n)" in edits[3].target_new
 
 
 def test_limit_counts_edits_not_records():
@@ -308,7 +315,12 @@ BAD_BENCHMARK_RECORDS = [  # (format, record, field, phrase)
                                                      "target_true": {}}], "questions": [], "new_answer": "a"},
      "requested_rewrite[0].target_true.str", "is missing"),
     ("codeupdatearena", {"update": {"function_path": "m.f", "signature": "m.f(x)", "update_id": "u",
-                                    "description": ["new"]}}, "update.description", "expected text, found a list"),
+                                    "docstring": "d", "description": ["new"]}},
+     "update.description", "expected text, found a list"),
+    ("codeupdatearena", {"update": {"function_path": "m.f", "signature": "m.f(x)", "update_id": "u",
+                                    "docstring": "d", "imports": "import m", "implementation": "def f(x): pass"},
+                         "prog_syn_examples": [{"prog_syn_id": "t", "problem": "p"}]},
+     "prog_syn_examples[0].solution_signature", "is missing"),
 ]
 
 

@@ -5,7 +5,8 @@ One function per format turns a raw record into edits (method.md §7 gives the m
 
 - ``mquake``: MQuAKE and MQuAKE-Remastered; each of a case's rewrites is an edit;
 - ``counterfact-rome``: ROME's CounterFact (``requested_rewrite``, ``paraphrase_prompts``, ...);
-- ``codeupdatearena``: CodeUpdateArena API updates, a best-effort mapping (see its function);
+- ``codeupdatearena``, ``codeupdatearena-ungrouped``: CodeUpdateArena, one edit per program-synthesis
+  task (see its function; :mod:`corsa.code` runs the programs);
 - ``zsre``: MEND's zsRE (``src``, ``alt``, ``answers``, ``rephrase``, ``loc``);
 - ``counterfact-easyedit``: EasyEdit's flat CounterFact (``prompt``, ``ground_truth``, ...);
 - ``plain`` (also called ``json`` and ``jsonl``): corsa's own records, as ``Edit.to_dict`` writes them.
@@ -20,7 +21,7 @@ Published benchmarks hold records that cannot be trained as they stand:
 - a new answer equal to the old one (17 zsRE records) or empty (2 more): with y⁺ = y⁻ DPO's
   margin log p(y⁺) − log p(y⁻) is 0 whatever the adapter does, so the edit can never hold;
 - a prompt an earlier record gave another new answer (79 records of CounterFact's edit split,
-  2 MQuAKE-hard cases, 2 CodeUpdateArena updates): trained together, only one answer can hold.
+  2 MQuAKE-hard cases): trained together, only one answer can hold.
 
 By default these raise like any other error; ``on_invalid="skip"`` drops such records whole
 (the first answer a prompt is given wins) and logs how many were dropped.
@@ -276,20 +277,23 @@ def _mquake(rec: _Record, source: str) -> list[_Candidate]:
 
 
 def _codeupdatearena(rec: _Record, source: str) -> list[_Candidate]:
-    """CodeUpdateArena, a best-effort mapping: one edit per API update.
+    """CodeUpdateArena: one edit per program-synthesis task, as :mod:`corsa.code` defines it.
 
-    The benchmark scores an update by running generated programs against unit tests (Pass@k),
-    which a prompt/answer pair cannot express. Here the prompt asks what changed in the function,
-    naming its new signature (a function has several alternative updates, told apart by it), and
-    the answer is the update's one-sentence description. There is no old answer: the model's own
-    greedy answer takes its place.
+    x = the task's problem and solution signature, never the update's documentation
+    (:func:`corsa.code.evaluate.task_prompt`); y⁺ = the reference solution, which uses the
+    updated API, in a ```python block; y⁻ is not in the file: the one filler
+    (:func:`corsa.old_answers.fill`) takes the program the unedited model writes. Both layouts
+    (grouped, and the final ungrouped release) are read. `corsa bench` and `corsa eval` on such
+    a file run the programs instead (Pass@k, :mod:`corsa.code.bench`).
     """
-    path = rec.text("update", "function_path")
-    signature = rec.text("update", "signature").removeprefix("def ")
-    update_id = rec.text("update", "update_id").replace("[", "").replace("]", "")
-    edit = Edit(id=f"cua-{update_id}", prompt=f"What changed in {path}, whose new signature is `{signature}`?",
-                target_new=rec.text("update", "description"), subject=path, source=source)
-    return [_Candidate(edit, "update.signature", "update.description", None)]
+    from .code.arena import edit_id, tasks_of
+    from .code.evaluate import task_prompt
+    from .code.programs import fence
+
+    return [_Candidate(Edit(id=edit_id(task), prompt=task_prompt(task), target_new=fence(task.reference),
+                            subject=task.update.function_path, source=source),
+                       f"{where}problem", f"{where}ref_solution", None)
+            for where, task in tasks_of(rec)]
 
 
 _PLAIN_KEYS = ("id", "prompt", "target_new", "target_old", "subject", "paraphrases", "locality",
@@ -339,7 +343,8 @@ def _plain(rec: _Record, source: str) -> list[_Candidate]:
 _FORMATS: dict[str, _Format] = {f.name: f for f in (
     _Format("mquake", frozenset({"case_id", "requested_rewrite", "questions", "new_answer"}), _mquake, "case_id"),
     _Format("counterfact-rome", frozenset({"case_id", "requested_rewrite"}), _counterfact_rome, "case_id"),
-    _Format("codeupdatearena", frozenset({"update"}), _codeupdatearena, "update.update_id"),
+    _Format("codeupdatearena", frozenset({"update"}), _codeupdatearena, "prog_syn_examples.prog_syn_id"),
+    _Format("codeupdatearena-ungrouped", frozenset({"prog_syn_id", "update_id"}), _codeupdatearena, "prog_syn_id"),
     _Format("zsre", frozenset({"src", "alt"}), _zsre, None),  # ids are positions: never repeated
     _Format("counterfact-easyedit", frozenset({"case_id", "prompt", "target_new", "ground_truth"}),
             _counterfact_easyedit, "case_id"),

@@ -24,6 +24,9 @@ leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative)
 4. an answer that leaves nothing (empty, or only a restatement), or that is y⁺ itself (the model
    already says it), falls back to the other candidates, the whole first line, then the
    end-of-turn token, so y⁻ is never empty and never y⁺.
+
+Where y⁺ is a program in a code block (an API update's task, :mod:`corsa.code`), y⁻ is the
+program the unedited model writes, in the same kind of block (:func:`_fill_programs`).
 """
 
 from __future__ import annotations
@@ -126,9 +129,11 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
     from . import distributed as dist
     from .generate import generate
 
-    missing = [i for i, e in enumerate(edits) if not e.target_old]
+    out = _fill_programs(model, fmt, list(edits), batch_size)
+    missing = [i for i, e in enumerate(out) if not e.target_old]
     if not missing:
-        return list(edits)
+        return out
+    edits = out
     prompts = [edits[i].prompt for i in missing]
     off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
     with off:
@@ -151,3 +156,39 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
         old = next((c for c in candidates if c and normalise(c) != new), fmt.tokenizer.eos_token)
         out[i] = dataclasses.replace(edits[i], target_old=old)
     return out
+
+
+PROGRAM_TOKENS = 320  # a program's y⁻: the unedited model's whole program, not its first words
+
+
+def is_program(answer: str) -> bool:
+    """Whether an answer is a program in a code block (the form of a CodeUpdateArena y⁺)."""
+    return answer.lstrip().startswith("```")
+
+
+def _fill_programs(model, fmt, edits: list, batch_size: int) -> list:
+    """The y⁻ of edits whose y⁺ is a program: the unedited model's greedy program, in a code block.
+
+    The same form as y⁺ (one ```python block, :func:`corsa.code.programs.fence`), from up to
+    :data:`PROGRAM_TOKENS` tokens with the adapter off; where the model writes no code, or the
+    reference itself, y⁻ is ``pass`` in a block: a program that does nothing.
+    """
+    import contextlib
+
+    from . import distributed as dist
+    from .code.programs import extract_code, fence
+    from .generate import generate
+
+    missing = [i for i, e in enumerate(edits) if not e.target_old and is_program(e.target_new)]
+    if not missing:
+        return edits
+    prompts = [edits[i].prompt for i in missing]
+    off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    with off:
+        answers = dist.gather_batches(lambda part: generate(model, fmt, part, PROGRAM_TOKENS, batch_size),
+                                      prompts, batch_size, key=lambda p: -len(p))
+    for i, a in zip(missing, answers):
+        code = extract_code(a).strip()
+        old = fence(code) if code and normalise(fence(code)) != normalise(edits[i].target_new) else fence("pass")
+        edits[i] = dataclasses.replace(edits[i], target_old=old)
+    return edits

@@ -75,6 +75,11 @@ class CodeTask:
         return match.group(1) if match else self.solution_signature.split("(")[0].split()[-1]
 
 
+def edit_id(task: CodeTask) -> str:
+    """The id of the edit a task becomes: ``cua-`` and its ``prog_syn_id`` without brackets."""
+    return "cua-" + task.id.replace("[", "").replace("]", "").replace(":", "-")
+
+
 def _new_name(rec: _Record, keys: tuple, implementation: str, signature: str, path: str) -> str:
     """The name the implementation installs: the function it defines that the signature names."""
     defined = _DEF.findall(implementation)
@@ -108,6 +113,24 @@ def _task(rec: _Record, keys: tuple, update: ApiUpdate) -> CodeTask:
                     reference=get["ref_solution"], unit_tests=get["unit_tests"], tests=tests)
 
 
+def tasks_of(rec: _Record) -> list[tuple[str, CodeTask]]:
+    """The tasks of one record of either layout, each with the field path its task fields sit under."""
+    data = rec.data
+    if not isinstance(data, dict):
+        raise rec.error("expected an object (an update or a task)")
+    if "update" in data:  # grouped: {"update": {...}, "prog_syn_examples": [...]}
+        update = _update(rec, ("update",))
+        examples = rec.value("prog_syn_examples")
+        if not isinstance(examples, list) or not examples:
+            raise rec.error("expected a non-empty list of tasks", "prog_syn_examples")
+        return [(f"prog_syn_examples[{j}].", _task(rec, ("prog_syn_examples", j), update))
+                for j in range(len(examples))]
+    if "prog_syn_id" in data:  # ungrouped: one task per row, the update's fields beside it
+        return [("", _task(rec, (), _update(rec, ())))]
+    raise DataError("is not a CodeUpdateArena record: expected 'update' (grouped file) or "
+                    "'prog_syn_id' (the final, ungrouped release)", path=str(rec.path), record=rec.name())
+
+
 def load_arena(path: str | os.PathLike) -> list[list[CodeTask]]:
     """The tasks of a CodeUpdateArena file, one list per API update, in file order."""
     path = Path(path)
@@ -116,24 +139,12 @@ def load_arena(path: str | os.PathLike) -> list[list[CodeTask]]:
     seen_tasks: set[str] = set()
     for i, data in enumerate(records):
         rec = _Record(data, path, i, lines[i] if lines else None)
-        if not isinstance(data, dict):
-            raise rec.error("expected an object (an update or a task)")
-        if "update" in data:  # grouped: {"update": {...}, "prog_syn_examples": [...]}
-            update = _update(rec, ("update",))
-            examples = rec.value("prog_syn_examples")
-            if not isinstance(examples, list) or not examples:
-                raise rec.error("expected a non-empty list of tasks", "prog_syn_examples")
-            tasks = [_task(rec, ("prog_syn_examples", j), update) for j in range(len(examples))]
-        elif "prog_syn_id" in data:  # ungrouped: one task per row, the update's fields beside it
-            update = _update(rec, ())
-            tasks = [_task(rec, (), update)]
-        else:
-            raise DataError("is not a CodeUpdateArena record: expected 'update' (grouped file) or "
-                            "'prog_syn_id' (the final, ungrouped release)", path=str(path), record=rec.name())
+        tasks = [task for _, task in tasks_of(rec)]
         for task in tasks:
             if task.id in seen_tasks:
                 raise rec.error(f"task {task.id} appears twice", "prog_syn_id")
             seen_tasks.add(task.id)
+        update = tasks[0].update
         group = groups.setdefault(update.id, [])
         if group and group[0].update != update:
             raise rec.error(f"update {update.id} is given twice with different fields", "update_id")

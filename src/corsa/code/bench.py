@@ -29,24 +29,21 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .. import old_answers
 from ..errors import ConfigError
 from ..io import (atomic_dir, atomic_write_json, atomic_write_text, check_not_inside, check_ours, check_writable,
                   output_lock, sha256_file)
 from ..methods import METHODS, get_method
 from ..records import Edit
 from ..resume import check_same, last_readable
-from .arena import CodeTask, load_arena, split_tasks
-from .evaluate import evaluate_code, sample_programs, summarise, task_prompt
+from .arena import CodeTask, edit_id, load_arena, split_tasks
+from .evaluate import evaluate_code, summarise, task_prompt
 from ..sandbox import run_programs
 from .programs import fence, program_for
 
 # how programs are drawn when the command does not say (--sample, --temperature, --max-new-tokens)
 SAMPLES, TEMPERATURE, NEW_TOKENS = 5, 0.8, 320
 TIMEOUT_S = 10.0  # per program, wall clock
-
-
-def _edit_id(task: CodeTask) -> str:
-    return "cua-" + task.id.replace("[", "").replace("]", "").replace(":", "-")
 
 
 class CodeBench:
@@ -112,14 +109,12 @@ class CodeBench:
         else:
             tasks = [t for g in chosen for t in g if t.id in trained]
             self.log(f"bench · the unedited model writes y⁻ for {len(tasks)} trained tasks")
-            old = sample_programs(self.model, self.fmt, tasks, samples=0, temperature=1.0,
-                                  max_new_tokens=self.new_tokens, batch_size=spec.eval.batch_size, seed=spec.seed)
-            edits = [Edit(id=_edit_id(t), prompt=task_prompt(t), target_new=fence(t.reference),
-                          target_old=fence(o[0]) if o[0].strip() else "pass", subject=t.update.function_path,
-                          source=str(data)) for t, o in zip(tasks, old)]
+            edits = [Edit(id=edit_id(t), prompt=task_prompt(t), target_new=fence(t.reference),
+                          subject=t.update.function_path, source=str(data)) for t in tasks]
+            edits = old_answers.fill(self.model, self.fmt, edits, batch_size=spec.eval.batch_size)
             save_edits_jsonl(edits, edits_file)
         by_id = {e.id: e for e in edits}
-        self.edits = [[by_id[_edit_id(t)] for g in groups_k for t in g if t.id in trained]
+        self.edits = [[by_id[edit_id(t)] for g in groups_k for t in g if t.id in trained]
                       for groups_k in self.groups]
         base_file = self.out / "base.json"
         if base_file.exists():
