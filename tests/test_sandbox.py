@@ -195,3 +195,12 @@ def test_many_programs_at_a_time_keep_their_order():
     outcomes = run_programs(sources, timeout_s=10, workers=2)
     assert [o.status for o in outcomes] == ["failed" if i % 3 == 0 else "passed" for i in range(7)]
     assert [o.stdout.strip() for o in outcomes if o.passed] == [str(i * i) for i in range(7) if i % 3]
+
+
+def test_many_files_cannot_fill_the_disk():
+    # 8 files of 48 MiB each is more than the 256 MiB the directory may hold, each under the 64 MiB file limit
+    source = ("import os\nfor i in range(8):\n    with open(f'f{i}', 'wb') as f:\n"
+              "        f.write(os.urandom(1 << 20) * 48)\n    print(i, flush=True)\n")
+    out = run_program(source, timeout_s=30)
+    assert out.status != "passed"
+    assert len(out.stdout.split()) < 8

@@ -119,11 +119,12 @@ def _interpreter_paths(python: str | None) -> list[str]:
 
 
 def run_program(source: str, timeout_s: float = 10, memory_mb: int = 1024, *,
-                file_mb: int = 64, processes: int = 64, python: str | None = None) -> Outcome:
+                file_mb: int = 64, disk_mb: int = 256, processes: int = 64, python: str | None = None) -> Outcome:
     """Run ``source`` as ``main.py`` in a sandbox and return its :class:`Outcome`.
 
     ``timeout_s`` is wall-clock (the CPU limit is one second more); ``memory_mb`` bounds the
-    address space, ``file_mb`` every file written, ``processes`` the processes and threads of the
+    address space, ``file_mb`` every file written, ``disk_mb`` all of them together (the directory
+    is a tmpfs of that size where namespaces are available), ``processes`` the processes and threads of the
     program's user (as root, where it has one of its own). ``python`` is the interpreter
     (default: this one, so the program sees the packages corsa's environment has).
     """
@@ -140,7 +141,7 @@ def run_program(source: str, timeout_s: float = 10, memory_mb: int = 1024, *,
             os.chmod(workdir, 0o700)
         homes = sorted({str(Path.home()), os.environ.get("HOME", str(Path.home())), _passwd_home()} - {"", "/"})
         config = {"workdir": workdir, "python": python or sys.executable, "timeout_s": timeout_s,
-                  "memory_mb": memory_mb, "file_mb": file_mb, "processes": processes, "uid": uid,
+                  "memory_mb": memory_mb, "file_mb": file_mb, "disk_mb": disk_mb, "processes": processes, "uid": uid,
                   "homes": homes, "keep": _interpreter_paths(python), "env": _environment(workdir)}
         try:
             done = subprocess.run([sys.executable, "-I", str(_SUPERVISOR), json.dumps(config)],

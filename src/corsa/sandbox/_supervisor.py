@@ -115,7 +115,7 @@ def _cover(home: str, keep: list[str]) -> None:
         os.close(fd)
 
 
-def isolate(workdir: str, homes: list[str], keep: list[str]) -> dict:
+def isolate(workdir: str, homes: list[str], keep: list[str], disk_mb: int = 256) -> dict:
     """Enter new mount and network namespaces; everything read-only but ``workdir``; homes covered."""
     state = {"namespaces": False, "filesystem": False, "network": False, "home_hidden": False}
     uid, gid = os.getuid(), os.getgid()
@@ -136,7 +136,17 @@ def isolate(workdir: str, homes: list[str], keep: list[str]) -> dict:
         _write("/proc/self/gid_map", f"{gid} {gid} 1")
     try:
         _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host
-        _mount(workdir, workdir, None, MS_BIND)  # the directory becomes a mount of its own, kept writable
+        # the directory becomes a tmpfs of its own, kept writable, of bounded size (a program writing
+        # many files cannot fill the host's disk) and gone with the namespace; the program is copied in
+        files = {name: open(os.path.join(workdir, name), "rb").read() for name in os.listdir(workdir)}
+        owner = os.stat(workdir)
+        _mount("none", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={int(disk_mb)}m,mode=700,uid={owner.st_uid},gid={owner.st_gid}")
+        for name, content in files.items():
+            with open(os.path.join(workdir, name), "wb") as f:
+                f.write(content)
+            os.chown(os.path.join(workdir, name), owner.st_uid, owner.st_gid)
+        state["directory_mb"] = int(disk_mb)
         for home in homes:
             if not (workdir + "/").startswith(home.rstrip("/") + "/") and os.path.isdir(home):
                 _cover(home, keep)
@@ -254,7 +264,7 @@ def _limits(config: dict) -> None:
 def run(config: dict) -> dict:
     workdir = os.path.realpath(config["workdir"])
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    isolation = isolate(workdir, config["homes"], config["keep"]) if config.get("isolate", True) else {"namespaces": False}
+    isolation = isolate(workdir, config["homes"], config["keep"], config.get("disk_mb", 256)) if config.get("isolate", True) else {"namespaces": False}
     uid = config.get("uid") if os.getuid() == 0 else None
     isolation["own_user"] = uid is not None
     out_r, out_w = os.pipe()
