@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from corsa import EditConfig, Editor  # noqa: E402
 from corsa.adapter import attach_new  # noqa: E402
-from corsa.engine import compute_reference, corsa_step, micro_batches, trainable_parameters  # noqa: E402
+from corsa.engine import SamMemory, compute_reference, corsa_step, micro_batches, trainable_parameters  # noqa: E402
 from corsa.metrics import contains  # noqa: E402
 from corsa.generate import generate  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402
@@ -53,9 +53,10 @@ from straightforward import straightforward_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTERFACT = ROOT.parent / "shared" / "data" / "counterfact" / "easyedit" / "counterfact-edit.json"
-METHODS = ("lora", "sam", "dpo", "corsa", "corsa-reuse", "straightforward")
+METHODS = ("lora", "sam", "dpo", "corsa", "corsa-reuse", "corsa-momentum", "straightforward")
 # benchmark rows that are a method with one option set (the cheaper sharpness step, issue "A CoRSA update in seconds")
-VARIANTS = {"straightforward": dict(method="corsa"), "corsa-reuse": dict(method="corsa", sharpness="reuse")}
+VARIANTS = {"straightforward": dict(method="corsa"), "corsa-reuse": dict(method="corsa", sharpness="reuse"),
+            "corsa-momentum": dict(method="corsa", sharpness="momentum")}
 MiB = 2 ** 20
 
 # Per model: the step batch, and the CoRSA hyperparameters for time to edit. On SmolLM2 these
@@ -155,6 +156,9 @@ def bench_steps(name: str, device, data: Path, steps: int, warmup: int, n_edits:
     ref = compute_reference(model, fmt, encoded, cfgs["corsa"], max(batch_size, 16))
     reference_s = time.perf_counter() - t0
     optimizers = {m: torch.optim.AdamW(params, lr=1e-4) for m in METHODS}
+    # the last direction, kept from step to step (corsa-momentum: after the warm-up round every
+    # measured step perturbs along it, as every step of an update but its first does)
+    memories = {m: SamMemory() for m in METHODS}
     model.train()
 
     def one_step(method):
@@ -163,7 +167,7 @@ def bench_steps(name: str, device, data: Path, steps: int, warmup: int, n_edits:
         if method == "straightforward":
             straightforward_step(model, params, cfg, encoded, group, pad_id, gen)
         else:
-            corsa_step(model, params, cfg, encoded, ref, group, pad_id, gen)
+            corsa_step(model, params, cfg, encoded, ref, group, pad_id, gen, None, memories[method])
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizers[method].step()
         optimizers[method].zero_grad(set_to_none=True)
@@ -279,6 +283,7 @@ def ratios_and_targets(steps: dict, tte: dict | None) -> tuple[dict, dict]:
         "corsa_step <= 0.6 x straightforward": (ratios["time/corsa_over_straightforward"], 0.6),
         "corsa_step <= 3.5 x lora": (ratios["time/corsa_over_lora"], 3.5),
         "cheaper sharpness step (corsa-reuse) <= 2.5 x lora": (ratios["time/corsa-reuse_over_lora"], 2.5),
+        "cheaper sharpness step (corsa-momentum) <= 2.5 x lora": (ratios["time/corsa-momentum_over_lora"], 2.5),
         "corsa_peak_memory <= 1.5 x lora": (ratios["peak_total/corsa_over_lora"], 1.5),
     }
     if tte is not None:

@@ -369,6 +369,50 @@ def test_reuse_takes_the_probe_mix_of_both_gradients_at_the_perturbed_point(tiny
     assert (n_reuse, len(calls)) == (6, 8)
 
 
+def test_momentum_perturbs_along_the_last_direction_in_one_pass(tiny, toy_edits):
+    from corsa.engine import SamMemory
+    from corsa.engine import combine as merge
+    from corsa.sam import add_flat_, restore_, snapshot
+
+    editor = Editor(tiny, method="corsa", rho=0.5, sharpness="momentum", max_grad_norm=0, progress=False)
+    params = trainable_parameters(editor.model)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+    cfg, pad, group = editor.config, editor.tokenizer.pad_token_id, [[0, 1, 2], [3, 4, 5]]
+    enc = encode_edits(editor.fmt, toy_edits, None, need_rejected=True)
+    ref = compute_reference(editor.model, editor.fmt, enc, cfg, 8)
+    editor.model.train()
+    before = snapshot(params)
+    memory = SamMemory()
+    # the first step has no direction: it is the exact step, and leaves its g' as the direction
+    corsa_step(editor.model, params, cfg, enc, ref, group, pad, torch.Generator().manual_seed(0), None, memory)
+    first = torch.cat([p.grad.reshape(-1) for p in params])
+    exact_cfg = EditConfig.from_dict({**cfg.resolved(), "sharpness": "exact"})
+    corsa_step(editor.model, params, exact_cfg, enc, ref, group, pad, torch.Generator().manual_seed(0))
+    assert torch.equal(first, torch.cat([p.grad.reshape(-1) for p in params]))
+    assert torch.equal(memory.direction, first)
+    # a later step: by hand, ε = ρ·d/‖d‖ for a direction d, then PCGrad of both gradients there
+    d = torch.randn_like(first)
+    memory.direction = d.clone()
+    add_flat_(params, sam_perturbation(d, 0.5))
+    want = merge(objective_gradients(editor.model, params, cfg, enc, ref, group, pad), cfg,
+                 torch.Generator().manual_seed(0))
+    restore_(params, before)
+    calls = []
+    real = torch.autograd.grad
+    torch.autograd.grad = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        corsa_step(editor.model, params, cfg, enc, ref, group, pad, torch.Generator().manual_seed(0), None, memory)
+    finally:
+        torch.autograd.grad = real
+    got = torch.cat([p.grad.reshape(-1) for p in params])
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-4), (got - want).abs().max()
+    assert all(torch.equal(p, q) for p, q in zip(params, before))  # the adapter is restored exactly
+    assert len(calls) == 4  # one pass: two backwards per micro-batch, against 8 for the exact step
+    assert torch.equal(memory.direction, got)  # the next step perturbs along this one
+
+
 def test_sharpness_is_an_option_of_the_rows_with_sam():
     assert EditConfig(method="corsa").value("sharpness") == "exact"
     assert EditConfig(method="sam", sharpness="reuse").value("sharpness") == "reuse"

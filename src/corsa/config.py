@@ -92,8 +92,9 @@ class EditConfig:
                 "subject; the rest get the unedited model, exactly). Saved with the adapter (corsa.scope)"})
     sharpness: str | None = field(default=None, metadata={
         "help": "the gradient at the SAM point φ+ε: exact (∇L_DPO and ∇L_SFT again, merged again: two "
-                "backwards) or reuse (one backward of the probe pass's merge a·L_DPO + b·λL_SFT); "
-                "methods with SAM"})
+                "backwards), reuse (one backward of the probe pass's merge a·L_DPO + b·λL_SFT) or momentum "
+                "(ε = ρ·d/‖d‖ along the previous step's direction d, so a step is one pass instead of two; "
+                "Momentum-SAM, Becker et al. 2024); methods with SAM"})
     # prompts
     template: str = field(default="auto", metadata={"help": "chat, raw, or auto (chat when the tokenizer has a template)"})
     # stopping (method.md §4: documented alternatives to a fixed number of epochs)

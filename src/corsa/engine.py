@@ -283,12 +283,25 @@ def combine(grads: Gradients, cfg: EditConfig, generator: torch.Generator) -> to
     return COMBINERS[cfg.combiner]([grads.dpo, grads.sft], generator)
 
 
-def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Preservation | None = None) -> dict:
+@dataclass
+class SamMemory:
+    """What ``sharpness="momentum"`` keeps from one step to the next: the last step's direction g'."""
+
+    direction: torch.Tensor | None = None
+
+
+def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Preservation | None = None,
+               memory: SamMemory | None = None) -> dict:
     """One optimisation step of method.md §3; returns the step's log entry.
 
     The optimizer step itself is left to the caller: this fills `p.grad` with g'. Under data
     parallelism the gradients arrive already averaged over workers, so PCGrad, ε and g' are
     computed from identical inputs (and an identical generator) on every worker.
+
+    With ``sharpness="momentum"`` and a `memory` that holds the previous step's g', ε = ρ·g'/‖g'‖
+    is taken along it and the probe pass at φ is skipped: one pass per step instead of two
+    (Momentum-SAM, Becker et al. 2024, Eq. 4, with the last descent gradient as the momentum). The
+    first step of an update has no direction yet and takes the exact step.
     """
     if pres is not None:  # this step's anchors, drawn from the shared generator (same on every worker)
         from . import preserve
@@ -296,13 +309,24 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Pr
         pres.idx = torch.randperm(len(pres.anchors), generator=generator)[:pres.batch_size].tolist()
         pres.batch = preserve.batch(pres.anchors, pres.idx, pad)
         pres.base_logp = None
+    rho = cfg.sam_rho
+    if rho > 0 and cfg.value("sharpness") == "momentum" and memory is not None and memory.direction is not None:
+        saved = snapshot(params)                            # exact copy of φ
+        add_flat_(params, sam_perturbation(memory.direction, rho))  # φ ← φ + ρ·d/‖d‖, d the last g'
+        perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
+        g = combine(perturbed, cfg, generator)              # g' at φ+ε
+        restore_(params, saved)
+        log = dict(perturbed.stats)
+        log["sam/grad_norm"] = g.norm().item()
+        memory.direction = g
+        _set_grads(params, g)
+        return log
     grads = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
     g = combine(grads, cfg, generator)                      # g = PCGrad(g_dpo, g_sft)
     log = dict(grads.stats)
     if grads.dpo is not None:
         log["grad/cos_sft_dpo"] = cosine(grads.sft, grads.dpo)
     log["grad/norm"] = g.norm().item()
-    rho = cfg.sam_rho
     if rho > 0:
         saved = snapshot(params)                            # exact copy of φ
         add_flat_(params, sam_perturbation(g, rho))         # φ ← φ + ρ·g/‖g‖
@@ -315,11 +339,17 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Pr
             g = combine(perturbed, cfg, generator)          # g' at φ+ε
         restore_(params, saved)                             # φ ← saved φ, not φ − ε
         log["sam/grad_norm"] = g.norm().item()
+    if memory is not None:
+        memory.direction = g
+    _set_grads(params, g)
+    return log
+
+
+def _set_grads(params, g: torch.Tensor) -> None:
     offset = 0
     for p in params:
         p.grad = g[offset:offset + p.numel()].view_as(p).to(p.dtype).clone()
         offset += p.numel()
-    return log
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -504,6 +534,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
         held = replay_held if replay_held is not None else holding(model, fmt, encoded[n_new:], cfg, eval_bs)
         active = list(range(n_new)) + [n_new + j for j, ok in enumerate(held) if not ok]
         final_held = [False] * n_new + list(held)  # what is known before the first pass (hold_test)
+    memory = SamMemory()  # the last step's direction, for sharpness="momentum"; none at an update's start
     model.train()
     bar = tqdm(total=total, desc=f"update {update_index + 1} · {cfg.method}", unit="step", leave=False,
                disable=not dist.show_bar(progress))
@@ -515,7 +546,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
         for s in range(0, len(batches), cfg.grad_accum):
             group = batches[s:s + cfg.grad_accum]
             t0 = time.perf_counter()
-            log = corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres)
+            log = corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres, memory)
             step += 1
             check_finite(log, params, step, group, edits)
             if cfg.max_grad_norm > 0:

@@ -76,9 +76,10 @@ OPTIONS: dict[str, Option] = {
     "mom2_weight": Option("memit", 1500.0, "--mom2-weight"),
     "nullspace_threshold": Option("alphaedit", 1e-2, "--nullspace-threshold"),
     "alphaedit_l2": Option("alphaedit", 0.3, "--alphaedit-l2"),
-    # the gradient at φ+ε: exact (both objectives' gradients again, combined again) or reuse (one
-    # backward of the probe pass's combination a·L_DPO + b·λL_SFT; exact when the row has no DPO)
-    "sharpness": Option("sam", "exact", "--sharpness", off="none", choices=("exact", "reuse")),
+    # the gradient at φ+ε: exact (both objectives' gradients again, combined again), reuse (one
+    # backward of the probe pass's combination a·L_DPO + b·λL_SFT; exact when the row has no DPO),
+    # or momentum (ε along the previous step's direction, so no probe pass: Becker et al. 2024)
+    "sharpness": Option("sam", "exact", "--sharpness", off="none", choices=("exact", "reuse", "momentum")),
 }
 
 
