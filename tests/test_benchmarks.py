@@ -70,7 +70,7 @@ def test_quick_benchmark_writes_raw_figures_ratios_and_targets(tmp_path):
     assert {"command", "machine", "versions", "memory_method", "models"} <= set(result)
     tiny = result["models"]["tiny"]
     methods = tiny["step"]["methods"]
-    assert set(methods) == {"lora", "sam", "dpo", "corsa", "corsa-reuse", "straightforward"}
+    assert set(methods) == {"lora", "sam", "dpo", "corsa", "corsa-reuse", "corsa-momentum", "straightforward"}
     for v in methods.values():
         assert len(v["times_s"]) >= 2 and v["median_s"] > 0 and v["peak_step_mib"] > 0
         assert v["peak_total_mib"] > v["peak_step_mib"]
