@@ -82,7 +82,8 @@ def test_quick_benchmark_writes_raw_figures_ratios_and_targets(tmp_path):
     assert {"time/corsa_over_lora", "time/corsa_over_straightforward", "peak_total/corsa_over_lora",
             "time_to_edit/early_stop_over_fixed"} <= set(tiny["ratios"])
     assert all({"value", "limit", "met"} == set(t) for t in tiny["targets"].values())
-    assert len(tiny["targets"]) == 6 and "time/corsa-reuse_over_lora" in tiny["ratios"]
+    assert len(tiny["targets"]) == 7 and "time/corsa-reuse_over_lora" in tiny["ratios"]
+    assert "time/corsa-momentum_over_lora" in tiny["ratios"]
 
 
 def test_stream_cost_times_every_update_of_every_method_and_where_it_went(tmp_path):
