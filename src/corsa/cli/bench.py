@@ -13,7 +13,9 @@ from .options import (add_config_file, add_config_options, add_device, add_eval_
 # the spec's defaults, written once (BenchSpec)
 _DEFAULT = {f.name: f.default for f in dataclasses.fields(BenchSpec)}
 DEFAULT_METHODS = ",".join(_DEFAULT["methods"])
-CODE_EDITS = 6  # API updates: each brings 3-11 tasks whose programs are sampled and run
+# API updates, in updates: each brings 3-11 tasks whose programs are sampled and run, and whose
+# reference solutions (hundreds of tokens) are trained: on 2 CPU cores a bench of 4 takes about an hour
+CODE_EDITS, CODE_UPDATES = 4, 2
 
 
 def register(sub) -> None:
@@ -30,8 +32,9 @@ def register(sub) -> None:
     b.add_argument("--edits", type=int, default=None,
                    help=f"how many edits, chosen with --seed (default: {_DEFAULT['n_edits']}); for a CodeUpdateArena "
                         f"file, how many API updates (default: {CODE_EDITS})")
-    b.add_argument("--updates", type=int, default=_DEFAULT["n_updates"],
-                   help=f"split the edits into this many updates (default: {_DEFAULT['n_updates']})")
+    b.add_argument("--updates", type=int, default=None,
+                   help=f"split the edits into this many updates (default: {_DEFAULT['n_updates']}; "
+                        f"{CODE_UPDATES} for a CodeUpdateArena file)")
     b.add_argument("--seed", type=int, default=_DEFAULT["seed"],
                    help=f"chooses the edits and seeds every method's training (default: {_DEFAULT['seed']})")
     b.add_argument("--out", required=True, type=output_path, help="output folder (rerun the same command to resume)")
@@ -67,6 +70,8 @@ def run(args) -> int:
     code = is_arena(args.data)
     if args.edits is None:
         args.edits = CODE_EDITS if code else _DEFAULT["n_edits"]
+    if args.updates is None:
+        args.updates = CODE_UPDATES if code else _DEFAULT["n_updates"]
     spec = spec_of(args, args.data, args.methods, args.set)
     if code:  # API updates: programs run in the sandbox, Pass@k (corsa.code.bench)
         return run_code_spec(spec)
