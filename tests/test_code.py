@@ -230,3 +230,32 @@ def test_the_one_filler_gives_a_program_its_unedited_program_as_y_minus(tiny):
         assert e.target_old.startswith("```python\n") and e.target_old.endswith("\n```")
         assert e.target_old != e.target_new
     assert not filled[1].target_old.startswith("```")  # a fact keeps the short-answer rule
+
+
+def test_a_solution_that_ends_the_program_before_the_tests_does_not_pass():
+    task = load_arena(UNGROUPED)[0][0]
+    cheats = [task.reference + "\nimport sys\nsys.exit(0)\n",
+              task.reference + "\nimport unittest\nunittest.main()\n",
+              "import os\nos._exit(0)\n"]
+    (record,) = run_tests([task], [[task.reference, *cheats]], timeout_s=20)
+    assert record["passed"] == [True, False, False, False]
+    assert record["status"][1:] == ["failed"] * 3
+
+
+def test_upass_needs_a_real_failure_without_the_update(monkeypatch):
+    import corsa.code.evaluate as ev
+    from corsa.sandbox import Outcome
+
+    task = load_arena(UNGROUPED)[1][0]
+    real = ev.run_programs
+    calls = []
+
+    def flaky(sources, **kw):  # the run without the update times out: that proves nothing
+        calls.append(len(sources))
+        if len(calls) == 2:
+            return [Outcome("timeout", -9, "", "", 10.0, "killed at the time limit") for _ in sources]
+        return real(sources, **kw)
+
+    monkeypatch.setattr(ev, "run_programs", flaky)
+    (record,) = run_tests([task], [[task.reference]], timeout_s=20)
+    assert record["passed"] == [True] and record["upassed"] == [False]

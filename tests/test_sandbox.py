@@ -204,3 +204,47 @@ def test_many_files_cannot_fill_the_disk():
     out = run_program(source, timeout_s=30)
     assert out.status != "passed"
     assert len(out.stdout.split()) < 8
+
+
+def test_memory_is_limited_for_all_of_the_programs_processes_together():
+    # four processes of 200 MB each, each under a 256 MB address-space limit: 800 MB in all
+    source = (
+        "import os, time\n"
+        "kids = []\n"
+        "for i in range(4):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        block = bytearray(200 * 2**20)\n"
+        "        time.sleep(2)\n"
+        "        os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "print(sum(os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) == -9 for k in kids))\n"
+    )
+    out = run_program(source, timeout_s=20, memory_mb=256)
+    assert not _sandbox_processes()
+    if os.getuid() == 0:  # corsa made the run a memory cgroup: children over it are killed
+        assert out.isolation["cgroups"] >= 1
+        assert out.status == "passed" and int(out.stdout) >= 1
+    else:  # without cgroups only the per-process limits hold, and isolation says so
+        assert out.isolation["cgroups"] == 0
+
+
+def test_the_program_sees_only_its_own_processes():
+    out = run_program("import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))")
+    assert out.status == "passed" and int(out.stdout) < 5
+
+
+def test_an_assertion_that_mentions_memory_is_a_failure():
+    out = run_program("assert False, 'expected a MemoryError here'")
+    assert out.status == "failed"
+
+
+def test_only_the_end_of_a_long_output_is_kept():
+    out = run_program("import sys\nsys.stderr.write('x' * (3 << 20))\nraise TypeError('the real error')")
+    assert out.status == "error" and "TypeError: the real error" in out.detail
+
+
+def test_the_sandbox_works_here():
+    from corsa.sandbox import check
+
+    check()  # raises ConfigError with the reason where programs cannot run

@@ -104,6 +104,9 @@ def run_code(args) -> int:
         split = {"train": chosen["train"], "held_out": chosen["held_out"]}
     if not tasks:
         raise ConfigError(f"{args.edits} holds no task to measure" + (" of --code-split" if args.code_split else ""))
+    from .. import sandbox
+
+    sandbox.check()  # before the model loads: where programs cannot run, say so at once
     editor = Editor(args.model, adapter=args.adapter, template=args.template, device=args.device, progress=False)
     options = dict(samples=settings.sample or SAMPLES, temperature=settings.temperature if settings.sample else TEMPERATURE,
                    max_new_tokens=settings.max_new_tokens if settings.max_new_tokens != FACT_TOKENS else NEW_TOKENS,

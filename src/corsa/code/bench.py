@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import old_answers
+from .. import old_answers, sandbox
 from ..errors import ConfigError
 from ..io import (atomic_dir, atomic_write_json, atomic_write_text, check_not_inside, check_ours, check_writable,
                   output_lock, sha256_file)
@@ -86,7 +86,12 @@ class CodeBench:
                               f"for CodeUpdateArena)")
         if k < 1 or n % k:
             raise ConfigError(f"--edits {n} must split into --updates {k} equal parts")
-        chosen = self.choose(groups, n, spec.seed)
+        sandbox.check()  # one clear message where programs cannot run, before anything is chosen
+        tasks_file = self.out / "tasks.json"
+        if tasks_file.exists():  # a resumed run measures the tasks it chose, whatever timing said since
+            chosen = self.chosen_before(groups, json.loads(tasks_file.read_text()))
+        else:
+            chosen = self.choose(groups, n, spec.seed)
         self.groups = [chosen[i * (n // k):(i + 1) * (n // k)] for i in range(k)]  # [update][api update][task]
         self.split = split_tasks(chosen, spec.seed)
         self.log(f"bench · loading {spec.model}")
@@ -150,6 +155,17 @@ class CodeBench:
         if self.dropped:
             self.log(f"bench · {len(self.dropped)} tasks left out: their reference fails here (tasks.json)")
         return chosen
+
+    def chosen_before(self, groups: list[list[CodeTask]], record: dict) -> list[list[CodeTask]]:
+        """The API updates and tasks a first run chose (its tasks.json), in its order."""
+        by_update = {g[0].update.id: g for g in groups}
+        self.dropped = record.get("dropped", {})
+        keep = set(record["train"]) | set(record["held_out"])
+        try:
+            return [[t for t in by_update[u] if t.id in keep] for ids in record["updates"] for u in ids]
+        except KeyError as e:
+            raise ConfigError(f"{self.out / 'tasks.json'} names the API update {e.args[0]}, which "
+                              f"{self.spec.data} does not hold: choose another --out") from None
 
     def tasks(self, k: int) -> list[CodeTask]:
         """The tasks of API updates in bench updates 1..k."""

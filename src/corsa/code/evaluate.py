@@ -18,6 +18,7 @@ the same programs.
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import torch
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from ..generate import generate
 from ..sandbox import run_programs
 from .arena import CodeTask
-from .programs import extract_code, pass_at_k, program_for
+from .programs import extract_code, pass_at_k, program_for, ran_to_the_end
 
 KS = (1, 5)
 
@@ -59,25 +60,34 @@ def sample_programs(model, fmt, tasks: list[CodeTask], *, samples: int, temperat
 
 def run_tests(tasks: list[CodeTask], programs: list[list[str]], *, timeout_s: float, workers: int | None = None,
               progress: bool = False) -> list[dict]:
-    """Each task's record: its programs' outcomes with the update, and without it where they passed."""
+    """Each task's record: its programs' outcomes with the update, and without it where they passed.
+
+    A program passes when it exits 0 *and* prints the run's random token after the last test
+    (:func:`corsa.code.programs.ran_to_the_end`), so one that exits early is not counted. It
+    passes *only* with the update (UPass) when the run without the update failed or broke
+    (``failed``, ``error``): a timeout or a sandbox fault there proves nothing.
+    """
+    token = f"corsa-tests-done-{secrets.token_hex(8)}"
     jobs = [(i, s) for i, per in enumerate(programs) for s in range(len(per))]
     with tqdm(total=2, desc="code · running programs", disable=not progress, leave=False) as bar:
-        with_update = run_programs([program_for(tasks[i], programs[i][s]) for i, s in jobs],
+        with_update = run_programs([program_for(tasks[i], programs[i][s], token=token) for i, s in jobs],
                                    timeout_s=timeout_s, workers=workers)
         bar.update(1)
-        passing = [j for j, o in enumerate(with_update) if o.passed]
-        without = run_programs([program_for(tasks[jobs[j][0]], programs[jobs[j][0]][jobs[j][1]], with_update=False)
-                                for j in passing], timeout_s=timeout_s, workers=workers)
+        ok = [o.passed and ran_to_the_end(o.stdout, token) for o in with_update]
+        passing = [j for j, good in enumerate(ok) if good]
+        without = run_programs([program_for(tasks[jobs[j][0]], programs[jobs[j][0]][jobs[j][1]], with_update=False,
+                                            token=token) for j in passing], timeout_s=timeout_s, workers=workers)
         bar.update(1)
-    passes_without = {j: o.passed for j, o in zip(passing, without)}
+    only_with = {j: o.status in ("failed", "error") for j, o in zip(passing, without)}
     records = [{"id": t.id, "update": t.update.id, "programs": programs[i], "status": [], "detail": [],
                 "passed": [], "upassed": []} for i, t in enumerate(tasks)]
     for j, ((i, _s), outcome) in enumerate(zip(jobs, with_update)):
         rec = records[i]
-        rec["status"].append(outcome.status)
-        rec["detail"].append(outcome.detail[:200])
-        rec["passed"].append(outcome.passed)
-        rec["upassed"].append(outcome.passed and not passes_without.get(j, True))
+        status = outcome.status if ok[j] or outcome.status != "passed" else "failed"
+        rec["status"].append(status)
+        rec["detail"].append(outcome.detail[:200] if status == outcome.status else "ended before its tests had run")
+        rec["passed"].append(ok[j])
+        rec["upassed"].append(ok[j] and only_with.get(j, False))
     for rec in records:
         n = len(rec["passed"])
         rec["n"], rec["c"], rec["u"] = n, sum(rec["passed"]), sum(rec["upassed"])

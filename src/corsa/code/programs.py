@@ -38,8 +38,14 @@ def fence(code: str) -> str:
     return f"```python\n{code.strip()}\n```"
 
 
-def program_for(task: CodeTask, solution: str, *, with_update: bool = True) -> str:
-    """The program that runs ``solution`` against ``task``'s unit tests (module docstring)."""
+def program_for(task: CodeTask, solution: str, *, with_update: bool = True, token: str | None = None) -> str:
+    """The program that runs ``solution`` against ``task``'s unit tests (module docstring).
+
+    With a ``token``, the program prints it after the last test: a solution that ends the
+    program early (``sys.exit(0)``, ``unittest.main()``) exits 0 without running the tests, and
+    is told apart by the missing token (:func:`ran_to_the_end`). It guards against accidents, not
+    a program that reads its own source to find the token.
+    """
     update = task.update
     parts = [task.imports]
     if update.imports.strip() != task.imports.strip():
@@ -47,7 +53,15 @@ def program_for(task: CodeTask, solution: str, *, with_update: bool = True) -> s
     if with_update:
         parts += [update.implementation, f"setattr({update.module}, {update.new_name!r}, {update.new_name})"]
     parts += [solution, task.unit_tests, "\n".join(f"{name}()" for name in task.tests)]
+    if token is not None:
+        parts.append(f"print({token!r}, flush=True)")
     return "\n\n".join(parts) + "\n"
+
+
+def ran_to_the_end(stdout: str, token: str) -> bool:
+    """Whether the program printed ``token`` as its last line: every test ran, and passed."""
+    lines = stdout.rstrip("\n").rsplit("\n", 1)
+    return bool(lines) and lines[-1] == token
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -57,13 +57,14 @@ class Outcome:
         return self.status == "passed"
 
 
-def classify(returncode: int | None, stderr: str, timed_out: bool) -> tuple[str, str]:
+def classify(returncode: int | None, stderr: str, timed_out: bool, oom_killed: bool = False) -> tuple[str, str]:
     """The status of a finished program and a one-line reason, from its exit and its stderr.
 
     ``passed``: exit 0. ``timeout``: killed at the wall-clock limit, or by the CPU limit
-    (SIGXCPU, -24). ``memory``: a MemoryError or an allocator's failure (the address-space limit)
-    ``failed``: an AssertionError (a unit test), or a non-zero exit
-    without a traceback. ``error``: any other exception or signal (the program is broken).
+    (SIGXCPU, -24). ``memory``: the program's last exception is a MemoryError or an allocator's
+    failure (the address-space limit), or the run's memory cgroup killed it (``oom_killed``).
+    ``failed``: its last exception is an AssertionError (a unit test), or a non-zero exit without
+    a traceback. ``error``: any other exception or signal (the program is broken).
     """
     if timed_out or returncode == -24:
         return "timeout", "killed at the time limit"
@@ -73,12 +74,14 @@ def classify(returncode: int | None, stderr: str, timed_out: bool) -> tuple[str,
         return "error", _last_line(stderr)
     exceptions = _LAST_EXCEPTION.findall(stderr)
     last = exceptions[-1] if exceptions else ""
-    if _MEMORY.search(stderr):
-        return "memory", last or "killed"
     if last == "AssertionError":
         return "failed", _last_line(stderr)
+    if oom_killed or (last and (_MEMORY.search(last) or _MEMORY.search(_last_line(stderr)))):
+        return "memory", _last_line(stderr) or "killed: over the memory limit"
     if not last and returncode is not None and returncode > 0 and "Traceback" not in stderr:
         return "failed", f"exit status {returncode}"
+    if returncode is not None and returncode < 0 and not last:
+        return "error", f"killed by signal {-returncode}"
     return "error", _last_line(stderr) or f"exit status {returncode}"
 
 
@@ -109,13 +112,112 @@ def _passwd_home() -> str:
 
 def _interpreter_paths(python: str | None) -> list[str]:
     """The directories the program's interpreter reads: kept visible when the home is covered."""
-    import site
-    import sysconfig
-
     exe = python or sys.executable
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(exe)),
-             *site.getsitepackages(), *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))}
-    return sorted(os.path.realpath(p) for p in paths if p)
+    if os.path.realpath(exe) != os.path.realpath(sys.executable):  # another interpreter: ask it
+        try:
+            done = subprocess.run([exe, "-I", "-c", _PATHS_SCRIPT], capture_output=True, text=True, timeout=30)
+            found = json.loads(done.stdout)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            found = []
+    else:
+        found = json.loads(_paths_here())
+    return sorted({os.path.realpath(p) for p in [*found, os.path.dirname(os.path.realpath(exe))] if p})
+
+
+_PATHS_SCRIPT = """
+import json, site, sys, sysconfig
+paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(),
+         *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))]
+print(json.dumps(paths))
+"""
+
+
+def _paths_here() -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(_PATHS_SCRIPT, {})  # the same script, in this interpreter
+    return out.getvalue()
+
+
+class _Cgroups:
+    """Memory and process limits for the program's processes together (cgroup v2, else v1).
+
+    rlimits hold per process: 64 processes of 1 GiB each would be 64 GiB. Where corsa may create
+    cgroups (as root, these machines), the run gets its own memory and pids cgroup, which the
+    supervisor joins before it forks the program; removed after the run. Where it may not, the
+    per-process limits are what is left (``isolation["cgroups"]`` says 0).
+    """
+
+    def __init__(self, memory_mb: int, processes: int):
+        self.paths: list[Path] = []
+        name = f"corsa-sandbox-{secrets.token_hex(6)}"
+        memory = str((memory_mb + 128) << 20)  # the supervisor's own interpreter is in it too
+        pids = str(processes + 8)
+        v2 = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cgroup.controllers").exists() \
+            else Path("/sys/fs/cgroup")
+        wanted = {"memory": ("memory.max", memory), "pids": ("pids.max", pids)}
+        try:
+            enabled = set((v2 / "cgroup.subtree_control").read_text().split())
+        except OSError:
+            enabled = set()
+        for controller, (limit, value) in wanted.items():
+            v1 = Path("/sys/fs/cgroup") / controller
+            if controller in enabled:
+                target, limit_file = v2 / name, limit
+            elif (v1 / "cgroup.procs").exists() and not (v1 / "cgroup.controllers").exists():
+                target, limit_file = v1 / name, {"memory": "memory.limit_in_bytes", "pids": "pids.max"}[controller]
+            else:
+                continue
+            try:
+                target.mkdir(exist_ok=True)
+                (target / limit_file).write_text(value)
+                if controller == "memory" and (target / "memory.memsw.limit_in_bytes").exists():
+                    (target / "memory.memsw.limit_in_bytes").write_text(value)  # no way around it through swap
+                if target not in self.paths:
+                    self.paths.append(target)
+            except OSError:
+                continue
+
+    def oom_killed(self) -> bool:
+        for path in self.paths:
+            for name in ("memory.events", "memory.oom_control"):
+                try:
+                    text = (path / name).read_text()
+                except OSError:
+                    continue
+                if any(line.split()[0] == "oom_kill" and int(line.split()[1]) > 0
+                       for line in text.splitlines() if len(line.split()) == 2):
+                    return True
+        return False
+
+    def remove(self) -> None:
+        for path in self.paths:
+            for _ in range(50):  # the supervisor has exited; its cgroup empties a moment later
+                try:
+                    path.rmdir()
+                    break
+                except OSError:
+                    import time
+
+                    time.sleep(0.02)
+
+
+def check() -> None:
+    """Raise :class:`corsa.errors.ConfigError` with the reason when programs cannot run here.
+
+    One trivial program through :func:`run_program`: before a benchmark runs hundreds, so that a
+    kernel without namespaces or an unreadable interpreter is one clear message, not a column of
+    failed tasks.
+    """
+    from ..errors import ConfigError
+
+    outcome = run_program("print('ok')", timeout_s=30)
+    if outcome.status != "passed" or outcome.stdout.strip() != "ok":
+        raise ConfigError(f"the sandbox cannot run programs here: {outcome.detail or outcome.status}. "
+                          f"Generated code is only ever run in it, so code benchmarks cannot run")
 
 
 def run_program(source: str, timeout_s: float = 10, memory_mb: int = 1024, *,
@@ -143,18 +245,27 @@ def run_program(source: str, timeout_s: float = 10, memory_mb: int = 1024, *,
         config = {"workdir": workdir, "python": python or sys.executable, "timeout_s": timeout_s,
                   "memory_mb": memory_mb, "file_mb": file_mb, "disk_mb": disk_mb, "processes": processes, "uid": uid,
                   "homes": homes, "keep": _interpreter_paths(python), "env": _environment(workdir)}
+        cgroups = _Cgroups(memory_mb, processes) if root else None
+        config["cgroups"] = [str(p) for p in cgroups.paths] if cgroups else []
         try:
             done = subprocess.run([sys.executable, "-I", str(_SUPERVISOR), json.dumps(config)],
                                   capture_output=True, text=True, timeout=timeout_s + 30,
                                   start_new_session=True, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return Outcome("error", None, "", "", timeout_s + 30, "the sandbox's supervisor did not finish")
+        finally:
+            oom = cgroups.oom_killed() if cgroups else False
+            if cgroups:
+                cgroups.remove()
         try:
             result = json.loads(done.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
             return Outcome("error", None, "", done.stderr[-2000:], 0.0,
                            f"the sandbox's supervisor failed: {_last_line(done.stderr)}")
-        status, detail = classify(result["returncode"], result["stderr"], result["timed_out"])
+        if "refused" in result:
+            return Outcome("error", None, "", "", 0.0, f"sandbox unavailable: {result['refused']}",
+                           result["isolation"])
+        status, detail = classify(result["returncode"], result["stderr"], result["timed_out"], oom)
         if result["survivors"]:
             detail = f"{detail}; {result['survivors']} of its processes could not be killed".lstrip("; ")
         return Outcome(status, result["returncode"], result["stdout"], result["stderr"], result["seconds"],

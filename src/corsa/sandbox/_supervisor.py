@@ -31,6 +31,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import resource
 import selectors
 import signal
@@ -44,7 +45,7 @@ CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
-OUTPUT_LIMIT = 1 << 20  # bytes of stdout and of stderr kept; the rest is read and dropped
+OUTPUT_LIMIT = 1 << 20  # bytes of stdout and of stderr kept (the last ones: a traceback ends its output)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -81,17 +82,19 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
 
-def _mount_points() -> list[tuple[str, int]]:
-    """Every mount point of this namespace, with the per-mount flags a read-only remount must keep."""
+def _mount_points() -> list[tuple[str, int, bool]]:
+    """Every mount point of this namespace: its path, the per-mount flags a read-only remount must
+    keep, and whether it is writable now. Paths are read as bytes and their octal escapes (``\\040``
+    for a space) undone, so a name in any encoding is found as it is."""
     points = []
-    with open("/proc/self/mountinfo") as f:
+    with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")  # \040 for a space, and so on
-            options = fields[5].split(",")
+            raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            options = fields[5].decode().split(",")
             keep = (MS_NOSUID if "nosuid" in options else 0) | (MS_NODEV if "nodev" in options else 0) \
                 | (MS_NOEXEC if "noexec" in options else 0)
-            points.append((point, keep))
+            points.append((os.fsdecode(raw), keep, "rw" in options))
     return points
 
 
@@ -130,11 +133,11 @@ def isolate(workdir: str, homes: list[str], keep: list[str], disk_mb: int = 256)
         state["error"] = str(e)
         return state
     state["namespaces"] = state["network"] = True
-    if uid != 0:  # map ourselves to ourselves: the same files stay ours, nothing else becomes so
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"{uid} {uid} 1")
-        _write("/proc/self/gid_map", f"{gid} {gid} 1")
     try:
+        if uid != 0:  # map ourselves to ourselves: the same files stay ours, nothing else becomes so
+            _write("/proc/self/setgroups", "deny")
+            _write("/proc/self/uid_map", f"{uid} {uid} 1")
+            _write("/proc/self/gid_map", f"{gid} {gid} 1")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host
         # the directory becomes a tmpfs of its own, kept writable, of bounded size (a program writing
         # many files cannot fill the host's disk) and gone with the namespace; the program is copied in
@@ -152,14 +155,15 @@ def isolate(workdir: str, homes: list[str], keep: list[str], disk_mb: int = 256)
                 _cover(home, keep)
                 state["home_hidden"] = True
         failed = []
-        for point, keep in _mount_points():
-            if point == workdir:
+        for point, keep, writable in _mount_points():
+            if point == workdir or not writable:
                 continue
             try:
                 _mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
             except OSError as e:
                 failed.append(f"{point}: {e.strerror}")
-        state["filesystem"] = not any(f.startswith("/:") for f in failed)
+        # a writable mount left writable is a way out: the filesystem is isolated only if none is
+        state["filesystem"] = not failed
         if failed:
             state["read_only_failed"] = failed[:8]
     except OSError as e:
@@ -249,6 +253,41 @@ def kill_all(pid: int, uid: int | None) -> int:
         time.sleep(0.02)
 
 
+def _keep_tail(kept: bytearray, chunk: bytes) -> None:
+    kept += chunk
+    if len(kept) > OUTPUT_LIMIT:
+        del kept[:len(kept) - OUTPUT_LIMIT]
+
+
+def _join_cgroups(paths: list[str]) -> list[str]:
+    """Move this process (and so the program it forks) into the cgroups corsa made for the run.
+
+    Their memory and process limits hold for all of the program's processes together, which the
+    per-process rlimits do not. Done before the mounts turn read-only. Returns those joined.
+    """
+    joined = []
+    for path in paths:
+        try:
+            _write(os.path.join(path, "cgroup.procs"), str(os.getpid()))
+            joined.append(path)
+        except OSError:
+            pass
+    return joined
+
+
+def _fresh_proc() -> None:
+    """In the program's own pid namespace, a /proc that shows only its processes (best effort).
+
+    A mount namespace of its own first, so that the supervisor keeps seeing the host's /proc.
+    """
+    try:
+        _check(_libc.unshare(CLONE_NEWNS), "unshare")
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        _mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        pass
+
+
 def _limits(config: dict) -> None:
     timeout = float(config["timeout_s"])
     cpu = int(timeout) + 1
@@ -258,15 +297,24 @@ def _limits(config: dict) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(config["file_mb"]) << 20,) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (int(config["processes"]),) * 2)
+    processes = int(config["processes"])
+    if config.get("uid") is None or os.getuid() != 0:  # the same user as others: count them too
+        processes += len(_processes_of(os.getuid()))
+    resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
 
 
 def run(config: dict) -> dict:
     workdir = os.path.realpath(config["workdir"])
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    cgroups = _join_cgroups(config.get("cgroups", []))
     isolation = isolate(workdir, config["homes"], config["keep"], config.get("disk_mb", 256)) if config.get("isolate", True) else {"namespaces": False}
     uid = config.get("uid") if os.getuid() == 0 else None
     isolation["own_user"] = uid is not None
+    isolation["cgroups"] = len(cgroups)
+    if config.get("require_isolation", True) and not (isolation["namespaces"] and isolation.get("filesystem")):
+        # without them the program could write anywhere its user may: refuse rather than pretend
+        return {"refused": "the kernel refused the namespaces the sandbox needs "
+                           f"({isolation.get('error') or isolation.get('read_only_failed')})", "isolation": isolation}
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     started = time.monotonic()
@@ -282,6 +330,8 @@ def run(config: dict) -> dict:
                 os.close(fd)
             os.chdir(workdir)
             _limits(config)
+            if isolation["namespaces"]:
+                _fresh_proc()
             if uid is not None:
                 os.setgroups([])
                 os.setgid(uid)
@@ -307,8 +357,7 @@ def run(config: dict) -> dict:
             if not chunk:
                 selector.unregister(key.fd)
                 continue
-            kept = output[key.fd]
-            kept += chunk[: max(0, OUTPUT_LIMIT - len(kept))]
+            _keep_tail(output[key.fd], chunk)
         done, status_word = os.waitpid(pid, os.WNOHANG)
         if done:
             status = status_word
@@ -322,7 +371,7 @@ def run(config: dict) -> dict:
         os.set_blocking(fd, False)  # a survivor holding the pipe must not hang the supervisor
         try:
             while chunk := os.read(fd, 65536):
-                output[fd] += chunk[: max(0, OUTPUT_LIMIT - len(output[fd]))]
+                _keep_tail(output[fd], chunk)
         except OSError:
             pass
         os.close(fd)
