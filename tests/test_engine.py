@@ -326,13 +326,9 @@ def test_the_first_step_already_moves_the_adapter(tiny, toy_edits, tmp_path):
     assert json.loads((tmp_path / "run" / "log.jsonl").read_text())["lr"] == pytest.approx(1e-2)
 
 
-@pytest.mark.parametrize("combine", ["pcgrad", "pcgrad-release"])
-def test_reuse_takes_the_probe_mix_of_both_gradients_at_the_perturbed_point(tiny, toy_edits, combine):
-    from corsa.engine import combine as merge
-    from corsa.pcgrad import coefficients
-    from corsa.sam import add_flat_, restore_, snapshot
-
-    editor = Editor(tiny, method="corsa", rho=0.5, combine=combine, sharpness="reuse", max_grad_norm=0, progress=False)
+def _sam_setup(tiny, toy_edits, **options):
+    """A corsa editor (ρ 0.5) whose adapter is moved off zero, two micro-batches, their reference."""
+    editor = Editor(tiny, method="corsa", rho=0.5, max_grad_norm=0, progress=False, **options)
     params = trainable_parameters(editor.model)
     with torch.no_grad():
         for p in params:
@@ -341,6 +337,16 @@ def test_reuse_takes_the_probe_mix_of_both_gradients_at_the_perturbed_point(tiny
     enc = encode_edits(editor.fmt, toy_edits, None, need_rejected=True)
     ref = compute_reference(editor.model, editor.fmt, enc, cfg, 8)
     editor.model.train()
+    return editor, params, cfg, pad, group, enc, ref
+
+
+@pytest.mark.parametrize("combine", ["pcgrad", "pcgrad-release"])
+def test_reuse_takes_the_probe_mix_of_both_gradients_at_the_perturbed_point(tiny, toy_edits, combine):
+    from corsa.engine import combine as merge
+    from corsa.pcgrad import coefficients
+    from corsa.sam import add_flat_, restore_, snapshot
+
+    editor, params, cfg, pad, group, enc, ref = _sam_setup(tiny, toy_edits, combine=combine, sharpness="reuse")
     before = snapshot(params)
     # by hand: the probe pass's mix (a, b), then both gradients at φ + ρ·g/‖g‖, mixed the same way
     probe = objective_gradients(editor.model, params, cfg, enc, ref, group, pad)
@@ -374,15 +380,7 @@ def test_momentum_perturbs_along_the_last_direction_in_one_pass(tiny, toy_edits)
     from corsa.engine import combine as merge
     from corsa.sam import add_flat_, restore_, snapshot
 
-    editor = Editor(tiny, method="corsa", rho=0.5, sharpness="momentum", max_grad_norm=0, progress=False)
-    params = trainable_parameters(editor.model)
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn_like(p) * 0.05)
-    cfg, pad, group = editor.config, editor.tokenizer.pad_token_id, [[0, 1, 2], [3, 4, 5]]
-    enc = encode_edits(editor.fmt, toy_edits, None, need_rejected=True)
-    ref = compute_reference(editor.model, editor.fmt, enc, cfg, 8)
-    editor.model.train()
+    editor, params, cfg, pad, group, enc, ref = _sam_setup(tiny, toy_edits, sharpness="momentum")
     before = snapshot(params)
     memory = SamMemory()
     # the first step has no direction: it is the exact step, and leaves its g' as the direction

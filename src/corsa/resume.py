@@ -37,6 +37,20 @@ def refuse_changes(saved: dict, now: dict, where: Path, what: str, hint: str) ->
                           f"the saved settings to resume, {hint}")
 
 
+def finished_evals(folder: Path, k: int) -> list[dict]:
+    """The eval.json of folder/update-1 … update-`k` that a run finished, in order (a gap ends the list).
+
+    The run goes on from the last finished update's adapter: one that cannot be read is trained again.
+    """
+    evals = []
+    for j in range(1, k + 1):
+        try:
+            evals.append(json.loads((folder / f"update-{j}" / "eval.json").read_text()))
+        except (OSError, ValueError):
+            break
+    return evals[:last_readable(folder, len(evals))]
+
+
 def last_readable(folder: Path, done: int) -> int:
     """`done`, or less: the last of folder/update-1 … update-`done` whose adapter can be read."""
     while done > 0 and not readable_adapter(folder / f"update-{done}" / "adapter"):

@@ -35,7 +35,7 @@ from ..io import (atomic_dir, atomic_write_json, atomic_write_text, check_not_in
                   output_lock, sha256_file)
 from ..methods import METHODS, get_method
 from ..records import Edit
-from ..resume import check_same, last_readable
+from ..resume import check_same, finished_evals
 from .arena import CodeTask, edit_id, load_arena, split_tasks
 from .evaluate import evaluate_code, summarise, task_prompt
 from ..sandbox import run_programs
@@ -183,17 +183,8 @@ class CodeBench:
         from ..api import Editor, seed_everything
 
         spec, K = self.spec, self.spec.n_updates
-        cfg = spec.method_config(method)
-        folder = self.out / method
-        check_same(folder / "config.json", cfg.resolved(), f"training options for {method}",
-                   f"or delete {folder} to train {method} again")
-        evals = []
-        for k in range(1, K + 1):
-            try:
-                evals.append(json.loads((folder / f"update-{k}" / "eval.json").read_text()))
-            except (OSError, ValueError):
-                break
-        evals = evals[:last_readable(folder, len(evals))]
+        cfg, folder = spec.method_folder(method)
+        evals = finished_evals(folder, K)
         if len(evals) == K:
             return evals
         done = len(evals)

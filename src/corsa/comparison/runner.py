@@ -41,7 +41,7 @@ from ..evaluate import counts, evaluate, summarise
 from ..io import (atomic_dir_on_main, atomic_write_json, check_not_inside, check_ours, check_writable, output_lock,
                   peak_rss_mb, sha256_file)
 from ..methods import METHODS
-from ..resume import check_same, last_readable
+from ..resume import check_same, finished_evals
 from .results import BenchResults, assemble
 from .spec import BenchSpec, select, split
 
@@ -129,24 +129,13 @@ class Bench:
         return dist.on_main(self._finished, method)
 
     def _finished(self, method: str) -> list[dict]:
-        evals = []
-        for k in range(1, self.spec.n_updates + 1):
-            path = self.out / method / f"update-{k}" / "eval.json"
-            try:
-                evals.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                break
-        # the run goes on from the last finished update's adapter: one that cannot be read is trained again
-        return evals[:last_readable(self.out / method, len(evals))]
+        return finished_evals(self.out / method, self.spec.n_updates)
 
     def run_method(self, method: str) -> list[dict]:
         from ..api import Editor, seed_everything
 
         spec, K = self.spec, self.spec.n_updates
-        cfg = spec.method_config(method)
-        folder = self.out / method
-        check_same(folder / "config.json", cfg.resolved(), f"training options for {method}",
-                    f"or delete {folder} to train {method} again")
+        cfg, folder = spec.method_folder(method)
         evals = self.finished(method)
         for k in range(1, len(evals) + 1):
             self.log(f"{method} · update {k}/{K} · already done, skipped")

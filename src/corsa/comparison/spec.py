@@ -87,6 +87,15 @@ class BenchSpec:
     def template(self) -> str:
         return self.train.get("template", "auto")
 
+    def method_folder(self, method: str) -> tuple[EditConfig, Path]:
+        """`method`'s configuration and folder, refused if an earlier run there trained it otherwise."""
+        from ..resume import check_same
+
+        cfg, folder = self.method_config(method), self.out / method
+        check_same(folder / "config.json", cfg.resolved(), f"training options for {method}",
+                   f"or delete {folder} to train {method} again")
+        return cfg, folder
+
     def method_config(self, method: str) -> EditConfig:
         row = get_method(method)
         # a plain flag sets an option for every method that takes it (the method row says which; the
