@@ -116,3 +116,12 @@ def test_shared_prefix_benchmark_times_both_layouts_and_they_agree(tmp_path):
     for task in ("hold_test", "forward_backward", "corsa_step"):
         t = doc["tasks"][task]
         assert set(t["median_s"]) == {"shared", "every_row"} and all(v > 0 for v in t["median_s"].values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_the_gpu_run_says_clearly_that_it_needs_a_gpu(tmp_path, capsys):
+    import gpu_run
+
+    out = tmp_path / "gpu.json"
+    assert gpu_run.main(["--out", str(out)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err and not out.exists()
