@@ -272,15 +272,20 @@ def markdown(results: dict) -> str:
              "Held-out tasks were never trained on: they measure whether the update was learnt.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "## By API-update group (held-out pass@5 on the group's tasks after each update)", ""]
     K = results["n_updates"]
+    lines += ["", "## By API-update group, after each update (pass@5: trained tasks / held-out tasks)", "",
+              "What an update does to the groups trained before it: the trained column is retention.", ""]
     head = ["method", "after update"] + [f"group {j}" for j in range(1, K + 1)]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = results["base"]["per_update"]
-    lines.append("| unedited | – | " + " | ".join(_pct(b["metrics"].get("code/held_out/pass@5")) for b in base) + " |")
+
+    def cell(g: dict) -> str:
+        m = g["metrics"]
+        return f"{_pct(m.get('code/trained/pass@5'))} / {_pct(m.get('code/held_out/pass@5'))}"
+
+    lines.append("| unedited | – | " + " | ".join(cell(g) for g in results["base"]["per_update"]) + " |")
     for method, entry in results["methods"].items():
         for u in entry["updates"]:
-            cells = [_pct(g["metrics"].get("code/held_out/pass@5")) for g in u["per_update"]]
+            cells = [cell(g) for g in u["per_update"]]
             lines.append(f"| {method} | {u['update']} | " + " | ".join(cells + ["–"] * (K - len(cells))) + " |")
     lines += ["", f"![pass@k]({results['files']['plots'][0]})", ""]
     return "\n".join(lines)
