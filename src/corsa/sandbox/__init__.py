@@ -221,7 +221,8 @@ def check() -> None:
 
 
 def run_program(source: str, timeout_s: float = 10, memory_mb: int = 1024, *,
-                file_mb: int = 64, disk_mb: int = 256, processes: int = 64, python: str | None = None) -> Outcome:
+                file_mb: int = 64, disk_mb: int = 256, processes: int = 64, python: str | None = None,
+                require_isolation: bool = True) -> Outcome:
     """Run ``source`` as ``main.py`` in a sandbox and return its :class:`Outcome`.
 
     ``timeout_s`` is wall-clock (the CPU limit is one second more); ``memory_mb`` bounds the
@@ -229,6 +230,11 @@ def run_program(source: str, timeout_s: float = 10, memory_mb: int = 1024, *,
     is a tmpfs of that size where namespaces are available), ``processes`` the processes and threads of the
     program's user (as root, where it has one of its own). ``python`` is the interpreter
     (default: this one, so the program sees the packages corsa's environment has).
+
+    Where the kernel refuses the namespaces, the program is not run (status ``error``, the
+    reason in ``detail``) unless ``require_isolation=False``: then only the limits, the user id
+    and the interpreter's audit hook (no sockets, no writes outside its directory from Python)
+    stand between it and the machine, which a program calling libc directly gets past.
     """
     if timeout_s <= 0 or memory_mb <= 0:
         raise ValueError("timeout_s and memory_mb must be positive")
@@ -244,7 +250,8 @@ def run_program(source: str, timeout_s: float = 10, memory_mb: int = 1024, *,
         homes = sorted({str(Path.home()), os.environ.get("HOME", str(Path.home())), _passwd_home()} - {"", "/"})
         config = {"workdir": workdir, "python": python or sys.executable, "timeout_s": timeout_s,
                   "memory_mb": memory_mb, "file_mb": file_mb, "disk_mb": disk_mb, "processes": processes, "uid": uid,
-                  "homes": homes, "keep": _interpreter_paths(python), "env": _environment(workdir)}
+                  "homes": homes, "keep": _interpreter_paths(python), "env": _environment(workdir),
+                  "require_isolation": require_isolation}
         cgroups = _Cgroups(memory_mb, processes) if root else None
         config["cgroups"] = [str(p) for p in cgroups.paths] if cgroups else []
         try:
