@@ -467,7 +467,7 @@ def _scripted_update(tiny, monkeypatch, answers, replay_held, retest_every=1, ep
         tested.append(tuple(index[id(e)] for e in part))
         return next(answers)
 
-    def step(model, params, cfg, enc, ref, group, pad, generator, pres=None):
+    def step(model, params, cfg, enc, ref, group, pad, generator, pres=None, memory=None):
         trained.append(sorted(i for mb in group for i in mb))
         for p in params:
             p.grad = torch.zeros_like(p)

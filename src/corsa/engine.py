@@ -546,7 +546,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
         for s in range(0, len(batches), cfg.grad_accum):
             group = batches[s:s + cfg.grad_accum]
             t0 = time.perf_counter()
-            log = corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres, memory)
+            log = corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres, memory=memory)
             step += 1
             check_finite(log, params, step, group, edits)
             if cfg.max_grad_norm > 0:
