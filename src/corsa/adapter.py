@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import EditConfig
 from .errors import ConfigError, ModelError
 from .io import atomic_dir
 
+if TYPE_CHECKING:  # adapter.off is used by modules that config imports: no import of config at run time
+    from .config import EditConfig
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-from .models import PICKLE_SUFFIXES
 MARKER = "corsa-adapter.json"
 TRAINED_EDITS = "trained-edits.jsonl"  # every edit the adapter holds, oldest first (replay reads it)
+
+
+def off(model, disabled: bool = True):
+    """Context in which `model` answers as the unedited base: its adapter switched off.
+
+    A plain model (no adapter attached yet) is the base already; so is everything when
+    `disabled` is False, which lets a caller choose with a flag.
+    """
+    if disabled and hasattr(model, "disable_adapter"):
+        return model.disable_adapter()
+    return contextlib.nullcontext()
 
 
 def attach_new(model, cfg: EditConfig):
@@ -87,6 +101,8 @@ def load_existing(model, path: str | Path, fingerprint: str | None = None, train
 
     folder = find_adapter_dir(path)
     if not (folder / ADAPTER_WEIGHTS).exists():
+        from .models import PICKLE_SUFFIXES
+
         pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickles:
             raise ModelError(f"adapter {folder} holds pickle weights ({', '.join(pickles)}), which can run "

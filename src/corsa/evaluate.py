@@ -45,12 +45,12 @@ drawn by the main worker, from the one seeded random stream.
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
 from tqdm.auto import tqdm
 
+from .adapter import off as adapter_off
 from . import distributed as dist
 from . import metrics as M
 from .config import EvalSettings
@@ -79,12 +79,6 @@ def _unwrap(target, fmt):
     return target, fmt, None
 
 
-def _adapter(model, enabled: bool):
-    if enabled or not hasattr(model, "disable_adapter"):
-        return contextlib.nullcontext()
-    return model.disable_adapter()
-
-
 def _unique(items) -> list:
     return list(dict.fromkeys(items))
 
@@ -111,7 +105,7 @@ def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | Non
     settings = settings or EvalSettings()
     model, fmt, _ = _unwrap(model, fmt)
     prompts = _unique(p.prompt for e in edits for p in e.locality)
-    with _adapter(model, False), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
+    with adapter_off(model), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
                                       disable=not dist.show_bar(progress), leave=False) as bar:
         answers = _greedy(model, fmt, prompts, settings, bar, generator, adapter=False)
     return dict(zip(prompts, answers))
@@ -147,7 +141,7 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     greedy_prompts = asked_probes if settings.sample else _unique(ask + asked_probes)
     sampled_prompts = ask if settings.sample else []
     n = settings.max_new_tokens
-    with _adapter(model, not base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
+    with adapter_off(model, base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
                                          desc="eval · generate", disable=not dist.show_bar(progress),
                                          leave=False) as bar:
         answers = dict(zip(greedy_prompts, routed(
@@ -189,7 +183,7 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     if mmlu:
         from . import mmlu as mmlu_lib
 
-        with _adapter(model, not base), tqdm(total=len(mmlu), desc="eval · mmlu", unit="question",
+        with adapter_off(model, base), tqdm(total=len(mmlu), desc="eval · mmlu", unit="question",
                                              disable=not dist.show_bar(progress), leave=False) as bar:
             result["mmlu"] = mmlu_lib.accuracy(model, fmt.tokenizer, mmlu, settings.batch_size, bar, scope)
         result["metrics"]["teacher_forced/mmlu_accuracy"] = result["mmlu"]["accuracy"]
@@ -234,7 +228,7 @@ def _records(model, fmt, scope, edits, answers, reference, base, settings) -> li
         return dist.gather_batches(lambda chunk: score_pairs(model, fmt, chunk, settings.batch_size).tolist(),
                                    ids, settings.batch_size, key=lambda pa: len(pa[0]) + len(pa[1]))
 
-    with _adapter(model, not base):
+    with adapter_off(model, base):
         lp = routed(model, scope, pairs, score, prompt=lambda item: item[0])
 
     def diff(ij):

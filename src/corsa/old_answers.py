@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from .adapter import off as adapter_off
 from .metrics import normalise
 
 MAX_WORDS = 6
@@ -124,8 +125,6 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
     Edits that give y⁻ are returned as they are. Under a launcher the prompts are split across
     workers in the batches of one process, and every worker gets the same edits back.
     """
-    import contextlib
-
     from . import distributed as dist
     from .generate import generate
 
@@ -135,7 +134,7 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
         return out
     edits = out
     prompts = [edits[i].prompt for i in missing]
-    off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    off = adapter_off(model)
     with off:
         answers = dist.gather_batches(lambda part: generate(model, fmt, part, max_new_tokens, batch_size),
                                       prompts, batch_size, key=lambda p: -len(p))
@@ -173,7 +172,6 @@ def _fill_programs(model, fmt, edits: list, batch_size: int) -> list:
     :data:`PROGRAM_TOKENS` tokens with the adapter off; where the model writes no code, or the
     reference itself, y⁻ is ``pass`` in a block: a program that does nothing.
     """
-    import contextlib
 
     from . import distributed as dist
     from .code.programs import extract_code, fence
@@ -183,7 +181,7 @@ def _fill_programs(model, fmt, edits: list, batch_size: int) -> list:
     if not missing:
         return edits
     prompts = [edits[i].prompt for i in missing]
-    off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    off = adapter_off(model)
     with off:
         answers = dist.gather_batches(lambda part: generate(model, fmt, part, PROGRAM_TOKENS, batch_size),
                                       prompts, batch_size, key=lambda p: -len(p))

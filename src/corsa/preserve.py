@@ -23,12 +23,12 @@ to a prompt, paraphrase, locality or portability question of the edits being tra
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .adapter import off as adapter_off
 from .errors import DataError
 from .metrics import normalise
 from .prompts import Batch, PromptFormat, collate
@@ -103,7 +103,7 @@ def prepare(model, fmt: PromptFormat, prompts: list[str], batch_size: int = 16) 
     """The unedited model's greedy answers (adapter off) to the anchor prompts, as training pairs."""
     from .generate import generate_ids
 
-    with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
+    with adapter_off(model):
         answers = generate_ids(model, fmt, prompts, ANSWER_TOKENS, batch_size)
     pairs = [(fmt.prompt_ids(p), a) for p, a in zip(prompts, answers) if a]
     return Anchors([p for p, a in zip(prompts, answers) if a], pairs)

@@ -30,10 +30,10 @@ bench, vLLM); training does not use it, since the edit prompts it trains on are 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from .adapter import off as adapter_off
 from .metrics import contains, mentions_any
 
 MODES = ("all", "subject")
@@ -68,10 +68,6 @@ class Scope:
         return {"mode": "subject", "keys": len(self.keys), "edits_keyed_by_prompt": self.by_prompt}
 
 
-def _off(model):
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-
-
 def routed(model, scope: Scope | None, items: Sequence[T], fn: Callable[[list[T], bool], Sequence[R]],
            prompt: Callable[[T], str] = lambda x: x) -> list[R]:
     """fn over `items`, one result per item in their order: fn(part, True) with the adapter for
@@ -89,7 +85,7 @@ def routed(model, scope: Scope | None, items: Sequence[T], fn: Callable[[list[T]
         idx = [i for i, v in enumerate(inside) if v == on]
         if not idx:
             continue
-        with contextlib.nullcontext() if on else _off(model):
+        with adapter_off(model, not on):
             for i, r in zip(idx, fn([items[i] for i in idx], on)):
                 out[i] = r
     return out

@@ -172,12 +172,17 @@ class CodeBench:
         return [t for groups_k in self.groups[:k] for g in groups_k for t in g]
 
     def per_update(self, records: list[dict], k: int) -> list[dict]:
-        ids = [{t.id for g in groups_j for t in g} for groups_j in self.groups[:k]]
-        return [{"update": j + 1, "metrics": {**summarise([r for r in records if r["id"] in ids[j]
-                                                            and r["split"] == "held_out"], "code/held_out"),
-                                               **summarise([r for r in records if r["id"] in ids[j]
-                                                            and r["split"] == "trained"], "code/trained")}}
-                for j in range(k)]
+        """The metrics of update j's tasks (j ≤ k), held-out and trained apart."""
+        out = []
+        for j, groups_j in enumerate(self.groups[:k]):
+            ids = {t.id for g in groups_j for t in g}
+            split = {"held_out": [], "trained": []}
+            for r in records:
+                if r["id"] in ids:
+                    split[r["split"]].append(r)
+            out.append({"update": j + 1, "metrics": {**summarise(split["held_out"], "code/held_out"),
+                                                     **summarise(split["trained"], "code/trained")}})
+        return out
 
     def run_method(self, method: str) -> list[dict]:
         from ..api import Editor, seed_everything

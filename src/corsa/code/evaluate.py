@@ -24,6 +24,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from ..adapter import off as adapter_off
 from ..generate import generate
 from ..sandbox import run_programs
 from .arena import CodeTask
@@ -40,19 +41,13 @@ def task_prompt(task: CodeTask) -> str:
     return "\n\n".join(lines)
 
 
-def _adapter_context(model, enabled: bool):
-    from ..evaluate import _adapter
-
-    return _adapter(model, enabled)
-
-
 def sample_programs(model, fmt, tasks: list[CodeTask], *, samples: int, temperature: float, max_new_tokens: int,
                     batch_size: int, seed: int, adapter: bool = True, progress: bool = False) -> list[list[str]]:
     """``samples`` programs per task (greedy when ``samples`` is 0: one program), seeded."""
     prompts = [task_prompt(t) for t in tasks]
     torch.manual_seed(seed)
-    with _adapter_context(model, adapter), tqdm(total=len(prompts), desc="code · writing programs", unit="task",
-                                                disable=not progress, leave=False) as bar:
+    with adapter_off(model, not adapter), tqdm(total=len(prompts), desc="code · writing programs", unit="task",
+                                               disable=not progress, leave=False) as bar:
         answers = generate(model, fmt, prompts, max_new_tokens, batch_size, bar, num_samples=samples,
                            temperature=temperature)
     return [[extract_code(a) for a in (per if samples else [per])] for per in answers]

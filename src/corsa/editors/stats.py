@@ -20,7 +20,6 @@ interrupted computation resumes where it stopped; the one forward pass over it i
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..adapter import off as adapter_off
 from .. import distributed as dist
 from ..errors import DataError
 from ..prompts import pad_id
@@ -183,7 +183,7 @@ def second_moments(model, fmt, layout: Layout, layers: list[int], corpus: str | 
     if log:
         log(f"statistics · computing the keys' second moment of layer(s) {', '.join(map(str, todo))} over "
             f"{tokens} tokens of {'the model' + chr(39) + 's own text' if corpus is None else corpus} (cached after)")
-    off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    off = adapter_off(model)
     was_training = model.training
     model.eval()
     try:

@@ -19,6 +19,7 @@ A program's misbehaviour is always an :class:`Outcome` (``timeout``, ``memory``,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,18 +112,19 @@ def _passwd_home() -> str:
         return ""
 
 
-def _interpreter_paths(python: str | None) -> list[str]:
-    """The directories the program's interpreter reads: kept visible when the home is covered."""
+@functools.lru_cache(maxsize=8)
+def _interpreter_paths(python: str | None) -> tuple[str, ...]:
+    """The directories the program's interpreter reads: kept visible when the home is covered.
+
+    Asked of that interpreter itself (it may be another environment's), once per interpreter.
+    """
     exe = python or sys.executable
-    if os.path.realpath(exe) != os.path.realpath(sys.executable):  # another interpreter: ask it
-        try:
-            done = subprocess.run([exe, "-I", "-c", _PATHS_SCRIPT], capture_output=True, text=True, timeout=30)
-            found = json.loads(done.stdout)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            found = []
-    else:
-        found = json.loads(_paths_here())
-    return sorted({os.path.realpath(p) for p in [*found, os.path.dirname(os.path.realpath(exe))] if p})
+    try:
+        done = subprocess.run([exe, "-I", "-c", _PATHS_SCRIPT], capture_output=True, text=True, timeout=30)
+        found = json.loads(done.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        found = []
+    return tuple(sorted({os.path.realpath(p) for p in [*found, os.path.dirname(os.path.realpath(exe))] if p}))
 
 
 _PATHS_SCRIPT = """
@@ -130,16 +133,6 @@ paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(),
          *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))]
 print(json.dumps(paths))
 """
-
-
-def _paths_here() -> str:
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(_PATHS_SCRIPT, {})  # the same script, in this interpreter
-    return out.getvalue()
 
 
 class _Cgroups:
@@ -200,8 +193,6 @@ class _Cgroups:
                     path.rmdir()
                     break
                 except OSError:
-                    import time
-
                     time.sleep(0.02)
 
 
