@@ -66,8 +66,8 @@ MiB = 2 ** 20
 SETTINGS = {
     "tiny": dict(step=dict(batch_size=8, grad_accum=1),
                  edit=dict(lr=2e-2, batch_size=8, grad_accum=1, warmup_steps=2, margin_target=1.0)),
-    "smollm2-135m": dict(step=dict(batch_size=8, grad_accum=1),
-                         edit=dict(lr=2e-3, batch_size=8, grad_accum=1, warmup_steps=2, margin_target=1.0)),
+    # time to edit on SmolLM2 takes the library's defaults: what a user's `corsa edit` does
+    "smollm2-135m": dict(step=dict(batch_size=8, grad_accum=1), edit=dict()),
 }
 
 
@@ -251,46 +251,60 @@ def reliability(editor: Editor, edits) -> float:
 
 
 def bench_time_to_edit(name: str, device, data: Path, n_edits: int, epochs: int, settings: dict) -> dict:
-    """Wall time of one CoRSA update on `n_edits` edits: early stopping against a fixed `epochs`."""
+    """Wall time of one CoRSA update on `n_edits` edits: per-edit stopping against a fixed `epochs`.
+
+    Both runs take the library's defaults (what `corsa edit` does) with `settings` over them;
+    the per-edit run stops each edit when it holds (the default), the other trains every edit
+    for `epochs` epochs. Each run's seconds are split into optimizer steps and the rest (hold
+    tests, reference scores), and the per-edit run's passes say how many edits each trained.
+    """
     edits = load_edits(data, limit=n_edits)
     out = {"edits": n_edits, "config": dict(settings, method="corsa", epochs=epochs)}
-    for label, early in (("early_stop", True), ("fixed_epochs", False)):
+    runs = (("per_edit", dict(edit_stop=True)), ("fixed_epochs", dict(edit_stop=False, epochs=epochs)))
+    for label, how in runs:
         base = load(name, device)
-        editor = Editor(base, method="corsa", epochs=epochs, early_stop=early, edit_stop=False, progress=False,
-                        seed=42, **settings)
+        editor = Editor(base, method="corsa", early_stop=False, progress=False, seed=42, **settings, **how)
         t = time.perf_counter()
         record = editor.update(edits)
         seconds = time.perf_counter() - t
+        steps = [h for h in record.result.history if "time/step_s" in h]
+        per_pass: dict[int, int] = {}
+        for h in steps:
+            per_pass[h["epoch"]] = per_pass.get(h["epoch"], 0) + h["edits"]
+        step_s = sum(h["time/step_s"] for h in steps)
         out[label] = {"seconds": seconds, "epochs": record.result.epochs, "steps": record.result.steps,
-                      "stopped_early": record.result.stopped_early, "reliability": reliability(editor, edits),
-                      "checks": [{"epoch": h["epoch"], "min_margin": round(h["early_stop/min_margin"], 3),
-                                  "done": h["early_stop/done"]}
-                                 for h in record.result.history if "early_stop/min_margin" in h]}
+                      "steps_s": step_s, "other_s": seconds - step_s,
+                      "edit_steps": sum(per_pass.values()), "edits_per_pass": list(per_pass.values()),
+                      "stopped_early": record.result.stopped_early, "reliability": reliability(editor, edits)}
         del editor, base
         gc.collect()
     return out
 
 
-def ratios_and_targets(steps: dict, tte: dict | None) -> tuple[dict, dict]:
-    med = {m: v["median_s"] for m, v in steps["methods"].items()}
-    peak = {m: v["peak_total_mib"] for m, v in steps["methods"].items()}
-    step_peak = {m: v["peak_step_mib"] for m, v in steps["methods"].items()}
-    ratios = {f"time/{m}_over_lora": med[m] / med["lora"] for m in METHODS if m != "lora"}
-    ratios["time/corsa_over_straightforward"] = med["corsa"] / med["straightforward"]
-    ratios.update({f"peak_total/{m}_over_lora": peak[m] / peak["lora"] for m in METHODS if m != "lora"})
-    ratios.update({f"peak_step/{m}_over_lora": step_peak[m] / step_peak["lora"] for m in METHODS if m != "lora"})
-    targets = {
-        "corsa_step <= 0.6 x straightforward": (ratios["time/corsa_over_straightforward"], 0.6),
-        "corsa_step <= 3.5 x lora": (ratios["time/corsa_over_lora"], 3.5),
-        "cheaper sharpness step (corsa-reuse) <= 2.5 x lora": (ratios["time/corsa-reuse_over_lora"], 2.5),
-        "cheaper sharpness step (corsa-momentum) <= 2.5 x lora": (ratios["time/corsa-momentum_over_lora"], 2.5),
-        "corsa_peak_memory <= 1.5 x lora": (ratios["peak_total/corsa_over_lora"], 1.5),
-    }
+def ratios_and_targets(steps: dict | None, tte: dict | None) -> tuple[dict, dict]:
+    ratios: dict[str, float] = {}
+    targets: dict[str, tuple[float, float]] = {}
+    if steps is not None:
+        med = {m: v["median_s"] for m, v in steps["methods"].items()}
+        peak = {m: v["peak_total_mib"] for m, v in steps["methods"].items()}
+        step_peak = {m: v["peak_step_mib"] for m, v in steps["methods"].items()}
+        ratios = {f"time/{m}_over_lora": med[m] / med["lora"] for m in METHODS if m != "lora"}
+        ratios["time/corsa_over_straightforward"] = med["corsa"] / med["straightforward"]
+        ratios.update({f"peak_total/{m}_over_lora": peak[m] / peak["lora"] for m in METHODS if m != "lora"})
+        ratios.update({f"peak_step/{m}_over_lora": step_peak[m] / step_peak["lora"] for m in METHODS if m != "lora"})
+        targets = {
+            "corsa_step <= 0.6 x straightforward": (ratios["time/corsa_over_straightforward"], 0.6),
+            "corsa_step <= 3.5 x lora": (ratios["time/corsa_over_lora"], 3.5),
+            "cheaper sharpness step (corsa-reuse) <= 2.5 x lora": (ratios["time/corsa-reuse_over_lora"], 2.5),
+            "cheaper sharpness step (corsa-momentum) <= 2.5 x lora": (ratios["time/corsa-momentum_over_lora"], 2.5),
+            "corsa_peak_memory <= 1.5 x lora": (ratios["peak_total/corsa_over_lora"], 1.5),
+        }
     if tte is not None:
-        es, fx = tte["early_stop"], tte["fixed_epochs"]
-        ratios["time_to_edit/early_stop_over_fixed"] = es["seconds"] / fx["seconds"]
-        targets["early_stop_time <= 0.5 x fixed_epochs"] = (ratios["time_to_edit/early_stop_over_fixed"], 0.5)
-        targets["early_stop_reliability >= fixed_epochs"] = (es["reliability"] - fx["reliability"], 0.0)
+        pe, fx = tte["per_edit"], tte["fixed_epochs"]
+        ratios["time_to_edit/per_edit_over_fixed"] = pe["seconds"] / fx["seconds"]
+        targets["per_edit_time <= 0.5 x fixed_epochs"] = (ratios["time_to_edit/per_edit_over_fixed"], 0.5)
+        targets["per_edit_time <= 120 s"] = (pe["seconds"], 120.0)
+        targets["per_edit_reliability >= fixed_epochs"] = (pe["reliability"] - fx["reliability"], 0.0)
     checked = {k: {"value": round(v, 4), "limit": lim,
                    "met": bool(v >= lim if k.endswith(">= fixed_epochs") else v <= lim)}
                for k, (v, lim) in targets.items()}
@@ -309,6 +323,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--edits", type=int, default=64, help="CounterFact edits for time to edit")
     ap.add_argument("--epochs", type=int, default=10, help="the fixed number of epochs to compare against")
     ap.add_argument("--no-edit", action="store_true", help="skip the time-to-edit runs")
+    ap.add_argument("--no-steps", action="store_true", help="skip the step time and memory (time to edit only)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on CUDA)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (0: torch's choice). One by default: on a shared machine more "
@@ -340,9 +355,11 @@ def run(args, argv) -> dict:
     for name in models:
         s = SETTINGS[name]
         t = time.perf_counter()
-        print(f"[{name}] step time and memory ...", flush=True)
-        n_step_edits = max(args.edits, s["step"]["batch_size"] * s["step"]["grad_accum"])
-        steps = bench_steps(name, device, args.data, args.steps, args.warmup, n_step_edits, **s["step"])
+        steps = None
+        if not args.no_steps:
+            print(f"[{name}] step time and memory ...", flush=True)
+            n_step_edits = max(args.edits, s["step"]["batch_size"] * s["step"]["grad_accum"])
+            steps = bench_steps(name, device, args.data, args.steps, args.warmup, n_step_edits, **s["step"])
         tte = None
         if not args.no_edit:
             print(f"[{name}] time to edit {args.edits} edits ...", flush=True)
@@ -357,22 +374,24 @@ def run(args, argv) -> dict:
 
 
 def format_table(name: str, r: dict) -> str:
-    steps = r["step"]["methods"]
-    lines = [f"{name}: {r['step']['batch']['edits_per_step']} edits per step",
-             f"{'method':16} {'step s':>8} {'× lora':>7} {'peak MiB':>9} {'× lora':>7} {'step MiB':>9}"]
-    for m, v in steps.items():
-        lines.append(f"{m:16} {v['median_s']:8.3f} {v['median_s'] / steps['lora']['median_s']:7.2f} "
-                     f"{v['peak_total_mib']:9.1f} {v['peak_total_mib'] / steps['lora']['peak_total_mib']:7.2f} "
-                     f"{v['peak_step_mib']:9.1f}")
-    p = r["step"]["profile"]
-    lines.append("profile (s): " + ", ".join(f"{k} {v:.3f}" for k, v in p["median_s"].items())
-                 + f"; corsa pass / lora = {p['corsa_pass_over_lora']:.2f}, so a SAM step is at least "
-                 f"{p['floor_corsa_over_lora']:.2f} x lora")
+    lines = [f"{name}:"]
+    if r["step"]:
+        steps = r["step"]["methods"]
+        lines = [f"{name}: {r['step']['batch']['edits_per_step']} edits per step",
+                 f"{'method':16} {'step s':>8} {'× lora':>7} {'peak MiB':>9} {'× lora':>7} {'step MiB':>9}"]
+        for m, v in steps.items():
+            lines.append(f"{m:16} {v['median_s']:8.3f} {v['median_s'] / steps['lora']['median_s']:7.2f} "
+                         f"{v['peak_total_mib']:9.1f} {v['peak_total_mib'] / steps['lora']['peak_total_mib']:7.2f} "
+                         f"{v['peak_step_mib']:9.1f}")
+        p = r["step"]["profile"]
+        lines.append("profile (s): " + ", ".join(f"{k} {v:.3f}" for k, v in p["median_s"].items())
+                     + f"; corsa pass / lora = {p['corsa_pass_over_lora']:.2f}, so a SAM step is at least "
+                     f"{p['floor_corsa_over_lora']:.2f} x lora")
     if r["time_to_edit"]:
-        for k in ("early_stop", "fixed_epochs"):
+        for k in ("per_edit", "fixed_epochs"):
             v = r["time_to_edit"][k]
-            lines.append(f"time to edit, {k:12}: {v['seconds']:7.1f} s, {v['epochs']} epochs, "
-                         f"reliability {v['reliability']:.3f}")
+            lines.append(f"time to edit, {k:12}: {v['seconds']:7.1f} s ({v['steps_s']:.1f} in steps), "
+                         f"{v['epochs']} epochs, {v['edit_steps']} edit-steps, reliability {v['reliability']:.3f}")
     lines += [f"  {'met ' if v['met'] else 'MISS'} {k}: {v['value']}" for k, v in r["targets"].items()]
     return "\n".join(lines)
 

@@ -76,13 +76,18 @@ def test_quick_benchmark_writes_raw_figures_ratios_and_targets(tmp_path):
         assert v["peak_total_mib"] > v["peak_step_mib"]
     assert tiny["step"]["reference_once_s"] > 0
     tte = tiny["time_to_edit"]
-    for k in ("early_stop", "fixed_epochs"):
+    for k in ("per_edit", "fixed_epochs"):
         assert tte[k]["seconds"] > 0 and 0 <= tte[k]["reliability"] <= 1
-    assert tte["fixed_epochs"]["epochs"] == tte["config"]["epochs"]
+        assert 0 < tte[k]["steps_s"] < tte[k]["seconds"] and tte[k]["other_s"] > 0
+    fixed = tte["fixed_epochs"]
+    assert fixed["epochs"] == tte["config"]["epochs"] and fixed["edits_per_pass"] == [8] * fixed["epochs"]
+    # per-edit stopping trains every edit in its first pass, then only the ones that do not hold yet
+    per_edit = tte["per_edit"]["edits_per_pass"]
+    assert per_edit[0] == 8 and all(n <= 8 for n in per_edit) and tte["per_edit"]["edit_steps"] == sum(per_edit)
     assert {"time/corsa_over_lora", "time/corsa_over_straightforward", "peak_total/corsa_over_lora",
-            "time_to_edit/early_stop_over_fixed"} <= set(tiny["ratios"])
+            "time_to_edit/per_edit_over_fixed"} <= set(tiny["ratios"])
     assert all({"value", "limit", "met"} == set(t) for t in tiny["targets"].values())
-    assert len(tiny["targets"]) == 7 and "time/corsa-reuse_over_lora" in tiny["ratios"]
+    assert len(tiny["targets"]) == 8 and "time/corsa-reuse_over_lora" in tiny["ratios"]
     assert "time/corsa-momentum_over_lora" in tiny["ratios"]
 
 
