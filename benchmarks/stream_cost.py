@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from corsa import Editor, engine  # noqa: E402
 from corsa import old_answers  # noqa: E402
-from corsa.comparison.spec import select, split  # noqa: E402
+from corsa.comparison.spec import parse_sets, select, split  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
 
@@ -74,9 +74,14 @@ def stream(model, data: Path, n_edits: int, n_updates: int, seed: int):
     return split(edits, n_updates)
 
 
-def run(make_model, updates, methods: list[str], seed: int, **overrides) -> dict:
-    """Train `updates` with every method in turn; `make_model()` gives each method its own base model."""
-    editors = {m: Editor(make_model(), method=m, seed=seed, progress=False, **overrides) for m in methods}
+def run(make_model, updates, methods: list[str], seed: int, per_method: dict | None = None, **overrides) -> dict:
+    """Train `updates` with every method in turn; `make_model()` gives each method its own base model.
+
+    `per_method[m]` holds options for method m alone (`--set m.option=value`, as in `corsa bench`).
+    """
+    per_method = per_method or {}
+    editors = {m: Editor(make_model(), method=m, seed=seed, progress=False, **{**overrides, **per_method.get(m, {})})
+               for m in methods}
     rows = {m: [] for m in methods}
     for k, edits in enumerate(updates):
         for m, editor in editors.items():
@@ -114,7 +119,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     p.add_argument("--tiny", action="store_true", help="the tiny test model, 6 edits in 3 updates: seconds")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                   help="an option for one method only, as in corsa bench (repeatable)")
     a = p.parse_args(argv)
+    per_method = parse_sets(a.set)
     if a.threads:
         torch.set_num_threads(a.threads)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -131,9 +139,9 @@ def main(argv=None) -> dict:
         settings = {"model": "smollm2-135m", "edits": a.edits, "updates": a.updates}
         updates = stream(make_model(), a.data, a.edits, a.updates, a.seed)
         overrides = {}
-    results = run(make_model, updates, methods, a.seed, **overrides)
+    results = run(make_model, updates, methods, a.seed, per_method, **overrides)
     doc = {"command": " ".join(["benchmarks/stream_cost.py", *(argv if argv is not None else sys.argv[1:])]),
-           "settings": {**settings, "data": str(a.data), "seed": a.seed, "methods": methods},
+           "settings": {**settings, "data": str(a.data), "seed": a.seed, "methods": methods, "set": per_method},
            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                        "torch_threads": torch.get_num_threads()},
            "versions": library_versions(), "methods": results, "seconds": round(time.perf_counter() - t0, 1)}

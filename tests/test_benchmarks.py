@@ -111,6 +111,17 @@ def test_stream_cost_times_every_update_of_every_method_and_where_it_went(tmp_pa
     assert [u["edits_trained"] for u in doc["methods"]["corsa"]["updates"]] == [2, 2, 2]
 
 
+def test_stream_cost_set_reaches_only_the_method_it_names(tmp_path):
+    import stream_cost
+    from conftest import SHARED_DATA
+
+    doc = stream_cost.main(["--tiny", "--data", str(SHARED_DATA / "counterfact" / "easyedit" / "counterfact-edit.json"),
+                            "--set", "corsa-lifelong.replay=none", "--out", str(tmp_path / "s.json")])
+    assert doc["settings"]["set"] == {"corsa-lifelong": {"replay": "none"}}
+    # without replay the lifelong row trains only each update's own edits, like corsa
+    assert [u["edits_trained"] for u in doc["methods"]["corsa-lifelong"]["updates"]] == [2, 2, 2]
+
+
 def test_shared_prefix_benchmark_times_both_layouts_and_they_agree(tmp_path):
     import shared_prefix
     from conftest import SHARED_DATA

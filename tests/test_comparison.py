@@ -256,6 +256,12 @@ def test_method_terms_apply_only_where_used_and_sets_override():
         parse_sets(["corsa.rhoo=1"])
     with pytest.raises(ConfigError, match="not a valid float"):
         parse_sets(["corsa.rho=big"])
+    # "none" is a value of replay and negatives (switch them off), not "the row's default"
+    sets = parse_sets(["corsa-lifelong.replay=none", "corsa-lifelong.negatives=none", "corsa.rho=null"])
+    assert sets == {"corsa-lifelong": {"replay": "none", "negatives": ("none",)}, "corsa": {"rho": None}}
+    life = BenchSpec(model="m", data="d", out="o", methods=("corsa-lifelong", "corsa"), n_edits=4, n_updates=2,
+                     sets=sets).method_config("corsa-lifelong")
+    assert life.value("replay") == "none" and life.value("negatives") == ()
 
 
 def test_selection_is_seeded_and_keeps_cases_whole():

@@ -148,13 +148,15 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("corsa-no-sam", dpo=True, combine="pcgrad", sam=False, description="CoRSA without SAM"),
     Method("corsa-no-pcgrad", dpo=True, combine="sum", sam=True, description="CoRSA with summed gradients"),
     # CoRSA plus the mechanisms of docs/results.md's lifelong study that helped, with the
-    # defaults that study chose (see "Edits that last" there)
-    # (rival negatives and --retest-every 2 were measured for this row and left out: docs/results.md,
-    # "Negatives beyond y⁻: rivals")
+    # defaults that study chose (see "Edits that last" there). Rival negatives raise generality
+    # but add two answer rows per edit; the momentum sharpness step pays for them (one pass a
+    # step instead of two). --retest-every 2 was measured and left out.
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
            description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
-                       "a firmer hold (γ = 12), the adapter scoped to prompts that name an edited subject",
-           defaults={"replay": "all", "scope": "subject", "margin_target": 12.0}),
+                       "a firmer hold (γ = 12), two rival negatives (other edits' answers of the same kind), "
+                       "the momentum sharpness step, the adapter scoped to prompts that name an edited subject",
+           defaults={"replay": "all", "scope": "subject", "margin_target": 12.0, "negatives": ("rivals",),
+                     "max_negatives": 2, "sharpness": "momentum"}),
     # locate-then-edit methods (corsa.editors): a closed-form change of MLP output projections
     Method("rome", dpo=False, combine="none", sam=False, solver="rome",
            description="ROME (Meng et al. 2022): a rank-one change of one layer's MLP per edit",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import TRAINING_FIELDS, EditConfig, EvalSettings
 from ..errors import ConfigError
-from ..methods import METHODS, get_method
+from ..methods import METHODS, OPTIONS, get_method
 from ..records import Edit
 
 # options every method must share: the evaluation reads them, or they belong to the bench
@@ -121,14 +121,21 @@ def parse_sets(items: list[str] | None) -> dict[str, dict]:
         if key not in hints:
             raise ConfigError(f"--set {item!r}: unknown option '{key}'; options: "
                               + ", ".join(f.name for f in dataclasses.fields(EditConfig)))
-        out.setdefault(method, {})[key] = _convert(value.strip(), hints[key], item)
+        out.setdefault(method, {})[key] = _convert(value.strip(), hints[key], item, key)
     return out
 
 
-def _convert(value: str, hint, item: str):
+def _none_is_a_value(key: str) -> bool:
+    """Whether "none" is one of the option's own values (`replay=none`, `negatives=none`), not "unset"."""
+    opt = OPTIONS.get(key)
+    return opt is not None and ("none" in (opt.choices or ()) or opt.off == "none" or isinstance(opt.default, tuple))
+
+
+def _convert(value: str, hint, item: str, key: str = ""):
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
     kind = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
-    if optional and value.lower() in ("none", "null"):
+    # null (or none, where none is not a value the option takes) leaves the row's default
+    if optional and (value.lower() == "null" or (value.lower() == "none" and not _none_is_a_value(key))):
         return None
     try:
         if kind is bool:
