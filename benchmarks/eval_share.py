@@ -79,6 +79,7 @@ def plot(run: dict, path: Path) -> None:
     a.set(xlabel="update k", ylabel="seconds", title="update k: training and evaluation")
     b.set(xlabel="updates K", ylabel="seconds", title="the bench after K updates (base evaluation left out)")
     c.set(xlabel="update k", ylabel="GiB", title="peak resident memory of the process")
+    c.set_ylim(bottom=0)
     for ax in (a, b, c):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
