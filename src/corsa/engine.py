@@ -317,6 +317,8 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Pr
         g = combine(perturbed, cfg, generator)              # g' at φ+ε
         restore_(params, saved)
         log = dict(perturbed.stats)
+        if perturbed.dpo is not None:  # measured at φ+ε: the one pass this step has
+            log["grad/cos_sft_dpo"] = cosine(perturbed.sft, perturbed.dpo)
         log["sam/grad_norm"] = g.norm().item()
         memory.direction = g
         _set_grads(params, g)
