@@ -50,9 +50,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .adapter import off as adapter_off
 from . import distributed as dist
 from . import metrics as M
+from .adapter import off as adapter_off
 from .config import EvalSettings
 from .errors import ConfigError
 from .generate import generate
@@ -106,7 +106,7 @@ def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | Non
     model, fmt, _ = _unwrap(model, fmt)
     prompts = _unique(p.prompt for e in edits for p in e.locality)
     with adapter_off(model), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
-                                      disable=not dist.show_bar(progress), leave=False) as bar:
+                                  disable=not dist.show_bar(progress), leave=False) as bar:
         answers = _greedy(model, fmt, prompts, settings, bar, generator, adapter=False)
     return dict(zip(prompts, answers))
 
@@ -142,8 +142,8 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     sampled_prompts = ask if settings.sample else []
     n = settings.max_new_tokens
     with adapter_off(model, base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
-                                         desc="eval · generate", disable=not dist.show_bar(progress),
-                                         leave=False) as bar:
+                                        desc="eval · generate", disable=not dist.show_bar(progress),
+                                        leave=False) as bar:
         answers = dict(zip(greedy_prompts, routed(
             model, scope, greedy_prompts,
             lambda part, on: _greedy(model, fmt, part, settings, bar, generator, adapter=on and not base))))
@@ -184,7 +184,7 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
         from . import mmlu as mmlu_lib
 
         with adapter_off(model, base), tqdm(total=len(mmlu), desc="eval · mmlu", unit="question",
-                                             disable=not dist.show_bar(progress), leave=False) as bar:
+                                            disable=not dist.show_bar(progress), leave=False) as bar:
             result["mmlu"] = mmlu_lib.accuracy(model, fmt.tokenizer, mmlu, settings.batch_size, bar, scope)
         result["metrics"]["teacher_forced/mmlu_accuracy"] = result["mmlu"]["accuracy"]
     result["seconds"] = time.perf_counter() - started

@@ -134,8 +134,7 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
         return out
     edits = out
     prompts = [edits[i].prompt for i in missing]
-    off = adapter_off(model)
-    with off:
+    with adapter_off(model):
         answers = dist.gather_batches(lambda part: generate(model, fmt, part, max_new_tokens, batch_size),
                                       prompts, batch_size, key=lambda p: -len(p))
         # a chat reply that does not restate the prompt: ask for the completion of the prompt itself
@@ -172,7 +171,6 @@ def _fill_programs(model, fmt, edits: list, batch_size: int) -> list:
     :data:`PROGRAM_TOKENS` tokens with the adapter off; where the model writes no code, or the
     reference itself, y⁻ is ``pass`` in a block: a program that does nothing.
     """
-
     from . import distributed as dist
     from .code.programs import extract_code, fence
     from .generate import generate
@@ -181,8 +179,7 @@ def _fill_programs(model, fmt, edits: list, batch_size: int) -> list:
     if not missing:
         return edits
     prompts = [edits[i].prompt for i in missing]
-    off = adapter_off(model)
-    with off:
+    with adapter_off(model):
         answers = dist.gather_batches(lambda part: generate(model, fmt, part, PROGRAM_TOKENS, batch_size),
                                       prompts, batch_size, key=lambda p: -len(p))
     for i, a in zip(missing, answers):

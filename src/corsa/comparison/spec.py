@@ -131,7 +131,7 @@ def _none_is_a_value(key: str) -> bool:
     return opt is not None and ("none" in (opt.choices or ()) or opt.off == "none" or isinstance(opt.default, tuple))
 
 
-def _convert(value: str, hint, item: str, key: str = ""):
+def _convert(value: str, hint, item: str, key: str):
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
     kind = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
     # null (or none, where none is not a value the option takes) leaves the row's default

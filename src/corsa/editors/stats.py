@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter import off as adapter_off
 from .. import distributed as dist
+from ..adapter import off as adapter_off
 from ..errors import DataError
 from ..prompts import pad_id
 from .layout import Layout
