@@ -518,6 +518,9 @@ def test_resting_edits_are_tested_every_kth_pass_and_an_update_ends_on_a_test_of
     assert trained == [[0, 1, 5], [0, 1]] and tested == [(0, 1, 5), tuple(range(6))]
     with pytest.raises(ConfigError, match="--retest-every"):
         EditConfig(retest_every=2, edit_stop=False, early_stop=True)
+    # corsa-lifelong spaces its tests by default; with per-edit stopping off there is nothing to space
+    assert EditConfig(method="corsa-lifelong").value("retest_every") == 2
+    assert not EditConfig(method="corsa-lifelong", edit_stop=False, early_stop=True).edit_stop
     with pytest.raises(ConfigError, match="at least 1"):
         EditConfig(retest_every=0)
 

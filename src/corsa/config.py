@@ -164,7 +164,8 @@ class EditConfig:
         if self.edit_stop and self.early_stop:
             raise ConfigError("--early-stop and --edit-stop are two stopping rules; choose one "
                               "(--no-edit-stop --early-stop for the whole-update rule)")
-        if not self.edit_stop and self.value("retest_every") > 1:
+        # a row's default spacing (corsa-lifelong's) simply has nothing to space without per-edit stopping
+        if not self.edit_stop and self.retest_every is not None and self.value("retest_every") > 1:
             raise ConfigError("--retest-every spaces the tests of per-edit stopping, which is off; "
                               "drop it or use --edit-stop")
         checks = [
