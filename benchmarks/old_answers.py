@@ -3,20 +3,21 @@
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/old_answers.py --out runs/old-answers.json
 
 For each of `--edits` CounterFact records (every `--stride`-th from `--start`, so that the
-relations mix), the y⁻ that corsa fills in (:func:`corsa.old_answers.fill`, the unedited model's
-answer cut to an answer) is compared with the record's `ground_truth`, which the filler never
-sees. Two rates, side by side on the same greedy answers:
+relations mix), the y⁻ that corsa fills in (:func:`corsa.old_answers.fill`: the span of the
+unedited model's own reply that the model scores highest as a short answer) is compared with the
+record's `ground_truth`, which the filler never sees. Side by side on the same greedy replies:
 
-- `greedy_contains`: the unedited model's greedy answer mentions `ground_truth`
-  (:func:`corsa.metrics.contains`), the most a filler that reads that answer can find;
+- `greedy_contains`: the unedited model's greedy reply mentions `ground_truth`
+  (:func:`corsa.metrics.contains`, the project's one answer matcher);
 - `filled_matches`: the filled y⁻ *is* `ground_truth` (equal after :func:`corsa.metrics.normalise`),
-  and `filled_contains`: the filled y⁻ mentions it.
+  and `filled_contains`: the filled y⁻ matches it by the answer matcher ("Microsoft Corporation"
+  for "Microsoft", as a generated answer counts for y⁺).
 
-Each rate is also given over the records whose prompt does not already name `ground_truth`
+Each count is also given over the records whose prompt does not already name `ground_truth`
 (`*_known`): a reply that restates "Holy Name Cathedral, Chicago can be found in" contains
-"Chicago" without knowing anything, and a y⁻ that kept such a restatement would score there.
-Issue 13's target: the filled y⁻ finds the old answer at least as often as the greedy reply
-holds it. The JSON lists every case.
+"Chicago" without knowing anything, while the model's answer there may be another city.
+Issue 13's target: the filled y⁻ matches `ground_truth` at least as often as the greedy reply
+contains it. The JSON lists every case.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from corsa import EditConfig, Editor  # noqa: E402
+from corsa.adapter import off as adapter_off  # noqa: E402
 from corsa.generate import generate  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     editor = Editor(model=args.model, config=EditConfig(method="lora"))
     filled = fill(editor.model, editor.fmt, hidden, editor.config.max_new_tokens)
     # the answers the filler read, generated again the same way (greedy, adapter off on a new adapter)
-    with editor.model.disable_adapter():
+    with adapter_off(editor.model):
         greedy = generate(editor.model, editor.fmt, [e.prompt for e in picked], editor.config.max_new_tokens, 16)
 
     cases = [{"id": e.id, "prompt": e.prompt, "ground_truth": t, "greedy": g, "filled": f.target_old,
@@ -72,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     rates.update({f"{k}_known": sum(c[k] for c in cases if not c["prompt_names_it"]) for k in kinds})
     rates["prompt_names_it"] = sum(c["prompt_names_it"] for c in cases)
     result = {"data": args.data, "model": args.model, "edits": n, "start": args.start, "stride": args.stride,
-              "counts": rates, "target": {"filled_contains_known >= greedy_contains_known":
-                                          rates["filled_contains_known"] >= rates["greedy_contains_known"]},
+              "counts": rates,
+              "target": {f"{k}{sub} >= greedy_contains{sub}": rates[k + sub] >= rates["greedy_contains" + sub]
+                         for k in ("filled_matches", "filled_contains") for sub in ("", "_known")},
               "cases": cases, "versions": library_versions()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.out), result)

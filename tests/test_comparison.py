@@ -207,8 +207,8 @@ def test_one_update_has_no_retention_or_forgetting_and_old_answers_are_filled(se
     assert "– |" in (tmp_path / "one" / "report.md").read_text()
     edits = [json.loads(line) for line in (tmp_path / "one" / "edits.jsonl").read_text().splitlines()]
     base = json.loads((tmp_path / "one" / "base.json").read_text())
-    # y⁻ is filled from the unedited model (method.md §4): the tiny model's greedy reply is empty, which
-    # restates nothing, so y⁻ is its completion of the prompt's own words: never empty, never y⁺
+    # y⁻ is filled from the unedited model (method.md §4): the tiny model's greedy reply is empty, so
+    # y⁻ is a span of its completion of the prompt's own words, else the end of turn: never empty, never y⁺
     assert [rec["answer"] for rec in base["records"]] == ["", ""]
     assert all(e["target_old"] and e["target_old"] != e["target_new"] for e in edits)
 

@@ -227,7 +227,7 @@ def test_unknown_target_module_lists_the_real_ones(tiny):
 def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
     from dataclasses import replace
 
-    from corsa.old_answers import completion_answer, restates, short_answer
+    from corsa.old_answers import answer_scores, candidates, first_line, short_answer
 
     editor = Editor(tiny, method="dpo", **FAST)
     edits = [replace(e, target_old=None) for e in toy_edits[:2]] + toy_edits[2:3]
@@ -247,11 +247,14 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
         return fmt.decode_answer(answer)
 
     for e, f in zip(edits[:2], filled[:2]):
-        text = greedy(fmt.prompt_ids(e.prompt))
-        candidates = [short_answer(e.prompt, text), text.strip().split("\n")[0].strip()]
-        if fmt.chat and not restates(e.prompt, text):  # then the completion of the prompt's own words first
-            candidates.insert(0, completion_answer(greedy(fmt.prompt_ids(e.prompt) + fmt.prefill_ids(e.prompt))))
-        want = next((c for c in candidates if c and c != e.target_new), editor.tokenizer.eos_token)
+        reply = greedy(fmt.prompt_ids(e.prompt))
+        completion = greedy(fmt.prompt_ids(e.prompt) + fmt.prefill_ids(e.prompt)) if fmt.chat else None
+        found = candidates(e.prompt, reply, completion, e.target_new)
+        if found:  # the candidate the unedited model scores highest as an answer
+            want = found[int(answer_scores(model, fmt, e.prompt, found).argmax())]
+        else:
+            fallback = [short_answer(e.prompt, reply), first_line(reply)]
+            want = next((c for c in fallback if c and c != e.target_new), editor.tokenizer.eos_token)
         assert f.target_old == want
 
 

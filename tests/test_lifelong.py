@@ -417,6 +417,27 @@ def test_corsa_edit_shows_spillover_and_warns_when_few_edits_took(tmp_path, caps
     assert "CHANGED" in captured.out and "spill over" in captured.err and "--scope subject" in captured.err
 
 
+def test_corsa_edit_shows_the_filled_old_answers_before_training(tmp_path, capsys):
+    import json
+
+    from corsa.cli import main
+    from corsa.testing import save_tiny_llama
+
+    model = str(save_tiny_llama(tmp_path / "model", seed=0))
+    edits = tmp_path / "e.jsonl"
+    edits.write_text(json.dumps({"prompt": "The capital of X is", "target_new": "Ybbb"}) + "\n"
+                     + json.dumps({"prompt": "The river of X is", "target_new": "Q", "target_old": "Z"}) + "\n")
+    assert main(["edit", "--model", model, "--edits", str(edits), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--quiet", "--no-check"]) == 0
+    out = capsys.readouterr().out
+    stored = [json.loads(line) for line in (tmp_path / "run" / "edits.jsonl").read_text().splitlines()]
+    # only the edit without y⁻ is listed, with the y⁻ it was trained with, before the training's report
+    assert "old answer y⁻ of 1 edits" in out and out.index("old answer y⁻") < out.index("trained ")
+    table = out[out.index("old answer y⁻"):out.index("trained ")]
+    assert stored[0]["id"] in table and stored[1]["id"] not in table and stored[1]["target_old"] == "Z"
+    assert stored[0]["target_old"] and stored[0]["target_old"][:40] in table
+
+
 def test_a_continued_adapter_keeps_its_method_unless_told_otherwise(tmp_path, capsys):
     from corsa.cli import main
     from corsa.testing import save_tiny_llama

@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 
 from corsa import Editor
-from corsa.old_answers import COMPLETION_WORDS, MAX_WORDS, completion_answer, fill, restates, short_answer
+from corsa.old_answers import (MAX_WORDS, SHOTS, answer_scores, candidates, closed_answer_ids, fill, short_answer,
+                               spans)
 
 FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False, edit_stop=False)
 
@@ -55,52 +56,91 @@ def test_a_filled_old_answer_is_never_the_new_one(tiny, toy_edits, monkeypatch):
     said = {"text": f"{edit.target_new}."}  # the unedited model already gives y⁺
     monkeypatch.setattr(corsa.generate, "generate", lambda *a, **k: [said["text"]])
     assert fill(editor.model, editor.fmt, [edit])[0].target_old == editor.tokenizer.eos_token
-    said["text"] = f"{edit.target_new}, surely"  # the short answer is y⁺, the whole line is not
-    assert fill(editor.model, editor.fmt, [edit])[0].target_old == f"{edit.target_new}, surely"
+    said["text"] = f"{edit.target_new}, surely"  # y⁺ is no candidate: the other span is y⁻
+    assert fill(editor.model, editor.fmt, [edit])[0].target_old == "surely"
 
 
-@pytest.mark.parametrize("completion, want", [
-    ("Microsoft, and Microsoft is a part of it.", "Microsoft, and Microsoft is a part of it"),
-    ("French.", "French"),
-    ("a mix of various faiths, including Buddhism, Taoism and", "a mix of various faiths, including Buddhism, Taoism"),
-    ("St. Louis. It is", "St. Louis"),
-    ("3.14 or so! more", "3.14 or so"),
-    ("\n", ""),
-])
-def test_completion_answer(completion, want):
-    assert completion_answer(completion) == want
-    assert len(completion_answer(completion).split()) <= COMPLETION_WORDS
+def test_spans_are_word_runs_inside_one_clause():
+    assert spans("a blend of French", max_words=2) == ["a", "a blend", "blend", "blend of", "of", "of French", "French"]
+    # clause boundaries cut, abbreviations and inner punctuation do not; the text is kept as written
+    assert spans("St. Louis, Chaux-de-Fonds; F.C. Porto", max_words=4) == [
+        "St", "St. Louis", "Louis", "Chaux-de-Fonds", "F.C", "F.C. Porto", "Porto"]
+    assert spans("one two three four five six")[-1] == "six"
+    assert max(len(x.split()) for x in spans("one two three four five six")) == 4
+    assert spans("") == [] and spans("...") == []
 
 
-def test_restates():
-    assert restates("The official language of Majorca is", "The official language of Majorca is Italian.")
-    assert not restates("Windows Embedded CE 6.0 is a product of",
-                        "Windows Embedded CE 6.0 is a Microsoft product that has been designed")
+def test_candidates_come_after_the_restatement_and_never_are_y_plus():
+    prompt = "The language of El Correo is"
+    reply = "The language of El Correo is a blend of Spanish and English, with"
+    got = candidates(prompt, reply, "Spanish. It is", target_new="English")
+    assert "The language" not in got and "El Correo" not in got  # the restated prompt is no candidate
+    assert "English" not in got and "english" not in [c.lower() for c in got]
+    assert got[:4] == ["a", "a blend", "a blend of", "a blend of Spanish"]
+    assert got.count("Spanish") == 1  # in the reply and the completion: once
+    assert "It is" in got  # the completion's own clauses are candidates too
+    assert candidates(prompt, "", None, "English") == []
 
 
-def test_a_reply_that_does_not_restate_the_prompt_is_replaced_by_the_completion_of_the_prompt(tiny, monkeypatch):
+@pytest.mark.parametrize("chat", [True, False])
+def test_answer_scores_are_the_log_probabilities_after_the_worked_examples(tiny, chat):
+    """Checked against a plain forward of the whole sequence, token by token (no shared KV cache)."""
+    import torch
+
+    from corsa.prompts import PromptFormat
+
+    model, tok = tiny
+    if chat:
+        tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    fmt = PromptFormat(tok, "chat" if chat else "raw")
+    prompt, answers = "The capital of country 3 is", ["City3", "Town 3", "of"]
+    got = answer_scores(model, fmt, prompt, answers)
+    ids = fmt.few_shot_ids(list(SHOTS), prompt)
+    for answer, lp in zip(answers, got):
+        a = closed_answer_ids(fmt, answer)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + a])).logits[0].log_softmax(-1)
+        want = sum(float(logits[len(ids) - 1 + k, t]) for k, t in enumerate(a))
+        assert float(lp) == pytest.approx(want, abs=1e-4)
+    # the examples come first, each closed as an answer: the end of turn, or a new line
+    text = tok.decode(ids)
+    assert all(q in text and a in text for q, a in SHOTS) and text.rstrip().endswith(
+        "<assistant>" if chat else prompt)
+    closing = tok.eos_token_id if chat else tok("\n", add_special_tokens=False).input_ids[-1]
+    assert closed_answer_ids(fmt, "Lima")[-1] == closing
+
+
+def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
+    import torch
+
     import corsa.generate
+    import corsa.old_answers
     from corsa.prompts import PromptFormat
     from corsa.records import Edit
 
     model, tok = tiny
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     fmt = PromptFormat(tok, "chat")
-    edits = [Edit(id="a", prompt="Windows Embedded CE 6.0 is a product of", target_new="Apple"),
-             Edit(id="b", prompt="The official language of Majorca is", target_new="English")]
-    replies = {edits[0].prompt: "Windows Embedded CE 6.0 is a Microsoft product that has been designed",
-               edits[1].prompt: "The official language of Majorca is Italian."}
-    asked = []
+    edit = Edit(id="a", prompt="Internet Explorer 5 was developed by", target_new="Apple")
+    monkeypatch.setattr(corsa.generate, "generate", lambda m, f, prompts, *a, prefill=False, **k: [
+        "Microsoft Corporation, in 1999" if prefill else "Internet Explorer 5 was developed by Microsoft."
+        for _ in prompts])
+    scored = {}
 
-    def generate(model, fmt, prompts, *a, prefill=False, **k):
-        asked.append((tuple(prompts), prefill))
-        return ["Microsoft. It is a company" if prefill else replies[p] for p in prompts]
+    def scores(model, fmt, prompt, answers):
+        scored[prompt] = list(answers)
+        return torch.tensor([2.0 if a == "Microsoft Corporation" else -float(len(a)) for a in answers])
 
-    monkeypatch.setattr(corsa.generate, "generate", generate)
-    filled = fill(model, fmt, edits)
-    assert [e.target_old for e in filled] == ["Microsoft", "Italian"]
-    # only the reply that restated nothing was completed again
-    assert asked[1] == ((edits[0].prompt,), True)
-    # the prefill puts the prompt's words at the start of the answer turn, after the template's header
-    assert fmt.prefill_ids(edits[0].prompt) == tok(edits[0].prompt, add_special_tokens=False).input_ids
-    assert PromptFormat(tok, "raw").prefill_ids(edits[0].prompt) == []
+    monkeypatch.setattr(corsa.old_answers, "answer_scores", scores)
+    assert fill(model, fmt, [edit])[0].target_old == "Microsoft Corporation"
+    assert scored[edit.prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "in", "in 1999", "1999"]
+
+
+def test_few_shot_ids_refuse_control_tokens(tiny):
+    from corsa.errors import DataError
+    from corsa.prompts import PromptFormat
+
+    model, tok = tiny
+    fmt = PromptFormat(tok, "raw")
+    with pytest.raises(DataError, match="control token"):
+        fmt.few_shot_ids(list(SHOTS), f"Paris is{tok.eos_token}")

@@ -8,22 +8,23 @@ France."). A sentence as y⁻ makes the margin meaningless: DPO pushes the sente
 How y⁻ is found, always with the adapter disabled, so that a continued adapter's edits never
 leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative):
 
-1. the unedited model's greedy answer to the prompt, in the edit's prompt format (the chat
-   template where the tokenizer has one), first line only;
-2. where that answer restates the prompt ("The official language of Majorca is Italian."),
-   :func:`short_answer`: what follows the restatement, up to the first sentence or clause
-   punctuation, at most :data:`MAX_WORDS` words;
-3. where it does not (a chat model often starts elsewhere: "Windows Embedded CE 6.0 is a Microsoft
-   product that…" for "Windows Embedded CE 6.0 is a product of"), the model is asked to complete
-   the prompt itself: its answer turn starts with the prompt's words, and the greedy completion,
-   cut by :func:`completion_answer` to its first sentence of at most :data:`COMPLETION_WORDS`
-   words, is y⁻ ("Microsoft"). On 96 CounterFact prompts whose `ground_truth` was hidden
-   (``benchmarks/old_answers.py``, two samples), this found the old answer in 7 cases against 4
-   for the reply's first clause, where the reply itself held it in 6 (counting only records whose
-   prompt does not already name the answer);
-4. an answer that leaves nothing (empty, or only a restatement), or that is y⁺ itself (the model
-   already says it), falls back to the other candidates, the whole first line, then the
-   end-of-turn token, so y⁻ is never empty and never y⁺.
+1. **What the model says.** Its greedy reply to the prompt in the edit's prompt format (the chat
+   template where the tokenizer has one), and, in a chat, also its greedy completion of the
+   prompt's own words (the answer turn starts with them, so it states the fact instead of
+   talking around it: "Windows Embedded CE 6.0 is a Microsoft product…" for "… is a product of").
+2. **Candidates** (:func:`candidates`): every run of up to :data:`SPAN_WORDS` words inside one
+   clause of the reply (after a restatement of the prompt, :func:`_after_restatement`) and of the
+   completion's first line; never y⁺.
+3. **The answer among them** is the one the same unedited model finds most likely *as an answer*:
+   each candidate is scored as the answer turn, closed by the end of turn as a trained y⁺ is,
+   after :data:`SHOTS`, a few worked examples of short answers to other prompts
+   (PromptFormat.few_shot_ids). The examples fix the form (a name, not a sentence; "of" or "a
+   blend" never closes an answer); the candidates keep the content to what the model said.
+   On CounterFact prompts with their `ground_truth` hidden (``benchmarks/old_answers.py``) this
+   finds the old answer more often than the rule it replaced (a restatement cut at the first
+   clause) and as a whole answer far more often; the README gives the counts.
+4. Where no candidate is left (an empty reply), :func:`short_answer` of the reply, its first line,
+   then the end-of-turn token, so y⁻ is never empty and never y⁺.
 
 Where y⁺ is a program in a code block (an API update's task, :mod:`corsa.code`), y⁻ is the
 program the unedited model writes, in the same kind of block (:func:`_fill_programs`).
@@ -34,18 +35,34 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import torch
+
 from .adapter import off as adapter_off
 from .metrics import normalise
 
 MAX_WORDS = 6
-COMPLETION_WORDS = 8
+SPAN_WORDS = 4  # a CounterFact, zsRE or MQuAKE answer is one to four words
+# Worked examples of the form of an answer (step 3). True, generic, of different kinds (a city, a
+# company named in its prompt, a language, a person, a sport, a country), and none of them a
+# prompt of the bundled benchmarks, so that no benchmark's y⁻ is copied from an example.
+SHOTS: tuple[tuple[str, str], ...] = (
+    ("The capital of Peru is", "Lima"),
+    ("The Nintendo Switch is made by", "Nintendo"),
+    ("The official language of Brazil is", "Portuguese"),
+    ("The Starry Night was painted by", "Vincent van Gogh"),
+    ("Serena Williams plays the sport of", "tennis"),
+    ("Kofi Annan was a citizen of", "Ghana"),
+)
+SCORE_CHUNK = 64  # candidates scored in one pass: each repeats the prompt's KV cache
 # a clause ends at sentence punctuation followed by a space or the end ("3.14" and "1,234" go on),
 # at a newline, a quote or a bracket, or a spaced dash
 _CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)|[\n\"“”()\[\]]|\s[-–—]\s")
 # "St. Louis", "Dr. Who", "the U.S.": a full stop after one or two capitals is an abbreviation
 _ABBREVIATION = re.compile(r"(?:^|[\s.])[A-Z][a-z]?\.$")
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _WORD = re.compile(r"\w+", re.UNICODE)
+# a word of a span: letters and digits, joined inside by an apostrophe, a dot, "&" or a hyphen
+# ("Chaux-de-Fonds", "F.C", "O'Brien")
+_SPAN_WORD = re.compile(r"\w+(?:['’.&-]\w+)*", re.UNICODE)
 
 
 def first_line(text: str | None) -> str:
@@ -60,42 +77,52 @@ def _words(text: str) -> list[str]:
 def short_answer(prompt: str, answer: str) -> str:
     """The answer part of a model's `answer` to `prompt`: after a restated prompt, the first clause.
 
-    Pure; see the module docstring for the rule. Returns "" when nothing is left.
+    Pure; the fallback of step 4. Returns "" when nothing is left.
     """
     line = first_line(answer)
     rest = _after_restatement(prompt, line)
-    words = _first_clause(rest).split()
+    clauses = _clauses(rest)
+    words = (clauses[0] if clauses else "").split()
     return " ".join(words[:MAX_WORDS]).strip(" '\"`")
 
 
-def completion_answer(completion: str) -> str:
-    """The answer in a completion of the prompt's own words: its first sentence, at most COMPLETION_WORDS words.
-
-    Pure. A sentence, not a clause: a completion starts with the answer ("a mix of faiths,
-    including Buddhism"), so there is no restatement to cut and a comma is rarely its end.
-    """
-    line = first_line(completion)
-    for m in _SENTENCE_END.finditer(line):
-        if m.group() == "." and _ABBREVIATION.search(line[:m.end()]):
-            continue
-        line = line[:m.start()]
-        break
-    return " ".join(line.split()[:COMPLETION_WORDS]).strip(" '\"`")
-
-
-def restates(prompt: str, answer: str) -> bool:
-    """Whether the first line of `answer` restates `prompt`'s closing words (see _after_restatement)."""
-    line = first_line(answer)
-    return _after_restatement(prompt, line) != line
-
-
-def _first_clause(text: str) -> str:
-    """`text` up to its first clause boundary (_CLAUSE_END), skipping abbreviations' full stops."""
+def _clauses(text: str) -> list[str]:
+    """`text` cut at its clause boundaries (_CLAUSE_END, skipping abbreviations' full stops); no empty ones."""
+    out, start = [], 0
     for m in _CLAUSE_END.finditer(text):
         if m.group() == "." and _ABBREVIATION.search(text[:m.end()]):
             continue
-        return text[:m.start()].strip()
-    return text.strip()
+        out.append(text[start:m.start()])
+        start = m.end()
+    out.append(text[start:])
+    return [c.strip() for c in out if c.strip()]
+
+
+def spans(text: str, max_words: int = SPAN_WORDS) -> list[str]:
+    """Every run of 1 … `max_words` consecutive words inside one clause of `text`, as written.
+
+    Pure. A span is the text from its first word's start to its last word's end, so "St. Louis"
+    and "Chaux-de-Fonds" keep their punctuation; spans never cross a clause boundary.
+    """
+    out = []
+    for clause in _clauses(text):
+        words = [(m.start(), m.end()) for m in _SPAN_WORD.finditer(clause)]
+        for i in range(len(words)):
+            for j in range(i, min(len(words), i + max_words)):
+                out.append(clause[words[i][0]:words[j][1]])
+    return out
+
+
+def candidates(prompt: str, reply: str, completion: str | None, target_new: str) -> list[str]:
+    """The candidate old answers of step 2, first seen first, without repeats and never y⁺. Pure."""
+    found = spans(_after_restatement(prompt, first_line(reply))) + spans(first_line(completion))
+    new, seen, out = normalise(target_new), set(), []
+    for c in found:
+        key = normalise(c)
+        if key and key != new and key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
 
 
 def _after_restatement(prompt: str, line: str) -> str:
@@ -119,6 +146,30 @@ def _after_restatement(prompt: str, line: str) -> str:
     return line
 
 
+def closed_answer_ids(fmt, answer: str) -> list[int]:
+    """`answer` as the examples of few_shot_ids end theirs: the end of turn (chat), a newline (raw)."""
+    if fmt.chat:
+        return fmt.answer_ids(answer, eos=True)
+    return fmt.answer_ids(answer) + fmt.tokenizer("\n", add_special_tokens=False).input_ids
+
+
+@torch.no_grad()
+def answer_scores(model, fmt, prompt: str, answers: list[str]) -> torch.Tensor:
+    """log p(answer, closed | SHOTS, prompt) for every answer (step 3): (len(answers),) on CPU."""
+    from .prompts import collate_shared, pad_id
+    from .scoring import autocast, eval_mode, score_shared
+
+    ids = fmt.few_shot_ids(list(SHOTS), prompt)
+    out = []
+    with eval_mode(model) as device:
+        for s in range(0, len(answers), SCORE_CHUNK):
+            chunk = [closed_answer_ids(fmt, a) for a in answers[s:s + SCORE_CHUNK]]
+            batch = collate_shared([ids], [chunk], pad_id(fmt.tokenizer)).to(device)
+            with autocast(device):
+                out.append(score_shared(model, batch)[0].float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
 def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> list:
     """`edits` with every missing y⁻ set to the unedited model's short answer (module docstring).
 
@@ -134,24 +185,27 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
         return out
     edits = out
     prompts = [edits[i].prompt for i in missing]
+
+    def say(prefill):
+        return dist.gather_batches(lambda part: generate(model, fmt, part, max_new_tokens, batch_size, prefill=prefill),
+                                   prompts, batch_size, key=lambda p: -len(p))
+
     with adapter_off(model):
-        answers = dist.gather_batches(lambda part: generate(model, fmt, part, max_new_tokens, batch_size),
-                                      prompts, batch_size, key=lambda p: -len(p))
-        # a chat reply that does not restate the prompt: ask for the completion of the prompt itself
-        # (a raw model's answer already is one)
-        elsewhere = [p for p, a in zip(prompts, answers) if fmt.chat and not restates(p, a)]
-        completions = dict(zip(elsewhere, dist.gather_batches(
-            lambda part: generate(model, fmt, part, max_new_tokens, batch_size, prefill=True),
-            elsewhere, batch_size, key=lambda p: -len(p)))) if elsewhere else {}
+        replies = say(False)
+        # a raw model's reply already is the completion of the prompt's words
+        completions = say(True) if fmt.chat else [None] * len(prompts)
+        found = [candidates(edits[i].prompt, r, c, edits[i].target_new)
+                 for i, r, c in zip(missing, replies, completions)]
+        scores = dist.gather_batches(lambda part: [answer_scores(model, fmt, p, cs) for p, cs in part],
+                                     list(zip(prompts, found)), 1)
     out = list(edits)
-    for i, a in zip(missing, answers):
-        prompt = edits[i].prompt
-        candidates = [short_answer(prompt, a), first_line(a)]
-        if prompt in completions:
-            candidates.insert(0, completion_answer(completions[prompt]))
-        # y⁻ must differ from y⁺ (the model may already say it): the next candidate, else the end of turn
-        new = normalise(edits[i].target_new)
-        old = next((c for c in candidates if c and normalise(c) != new), fmt.tokenizer.eos_token)
+    for i, reply, cs, sc in zip(missing, replies, found, scores):
+        if cs:
+            old = cs[int(torch.as_tensor(sc).argmax())]
+        else:  # step 4: y⁻ must differ from y⁺ (the model may already say it)
+            new = normalise(edits[i].target_new)
+            fallback = [short_answer(edits[i].prompt, reply), first_line(reply)]
+            old = next((c for c in fallback if c and normalise(c) != new), fmt.tokenizer.eos_token)
         out[i] = dataclasses.replace(edits[i], target_old=old)
     return out
 

@@ -57,6 +57,22 @@ class PromptFormat:
             return self.tokenizer(text, add_special_tokens=False).input_ids
         return self.tokenizer(prompt).input_ids
 
+    def few_shot_ids(self, shots: list[tuple[str, str]], prompt: str) -> list[int]:
+        """`prompt` after worked examples (prompt, answer): earlier chat turns, or (raw) one line each.
+
+        The examples show what an answer looks like (corsa.old_answers asks for the old answer
+        in y⁺'s form this way); in a chat each example's answer turn closes with the end of turn,
+        as a trained y⁺ does.
+        """
+        self.check_text(prompt)
+        if self.chat:
+            turns = [{"role": role, "content": text} for q, a in shots
+                     for role, text in (("user", q), ("assistant", a))]
+            text = self.tokenizer.apply_chat_template(turns + [{"role": "user", "content": prompt}],
+                                                      add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False).input_ids
+        return self.tokenizer("".join(f"{q} {a}\n" for q, a in shots) + prompt).input_ids
+
     def prefill_ids(self, prompt: str) -> list[int]:
         """The prompt's own words as the start of the answer turn (chat), so that the model completes
         the statement instead of replying to it; nothing for raw prompts, which are completed already."""

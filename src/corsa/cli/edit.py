@@ -92,6 +92,7 @@ def _run(args, cfg, out: Path) -> int:
         # the edits' own checks (an edit longer than the context names its record) before the first question
         encode_edits(editor.fmt, edits, editor.max_length, need_rejected=False)
         before = editor.ask([e.prompt for e in edits]) if args.check else None
+        edits = _show_filled(edits, editor.fill_old_targets(edits))
         record = editor.update(edits, out=out)
         edits = record.edits
         print(f"trained {cfg.method} on {len(edits)} edits: {record.result.steps} steps, "
@@ -120,6 +121,16 @@ def _run(args, cfg, out: Path) -> int:
             print(f"warning: only {took} of {len(edits)} edits took. {advice}", file=sys.stderr)
     print(f"adapter and run record: {out}")
     return 0
+
+
+def _show_filled(given, filled):
+    """Print the old answers y⁻ filled in for edits that gave none, before any training; return `filled`."""
+    rows = [[e.id, e.prompt[:40], f.target_old[:40]] for e, f in zip(given, filled) if not e.target_old]
+    if rows:
+        print(f"old answer y⁻ of {len(rows)} edits that give none: the unedited model's own answer "
+              f"(corsa.old_answers; set target_old to choose it)")
+        print(show_table(rows, ["edit", "prompt", "y⁻ (pushed down by DPO)"]))
+    return filled
 
 
 SPILLOVER = Path(__file__).resolve().parents[1] / "data" / "spillover.txt"
