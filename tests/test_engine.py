@@ -227,7 +227,8 @@ def test_unknown_target_module_lists_the_real_ones(tiny):
 def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
     from dataclasses import replace
 
-    from corsa.old_answers import answer_scores, candidates, first_line, short_answer
+    from corsa.metrics import normalise
+    from corsa.old_answers import SHOTS, candidates, closed_answer_ids, first_line, short_answer
 
     editor = Editor(tiny, method="dpo", **FAST)
     edits = [replace(e, target_old=None) for e in toy_edits[:2]] + toy_edits[2:3]
@@ -250,11 +251,20 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
         reply = greedy(fmt.prompt_ids(e.prompt))
         completion = greedy(fmt.prompt_ids(e.prompt) + fmt.prefill_ids(e.prompt)) if fmt.chat else None
         found = candidates(e.prompt, reply, completion, e.target_new)
-        if found:  # the candidate the unedited model scores highest as an answer
-            want = found[int(answer_scores(model, fmt, e.prompt, found).argmax())]
+        if found:  # the candidate the unedited model scores highest as an answer, by a plain forward each
+            shots = fmt.few_shot_ids(list(SHOTS), e.prompt)
+
+            def logp(answer):
+                a = closed_answer_ids(fmt, answer)
+                with torch.no_grad():
+                    lp = model(input_ids=torch.tensor([shots + a])).logits[0].log_softmax(-1)
+                return sum(float(lp[len(shots) - 1 + k, t]) for k, t in enumerate(a))
+
+            want = max(found, key=logp)
         else:
             fallback = [short_answer(e.prompt, reply), first_line(reply)]
-            want = next((c for c in fallback if c and c != e.target_new), editor.tokenizer.eos_token)
+            want = next((c for c in fallback if c and normalise(c) != normalise(e.target_new)),
+                        editor.tokenizer.eos_token)
         assert f.target_old == want
 
 

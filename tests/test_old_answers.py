@@ -80,6 +80,14 @@ def test_candidates_come_after_the_restatement_and_never_are_y_plus():
     assert got.count("Spanish") == 1  # in the reply and the completion: once
     assert "It is" in got  # the completion's own clauses are candidates too
     assert candidates(prompt, "", None, "English") == []
+    # the prompt's subject said again is no answer; one of its words may be
+    got = candidates("Fiat 124 is a product of", "Fiat 124 is made by the Italian company Fiat", None, "BMW")
+    assert "Fiat 124" not in got and "Fiat" in got and "Italian company Fiat" in got
+    # nothing that holds y⁺ or is held by it: DPO would push y⁺ itself down
+    got = candidates("It is in", "It is in New York City Hall, near Microsoft's office", None, "New York City")
+    assert not {"New", "York", "City", "New York", "New York City", "New York City Hall"} & set(got)
+    assert "City Hall" in got and "Hall" in got
+    assert "Microsoft" in got and "Microsoft's office" in got  # a possessive is no part of the name
 
 
 @pytest.mark.parametrize("chat", [True, False])
@@ -106,8 +114,11 @@ def test_answer_scores_are_the_log_probabilities_after_the_worked_examples(tiny,
     text = tok.decode(ids)
     assert all(q in text and a in text for q, a in SHOTS) and text.rstrip().endswith(
         "<assistant>" if chat else prompt)
-    closing = tok.eos_token_id if chat else tok("\n", add_special_tokens=False).input_ids[-1]
-    assert closed_answer_ids(fmt, "Lima")[-1] == closing
+    closed = closed_answer_ids(fmt, "Lima")
+    if chat:
+        assert closed[-1] == tok.eos_token_id and tok.decode(closed[:-1]) == "Lima"
+    else:
+        assert tok.decode(closed) == " Lima\n"
 
 
 def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
@@ -121,19 +132,24 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
     model, tok = tiny
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     fmt = PromptFormat(tok, "chat")
-    edit = Edit(id="a", prompt="Internet Explorer 5 was developed by", target_new="Apple")
+    edits = [Edit(id="a", prompt="Internet Explorer 5 was developed by", target_new="Apple"),
+             Edit(id="b", prompt="The Eiffel Tower is in", target_new="Rome", target_old="Paris"),
+             Edit(id="c", prompt="Danielle Darrieux speaks", target_new="English")]
+    replies = {"Internet Explorer 5 was developed by": ("Internet Explorer 5 was developed by Microsoft.",
+                                                        "Microsoft Corporation, in 1999"),
+               "Danielle Darrieux speaks": ("She speaks French", "French and English")}
     monkeypatch.setattr(corsa.generate, "generate", lambda m, f, prompts, *a, prefill=False, **k: [
-        "Microsoft Corporation, in 1999" if prefill else "Internet Explorer 5 was developed by Microsoft."
-        for _ in prompts])
+        replies[p][prefill] for p in prompts])
     scored = {}
 
     def scores(model, fmt, prompt, answers):
         scored[prompt] = list(answers)
-        return torch.tensor([2.0 if a == "Microsoft Corporation" else -float(len(a)) for a in answers])
+        return torch.tensor([2.0 if a in ("Microsoft Corporation", "French") else -float(len(a)) for a in answers])
 
     monkeypatch.setattr(corsa.old_answers, "answer_scores", scores)
-    assert fill(model, fmt, [edit])[0].target_old == "Microsoft Corporation"
-    assert scored[edit.prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "in", "in 1999", "1999"]
+    assert [e.target_old for e in fill(model, fmt, edits)] == ["Microsoft Corporation", "Paris", "French"]
+    assert scored[edits[0].prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "in", "in 1999", "1999"]
+    assert set(scored) == {edits[0].prompt, edits[2].prompt}  # a given y⁻ is not asked for
 
 
 def test_few_shot_ids_refuse_control_tokens(tiny):

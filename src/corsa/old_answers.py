@@ -14,17 +14,22 @@ leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative)
    talking around it: "Windows Embedded CE 6.0 is a Microsoft product…" for "… is a product of").
 2. **Candidates** (:func:`candidates`): every run of up to :data:`SPAN_WORDS` words inside one
    clause of the reply (after a restatement of the prompt, :func:`_after_restatement`) and of the
-   completion's first line; never y⁺.
+   completion's first line. Not a candidate: a run of two or more words that are all the
+   prompt's (its subject said again: "Windows Embedded CE 6.0"; one word of it may be the answer,
+   "Fiat" for "Fiat 124 is a product of"), and
+   a run that holds y⁺ or is held by it ("Microsoft product" for y⁺ "Microsoft"): DPO would push
+   y⁺ itself down.
 3. **The answer among them** is the one the same unedited model finds most likely *as an answer*:
-   each candidate is scored as the answer turn, closed by the end of turn as a trained y⁺ is,
-   after :data:`SHOTS`, a few worked examples of short answers to other prompts
-   (PromptFormat.few_shot_ids). The examples fix the form (a name, not a sentence; "of" or "a
-   blend" never closes an answer); the candidates keep the content to what the model said.
-   On CounterFact prompts with their `ground_truth` hidden (``benchmarks/old_answers.py``) this
-   finds the old answer more often than the rule it replaced (a restatement cut at the first
-   clause) and as a whole answer far more often; the README gives the counts.
-4. Where no candidate is left (an empty reply), :func:`short_answer` of the reply, its first line,
-   then the end-of-turn token, so y⁻ is never empty and never y⁺.
+   each candidate is scored as the answer turn, closed as the examples' answers are (the end of
+   turn, as a trained y⁺ is; a newline without a chat template), after :data:`SHOTS`, a few
+   worked examples of short answers to other prompts (PromptFormat.few_shot_ids). The examples
+   set the form (a name, not a sentence: an answer that stops at "of" or "a blend" becomes
+   unlikely); the candidates keep the content to what the model said. On CounterFact prompts
+   with their `ground_truth` hidden (``benchmarks/old_answers.py``; counts in the README, "Edit
+   files") this finds the old answer as a whole answer far more often than the rule it replaced
+   (a restatement cut at the first clause).
+4. Where no candidate is left (an empty reply, or every span is y⁺), :func:`short_answer` of the
+   reply, its first line, then the end-of-turn token, so y⁻ is never empty and never y⁺.
 
 Where y⁺ is a program in a code block (an API update's task, :mod:`corsa.code`), y⁻ is the
 program the unedited model writes, in the same kind of block (:func:`_fill_programs`).
@@ -34,20 +39,23 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 
 import torch
 
 from .adapter import off as adapter_off
-from .metrics import normalise
+from .metrics import contains, normalise
 
 MAX_WORDS = 6
 SPAN_WORDS = 4  # a CounterFact, zsRE or MQuAKE answer is one to four words
 # Worked examples of the form of an answer (step 3). True, generic, of different kinds (a city, a
-# company named in its prompt, a language, a person, a sport, a country), and none of them a
-# prompt of the bundled benchmarks, so that no benchmark's y⁻ is copied from an example.
+# company, a language, a person, a sport, a country); none of them a prompt of the bundled
+# benchmarks, so that no benchmark's y⁻ is copied from an example, and none answered by its own
+# prompt's words (an example "The Nintendo Switch is made by: Nintendo" taught the model to
+# answer with the subject: "Windows Embedded CE 6.0" for "Windows Embedded CE 6.0 is a product of").
 SHOTS: tuple[tuple[str, str], ...] = (
     ("The capital of Peru is", "Lima"),
-    ("The Nintendo Switch is made by", "Nintendo"),
+    ("The PlayStation is made by", "Sony"),
     ("The official language of Brazil is", "Portuguese"),
     ("The Starry Night was painted by", "Vincent van Gogh"),
     ("Serena Williams plays the sport of", "tennis"),
@@ -61,8 +69,8 @@ _CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)|[\n\"“”()\[\]]|\s[-–—]\s")
 _ABBREVIATION = re.compile(r"(?:^|[\s.])[A-Z][a-z]?\.$")
 _WORD = re.compile(r"\w+", re.UNICODE)
 # a word of a span: letters and digits, joined inside by an apostrophe, a dot, "&" or a hyphen
-# ("Chaux-de-Fonds", "F.C", "O'Brien")
-_SPAN_WORD = re.compile(r"\w+(?:['’.&-]\w+)*", re.UNICODE)
+# ("Chaux-de-Fonds", "F.C", "O'Brien"), but not by a possessive's ("Microsoft's" is "Microsoft")
+_SPAN_WORD = re.compile(r"\w+(?:(?:['’](?![sS]\b)|[.&-])\w+)*", re.UNICODE)
 
 
 def first_line(text: str | None) -> str:
@@ -114,14 +122,20 @@ def spans(text: str, max_words: int = SPAN_WORDS) -> list[str]:
 
 
 def candidates(prompt: str, reply: str, completion: str | None, target_new: str) -> list[str]:
-    """The candidate old answers of step 2, first seen first, without repeats and never y⁺. Pure."""
+    """The candidate old answers of step 2, first seen first, without repeats (module docstring). Pure."""
+    reply, completion = (unicodedata.normalize("NFC", t or "") for t in (reply, completion))
     found = spans(_after_restatement(prompt, first_line(reply))) + spans(first_line(completion))
-    new, seen, out = normalise(target_new), set(), []
+    asked = set(_words(prompt))
+    seen, out = set(), []
     for c in found:
         key = normalise(c)
-        if key and key != new and key not in seen:
-            seen.add(key)
-            out.append(c)
+        if not key or key in seen or contains(c, target_new) or contains(target_new, c):
+            continue
+        words = _words(c)
+        if len(words) > 1 and set(words) <= asked:  # "Windows Embedded CE 6.0": the prompt's subject again
+            continue
+        seen.add(key)
+        out.append(c)
     return out
 
 
@@ -147,10 +161,15 @@ def _after_restatement(prompt: str, line: str) -> str:
 
 
 def closed_answer_ids(fmt, answer: str) -> list[int]:
-    """`answer` as the examples of few_shot_ids end theirs: the end of turn (chat), a newline (raw)."""
+    """`answer` as the examples of few_shot_ids end theirs: the end of turn (chat), a newline (raw).
+
+    The raw answer and its newline are tokenised together, as in the examples' lines (a
+    SentencePiece tokenizer splits a lone "\\n" into two pieces).
+    """
     if fmt.chat:
         return fmt.answer_ids(answer, eos=True)
-    return fmt.answer_ids(answer) + fmt.tokenizer("\n", add_special_tokens=False).input_ids
+    fmt.check_text(answer)
+    return fmt.tokenizer(" " + answer.strip() + "\n", add_special_tokens=False).input_ids
 
 
 @torch.no_grad()

@@ -125,11 +125,14 @@ def _run(args, cfg, out: Path) -> int:
 
 def _show_filled(given, filled):
     """Print the old answers y⁻ filled in for edits that gave none, before any training; return `filled`."""
-    rows = [[e.id, e.prompt[:40], f.target_old[:40]] for e, f in zip(given, filled) if not e.target_old]
+    def line(text):  # a program's y⁻ spans lines; the table shows its start on one
+        return " ".join(text.split())[:40]
+
+    rows = [[e.id, line(e.prompt), line(f.target_old)] for e, f in zip(given, filled) if not e.target_old]
     if rows:
         print(f"old answer y⁻ of {len(rows)} edits that give none: the unedited model's own answer "
               f"(corsa.old_answers; set target_old to choose it)")
-        print(show_table(rows, ["edit", "prompt", "y⁻ (pushed down by DPO)"]))
+        print(show_table(rows, ["edit", "prompt", "y⁻"]))
     return filled
 
 
