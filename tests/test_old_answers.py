@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 
 from corsa import Editor
-from corsa.old_answers import (MAX_WORDS, SHOTS, answer_scores, best_answer, candidates, closed_answer_ids, fill,
-                               short_answer, spans)
+from corsa.old_answers import (MAX_WORDS, SHOTS, answer_scores, candidates, closed_answer_ids, fill, short_answer,
+                               spans)
 
 FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False, edit_stop=False)
 
@@ -121,31 +121,6 @@ def test_answer_scores_are_the_log_probabilities_after_the_worked_examples(tiny,
         assert tok.decode(closed) == " Lima\n"
 
 
-@pytest.mark.parametrize("chat", [True, False])
-def test_best_answer_is_the_best_scored_one_without_scoring_them_all(tiny, chat, monkeypatch):
-    import corsa.old_answers
-    from corsa.prompts import PromptFormat
-
-    model, tok = tiny
-    if chat:
-        tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
-    fmt = PromptFormat(tok, "chat" if chat else "raw")
-    score_closed, rows = corsa.old_answers._score_closed, []
-
-    def counted(model, fmt, ids, closed):
-        rows.append(len(closed))
-        return score_closed(model, fmt, ids, closed)
-
-    monkeypatch.setattr(corsa.old_answers, "_score_closed", counted)
-    words = "the city of Lima in Peru near a river and many old houses by the sea".split()
-    for n in (1, 5, 40):
-        answers = [" ".join(words[i % 12:i % 12 + 1 + i % 3]) + (f" {i}" if i >= 12 else "") for i in range(n)]
-        want = int(answer_scores(model, fmt, "The capital of country 3 is", answers).argmax())
-        rows.clear()
-        assert best_answer(model, fmt, "The capital of country 3 is", answers) == want
-        assert sum(rows) <= n
-
-
 def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
     import torch
 
@@ -167,12 +142,11 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
         replies[p][prefill] for p in prompts])
     scored = {}
 
-    def best(model, fmt, prompt, answers):
+    def scores(model, fmt, prompt, answers):
         scored[prompt] = list(answers)
-        return int(torch.tensor([2.0 if a in ("Microsoft Corporation", "French") else -float(len(a))
-                                 for a in answers]).argmax())
+        return torch.tensor([2.0 if a in ("Microsoft Corporation", "French") else -float(len(a)) for a in answers])
 
-    monkeypatch.setattr(corsa.old_answers, "best_answer", best)
+    monkeypatch.setattr(corsa.old_answers, "answer_scores", scores)
     assert [e.target_old for e in fill(model, fmt, edits)] == ["Microsoft Corporation", "Paris", "French"]
     assert scored[edits[0].prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "in", "in 1999", "1999"]
     assert set(scored) == {edits[0].prompt, edits[2].prompt}  # a given y⁻ is not asked for

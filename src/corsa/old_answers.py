@@ -27,8 +27,10 @@ leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative)
    unlikely); the candidates keep the content to what the model said. On CounterFact prompts
    with their `ground_truth` hidden (``benchmarks/old_answers.py``; counts in the README, "Edit
    files") this finds the old answer as a whole answer far more often than the rule it replaced
-   (a restatement cut at the first clause). :func:`best_answer` finds the top candidate
-   without scoring most of the others (an exact bound on their first token).
+   (a restatement cut at the first clause). Scoring a reply's hundred or so spans makes the
+   filler cost about 5 s per edit on 2 CPU cores (12 edits in 65 s; a pruning by the first
+   token's bound was tried and was slower: most spans start with a likely word, so it pruned
+   little and ran the prompt once per chunk).
 4. Where no candidate is left (an empty reply, or every span is y⁺), :func:`short_answer` of the
    reply, its first line, then the end-of-turn token, so y⁻ is never empty and never y⁺.
 
@@ -63,8 +65,6 @@ SHOTS: tuple[tuple[str, str], ...] = (
     ("Kofi Annan was a citizen of", "Ghana"),
 )
 SCORE_CHUNK = 64  # candidates scored in one pass: each repeats the prompt's KV cache
-BOUND_CHUNK = 8  # best_answer scores this many candidates between two checks of its bound
-BOUND_SLACK = 1e-3  # nats: the bound and the score come from different passes
 # a clause ends at sentence punctuation followed by a space or the end ("3.14" and "1,234" go on),
 # at a newline, a quote or a bracket, or a spaced dash
 _CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)|[\n\"“”()\[\]]|\s[-–—]\s")
@@ -182,34 +182,6 @@ def answer_scores(model, fmt, prompt: str, answers: list[str]) -> torch.Tensor:
     return _score_closed(model, fmt, ids, [closed_answer_ids(fmt, a) for a in answers])
 
 
-@torch.no_grad()
-def best_answer(model, fmt, prompt: str, answers: list[str]) -> int:
-    """The index of the answer that answer_scores ranks first, found while scoring few of them.
-
-    Exact, by a bound: a closed answer's log-probability is at most its first token's, and one
-    pass of the prompt gives every first token's. Answers are scored in chunks in the order of
-    that bound, and the search stops when the best score found is at least the next bound. A
-    reply offers about a hundred spans; most are pruned, which makes the filler several times
-    cheaper than scoring them all.
-    """
-    from .scoring import next_token_logprobs
-
-    ids = fmt.few_shot_ids(list(SHOTS), prompt)
-    closed = [closed_answer_ids(fmt, a) for a in answers]
-    first = next_token_logprobs(model, fmt, [ids], 1, top=2**31)[0]
-    bound = [first.get(c[0], float("-inf")) for c in closed]
-    order = sorted(range(len(answers)), key=lambda i: -bound[i])
-    best, best_lp = order[0], float("-inf")
-    for s in range(0, len(order), BOUND_CHUNK):
-        chunk = order[s:s + BOUND_CHUNK]
-        if bound[chunk[0]] + BOUND_SLACK < best_lp:  # no answer left can beat it (slack: batch rounding)
-            break
-        for i, lp in zip(chunk, _score_closed(model, fmt, ids, [closed[i] for i in chunk]).tolist()):
-            if lp > best_lp or (lp == best_lp and i < best):
-                best, best_lp = i, lp
-    return best
-
-
 def _score_closed(model, fmt, ids: list[int], closed: list[list[int]]) -> torch.Tensor:
     """log p(each closed answer | ids), the prompt run once per chunk of SCORE_CHUNK answers."""
     from .prompts import collate_shared, pad_id
@@ -250,8 +222,9 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
         completions = say(True) if fmt.chat else [None] * len(prompts)
         found = [candidates(edits[i].prompt, r, c, edits[i].target_new)
                  for i, r, c in zip(missing, replies, completions)]
-        chosen = dist.gather_batches(lambda part: [best_answer(model, fmt, p, cs) if cs else -1 for p, cs in part],
-                                     list(zip(prompts, found)), 1)
+        chosen = dist.gather_batches(
+            lambda part: [int(answer_scores(model, fmt, p, cs).argmax()) if cs else -1 for p, cs in part],
+            list(zip(prompts, found)), 1)
     out = list(edits)
     for i, reply, cs, k in zip(missing, replies, found, chosen):
         if cs:
