@@ -50,15 +50,10 @@ class PromptFormat:
                             f"(ending or forging a chat turn), not as text; remove it")
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        self.check_text(prompt)
-        if self.chat:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                      add_generation_prompt=True, tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False).input_ids
-        return self.tokenizer(prompt).input_ids
+        return self.few_shot_ids((), prompt)
 
-    def few_shot_ids(self, shots: list[tuple[str, str]], prompt: str) -> list[int]:
-        """`prompt` after worked examples (prompt, answer): earlier chat turns, or (raw) one line each.
+    def few_shot_ids(self, shots, prompt: str) -> list[int]:
+        """`prompt` after worked examples (prompt, answer), if any: earlier chat turns, or (raw) one line each.
 
         The examples show what an answer looks like (corsa.old_answers asks for the old answer
         in y⁺'s form this way); in a chat each example's answer turn closes with the end of turn,
