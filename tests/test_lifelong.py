@@ -579,3 +579,26 @@ def test_later_updates_score_only_new_reference_pairs_and_reuse_the_last_hold_te
     fresh = compute_reference(editor.model, editor.fmt, enc, editor.config, 16)
     kept = compute_reference(editor.model, editor.fmt, enc, editor.config, 16, editor._base_scores)
     assert torch.allclose(fresh.chosen, kept.chosen, atol=1e-4) and torch.allclose(fresh.rejected, kept.rejected, atol=1e-4)
+
+
+def test_corsa_edit_with_updates_shows_each_updates_filled_old_answers_before_it_trains(tmp_path, capsys):
+    import json
+
+    from corsa.cli import main
+    from corsa.testing import save_tiny_llama
+
+    model = str(save_tiny_llama(tmp_path / "model", seed=0))
+    edits = tmp_path / "e.jsonl"
+    edits.write_text("".join(json.dumps({"prompt": f"The capital of X{i} is", "target_new": f"Y{i}bb"}) + "\n"
+                             for i in range(2)))
+    assert main(["edit", "--model", model, "--edits", str(edits), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--updates", "2", "--quiet", "--no-check"]) == 0
+    out = capsys.readouterr().out
+    for k in (1, 2):
+        stored = json.loads((tmp_path / "run" / f"update-{k}" / "edits.jsonl").read_text())
+        start = out.index(f"update {k}/2: 1 edits")
+        trained = out.index(f"update {k}/2: ", start + 1)
+        # the update's own table, between its announcement and its training's report, with the y⁻ it trained on
+        table = out[start:trained]
+        assert "old answer y⁻ of 1 edits" in table and stored["id"] in table
+        assert " ".join(stored["target_old"].split())[:40] in table

@@ -56,10 +56,12 @@ def completed(out: Path, settings: dict) -> int:
     return last_readable(out, int(saved.get("completed", 0)))
 
 
-def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dict, log=print):
+def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dict, log=print, show_filled=None):
     """Train the K updates not yet complete; returns the Editor holding the final adapter.
 
     make_editor(adapter_or_None) builds the Editor, continuing from a saved adapter if given.
+    show_filled(given, filled), if given, sees each update's edits before and after their missing
+    y⁻ are filled (by the unedited model, before that update trains) and returns the edits to train.
     """
     out = Path(out)
     updates = split_in_order(edits, k)
@@ -80,7 +82,8 @@ def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dic
     for i in range(done, k):
         folder = out / f"update-{i + 1}"
         log(f"update {i + 1}/{k}: {len(updates[i])} edits")
-        record = editor.update(updates[i], out=folder)  # its index: the adapter's lineage so far (a resume included)
+        todo = updates[i] if show_filled is None else show_filled(updates[i], editor.fill_old_targets(updates[i]))
+        record = editor.update(todo, out=folder)  # its index: the adapter's lineage so far (a resume included)
         log(f"update {i + 1}/{k}: {record.result.steps} steps, {record.result.seconds:.1f} s, "
             f"peak memory {peak_rss_mb():.0f} MiB")
         dist.on_main(atomic_write_json, out / PROGRESS, {"settings": settings, "completed": i + 1})

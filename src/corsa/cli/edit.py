@@ -73,9 +73,10 @@ def _method_of(args):
 
 
 def _run(args, cfg, out: Path) -> int:
+    from .. import distributed as dist
     from ..api import Editor, as_edits
     from ..prompts import encode_edits
-    from ..io import peak_rss_mb
+    from ..io import check_writable, peak_rss_mb
     from ..metrics import contains
     from ..updates import run_updates, settings_of
 
@@ -91,6 +92,8 @@ def _run(args, cfg, out: Path) -> int:
         editor = make_editor()
         # the edits' own checks (an edit longer than the context names its record) before the first question
         encode_edits(editor.fmt, edits, editor.max_length, need_rejected=False)
+        # the room for the adapter checked before the work that comes ahead of training (y⁻, the check)
+        dist.on_main(check_writable, out, 2 * editor.adapter_bytes() + 20 * 2**20)
         before = editor.ask([e.prompt for e in edits]) if args.check else None
         edits = _show_filled(edits, editor.fill_old_targets(edits))
         record = editor.update(edits, out=out)
@@ -100,7 +103,7 @@ def _run(args, cfg, out: Path) -> int:
               f"{time.perf_counter() - t0:.1f} s, peak memory {peak_rss_mb():.0f} MiB")
     else:
         settings = settings_of(args.model, args.adapter, cfg, edits, args.updates)
-        editor, _ = run_updates(make_editor, edits, args.updates, out, settings)
+        editor, _ = run_updates(make_editor, edits, args.updates, out, settings, show_filled=_show_filled)
         before = editor.ask([e.prompt for e in edits], base=args.adapter is None) if args.check else None
         print(f"trained {cfg.method} on {len(edits)} edits in {args.updates} updates, {time.perf_counter() - t0:.1f} s, "
               f"peak memory {peak_rss_mb():.0f} MiB")
