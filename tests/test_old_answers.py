@@ -90,19 +90,37 @@ def test_candidates_come_after_the_restatement_and_never_are_y_plus():
     assert "Microsoft" in got and "Microsoft's office" in got  # a possessive is no part of the name
 
 
+def test_runs_score_each_shared_beginning_once():
+    from corsa.old_answers import _runs
+
+    # closed answers: a body and its closing token (9)
+    closed = [[1, 2, 9], [1, 2, 3, 9], [1, 9], [4, 9], [1, 5, 9], [1, 2, 3, 9], [1, 2, 8]]
+    runs, where = _runs(closed)
+    # [1, 2, 3] holds [1, 2] and [1]; [1, 5] and [4] begin no other body
+    assert sorted(map(tuple, runs)) == [(1, 2, 3, 9), (1, 5, 9), (4, 9)]
+    for answer, (r, n) in zip(closed, where):
+        assert runs[r][:n] == answer[:-1] and n == len(answer) - 1
+    assert where[0][0] == where[1][0] == where[2][0] == where[5][0] == where[6][0]
+    assert _runs([]) == ([], [])
+
+
 @pytest.mark.parametrize("chat", [True, False])
-def test_answer_scores_are_the_log_probabilities_after_the_worked_examples(tiny, chat):
+def test_answer_scores_are_the_log_probabilities_after_the_worked_examples(tiny, chat, monkeypatch):
     """Checked against a plain forward of the whole sequence, token by token (no shared KV cache)."""
     import torch
 
+    import corsa.old_answers
     from corsa.prompts import PromptFormat
 
     model, tok = tiny
     if chat:
         tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     fmt = PromptFormat(tok, "chat" if chat else "raw")
-    prompt, answers = "The capital of country 3 is", ["City3", "Town 3", "of"]
+    monkeypatch.setattr(corsa.old_answers, "SCORE_CHUNK", 2)  # runs in several passes
+    # answers that begin others ("City3" begins "City3 Town"): read off the longer one's pass
+    prompt, answers = "The capital of country 3 is", ["City3", "Town 3", "of", "City3 Town", "City3 Town 3 of", "Town"]
     got = answer_scores(model, fmt, prompt, answers)
+    assert len(corsa.old_answers._runs([closed_answer_ids(fmt, a) for a in answers])[0]) == 3  # shared: 6 in 3 runs
     ids = fmt.few_shot_ids(list(SHOTS), prompt)
     for answer, lp in zip(answers, got):
         a = closed_answer_ids(fmt, answer)

@@ -41,27 +41,35 @@ def score_shared(model, batch: SharedBatch, greedy: bool = False):
     CounterFact prompt) run once for the whole batch (`shared_prefix`). Gradients flow through
     the caches into the prompt's activations, as in one long forward.
     """
+    n = batch.n_answers
+    logits = shared_answer_logits(model, batch)
+    mask = batch.answer_mask.to(logits.dtype)
+    lp = answer_logprobs(logits, batch.answer_ids, mask).view(-1, n)
+    if greedy:
+        return lp, is_greedy(logits, batch.answer_ids, mask).view(-1, n)
+    return lp
+
+
+def shared_answer_logits(model, batch: SharedBatch) -> torch.Tensor:
+    """The logits that predict every answer token, each answer after its prompt's KV cache: (B·n, K, V).
+
+    Row b·n + j is prompt b's answer j; position k predicts answer token k (score_shared's pass).
+    """
     n, K = batch.n_answers, batch.answer_ids.shape[1]
     device = batch.prompt_ids.device
     name = _cache_argument(model)
     first, cache, mask = _prompt_pass(model, batch, name)
     first = first.repeat_interleave(n, 0)                               # predicts answer token 0
     if K == 1:
-        logits = first
-    else:
-        cache.batch_repeat_interleave(n)
-        # answer tokens 0 … K-2 are the inputs that predict tokens 1 … K-1
-        mask = torch.cat([mask.repeat_interleave(n, 0), batch.answer_mask[:, :-1]], dim=1)
-        start = batch.prompt_mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
-        positions = start + torch.arange(K - 1, device=device)
-        rest = model(input_ids=batch.answer_ids[:, :-1], attention_mask=mask, position_ids=positions,
-                     use_cache=True, **{name: cache}).logits
-        logits = torch.cat([first, rest], dim=1)                        # (B·n, K, V)
-    mask = batch.answer_mask.to(logits.dtype)
-    lp = answer_logprobs(logits, batch.answer_ids, mask).view(-1, n)
-    if greedy:
-        return lp, is_greedy(logits, batch.answer_ids, mask).view(-1, n)
-    return lp
+        return first
+    cache.batch_repeat_interleave(n)
+    # answer tokens 0 … K-2 are the inputs that predict tokens 1 … K-1
+    mask = torch.cat([mask.repeat_interleave(n, 0), batch.answer_mask[:, :-1]], dim=1)
+    start = batch.prompt_mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
+    positions = start + torch.arange(K - 1, device=device)
+    rest = model(input_ids=batch.answer_ids[:, :-1], attention_mask=mask, position_ids=positions,
+                 use_cache=True, **{name: cache}).logits
+    return torch.cat([first, rest], dim=1)                              # (B·n, K, V)
 
 
 MIN_SHARED_PREFIX = 4  # fewer shared tokens than this are not worth a second forward
