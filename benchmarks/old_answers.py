@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     hidden = [dataclasses.replace(e, target_old=None) for e in picked]
 
     editor = Editor(model=args.model, config=EditConfig(method="lora"))
+    t0 = time.perf_counter()
     filled = fill(editor.model, editor.fmt, hidden, editor.config.max_new_tokens)
+    seconds = time.perf_counter() - t0
     # the answers the filler read, generated again the same way (greedy, adapter off on a new adapter)
     with adapter_off(editor.model):
         greedy = generate(editor.model, editor.fmt, [e.prompt for e in picked], editor.config.max_new_tokens, 16)
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     rates.update({f"{k}_known": sum(c[k] for c in cases if not c["prompt_names_it"]) for k in kinds})
     rates["prompt_names_it"] = sum(c["prompt_names_it"] for c in cases)
     result = {"data": args.data, "model": args.model, "edits": n, "start": args.start, "stride": args.stride,
-              "counts": rates,
+              "fill_seconds": round(seconds, 1), "counts": rates,
               "target": {f"{k}{sub} >= greedy_contains{sub}": rates[k + sub] >= rates["greedy_contains" + sub]
                          for k in ("filled_matches", "filled_contains") for sub in ("", "_known")},
               "cases": cases, "versions": library_versions()}
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if c["greedy_contains"] != c["filled_contains"]:
             which = "found only in the reply" if c["greedy_contains"] else "found only in y⁻"
             print(f"  {which}: {c['prompt']!r} → {c['greedy']!r} → y⁻ {c['filled']!r} (truth {c['ground_truth']!r})")
-    print(f"written: {args.out}")
+    print(f"fill: {seconds:.1f} s for {n} edits; written: {args.out}")
     return 0
 
 

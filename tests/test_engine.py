@@ -228,7 +228,7 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
     from dataclasses import replace
 
     from corsa.metrics import normalise
-    from corsa.old_answers import SHOTS, candidates, closed_answer_ids, first_line, short_answer
+    from corsa.old_answers import SHOTS, candidates, end_ids, first_line, short_answer
 
     editor = Editor(tiny, method="dpo", **FAST)
     edits = [replace(e, target_old=None) for e in toy_edits[:2]] + toy_edits[2:3]
@@ -249,16 +249,22 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
 
     for e, f in zip(edits[:2], filled[:2]):
         reply = greedy(fmt.prompt_ids(e.prompt))
-        completion = greedy(fmt.prompt_ids(e.prompt) + fmt.prefill_ids(e.prompt)) if fmt.chat else None
-        found = candidates(e.prompt, reply, completion, e.target_new)
-        if found:  # the candidate the unedited model scores highest as an answer, by a plain forward each
-            shots = fmt.few_shot_ids(list(SHOTS), e.prompt)
+        completions = ([greedy(fmt.prompt_ids(e.prompt) + fmt.prefill_ids(e.prompt)),
+                        greedy(editor.tokenizer(e.prompt).input_ids)] if fmt.chat else [])
+        found = candidates(e.prompt, reply, completions, e.target_new)
+        if found:  # the candidate the unedited model scores highest, by plain forwards: as an answer, and as text
+            ends = end_ids(editor.tokenizer)
+
+            def ended(ids, answer_ids):
+                with torch.no_grad():
+                    lp = model(input_ids=torch.tensor([ids + answer_ids])).logits[0].log_softmax(-1)
+                return (sum(float(lp[len(ids) - 1 + k, t]) for k, t in enumerate(answer_ids))
+                        + float(lp[len(ids) + len(answer_ids) - 1, ends].logsumexp(0)))
 
             def logp(answer):
-                a = closed_answer_ids(fmt, answer)
-                with torch.no_grad():
-                    lp = model(input_ids=torch.tensor([shots + a])).logits[0].log_softmax(-1)
-                return sum(float(lp[len(shots) - 1 + k, t]) for k, t in enumerate(a))
+                return (ended(fmt.few_shot_ids(list(SHOTS), e.prompt), fmt.answer_ids(answer, eos=False))
+                        + ended(editor.tokenizer(e.prompt).input_ids,
+                                editor.tokenizer(" " + answer, add_special_tokens=False).input_ids))
 
             want = max(found, key=logp)
         else:

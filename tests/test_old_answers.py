@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from corsa import Editor
-from corsa.old_answers import (MAX_WORDS, SHOTS, answer_scores, candidates, closed_answer_ids, fill, short_answer,
+from corsa.old_answers import (FUNCTION_WORDS, MAX_WORDS, SHOTS, answer_scores, candidates, end_ids, fill, short_answer,
                                spans)
 
 FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False, edit_stop=False)
@@ -73,18 +73,24 @@ def test_spans_are_word_runs_inside_one_clause():
 def test_candidates_come_after_the_restatement_and_never_are_y_plus():
     prompt = "The language of El Correo is"
     reply = "The language of El Correo is a blend of Spanish and English, with"
-    got = candidates(prompt, reply, "Spanish. It is", target_new="English")
+    got = candidates(prompt, reply, ["Spanish. It is", None, "Basque and the"], target_new="English")
     assert "The language" not in got and "El Correo" not in got  # the restated prompt is no candidate
     assert "English" not in got and "english" not in [c.lower() for c in got]
-    assert got[:4] == ["a", "a blend", "a blend of", "a blend of Spanish"]
-    assert got.count("Spanish") == 1  # in the reply and the completion: once
-    assert "It is" in got  # the completion's own clauses are candidates too
-    assert candidates(prompt, "", None, "English") == []
+    # no run begins or ends with a function word: "a blend", "blend of", "and" are no answers
+    assert got[:3] == ["blend", "blend of Spanish", "Spanish"]
+    assert got.count("Spanish") == 1  # in the reply and a completion: once
+    assert "Basque" in got and "Basque and the" not in got  # every completion's spans, from its start
+    assert not [c for c in got if {c.split()[0].lower(), c.split()[-1].lower()} & FUNCTION_WORDS]
+    assert candidates(prompt, "", [None], "English") == []
     # the prompt's subject said again is no answer; one of its words may be
-    got = candidates("Fiat 124 is a product of", "Fiat 124 is made by the Italian company Fiat", None, "BMW")
+    got = candidates("Fiat 124 is a product of", "Fiat 124 is made by the Italian company Fiat", [], "BMW")
     assert "Fiat 124" not in got and "Fiat" in got and "Italian company Fiat" in got
+    assert "the Italian company" not in got and "made by" not in got
+    # y⁺'s form: no number for a name, no name for a number
+    assert "124" not in candidates("Fiat 124 is a product of", "Fiat 124, built in 1966", [], "BMW")
+    assert candidates("It was built in", "It was built in 1966, in Turin", [], "1970") == ["1966"]
     # nothing that holds y⁺ or is held by it: DPO would push y⁺ itself down
-    got = candidates("It is in", "It is in New York City Hall, near Microsoft's office", None, "New York City")
+    got = candidates("It is in", "It is in New York City Hall, near Microsoft's office", [], "New York City")
     assert not {"New", "York", "City", "New York", "New York City", "New York City Hall"} & set(got)
     assert "City Hall" in got and "Hall" in got
     assert "Microsoft" in got and "Microsoft's office" in got  # a possessive is no part of the name
@@ -105,8 +111,9 @@ def test_runs_score_each_shared_beginning_once():
 
 
 @pytest.mark.parametrize("chat", [True, False])
-def test_answer_scores_are_the_log_probabilities_after_the_worked_examples(tiny, chat, monkeypatch):
-    """Checked against a plain forward of the whole sequence, token by token (no shared KV cache)."""
+def test_answer_scores_read_the_answer_after_the_worked_examples_and_in_the_prompts_text(tiny, chat, monkeypatch):
+    """Checked against plain forwards of the whole sequences, token by token (no shared KV cache):
+    log p(a, then an end | SHOTS, prompt) + log p(" a", then an end | the prompt as plain text)."""
     import torch
 
     import corsa.old_answers
@@ -120,23 +127,32 @@ def test_answer_scores_are_the_log_probabilities_after_the_worked_examples(tiny,
     # answers that begin others ("City3" begins "City3 Town"): read off the longer one's pass
     prompt, answers = "The capital of country 3 is", ["City3", "Town 3", "of", "City3 Town", "City3 Town 3 of", "Town"]
     got = answer_scores(model, fmt, prompt, answers)
-    assert len(corsa.old_answers._runs([closed_answer_ids(fmt, a) for a in answers])[0]) == 3  # shared: 6 in 3 runs
-    ids = fmt.few_shot_ids(list(SHOTS), prompt)
-    for answer, lp in zip(answers, got):
-        a = closed_answer_ids(fmt, answer)
+    ends = end_ids(tok)
+    assert len(corsa.old_answers._runs([fmt.answer_ids(a, eos=False) + ends[:1] for a in answers])[0]) == 3
+
+    def plain(ids, answer_ids):
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids + a])).logits[0].log_softmax(-1)
-        want = sum(float(logits[len(ids) - 1 + k, t]) for k, t in enumerate(a))
+            logp = model(input_ids=torch.tensor([ids + answer_ids])).logits[0].log_softmax(-1)
+        body = sum(float(logp[len(ids) - 1 + k, t]) for k, t in enumerate(answer_ids))
+        return body + float(logp[len(ids) + len(answer_ids) - 1, ends].logsumexp(0))
+
+    shots = fmt.few_shot_ids(list(SHOTS), prompt)
+    text = tok(prompt).input_ids
+    for answer, lp in zip(answers, got):
+        want = (plain(shots, fmt.answer_ids(answer, eos=False))
+                + plain(text, tok(" " + answer, add_special_tokens=False).input_ids))
         assert float(lp) == pytest.approx(want, abs=1e-4)
     # the examples come first, each closed as an answer: the end of turn, or a new line
-    text = tok.decode(ids)
-    assert all(q in text and a in text for q, a in SHOTS) and text.rstrip().endswith(
+    decoded = tok.decode(shots)
+    assert all(q in decoded and a in decoded for q, a in SHOTS) and decoded.rstrip().endswith(
         "<assistant>" if chat else prompt)
-    closed = closed_answer_ids(fmt, "Lima")
-    if chat:
-        assert closed[-1] == tok.eos_token_id and tok.decode(closed[:-1]) == "Lima"
-    else:
-        assert tok.decode(closed) == " Lima\n"
+
+
+def test_end_ids_are_the_end_of_turn_and_the_marks_that_end_a_clause(tiny):
+    model, tok = tiny
+    ends = end_ids(tok)
+    assert ends[0] == tok.eos_token_id and len(ends) == len(set(ends))
+    assert {tok.decode([t]) for t in ends[1:]} == {".", ",", "\n"}
 
 
 def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
@@ -153,11 +169,12 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
     edits = [Edit(id="a", prompt="Internet Explorer 5 was developed by", target_new="Apple"),
              Edit(id="b", prompt="The Eiffel Tower is in", target_new="Rome", target_old="Paris"),
              Edit(id="c", prompt="Danielle Darrieux speaks", target_new="English")]
+    # the chat reply, the chat completion of the prompt's words, the plain-text continuation
     replies = {"Internet Explorer 5 was developed by": ("Internet Explorer 5 was developed by Microsoft.",
-                                                        "Microsoft Corporation, in 1999"),
-               "Danielle Darrieux speaks": ("She speaks French", "French and English")}
+                                                        "Microsoft Corporation, in 1999", "Bill Gates"),
+               "Danielle Darrieux speaks": ("She speaks French", "French and English", "fluent French")}
     monkeypatch.setattr(corsa.generate, "generate", lambda m, f, prompts, *a, prefill=False, **k: [
-        replies[p][prefill] for p in prompts])
+        replies[p][2 if not f.chat else int(prefill)] for p in prompts])
     scored = {}
 
     def scores(model, fmt, prompt, answers):
@@ -166,7 +183,8 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
 
     monkeypatch.setattr(corsa.old_answers, "answer_scores", scores)
     assert [e.target_old for e in fill(model, fmt, edits)] == ["Microsoft Corporation", "Paris", "French"]
-    assert scored[edits[0].prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "in", "in 1999", "1999"]
+    # not "in", "in 1999" (a function word) nor "1999" (a number, where y⁺ is a name)
+    assert scored[edits[0].prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "Bill", "Bill Gates", "Gates"]
     assert set(scored) == {edits[0].prompt, edits[2].prompt}  # a given y⁻ is not asked for
 
 

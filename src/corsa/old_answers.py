@@ -9,28 +9,34 @@ How y⁻ is found, always with the adapter disabled, so that a continued adapter
 leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative):
 
 1. **What the model says.** Its greedy reply to the prompt in the edit's prompt format (the chat
-   template where the tokenizer has one), and, in a chat, also its greedy completion of the
-   prompt's own words (the answer turn starts with them, so it states the fact instead of
-   talking around it: "Windows Embedded CE 6.0 is a Microsoft product…" for "… is a product of").
+   template where the tokenizer has one), and, in a chat, also two continuations of the
+   prompt's own words: its completion of them as the start of its answer turn (so it states the
+   fact instead of talking around it: "Windows Embedded CE 6.0 is a Microsoft product…" for "…
+   is a product of"), and their continuation as plain text, without the template ("Toyota
+   Porte is produced by" → "Toyota, which has been a leader…").
 2. **Candidates** (:func:`candidates`): every run of up to :data:`SPAN_WORDS` words inside one
-   clause of the reply (after a restatement of the prompt, :func:`_after_restatement`) and of the
-   completion's first line. Not a candidate: a run of two or more words that are all the
+   clause of the reply (after a restatement of the prompt, :func:`_after_restatement`) and of
+   each continuation's first line. Not a candidate: a run of two or more words that are all the
    prompt's (its subject said again: "Windows Embedded CE 6.0"; one word of it may be the answer,
-   "Fiat" for "Fiat 124 is a product of"), and
-   a run that holds y⁺ or is held by it ("Microsoft product" for y⁺ "Microsoft"): DPO would push
-   y⁺ itself down.
-3. **The answer among them** is the one the same unedited model finds most likely *as an answer*:
-   each candidate is scored as the answer turn, closed as the examples' answers are (the end of
-   turn, as a trained y⁺ is; a newline without a chat template), after :data:`SHOTS`, a few
-   worked examples of short answers to other prompts (PromptFormat.few_shot_ids). The examples
-   set the form (a name, not a sentence: an answer that stops at "of" or "a blend" becomes
-   unlikely); the candidates keep the content to what the model said. On CounterFact prompts
-   with their `ground_truth` hidden (``benchmarks/old_answers.py``; counts in the README, "Edit
-   files") this finds the old answer as a whole answer far more often than the rule it replaced
-   (a restatement cut at the first clause). Scoring a reply's hundred or so spans makes the
-   filler cost about 5 s per edit on 2 CPU cores (12 edits in 65 s; a pruning by the first
-   token's bound was tried and was slower: most spans start with a likely word, so it pruned
-   little and ran the prompt once per chunk).
+   "Fiat" for "Fiat 124 is a product of"); a run that begins or ends with a function word
+   (:data:`FUNCTION_WORDS`: "a", "city of", "the United Kingdom"); a number where y⁺ is a word,
+   or a word where y⁺ is a number ("5" of "Renault 5"); and a run that holds y⁺ or is held by it
+   ("Microsoft product" for y⁺ "Microsoft"): DPO would push y⁺ itself down.
+3. **The answer among them** is the one the same unedited model finds most likely as the whole
+   answer, read two ways and the log-probabilities added (:func:`answer_scores`):
+
+       score(a) = log p(a, end | SHOTS, prompt) + log p(" " a, end | prompt as plain text)
+
+   where "end" is any token that ends an answer there (:func:`end_ids`: the end of turn, a full
+   stop, a comma, a newline; summed). The first reading is the answer turn after :data:`SHOTS`,
+   a few worked examples of short answers to other prompts (PromptFormat.few_shot_ids): the
+   examples set the form (a name, not a sentence). The second is the prompt's sentence
+   completed by `a`: it knows the relation's object from the prompt's words ("is produced by"
+   → a company) where the answer turn alone prefers a restated subject ("Tang Dynasty" for
+   "The official religion of Tang Empire is"). The candidates keep the content to what the
+   model said. Counts on CounterFact prompts with their `ground_truth` hidden are in
+   benchmarks/README ("How often the filled y⁻ is the old answer"; ``benchmarks/old_answers.py``).
+   Spans that begin other spans are scored in the longer one's pass (:func:`_runs`).
 4. Where no candidate is left (an empty reply, or every span is y⁺), :func:`short_answer` of the
    reply, its first line, then the end-of-turn token, so y⁻ is never empty and never y⁺.
 
@@ -64,6 +70,12 @@ SHOTS: tuple[tuple[str, str], ...] = (
     ("Serena Williams plays the sport of", "tennis"),
     ("Kofi Annan was a citizen of", "Ghana"),
 )
+# An answer in y⁺'s form (a name, a language, a place) neither begins nor ends with one of these
+# English function words: "a", "the United Kingdom", "city of" are no answers ("United Kingdom"
+# is a candidate of its own). None of CounterFact's 10,000 old or new answers begins or ends with one.
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to for by with from as and or but nor is was are were be been "
+    "it its this that these those which who whom whose his her their our your my".split())
 SCORE_CHUNK = 64  # candidates scored in one pass: each repeats the prompt's KV cache
 # a clause ends at sentence punctuation followed by a space or the end ("3.14" and "1,234" go on),
 # at a newline, a quote or a bracket, or a spaced dash
@@ -124,22 +136,37 @@ def spans(text: str, max_words: int = SPAN_WORDS) -> list[str]:
     return out
 
 
-def candidates(prompt: str, reply: str, completion: str | None, target_new: str) -> list[str]:
-    """The candidate old answers of step 2, first seen first, without repeats (module docstring). Pure."""
-    reply, completion = (unicodedata.normalize("NFC", t or "") for t in (reply, completion))
-    found = spans(_after_restatement(prompt, first_line(reply))) + spans(first_line(completion))
+def candidates(prompt: str, reply: str, completions, target_new: str) -> list[str]:
+    """The candidate old answers of step 2, first seen first, without repeats (module docstring). Pure.
+
+    `reply` is read after its restatement of the prompt; `completions` (continuations of the
+    prompt's own words) from their start. Each is read to its first line.
+    """
+    texts = [_after_restatement(prompt, first_line(_nfc(reply)))] + [first_line(_nfc(c)) for c in completions]
     asked = set(_words(prompt))
     seen, out = set(), []
-    for c in found:
+    for c in (span for text in texts for span in spans(text)):
         key = normalise(c)
         if not key or key in seen or contains(c, target_new) or contains(target_new, c):
             continue
         words = _words(c)
         if len(words) > 1 and set(words) <= asked:  # "Windows Embedded CE 6.0": the prompt's subject again
             continue
+        if words and (words[0] in FUNCTION_WORDS or words[-1] in FUNCTION_WORDS):  # "a", "city of", "the UK"
+            continue
+        if _has_letter(c) != _has_letter(target_new):  # y⁺'s form: "5" is no answer where y⁺ is a name
+            continue
         seen.add(key)
         out.append(c)
     return out
+
+
+def _has_letter(text: str) -> bool:
+    return any(ch.isalpha() for ch in text)
+
+
+def _nfc(text: str | None) -> str:
+    return unicodedata.normalize("NFC", text or "")
 
 
 def _after_restatement(prompt: str, line: str) -> str:
@@ -163,60 +190,67 @@ def _after_restatement(prompt: str, line: str) -> str:
     return line
 
 
-def closed_answer_ids(fmt, answer: str) -> list[int]:
-    """`answer` as the examples of few_shot_ids end theirs: the end of turn (chat), a newline (raw).
-
-    The raw answer and its newline are tokenised together, as in the examples' lines (a
-    SentencePiece tokenizer splits a lone "\\n" into two pieces).
-    """
-    if fmt.chat:
-        return fmt.answer_ids(answer, eos=True)
-    fmt.check_text(answer)
-    return fmt.tokenizer(" " + answer.strip() + "\n", add_special_tokens=False).input_ids
+def end_ids(tokenizer) -> list[int]:
+    """The tokens that end an answer (step 3): the end of turn, and a full stop, a comma or a newline
+    where one follows a word as a token of its own."""
+    out = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    word = tokenizer("x", add_special_tokens=False).input_ids
+    for mark in (".", ",", "\n"):
+        ids = tokenizer("x" + mark, add_special_tokens=False).input_ids
+        if len(ids) == len(word) + 1 and ids[:-1] == word and ids[-1] not in out:
+            out.append(ids[-1])
+    return out
 
 
 @torch.no_grad()
 def answer_scores(model, fmt, prompt: str, answers: list[str]) -> torch.Tensor:
-    """log p(answer, closed | SHOTS, prompt) for every answer (step 3): (len(answers),) on CPU."""
-    ids = fmt.few_shot_ids(list(SHOTS), prompt)
-    return _score_closed(model, fmt, ids, [closed_answer_ids(fmt, a) for a in answers])
+    """How likely the unedited model finds each answer as the whole answer (step 3): (len(answers),) on CPU.
+
+    log p_ans(a) + log p_text(a): the answer turn after :data:`SHOTS`, and the prompt's words
+    continued as plain text, each followed by an end (:func:`end_ids`); module docstring, step 3.
+    """
+    ends = end_ids(fmt.tokenizer)
+    text = fmt.raw()
+    as_answer = _score_ended(model, fmt, fmt.few_shot_ids(list(SHOTS), prompt),
+                             [fmt.answer_ids(a, eos=False) for a in answers], ends)
+    as_text = _score_ended(model, fmt, text.few_shot_ids((), prompt), [text.answer_ids(a) for a in answers], ends)
+    return as_answer + as_text
 
 
-def _score_closed(model, fmt, ids: list[int], closed: list[list[int]]) -> torch.Tensor:
-    """log p(each closed answer | ids), exactly, running each shared beginning once.
+def _score_ended(model, fmt, ids: list[int], bodies: list[list[int]], ends: list[int]) -> torch.Tensor:
+    """log p(body | ids) + log Σ_e p(e | ids, body) over the ending tokens e, for every body, exactly.
 
-    A closed answer is a body and its closing token. Where one body begins another ("Microsoft"
-    and "Microsoft Corporation", as most of a clause's spans do), only the longer runs: the
-    shorter one's tokens are read off the same positions, and its closing token off the position
-    after them (the logits there predict every next token). Only the :func:`_runs` that begin no
-    other are scored, SCORE_CHUNK to a pass after the prompt's KV cache: about a third of the
-    tokens of scoring every span alone.
+    Where one body begins another ("Microsoft" and "Microsoft Corporation", as most of a
+    clause's spans do), only the longer runs: the shorter one's tokens are read off the same
+    positions, and its ending off the position after them (the logits there predict every next
+    token). Only the :func:`_runs` that begin no other are scored, SCORE_CHUNK to a pass after
+    the prompt's KV cache: about a third of the tokens of scoring every span alone.
     """
     from .prompts import collate_shared, pad_id
     from .scoring import autocast, eval_mode, shared_answer_logits
 
-    runs, where = _runs(closed)
-    out = torch.empty(len(closed))
+    runs, where = _runs([b + ends[:1] for b in bodies])
+    out = torch.empty(len(bodies))
     with eval_mode(model) as device:
         for s in range(0, len(runs), SCORE_CHUNK):
-            chunk = runs[s:s + SCORE_CHUNK]
-            batch = collate_shared([ids], [chunk], pad_id(fmt.tokenizer)).to(device)
+            batch = collate_shared([ids], [runs[s:s + SCORE_CHUNK]], pad_id(fmt.tokenizer)).to(device)
             with autocast(device):
-                logp = torch.log_softmax(shared_answer_logits(model, batch).float(), -1).cpu()
+                logits = shared_answer_logits(model, batch).float()
+            logp = (logits - logits.logsumexp(-1, keepdim=True)).cpu()
             for i, (r, n) in enumerate(where):
                 if s <= r < s + SCORE_CHUNK:
-                    row, answer = logp[r - s], closed[i]
-                    # the body's tokens where the run has them, the closing token where the body ends
-                    out[i] = row[torch.arange(n), torch.tensor(answer[:n])].sum() + row[n, answer[-1]]
+                    row = logp[r - s]
+                    # the body's tokens where the run has them, the ending where the body ends
+                    out[i] = row[torch.arange(n), torch.tensor(bodies[i], dtype=torch.long)].sum() + row[n, ends].logsumexp(0)
     return out
 
 
 def _runs(closed: list[list[int]]) -> tuple[list[list[int]], list[tuple[int, int]]]:
-    """The token runs that score every closed answer, and where each answer is read.
+    """The token runs that score every closed answer (a body and one token after it), and where each is read.
 
     Pure. Returns (runs, where): where[i] = (r, n) reads answer i's body as the first n tokens of
-    runs[r], and its closing token from the position after them. A run is an answer's body with
-    its own closing token, kept only where no other answer's body begins with that body.
+    runs[r], and what follows it from the position after them. A run is an answer's body with
+    its own last token, kept only where no other answer's body begins with that body.
     """
     # in descending order every body comes right after the bodies that begin with it, if any
     bodies = sorted({tuple(a[:-1]): a for a in closed}.items(), reverse=True)
@@ -249,14 +283,14 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
     edits = out
     prompts = [edits[i].prompt for i in missing]
 
-    def say(prefill):
-        return dist.gather_batches(lambda part: generate(model, fmt, part, max_new_tokens, batch_size, prefill=prefill),
+    def say(form, prefill=False):
+        return dist.gather_batches(lambda part: generate(model, form, part, max_new_tokens, batch_size, prefill=prefill),
                                    prompts, batch_size, key=lambda p: -len(p))
 
     with adapter_off(model):
-        replies = say(False)
-        # a raw model's reply already is the completion of the prompt's words
-        completions = say(True) if fmt.chat else [None] * len(prompts)
+        replies = say(fmt)
+        # a raw model's reply already is the continuation of the prompt's words
+        completions = list(zip(say(fmt, prefill=True), say(fmt.raw()))) if fmt.chat else [()] * len(prompts)
         found = [candidates(edits[i].prompt, r, c, edits[i].target_new)
                  for i, r, c in zip(missing, replies, completions)]
         chosen = dist.gather_batches(

@@ -68,6 +68,11 @@ class PromptFormat:
             return self.tokenizer(text, add_special_tokens=False).input_ids
         return self.tokenizer("".join(f"{q} {a}\n" for q, a in shots) + prompt).input_ids
 
+    def raw(self) -> "PromptFormat":
+        """The same tokenizer reading prompts as plain text, without the chat template: the prompt's
+        words are continued as a sentence (corsa.old_answers reads the old answer this way too)."""
+        return self if not self.chat else PromptFormat(self.tokenizer, "raw")
+
     def prefill_ids(self, prompt: str) -> list[int]:
         """The prompt's own words as the start of the answer turn (chat), so that the model completes
         the statement instead of replying to it; nothing for raw prompts, which are completed already."""
