@@ -64,7 +64,10 @@ def test_spans_are_word_runs_inside_one_clause():
     assert spans("a blend of French", max_words=2) == ["a", "a blend", "blend", "blend of", "of", "of French", "French"]
     # clause boundaries cut, abbreviations and inner punctuation do not; the text is kept as written
     assert spans("St. Louis, Chaux-de-Fonds; F.C. Porto", max_words=4) == [
-        "St", "St. Louis", "Louis", "Chaux-de-Fonds", "F.C", "F.C. Porto", "Porto"]
+        "St", "St. Louis", "Louis", "Chaux-de-Fonds", "Chaux", "de", "Fonds", "F.C", "F.C. Porto", "Porto"]
+    # a hyphenated word's parts follow it: an answer inside an adjective
+    assert spans("the French-born poet", max_words=2) == [
+        "the", "the French-born", "French-born", "French-born poet", "French", "born", "poet"]
     assert spans("one two three four five six")[-1] == "six"
     assert max(len(x.split()) for x in spans("one two three four five six")) == 4
     assert spans("") == [] and spans("...") == []

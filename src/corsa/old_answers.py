@@ -125,7 +125,8 @@ def spans(text: str, max_words: int = SPAN_WORDS) -> list[str]:
     """Every run of 1 … `max_words` consecutive words inside one clause of `text`, as written.
 
     Pure. A span is the text from its first word's start to its last word's end, so "St. Louis"
-    and "Chaux-de-Fonds" keep their punctuation; spans never cross a clause boundary.
+    and "Chaux-de-Fonds" keep their punctuation; spans never cross a clause boundary. The parts
+    of a hyphenated word are spans too, after it: "French" of "French-born".
     """
     out = []
     for clause in _clauses(text):
@@ -133,6 +134,9 @@ def spans(text: str, max_words: int = SPAN_WORDS) -> list[str]:
         for i in range(len(words)):
             for j in range(i, min(len(words), i + max_words)):
                 out.append(clause[words[i][0]:words[j][1]])
+            word = clause[words[i][0]:words[i][1]]
+            if "-" in word:
+                out += [part for part in word.split("-") if part]
     return out
 
 
