@@ -203,7 +203,8 @@ def end_ids(tokenizer) -> list[int]:
         ids = tokenizer("x" + mark, add_special_tokens=False).input_ids
         if len(ids) == len(word) + 1 and ids[:-1] == word and ids[-1] not in out:
             out.append(ids[-1])
-    return out
+    # a tokenizer with no end token and no mark of its own: a newline's last token, so there is one
+    return out or tokenizer("\n", add_special_tokens=False).input_ids[-1:]
 
 
 @torch.no_grad()
