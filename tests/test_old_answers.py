@@ -111,6 +111,8 @@ def test_runs_score_each_shared_beginning_once():
         assert runs[r][:n] == answer[:-1] and n == len(answer) - 1
     assert where[0][0] == where[1][0] == where[2][0] == where[5][0] == where[6][0]
     assert _runs([]) == ([], [])
+    # an empty body (the ending alone) is read at the start of any run
+    assert _runs([[9], [1, 9]]) == ([[1, 9]], [(0, 0), (0, 1)])
 
 
 @pytest.mark.parametrize("chat", [True, False])

@@ -241,12 +241,13 @@ def _score_ended(model, fmt, ids: list[int], bodies: list[list[int]], ends: list
             batch = collate_shared([ids], [runs[s:s + SCORE_CHUNK]], pad_id(fmt.tokenizer)).to(device)
             with autocast(device):
                 logits = shared_answer_logits(model, batch).float()
-            logp = (logits - logits.logsumexp(-1, keepdim=True)).cpu()
+            norm = logits.logsumexp(-1)  # log p = logit − norm, read only where needed (no (R, K, V) copy)
             for i, (r, n) in enumerate(where):
                 if s <= r < s + SCORE_CHUNK:
-                    row = logp[r - s]
+                    row, z = logits[r - s], norm[r - s]
                     # the body's tokens where the run has them, the ending where the body ends
-                    out[i] = row[torch.arange(n), torch.tensor(bodies[i], dtype=torch.long)].sum() + row[n, ends].logsumexp(0)
+                    body = row[torch.arange(n, device=device), torch.tensor(bodies[i], dtype=torch.long, device=device)]
+                    out[i] = float((body - z[:n]).sum() + row[n, ends].logsumexp(0) - z[n])
     return out
 
 
