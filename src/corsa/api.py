@@ -328,8 +328,7 @@ class Editor:
 
     def _update(self, edits, out, limit, index) -> UpdateRecord:
         if out is not None:
-            # room for the new adapter beside the old one, and for adapter-last-good should a step fail
-            dist.on_main(check_writable, out, 2 * self.adapter_bytes() + 20 * 2**20)
+            self.check_room(out)
             dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write
         board_dir = self._board_dir(out)  # refused before any work, on every worker
         edits = self.fill_old_targets(as_edits(edits, limit))
@@ -410,6 +409,11 @@ class Editor:
         Under a launcher the main process writes and the others wait for it (call it on all).
         """
         return dist.on_main(self._write, Path(out), record, started)
+
+    def check_room(self, out) -> None:
+        """Refuse `out`, before any work, where an update's results will not fit: room for the new
+        adapter beside the old one, and for adapter-last-good should a step fail."""
+        dist.on_main(check_writable, out, 2 * self.adapter_bytes() + 20 * 2**20)
 
     def adapter_bytes(self) -> int:
         """The size of the adapter's weights as saved (what each saved copy needs on disk)."""

@@ -218,7 +218,7 @@ def answer_scores(model, fmt, prompt: str, answers: list[str]) -> torch.Tensor:
     text = fmt.raw()
     as_answer = _score_ended(model, fmt, fmt.few_shot_ids(list(SHOTS), prompt),
                              [fmt.answer_ids(a, eos=False) for a in answers], ends)
-    as_text = _score_ended(model, fmt, text.few_shot_ids((), prompt), [text.answer_ids(a) for a in answers], ends)
+    as_text = _score_ended(model, fmt, text.prompt_ids(prompt), [text.answer_ids(a) for a in answers], ends)
     return as_answer + as_text
 
 

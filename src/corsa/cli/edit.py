@@ -73,10 +73,9 @@ def _method_of(args):
 
 
 def _run(args, cfg, out: Path) -> int:
-    from .. import distributed as dist
     from ..api import Editor, as_edits
     from ..prompts import encode_edits
-    from ..io import check_writable, peak_rss_mb
+    from ..io import peak_rss_mb
     from ..metrics import contains
     from ..updates import run_updates, settings_of
 
@@ -92,8 +91,7 @@ def _run(args, cfg, out: Path) -> int:
         editor = make_editor()
         # the edits' own checks (an edit longer than the context names its record) before the first question
         encode_edits(editor.fmt, edits, editor.max_length, need_rejected=False)
-        # the room for the adapter checked before the work that comes ahead of training (y⁻, the check)
-        dist.on_main(check_writable, out, 2 * editor.adapter_bytes() + 20 * 2**20)
+        editor.check_room(out)  # before the work that comes ahead of training (the check, y⁻), not after
         before = editor.ask([e.prompt for e in edits]) if args.check else None
         edits = _show_filled(edits, editor.fill_old_targets(edits))
         record = editor.update(edits, out=out)
