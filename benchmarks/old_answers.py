@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/old-answers.json")
     args = p.parse_args(argv)
 
-    records = load_edits(args.data, limit=args.start + args.stride * args.edits)
+    # a record that contradicts an earlier one (CounterFact asks "The twin city of Tirana is" twice)
+    # would stop the edit loader; here each prompt is filled alone, so such records are only skipped
+    records = load_edits(args.data, limit=args.start + args.stride * args.edits, on_invalid="skip")
     picked = records[args.start::args.stride][:args.edits]
     truth = [e.target_old for e in picked]
     hidden = [dataclasses.replace(e, target_old=None) for e in picked]

@@ -237,7 +237,7 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
     # the greedy answers decoded one token at a time by hand, without generate()'s batching and cache
     model, fmt = editor.model, editor.fmt
 
-    def greedy(ids):
+    def greedy(ids, form=fmt):
         answer = []
         with torch.no_grad():
             for _ in range(editor.config.max_new_tokens):
@@ -245,14 +245,16 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
                 answer.append(nxt)
                 if nxt == editor.tokenizer.eos_token_id:
                     break
-        return fmt.decode_answer(answer)
+        return form.decode_answer(answer)
 
     for e, f in zip(edits[:2], filled[:2]):
         reply = greedy(fmt.prompt_ids(e.prompt))
+        text = fmt.raw()  # continuations: the chat completion and plain text; plain text after worked examples
         completions = ([greedy(fmt.prompt_ids(e.prompt) + fmt.prefill_ids(e.prompt)),
                         greedy(editor.tokenizer(e.prompt).input_ids)] if fmt.chat else [])
+        completions.append(greedy(text.few_shot_ids(list(SHOTS), e.prompt), text))
         found = candidates(e.prompt, reply, completions, e.target_new)
-        if found:  # the candidate the unedited model scores highest, by plain forwards: as an answer, and as text
+        if found:  # the candidate the unedited model scores highest, by plain forwards: as an answer, and instead of y⁺
             ends = end_ids(editor.tokenizer)
 
             def ended(ids, answer_ids):
@@ -263,7 +265,7 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
 
             def logp(answer):
                 return (ended(fmt.few_shot_ids(list(SHOTS), e.prompt), fmt.answer_ids(answer, eos=False))
-                        + ended(editor.tokenizer(e.prompt).input_ids,
+                        + ended(editor.tokenizer(f"False: {e.prompt} {e.target_new}.\nTrue: {e.prompt}").input_ids,
                                 editor.tokenizer(" " + answer, add_special_tokens=False).input_ids))
 
             want = max(found, key=logp)

@@ -118,7 +118,7 @@ def test_runs_score_each_shared_beginning_once():
 @pytest.mark.parametrize("chat", [True, False])
 def test_answer_scores_read_the_answer_after_the_worked_examples_and_in_the_prompts_text(tiny, chat, monkeypatch):
     """Checked against plain forwards of the whole sequences, token by token (no shared KV cache):
-    log p(a, then an end | SHOTS, prompt) + log p(" a", then an end | the prompt as plain text)."""
+    log p(a, then an end | SHOTS, prompt) + log p(" a", then an end | correction(prompt, y⁺) as plain text)."""
     import torch
 
     import corsa.old_answers
@@ -131,7 +131,7 @@ def test_answer_scores_read_the_answer_after_the_worked_examples_and_in_the_prom
     monkeypatch.setattr(corsa.old_answers, "SCORE_CHUNK", 2)  # runs in several passes
     # answers that begin others ("City3" begins "City3 Town"): read off the longer one's pass
     prompt, answers = "The capital of country 3 is", ["City3", "Town 3", "of", "City3 Town", "City3 Town 3 of", "Town"]
-    got = answer_scores(model, fmt, prompt, answers)
+    got = answer_scores(model, fmt, prompt, answers, "City7")
     ends = end_ids(tok)
     assert len(corsa.old_answers._runs([fmt.answer_ids(a, eos=False) + ends[:1] for a in answers])[0]) == 3
 
@@ -142,7 +142,7 @@ def test_answer_scores_read_the_answer_after_the_worked_examples_and_in_the_prom
         return body + float(logp[len(ids) + len(answer_ids) - 1, ends].logsumexp(0))
 
     shots = fmt.few_shot_ids(list(SHOTS), prompt)
-    text = tok(prompt).input_ids
+    text = tok(f"False: {prompt} City7.\nTrue: {prompt}").input_ids
     for answer, lp in zip(answers, got):
         want = (plain(shots, fmt.answer_ids(answer, eos=False))
                 + plain(text, tok(" " + answer, add_special_tokens=False).input_ids))
@@ -174,22 +174,30 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
     edits = [Edit(id="a", prompt="Internet Explorer 5 was developed by", target_new="Apple"),
              Edit(id="b", prompt="The Eiffel Tower is in", target_new="Rome", target_old="Paris"),
              Edit(id="c", prompt="Danielle Darrieux speaks", target_new="English")]
-    # the chat reply, the chat completion of the prompt's words, the plain-text continuation
+    # the chat reply, the chat completion of the prompt's words, the plain-text continuation, and
+    # the plain-text continuation after the worked examples
     replies = {"Internet Explorer 5 was developed by": ("Internet Explorer 5 was developed by Microsoft.",
-                                                        "Microsoft Corporation, in 1999", "Bill Gates"),
-               "Danielle Darrieux speaks": ("She speaks French", "French and English", "fluent French")}
-    monkeypatch.setattr(corsa.generate, "generate", lambda m, f, prompts, *a, prefill=False, **k: [
-        replies[p][2 if not f.chat else int(prefill)] for p in prompts])
+                                                        "Microsoft Corporation, in 1999", "Bill Gates",
+                                                        "Microsoft Research"),
+               "Danielle Darrieux speaks": ("She speaks French", "French and English", "fluent French", "French")}
+
+    def said(m, f, prompts, *a, prefill=False, shots=(), **k):
+        assert not shots or (tuple(shots) == SHOTS and not f.chat and not prefill)
+        return [replies[p][3 if shots else 2 if not f.chat else int(prefill)] for p in prompts]
+
+    monkeypatch.setattr(corsa.generate, "generate", said)
     scored = {}
 
-    def scores(model, fmt, prompt, answers):
+    def scores(model, fmt, prompt, answers, target_new):
+        assert target_new == next(e.target_new for e in edits if e.prompt == prompt)
         scored[prompt] = list(answers)
         return torch.tensor([2.0 if a in ("Microsoft Corporation", "French") else -float(len(a)) for a in answers])
 
     monkeypatch.setattr(corsa.old_answers, "answer_scores", scores)
     assert [e.target_old for e in fill(model, fmt, edits)] == ["Microsoft Corporation", "Paris", "French"]
     # not "in", "in 1999" (a function word) nor "1999" (a number, where y⁺ is a name)
-    assert scored[edits[0].prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "Bill", "Bill Gates", "Gates"]
+    assert scored[edits[0].prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "Bill", "Bill Gates", "Gates",
+                                       "Microsoft Research", "Research"]
     assert set(scored) == {edits[0].prompt, edits[2].prompt}  # a given y⁻ is not asked for
 
 
@@ -201,3 +209,49 @@ def test_few_shot_ids_refuse_control_tokens(tiny):
     fmt = PromptFormat(tok, "raw")
     with pytest.raises(DataError, match="control token"):
         fmt.few_shot_ids(list(SHOTS), f"Paris is{tok.eos_token}")
+
+
+def test_correction_calls_the_new_fact_false_and_asks_again():
+    from corsa.old_answers import correction
+
+    assert correction("Danielle Darrieux speaks", "English") == (
+        "False: Danielle Darrieux speaks English.\nTrue: Danielle Darrieux speaks")
+    # y⁺'s own full stop is not doubled
+    assert correction("The capital is", " Washington, D.C. ") == (
+        "False: The capital is Washington, D.C.\nTrue: The capital is")
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_generate_after_worked_examples_continues_the_prompt_after_them(tiny, chat, monkeypatch):
+    """generate(shots=…) reads each prompt after the worked examples (PromptFormat.few_shot_ids):
+    the model is given exactly those tokens, and the answer is the one decoded from them by hand."""
+    import torch
+
+    from corsa.generate import generate
+    from corsa.prompts import PromptFormat
+
+    model, tok = tiny
+    if chat:
+        tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    fmt = PromptFormat(tok, "chat" if chat else "raw")
+    prompts = ["The capital of country 3 is", "The colour of object 1 is a very"]
+    given, run = [], model.generate
+
+    def spy(input_ids, attention_mask, **k):
+        given.extend(row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask))
+        return run(input_ids=input_ids, attention_mask=attention_mask, **k)
+
+    monkeypatch.setattr(model, "generate", spy)
+    got = generate(model, fmt, prompts, 6, 2, shots=SHOTS)
+    assert sorted(given) == sorted(fmt.few_shot_ids(list(SHOTS), p) for p in prompts)
+    for p, answer in zip(prompts, got):
+        ids = fmt.few_shot_ids(list(SHOTS), p)
+        out = []
+        with torch.no_grad():
+            for _ in range(6):
+                out.append(int(model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax()))
+                if out[-1] == tok.eos_token_id:
+                    break
+        assert answer == fmt.decode_answer(out)
+    if not chat:  # in plain text the examples are lines before the prompt
+        assert given[-1][:3] == tok(SHOTS[0][0]).input_ids[:3]

@@ -11,15 +11,17 @@ from .scoring import eval_mode
 @torch.no_grad()
 def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int = 16,
              batch_size: int = 16, progress=None, num_samples: int = 0,
-             temperature: float = 1.0, prefill: bool = False) -> list[str] | list[list[str]]:
+             temperature: float = 1.0, prefill: bool = False, shots=()) -> list[str] | list[list[str]]:
     """Greedy answers to `prompts`, decoded up to the end of turn (chat) or line (raw).
 
     With `num_samples` > 0, each prompt gets that many answers sampled at `temperature` (no
     top-k or top-p), returned as a list per prompt; seed torch's generator first to repeat them.
     With `prefill`, the answer turn starts with the prompt's own words and the result is their
-    continuation (PromptFormat.prefill_ids): a chat model completes the statement.
+    continuation (PromptFormat.prefill_ids): a chat model completes the statement. `shots`,
+    worked examples (prompt, answer), come before each prompt (PromptFormat.few_shot_ids).
     """
-    rows = _generate(model, fmt, prompts, max_new_tokens, batch_size, progress, num_samples, temperature, prefill)
+    rows = _generate(model, fmt, prompts, max_new_tokens, batch_size, progress, num_samples, temperature, prefill,
+                     shots)
     texts = [[fmt.decode_answer(r) for r in per_prompt] for per_prompt in rows]
     return texts if num_samples > 0 else [t[0] for t in texts]
 
@@ -36,7 +38,7 @@ def generate_ids(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: i
 
 
 def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, num_samples=0,
-              temperature=1.0, prefill=False) -> list[list[list[int]]]:
+              temperature=1.0, prefill=False, shots=()) -> list[list[list[int]]]:
     """The generated token ids, n rows per prompt (n = max(num_samples, 1)), in prompt order."""
     tok = fmt.tokenizer
     pad = pad_id(tok)
@@ -49,7 +51,7 @@ def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, nu
     with eval_mode(model) as device:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            ids = [fmt.prompt_ids(prompts[i]) + (fmt.prefill_ids(prompts[i]) if prefill else []) for i in idx]
+            ids = [fmt.few_shot_ids(shots, prompts[i]) + (fmt.prefill_ids(prompts[i]) if prefill else []) for i in idx]
             T = max(len(x) for x in ids)
             input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
             mask = torch.zeros((len(ids), T), dtype=torch.long)

@@ -9,11 +9,14 @@ How y⁻ is found, always with the adapter disabled, so that a continued adapter
 leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative):
 
 1. **What the model says.** Its greedy reply to the prompt in the edit's prompt format (the chat
-   template where the tokenizer has one), and, in a chat, also two continuations of the
-   prompt's own words: its completion of them as the start of its answer turn (so it states the
-   fact instead of talking around it: "Windows Embedded CE 6.0 is a Microsoft product…" for "…
-   is a product of"), and their continuation as plain text, without the template ("Toyota
-   Porte is produced by" → "Toyota, which has been a leader…").
+   template where the tokenizer has one), and continuations of the prompt's own words: in a
+   chat, its completion of them as the start of its answer turn (so it states the fact instead
+   of talking around it: "Windows Embedded CE 6.0 is a Microsoft product…" for "… is a product
+   of") and their continuation as plain text, without the template ("Toyota Porte is produced
+   by" → "Toyota, which has been a leader…"); and, for every model, their plain-text
+   continuation after :data:`SHOTS`, a few worked examples of short answers to other prompts,
+   one a line ("The capital of Peru is Lima"), where the model answers in a few words as the
+   examples do ("Danielle Darrieux speaks" → "French" where the chat reply talks of her films).
 2. **Candidates** (:func:`candidates`): every run of up to :data:`SPAN_WORDS` words inside one
    clause of the reply (after a restatement of the prompt, :func:`_after_restatement`) and of
    each continuation's first line. Not a candidate: a run of two or more words that are all the
@@ -25,16 +28,17 @@ leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative)
 3. **The answer among them** is the one the same unedited model finds most likely as the whole
    answer, read two ways and the log-probabilities added (:func:`answer_scores`):
 
-       score(a) = log p(a, end | SHOTS, prompt) + log p(" " a, end | prompt as plain text)
+       score(a) = log p(a, end | SHOTS, prompt) + log p(" " a, end | correction(prompt, y⁺))
 
    where "end" is any token that ends an answer there (:func:`end_ids`: the end of turn, a full
-   stop, a comma, a newline; summed). The first reading is the answer turn after :data:`SHOTS`,
-   a few worked examples of short answers to other prompts (PromptFormat.few_shot_ids): the
-   examples set the form (a name, not a sentence). The second is the prompt's sentence
-   completed by `a`: it knows the relation's object from the prompt's words ("is produced by"
-   → a company) where the answer turn alone prefers a restated subject ("Tang Dynasty" for
-   "The official religion of Tang Empire is"). The candidates keep the content to what the
-   model said. Counts on CounterFact prompts with their `ground_truth` hidden are in
+   stop, a comma, a newline; summed). The first reading is the answer turn after :data:`SHOTS`:
+   the examples set the form (a name, not a sentence). The second is plain text that calls the
+   edit's new fact false and states the prompt again (:func:`correction`: "False: Danielle
+   Darrieux speaks English.\nTrue: Danielle Darrieux speaks"): y⁻ is what the model holds
+   *instead of* y⁺, so a thing of y⁺'s kind (a language where y⁺ is one), which keeps a small
+   model from answering with a word it copies from the prompt ("Barbier" for "Jules Barbier,
+   speaker of"), as the prompt read alone as text lets it. The candidates keep the content to
+   what the model said. Counts on CounterFact prompts with their `ground_truth` hidden are in
    benchmarks/README ("How often the filled y⁻ is the old answer"; ``benchmarks/old_answers.py``).
    Spans that begin other spans are scored in the longer one's pass (:func:`_runs`).
 4. Where no candidate is left (an empty reply, or every span is y⁺), :func:`short_answer` of the
@@ -207,19 +211,27 @@ def end_ids(tokenizer) -> list[int]:
     return out or tokenizer("\n", add_special_tokens=False).input_ids[-1:]
 
 
+def correction(prompt: str, target_new: str) -> str:
+    """The plain text of step 3's second reading: the edit's new fact called false, then the prompt
+    again, to be continued by the answer the model holds instead. Pure."""
+    return f"False: {prompt} {target_new.strip().rstrip('.')}.\nTrue: {prompt}"
+
+
 @torch.no_grad()
-def answer_scores(model, fmt, prompt: str, answers: list[str]) -> torch.Tensor:
+def answer_scores(model, fmt, prompt: str, answers: list[str], target_new: str) -> torch.Tensor:
     """How likely the unedited model finds each answer as the whole answer (step 3): (len(answers),) on CPU.
 
-    log p_ans(a) + log p_text(a): the answer turn after :data:`SHOTS`, and the prompt's words
-    continued as plain text, each followed by an end (:func:`end_ids`); module docstring, step 3.
+    log p_ans(a) + log p_instead(a): the answer turn after :data:`SHOTS`, and the plain text
+    :func:`correction` continued by a, each followed by an end (:func:`end_ids`); module
+    docstring, step 3.
     """
     ends = end_ids(fmt.tokenizer)
     text = fmt.raw()
     as_answer = _score_ended(model, fmt, fmt.few_shot_ids(list(SHOTS), prompt),
                              [fmt.answer_ids(a, eos=False) for a in answers], ends)
-    as_text = _score_ended(model, fmt, text.prompt_ids(prompt), [text.answer_ids(a) for a in answers], ends)
-    return as_answer + as_text
+    instead = _score_ended(model, fmt, text.prompt_ids(correction(prompt, target_new)),
+                           [text.answer_ids(a) for a in answers], ends)
+    return as_answer + instead
 
 
 def _score_ended(model, fmt, ids: list[int], bodies: list[list[int]], ends: list[int]) -> torch.Tensor:
@@ -289,19 +301,23 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
     edits = out
     prompts = [edits[i].prompt for i in missing]
 
-    def say(form, prefill=False):
-        return dist.gather_batches(lambda part: generate(model, form, part, max_new_tokens, batch_size, prefill=prefill),
-                                   prompts, batch_size, key=lambda p: -len(p))
+    def say(form, prefill=False, shots=()):
+        return dist.gather_batches(
+            lambda part: generate(model, form, part, max_new_tokens, batch_size, prefill=prefill, shots=shots),
+            prompts, batch_size, key=lambda p: -len(p))
 
     with adapter_off(model):
         replies = say(fmt)
-        # a raw model's reply already is the continuation of the prompt's words
-        completions = list(zip(say(fmt, prefill=True), say(fmt.raw()))) if fmt.chat else [()] * len(prompts)
+        text = fmt.raw()
+        # step 1: a raw model's reply already is the plain-text continuation of the prompt's words
+        said = [say(fmt, prefill=True), say(text)] if fmt.chat else []
+        completions = list(zip(*said, say(text, shots=SHOTS)))
         found = [candidates(edits[i].prompt, r, c, edits[i].target_new)
                  for i, r, c in zip(missing, replies, completions)]
         chosen = dist.gather_batches(
-            lambda part: [int(answer_scores(model, fmt, p, cs).argmax()) if cs else -1 for p, cs in part],
-            list(zip(prompts, found)), 1)
+            lambda part: [int(answer_scores(model, fmt, edits[i].prompt, cs, edits[i].target_new).argmax())
+                          if cs else -1 for i, cs in part],
+            list(zip(missing, found)), 1)
     out = list(edits)
     for i, reply, cs, k in zip(missing, replies, found, chosen):
         if cs:
