@@ -247,6 +247,7 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
                     break
         return form.decode_answer(answer)
 
+    scored = 0
     for e, f in zip(edits[:2], filled[:2]):
         reply = greedy(fmt.prompt_ids(e.prompt))
         text = fmt.raw()  # continuations: the chat completion and plain text; plain text after worked examples
@@ -269,11 +270,13 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
                                 editor.tokenizer(" " + answer, add_special_tokens=False).input_ids))
 
             want = max(found, key=logp)
+            scored += 1
         else:
             fallback = [short_answer(e.prompt, reply), first_line(reply)]
             want = next((c for c in fallback if c and normalise(c) != normalise(e.target_new)),
                         editor.tokenizer.eos_token)
         assert f.target_old == want
+    assert scored  # the scoring, not only the fallback, was checked
 
 
 def test_save_continue_and_refuse(tmp_path, toy_edits):

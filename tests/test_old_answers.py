@@ -160,7 +160,8 @@ def test_end_ids_are_the_end_of_turn_and_the_marks_that_end_a_clause(tiny):
     assert {tok.decode([t]) for t in ends[1:]} == {".", ",", "\n"}
 
 
-def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
+@pytest.mark.parametrize("chat", [True, False])
+def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch, chat):
     import torch
 
     import corsa.generate
@@ -169,8 +170,9 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
     from corsa.records import Edit
 
     model, tok = tiny
-    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
-    fmt = PromptFormat(tok, "chat")
+    if chat:
+        tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    fmt = PromptFormat(tok, "chat" if chat else "raw")
     edits = [Edit(id="a", prompt="Internet Explorer 5 was developed by", target_new="Apple"),
              Edit(id="b", prompt="The Eiffel Tower is in", target_new="Rome", target_old="Paris"),
              Edit(id="c", prompt="Danielle Darrieux speaks", target_new="English")]
@@ -181,8 +183,11 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
                                                         "Microsoft Research"),
                "Danielle Darrieux speaks": ("She speaks French", "French and English", "fluent French", "French")}
 
+    calls = set()
+
     def said(m, f, prompts, *a, prefill=False, shots=(), **k):
-        assert not shots or (tuple(shots) == SHOTS and not f.chat and not prefill)
+        assert not shots or tuple(shots) == SHOTS
+        calls.add((f.chat, prefill, bool(shots)))
         return [replies[p][3 if shots else 2 if not f.chat else int(prefill)] for p in prompts]
 
     monkeypatch.setattr(corsa.generate, "generate", said)
@@ -194,11 +199,19 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch):
         return torch.tensor([2.0 if a in ("Microsoft Corporation", "French") else -float(len(a)) for a in answers])
 
     monkeypatch.setattr(corsa.old_answers, "answer_scores", scores)
-    assert [e.target_old for e in fill(model, fmt, edits)] == ["Microsoft Corporation", "Paris", "French"]
-    # not "in", "in 1999" (a function word) nor "1999" (a number, where y⁺ is a name)
-    assert scored[edits[0].prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "Bill", "Bill Gates", "Gates",
-                                       "Microsoft Research", "Research"]
+    filled = [e.target_old for e in fill(model, fmt, edits)]
     assert set(scored) == {edits[0].prompt, edits[2].prompt}  # a given y⁻ is not asked for
+    if chat:  # the reply, the answer turn's completion, the plain text, the plain text after the examples
+        assert calls == {(True, False, False), (True, True, False), (False, False, False), (False, False, True)}
+        assert filled == ["Microsoft Corporation", "Paris", "French"]
+        # not "in", "in 1999" (a function word) nor "1999" (a number, where y⁺ is a name)
+        assert scored[edits[0].prompt] == ["Microsoft", "Microsoft Corporation", "Corporation", "Bill", "Bill Gates",
+                                           "Gates", "Microsoft Research", "Research"]
+    else:  # a raw model's reply is the plain text already; the plain text after the examples
+        assert calls == {(False, False, False), (False, False, True)}
+        assert filled == ["Bill", "Paris", "French"]
+        assert scored[edits[0].prompt] == ["Bill", "Bill Gates", "Gates", "Microsoft", "Microsoft Research", "Research"]
+        assert scored[edits[2].prompt] == ["fluent", "fluent French", "French"]
 
 
 def test_few_shot_ids_refuse_control_tokens(tiny):
@@ -216,9 +229,25 @@ def test_correction_calls_the_new_fact_false_and_asks_again():
 
     assert correction("Danielle Darrieux speaks", "English") == (
         "False: Danielle Darrieux speaks English.\nTrue: Danielle Darrieux speaks")
-    # y⁺'s own full stop is not doubled
+    # y⁺'s own end of sentence is not doubled, and y⁺ stays on one line
     assert correction("The capital is", " Washington, D.C. ") == (
         "False: The capital is Washington, D.C.\nTrue: The capital is")
+    assert correction("It was made by", "Yahoo!") == "False: It was made by Yahoo!\nTrue: It was made by"
+    assert correction("It is in", "New\nYork  City") == "False: It is in New York City.\nTrue: It is in"
+    assert correction("It is in", "  ") == "It is in"
+
+
+def test_fill_refuses_a_control_token_in_y_plus_by_record_and_field(tiny):
+    from corsa.errors import DataError
+    from corsa.prompts import PromptFormat
+    from corsa.records import Edit
+
+    model, tok = tiny
+    edits = [Edit(id="ok", prompt="The capital of country 1 is", target_new="City1"),
+             Edit(id="bad", prompt="The capital of country 2 is", target_new=f"City2{tok.eos_token}")]
+    with pytest.raises(DataError, match="control token") as err:
+        fill(model, PromptFormat(tok, "raw"), edits)
+    assert "bad" in str(err.value) and "target_new" in str(err.value)
 
 
 @pytest.mark.parametrize("chat", [True, False])
@@ -253,5 +282,7 @@ def test_generate_after_worked_examples_continues_the_prompt_after_them(tiny, ch
                 if out[-1] == tok.eos_token_id:
                     break
         assert answer == fmt.decode_answer(out)
-    if not chat:  # in plain text the examples are lines before the prompt
-        assert given[-1][:3] == tok(SHOTS[0][0]).input_ids[:3]
+    for ids in given:  # every example, its prompt and then its answer, comes before the prompt
+        text = tok.decode(ids)
+        p = next(p for p in prompts if p in text)
+        assert all(text.index(q) < text.index(a, text.index(q)) < text.rindex(p) for q, a in SHOTS)

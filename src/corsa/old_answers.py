@@ -213,8 +213,15 @@ def end_ids(tokenizer) -> list[int]:
 
 def correction(prompt: str, target_new: str) -> str:
     """The plain text of step 3's second reading: the edit's new fact called false, then the prompt
-    again, to be continued by the answer the model holds instead. Pure."""
-    return f"False: {prompt} {target_new.strip().rstrip('.')}.\nTrue: {prompt}"
+    again, to be continued by the answer the model holds instead. Pure.
+
+    y⁺ is written on one line, closed by a full stop unless it ends a sentence already ("D.C.",
+    "Yahoo!"); with no y⁺ to call false, the prompt alone.
+    """
+    new = " ".join(target_new.split())
+    if not new:
+        return prompt
+    return f"False: {prompt} {new}{'' if new[-1] in '.!?…' else '.'}\nTrue: {prompt}"
 
 
 @torch.no_grad()
@@ -293,7 +300,11 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
     """
     from . import distributed as dist
     from .generate import generate
+    from .prompts import check_edit_text
 
+    for e in edits:  # a prompt and y⁺ are written into the model's inputs below: refused first, by name
+        if not e.target_old:
+            check_edit_text(fmt, e)
     out = _fill_programs(model, fmt, list(edits), batch_size)
     missing = [i for i, e in enumerate(out) if not e.target_old]
     if not missing:
@@ -311,9 +322,9 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
         text = fmt.raw()
         # step 1: a raw model's reply already is the plain-text continuation of the prompt's words
         said = [say(fmt, prefill=True), say(text)] if fmt.chat else []
-        completions = list(zip(*said, say(text, shots=SHOTS)))
+        completions = list(zip(*said, say(text, shots=SHOTS), strict=True))
         found = [candidates(edits[i].prompt, r, c, edits[i].target_new)
-                 for i, r, c in zip(missing, replies, completions)]
+                 for i, r, c in zip(missing, replies, completions, strict=True)]
         chosen = dist.gather_batches(
             lambda part: [int(answer_scores(model, fmt, edits[i].prompt, cs, edits[i].target_new).argmax())
                           if cs else -1 for i, cs in part],

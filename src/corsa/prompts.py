@@ -111,6 +111,17 @@ class Encoded:
     online: bool = False  # the last of `extra` is an online negative (refreshed every pass)
 
 
+def check_edit_text(fmt: PromptFormat, e) -> None:
+    """Refuse an edit whose prompt, y⁺ or y⁻ holds a control token (PromptFormat.check_text), naming
+    the file, the record and the field; y⁻ may be the end-of-turn token alone ("said nothing")."""
+    for name, text in (("prompt", e.prompt), ("target_new", e.target_new), ("target_old", e.target_old)):
+        try:
+            if text is not None and text.strip() != getattr(fmt.tokenizer, "eos_token", None):
+                fmt.check_text(text)
+        except DataError as err:
+            raise DataError(str(err), path=source_file(e.source), record=e.id, field=name) from None
+
+
 def encode_edits(fmt: PromptFormat, edits, max_length: int | None, need_rejected: bool,
                  eos: bool = True) -> list[Encoded]:
     """Tokenise every edit; an edit longer than the model's context is a clear error.
@@ -119,12 +130,7 @@ def encode_edits(fmt: PromptFormat, edits, max_length: int | None, need_rejected
     """
     out = []
     for i, e in enumerate(edits):
-        for name, text in (("prompt", e.prompt), ("target_new", e.target_new), ("target_old", e.target_old)):
-            try:
-                if text is not None and text.strip() != getattr(fmt.tokenizer, "eos_token", None):
-                    fmt.check_text(text)
-            except DataError as err:
-                raise DataError(str(err), path=source_file(e.source), record=e.id, field=name) from None
+        check_edit_text(fmt, e)
         p = fmt.prompt_ids(e.prompt)
         c = fmt.answer_ids(e.target_new, eos)
         r = fmt.answer_ids(e.target_old, eos) if need_rejected else None
