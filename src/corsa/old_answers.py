@@ -16,7 +16,8 @@ leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative)
    by" → "Toyota, which has been a leader…"); and, for every model, their plain-text
    continuation after :data:`SHOTS`, a few worked examples of short answers to other prompts,
    one a line ("The capital of Peru is Lima"), where the model answers in a few words as the
-   examples do ("Danielle Darrieux speaks" → "French" where the chat reply talks of her films).
+   examples do: on CounterFact it holds the old answer about as often as the other outputs
+   together, and largely where they do not.
 2. **Candidates** (:func:`candidates`): every run of up to :data:`SPAN_WORDS` words inside one
    clause of the reply (after a restatement of the prompt, :func:`_after_restatement`) and of
    each continuation's first line. Not a candidate: a run of two or more words that are all the
