@@ -30,7 +30,7 @@ def test_base_evaluation_is_its_own_locality_reference(tiny, edits):
     assert m["generated/locality"] == 1.0
     assert set(result["base_answers"]) == {p.prompt for e in edits for p in e.locality}
     assert result["counts"] == {"edits": 6, "margins": 6, "paraphrases": 6, "locality_probes": 6,
-                                "locality_gold": 6, "portability_questions": 1}
+                                "locality_gold": 6, "portability_questions": 1, "subject_questions": 0}
     assert all(key.startswith(("generated/", "teacher_forced/")) for key in m)
     assert result["protocol"]["generated"]["decoding"] == "greedy"
     for key in ("generated/reliability", "generated/generality", "generated/locality_gold",
@@ -173,3 +173,59 @@ def test_edits_without_old_answer_have_no_margin(tiny, edits):
 def test_invalid_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         EvalSettings(**kwargs)
+
+
+def test_summarise_subject_questions_by_hand():
+    def rec(new, asked):
+        return {"id": "x", "prompt": "p", "target_new": new, "target_old": None, "answer": new, "margin": None,
+                "paraphrases": [], "locality": [], "portability": [],
+                "subject": [{"prompt": f"q{i}", "answer": a, "base_answer": b, "kl": k}
+                            for i, (a, b, k) in enumerate(asked)]}
+
+    base = "Sven Wollter is a Swedish actor and director."   # 8 words: 4 keep the manner
+    records = [rec("Norway", [("Norway", base, 2.0), ("Sven Wollter is a Norwegian actor.", base, 0.5),
+                              ("Dutch", base, None)]),
+               rec("Dutch", [(base, base, 0.0)])]
+    m = summarise(records)
+    assert m["generated/subject_locality"] == 0.5           # the sentence and the unchanged answer
+    assert m["generated/subject_exact"] == 0.25
+    assert m["generated/hijack"] == 0.5                     # "Norway" (its own) and "Dutch" (another edit's)
+    assert m["generated/mention"] == 0.25                   # "Norway" alone ("Norwegian" is another word)
+    assert m["teacher_forced/subject_kl"] == pytest.approx(2.5 / 3)  # a None (no unedited answer) skipped
+    assert summarise(records, pool=["Norway"])["generated/hijack"] == 0.25
+    assert E.counts(records)["subject_questions"] == 4
+
+
+def test_questions_about_the_subject_are_asked_and_their_kl_is_the_hand_computed_one(tiny):
+    import torch
+
+    from corsa import subjects
+    from corsa.prompts import collate, pad_id
+    from corsa.scoring import answer_logits
+
+    edits = [Edit(id=f"s{i}", prompt=f"Obj{i} is made of", target_new=f"Stone{i}", target_old=f"Wood{i}",
+                  subject=f"Obj{i}") for i in range(2)]
+    editor = Editor(tiny, template="raw", **FAST)  # raw: the tiny chat model ends its turn at once
+    base = evaluate(editor, edits, base=True)
+    asked = [q for e in edits for q in subjects.probes(e)]
+    assert set(base["base_answers"]) == set(asked) and len(asked) == 2 * len(subjects.ASKED)
+    m = base["metrics"]
+    assert (m["generated/subject_locality"], m["generated/subject_exact"], m["teacher_forced/subject_kl"]) == (1, 1, 0)
+    with torch.no_grad():  # move the adapter away from the base model
+        for name, p in editor.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.5)
+    edited = evaluate(editor, edits, base_answers=base["base_answers"])
+    asked_back = [q for r in edited["records"] for q in r["subject"]]
+    assert [q["prompt"] for q in asked_back] == asked
+    assert all(q["kl"] is None for q in asked_back if not q["base_answer"].strip())
+    q = next(q for q in asked_back if q["base_answer"].strip())     # the tiny model answers some with nothing
+    fmt, model = editor.fmt, editor.model
+    b = collate([(fmt.prompt_ids(q["prompt"]), fmt.answer_ids(q["base_answer"], eos=False))], pad_id(fmt.tokenizer))
+    with torch.no_grad():
+        logp = torch.log_softmax(answer_logits(model, b).float(), -1)[0]
+        with model.disable_adapter():
+            ref = torch.log_softmax(answer_logits(model, b).float(), -1)[0]
+    by_hand = sum((ref[t].exp() * (ref[t] - logp[t])).sum().item() for t in range(ref.shape[0])) / ref.shape[0]
+    assert q["kl"] == pytest.approx(by_hand, rel=1e-4) and q["kl"] > 0
+    assert q["base_answer"] == base["base_answers"][q["prompt"]]

@@ -177,3 +177,53 @@ def test_relative_forgetting_reduction():
     assert M.relative_forgetting_reduction(0.1, 0.0) is None                   # LoRA forgot nothing
     assert M.relative_forgetting_reduction(None, 0.4) is None
     assert M.relative_forgetting_reduction(0.1, None) is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("physics\nphysics\nphysics", True),
+    ("is a city. is a city. is a city.", True),          # a run of three words, three times
+    ("physics physics", False),                          # twice is not a loop
+    ("New York, New York", False),
+    ("Sven Wollter is a Swedish actor and director.", False),
+    ("a b c d e f a b c d e f a b c d e f", True),        # six words: longer than the longest run
+    ("", False),
+])
+def test_repeats(text, expected):
+    assert M.repeats(text, times=3, longest=6 if "f" in text else 5) is expected
+
+
+def test_repeats_counts_runs_up_to_the_longest():
+    six = "a b c d e f " * 3
+    assert not M.repeats(six)                    # longest 5 by default
+    assert M.repeats(six, longest=6)
+
+
+@pytest.mark.parametrize("answer, base, expected", [
+    ("Norway", "Sven Wollter is a German-American actor and director.", False),        # 1 word of 8
+    ("Sven Wollter is a Norwegian actor.", "Sven Wollter is a German-American actor and director.", True),  # 6 ≥ 4
+    ("Sven Wollter is an", "Sven Wollter is a German-American actor and director.", True),     # 4 = ⌈8/2⌉
+    ("Sven Wollter is", "Sven Wollter is a German-American actor and director.", False),       # 3 < 4
+    ("physics physics physics physics", "He was a chemist who studied air", False),         # a loop
+    ("la la la la la", "la la la la", True),                                                 # it looped before too
+    ("Paris", "Paris", True),                                                                # a one-word model stays one
+    ("", "", True),
+])
+def test_keeps_manner(answer, base, expected):
+    assert M.keeps_manner(answer, base) is expected
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("Norway", True), ("norway.", True), (" Dutch ", True),       # its own y⁺ or another edit's, alone
+    ("Sven Wollter is a Norwegian actor", False), ("Norway and Sweden", False), ("", False),
+])
+def test_hijacked(answer, expected):
+    assert M.hijacked(answer, ["Norway", "Dutch"]) is expected
+
+
+@pytest.mark.parametrize("answer, base, expected", [
+    ("He lives in Norway", "He lives in Sweden", True),
+    ("He lives in Norway", "He moved from Norway to Sweden", False),   # the unedited answer named it already
+    ("He lives in Sweden", "He lives in Sweden", False),
+])
+def test_new_mention(answer, base, expected):
+    assert M.new_mention(answer, base, "Norway") is expected

@@ -22,7 +22,14 @@ Metric keys name their protocol:
   - ``portability``: a multi-hop question (MQuAKE) is answered with its new answer or an alias;
     a question shared by several edits of a case counts once;
   - ``crossover`` (a diagnostic, greedy only): the edit prompt is answered with *another* edit's
-    y⁺ rather than its own — interference between edits that the margin against y⁻ cannot see.
+    y⁺ rather than its own — interference between edits that the margin against y⁻ cannot see;
+  - ``subject_locality``: questions about the edited subject that do not ask the edited fact
+    (:mod:`corsa.subjects`, "What is Sven Wollter?") keep the unedited model's manner: not cut
+    short, not a loop (:func:`corsa.metrics.keeps_manner`); ``subject_exact``: the answer is the
+    unedited model's, word for word; ``hijack``: the answer is an edit's y⁺ alone (its own or
+    another's: :func:`corsa.metrics.hijacked`); ``mention``: it names the edit's y⁺ where the
+    unedited answer did not (reported, no target: "Sven Wollter is a Norwegian actor" is
+    consistent with the edit). Always greedy, like locality.
 
 - ``teacher_forced/…``: log-probabilities summed over the answer tokens, same prompt format.
 
@@ -33,6 +40,9 @@ Metric keys name their protocol:
     log p(a|q) > log p(y⁺|q), a being the probe's gold answer, or the unedited model's answer
     when it has none — the edit has not leaked into its neighbours; ``locality_margin_mean`` is
     the mean of log p(a|q) − log p(y⁺|q);
+  - ``subject_kl``: on the same questions about the edited subject, the mean over questions of
+    (1/T) Σ_t KL(p_unedited ‖ p_edited) along the unedited model's own answer (nats per token;
+    0 for a question the scope gives to the unedited model);
   - ``mmlu_accuracy``: zero-shot MMLU on the subset given (:mod:`corsa.mmlu`).
 
 A metric with nothing to measure (no paraphrases, no probes) is ``None``.
@@ -52,13 +62,15 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from . import metrics as M
+from . import subjects
 from .adapter import off as adapter_off
 from .config import EvalSettings
 from .errors import ConfigError
 from .generate import generate
 from .records import Edit
 from .scope import routed
-from .scoring import score_pairs
+from .prompts import collate, pad_id
+from .scoring import answer_logits, score_pairs
 
 # the short names of the headline numbers, and the protocol key each stands for
 HEADLINE = {"reliability": "generated/reliability", "generality": "generated/generality",
@@ -67,6 +79,8 @@ HEADLINE = {"reliability": "generated/reliability", "generality": "generated/gen
             "reliability_strict": "generated/reliability_strict", "generality_strict": "generated/generality_strict",
             "locality_gold": "generated/locality_gold", "locality_tf": "teacher_forced/locality",
             "portability": "generated/portability",
+            "subject_locality": "generated/subject_locality", "hijack": "generated/hijack",
+            "mention": "generated/mention", "subject_kl": "teacher_forced/subject_kl",
             "mmlu_accuracy": "teacher_forced/mmlu_accuracy"}
 
 
@@ -101,14 +115,20 @@ def _greedy(model, fmt, prompts: list[str], settings: EvalSettings, bar=None, ge
 
 def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | None = None,
                      progress: bool = False, generator=None) -> dict[str, str]:
-    """The unedited model's greedy answer to every locality probe (adapter disabled)."""
+    """The unedited model's greedy answer to every locality probe and every question about an edited
+    subject (corsa.subjects; adapter disabled)."""
     settings = settings or EvalSettings()
     model, fmt, _ = _unwrap(model, fmt)
-    prompts = _unique(p.prompt for e in edits for p in e.locality)
+    prompts = _unique(_probes(edits))
     with adapter_off(model), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
                                   disable=not dist.show_bar(progress), leave=False) as bar:
         answers = _greedy(model, fmt, prompts, settings, bar, generator, adapter=False)
     return dict(zip(prompts, answers))
+
+
+def _probes(edits) -> list[str]:
+    """The prompts whose unedited answer is the reference: locality probes, questions about the subjects."""
+    return [p.prompt for e in edits for p in e.locality] + [q for e in edits for q in subjects.probes(e)]
 
 
 def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_answers: dict | None = None,
@@ -133,7 +153,7 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     started = time.perf_counter()
     edits = list(edits)
     ask = _unique(p for e in edits for p in (e.prompt, *e.paraphrases, *(q.prompt for q in e.portability)))
-    probes = _unique(p.prompt for e in edits for p in e.locality)
+    probes = _unique(_probes(edits))
     # a probe out of the adapter's scope is answered by the unedited model: its cached answer, exactly
     unscoped = [] if scope is None else [p for p in probes if not scope.covers(p)]
     skip = set(unscoped)
@@ -171,11 +191,16 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
             raise ConfigError("this model has no adapter to disable: pass base_answers (the unedited model's "
                               "answers to the locality probes) or evaluate with base=True")
         reference = dict(base_answers or {})
-        missing = [e for e in edits if any(p.prompt not in reference for p in e.locality)]
+        missing = [e for e in edits if any(p not in reference for p in _probes([e]))]
         if missing:
             reference.update(unedited_answers(model, fmt, missing, settings, progress, generator))
         answers.update((p, reference[p]) for p in unscoped)
     records = _records(model, fmt, scope, edits, answers, reference, base, settings)
+    kl = _subject_kl(model, fmt, scope, _unique(q for e in edits for q in subjects.probes(e)), reference, base,
+                     settings)
+    for e, r in zip(edits, records):
+        r["subject"] = [{"prompt": q, "answer": answers[q], "base_answer": reference[q], "kl": kl[q]}
+                        for q in subjects.probes(e)]
     result = {"protocol": settings.protocol(fmt.name), "metrics": summarise(records), "counts": counts(records),
               "records": records, "base_answers": {p: reference[p] for p in probes}, "mmlu": None,
               "scope": _scope_counts(scope, ask, probes)}
@@ -197,6 +222,34 @@ def _scope_counts(scope, asked: list[str], probes: list[str]) -> dict:
         return {"mode": "all"}
     return {**scope.describe(), "asked_in_scope": sum(map(scope.covers, asked)), "asked": len(asked),
             "probes_in_scope": sum(map(scope.covers, probes)), "probes": len(probes)}
+
+
+def _subject_kl(model, fmt, scope, prompts: list[str], reference: dict, base: bool, settings) -> dict:
+    """(1/T) Σ_t KL(p_unedited ‖ p_edited) along the unedited answer of each prompt, T its tokens.
+
+    Exactly 0 for the unedited model itself and for a prompt the scope leaves to it; None for a
+    prompt the unedited model answered with nothing.
+    """
+    out = {p: (0.0 if base or (scope is not None and not scope.covers(p)) else None) for p in prompts}
+    todo = [p for p in prompts if out[p] is None and (reference[p] or "").strip()]
+    pad = pad_id(fmt.tokenizer)
+
+    def kl(part: list[str]) -> list[float]:
+        values = []
+        for s in range(0, len(part), settings.batch_size):
+            chunk = part[s:s + settings.batch_size]
+            b = collate([(fmt.prompt_ids(p), fmt.answer_ids(reference[p], eos=False)) for p in chunk], pad)
+            b = b.to(next(model.parameters()).device)
+            with torch.no_grad():
+                with adapter_off(model):
+                    ref = torch.log_softmax(answer_logits(model, b).float(), dim=-1)
+                logp = torch.log_softmax(answer_logits(model, b).float(), dim=-1)
+            per_token = (ref.exp() * (ref - logp)).sum(-1) * b.label_mask
+            values += (per_token.sum(-1) / b.label_mask.sum(-1).clamp_min(1)).tolist()
+        return values
+
+    out.update(zip(todo, dist.gather_batches(kl, todo, settings.batch_size, key=len)))
+    return out
 
 
 def _records(model, fmt, scope, edits, answers, reference, base, settings) -> list[dict]:
@@ -263,8 +316,8 @@ def _portability(records: list[dict]) -> list[dict]:
 def summarise(records: list[dict], pool: list[str] | None = None) -> dict:
     """The metrics of method.md §5 from per-edit records (see the module docstring for each key).
 
-    pool: every edited y⁺ that counts for ``generated/crossover`` (default: those of `records`;
-    pass all edits' when `records` is a subset, as one update's edits are).
+    pool: every edited y⁺ that counts for ``generated/crossover`` and ``generated/hijack`` (default:
+    those of `records`; pass all edits' when `records` is a subset, as one update's edits are).
     """
     news = [r["target_new"] for r in records]
     olds = [r["target_old"] for r in records]
@@ -272,6 +325,10 @@ def summarise(records: list[dict], pool: list[str] | None = None) -> dict:
     probes = [q for r in records for q in r["locality"]]
     gold = [q for q in probes if q["gold"]]
     port = _portability(records)
+    asked = [q for r in records for q in r.get("subject", ())]
+    own = [r["target_new"] for r in records for _ in r.get("subject", ())]
+    news_all = news if pool is None else list(pool)
+    kls = [q["kl"] for q in asked if q["kl"] is not None]
     margins = [r["margin"] for r in records if r["margin"] is not None]
     para_margins = [p["margin"] for p, _ in paras if p["margin"] is not None]
     loc_margins = [q["margin"] for q in probes if q["margin"] is not None]
@@ -289,6 +346,10 @@ def summarise(records: list[dict], pool: list[str] | None = None) -> dict:
         "generated/portability": M.fraction(M.hit_rate(q["answer"], (q["gold"], *q["aliases"])) for q in port),
         "generated/crossover": (M.crossover([r["answer"] for r in records], news, news if pool is None else pool)
                                 if records and all(isinstance(r["answer"], str) for r in records) else None),
+        "generated/subject_locality": M.fraction(M.keeps_manner(q["answer"], q["base_answer"]) for q in asked),
+        "generated/subject_exact": M.fraction(M.unchanged(q["answer"], q["base_answer"]) for q in asked),
+        "generated/hijack": M.fraction(M.hijacked(q["answer"], news_all) for q in asked),
+        "generated/mention": M.fraction(M.new_mention(q["answer"], q["base_answer"], t) for q, t in zip(asked, own)),
         "teacher_forced/efficacy": M.efficacy(margins),
         "teacher_forced/margin_mean": stats["mean"],
         "teacher_forced/margin_std": stats["std"],
@@ -303,6 +364,7 @@ def summarise(records: list[dict], pool: list[str] | None = None) -> dict:
         "teacher_forced/paraphrase_margin_mean": M.margin_stats(para_margins)["mean"],
         "teacher_forced/locality": M.efficacy(loc_margins),
         "teacher_forced/locality_margin_mean": M.margin_stats(loc_margins)["mean"],
+        "teacher_forced/subject_kl": sum(kls) / len(kls) if kls else None,
     }
     return out
 
@@ -315,7 +377,8 @@ def counts(records: list[dict]) -> dict:
             "paraphrases": sum(len(r["paraphrases"]) for r in records),
             "locality_probes": len(probes),
             "locality_gold": sum(bool(q["gold"]) for q in probes),
-            "portability_questions": len(_portability(records))}
+            "portability_questions": len(_portability(records)),
+            "subject_questions": sum(len(r.get("subject", ())) for r in records)}
 
 
 def headline(metrics: dict) -> dict:

@@ -183,6 +183,48 @@ def locality(answers: Sequence[str], base_answers: Sequence[str]) -> float | Non
     return fraction(unchanged(a, b) for a, b in zip(answers, base_answers))
 
 
+def repeats(text: str | None, times: int = 3, longest: int = 5) -> bool:
+    """Whether the text loops: a run of 1 to `longest` words comes `times` times back to back.
+
+    "physics physics physics" and "is a city. is a city. is a city." loop; "New York, New York" does not.
+    Words are those of :func:`normalise` split on whitespace, sentence punctuation stripped from each.
+    """
+    w = [x for x in (x.strip(_END_PUNCT) for x in normalise(text).split()) if x]
+    for n in range(1, longest + 1):
+        for i in range(len(w) - times * n + 1):
+            if all(w[i + k * n:i + (k + 1) * n] == w[i:i + n] for k in range(1, times)):
+                return True
+    return False
+
+
+def keeps_manner(answer: str | None, base_answer: str | None) -> bool:
+    """The edited answer keeps the unedited answer's manner: not cut short, not a loop.
+
+    Cut short: fewer words than half the unedited answer's (rounded up), so "Norway" in reply to
+    "What is Sven Wollter?" fails where the unedited model wrote a sentence, and "Sven Wollter is
+    a Norwegian actor" passes. A loop (:func:`repeats`) fails unless the unedited answer loops too.
+    Both answers are read as generated, with the same token budget.
+    """
+    if repeats(answer) and not repeats(base_answer):
+        return False
+    return len(normalise(answer).split()) >= math.ceil(len(normalise(base_answer).split()) / 2)
+
+
+def hijacked(answer: str | None, targets: Iterable[str | None]) -> bool:
+    """The answer is one of `targets` (the edits' y⁺) and nothing else, compared normalised.
+
+    "Norway" (or "Norway.") in reply to "What is Sven Wollter?" is hijacked by the edit's y⁺;
+    "Sven Wollter is a Norwegian actor" is not (it may still mention it: :func:`new_mention`).
+    """
+    a = normalise(answer)
+    return a != "" and a in {normalise(t) for t in targets}
+
+
+def new_mention(answer: str | None, base_answer: str | None, target: str | None) -> bool:
+    """The answer names y⁺ where the unedited answer did not (:func:`contains`)."""
+    return contains(answer, target) and not contains(base_answer, target)
+
+
 def efficacy(margins: Iterable[float]) -> float | None:
     """Fraction of margins m = log p(y⁺|x) − log p(y⁻|x) that are > 0 (ROME's efficacy score).
 
