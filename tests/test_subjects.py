@@ -20,3 +20,67 @@ def test_probes_fill_the_subject_and_skip_questions_that_ask_the_fact():
     assert got == [t.format(subject="Sven Wollter") for t in subjects.ASKED[2:]]
     assert subjects.probes(Edit("f", "The capital of X is", "Y")) == []      # no subject, no question
     assert subjects.questions("  ", subjects.ASKED) == []
+
+
+import pytest  # noqa: E402
+
+from corsa import ConfigError, Editor  # noqa: E402
+from corsa import preserve  # noqa: E402
+
+
+def _edits():
+    return [Edit(f"e{i}", f"Obj{i} is made of", f"Stone{i}", f"Wood{i}", subject=f"Obj{i}",
+                 paraphrases=(f"The material of Obj{i} is",)) for i in range(3)]
+
+
+def test_keep_subject_questions_are_kept_wordings_seeded_by_the_edit():
+    edits = _edits()
+    got = preserve.subject_prompts(edits, 2)
+    assert len(got) == 6
+    kept = {t.format(subject=f"Obj{i}") for t in subjects.KEPT for i in range(3)}
+    assert set(got) <= kept
+    assert preserve.subject_prompts(edits[1:], 2) == got[2:]      # an edit keeps its questions, whoever is beside it
+    assert preserve.subject_prompts([Edit("x", "The capital of X is", "Y")], 2) == []
+
+
+def test_the_anchors_hold_questions_about_every_subject_and_never_an_evaluation_probe(tiny):
+    edits = _edits()
+    probes = {normalise(q) for e in edits for q in subjects.probes(e)} | {normalise(e.prompt) for e in edits}
+    scoped = Editor(tiny, method="corsa-lifelong", template="raw", preserve=1.0, keep_subject=3, progress=False)
+    anchors = scoped.anchors(edits)
+    assert sorted(anchors.prompts) == sorted(preserve.subject_prompts(edits, 3))   # generic ones out of scope
+    assert not {normalise(p) for p in anchors.prompts} & probes
+    everywhere = Editor(tiny, method="lora", template="raw", preserve=1.0, keep_subject=3, progress=False)
+    prompts = everywhere.anchors(edits).prompts
+    assert set(preserve.subject_prompts(edits, 3)) <= set(prompts)
+    assert set(preserve.read_anchors()) & set(prompts)                             # the generic set too
+
+
+def test_an_update_trains_on_them(tiny, monkeypatch):
+    from corsa import api
+
+    seen = {}
+    real = api.train_update
+
+    def spy(*args, **kwargs):
+        seen["anchors"] = kwargs["anchors"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "train_update", spy)
+    editor = Editor(tiny, method="corsa-lifelong", template="raw", preserve=1.0, keep_subject=2, epochs=1,
+                    batch_size=3, progress=False)
+    editor.update(_edits())
+    assert sorted(seen["anchors"].prompts) == sorted(preserve.subject_prompts(_edits(), 2))
+    assert all(len(answer) > 0 for _, answer in seen["anchors"].pairs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="corsa", keep_subject=2), "--preserve"),
+    (dict(method="corsa", preserve=1.0, keep_subject=99), "keep_subject"),
+    (dict(method="rome", keep_subject=2), "does not"),
+])
+def test_keep_subject_is_refused_where_it_means_nothing(kwargs, message):
+    from corsa.config import EditConfig
+
+    with pytest.raises(ConfigError, match=message):
+        EditConfig(**kwargs)

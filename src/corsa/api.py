@@ -296,16 +296,23 @@ class Editor:
     def anchors(self, edits: list[Edit], index: int = 0):
         """The preservation term's anchors (corsa.preserve), without any evaluation probe of `edits`.
 
+        Generic prompts, prompts with another edit's subject (swap_anchors) and questions about
+        each edit's own subject (keep_subject). Under the subject scope an anchor that names no
+        edited subject is dropped: the unedited model answers it, exactly, whatever the adapter.
         The unedited model's answers are computed once per anchor prompt and kept for later updates.
         """
         from . import preserve
+        from .scope import Scope
 
         if self._anchors is None:
             self._anchors = {}
             self._generic = preserve.read_anchors(self.config.anchors)
         k = self.config.value("swap_anchors")
         swapped = preserve.swapped_prompts(edits, self.history + list(edits), k, self.config.seed + 1000 * index) if k else []
-        prompts = preserve.without_probes(list(dict.fromkeys(self._generic + swapped)), list(edits) + self.history)
+        asked = preserve.subject_prompts(edits, self.config.value("keep_subject"))
+        prompts = preserve.without_probes(list(dict.fromkeys(self._generic + swapped + asked)), list(edits) + self.history)
+        if self.scope_mode != "all":
+            prompts = list(filter(Scope(self.history + list(edits)).covers, prompts))
         todo = [p for p in prompts if p not in self._anchors]
         if todo:
             made = preserve.prepare(self.model, self.fmt, todo)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
 from .methods import OPTIONS, Method, get_method
+from .subjects import KEPT
 
 DEFAULT_MODEL = "smollm2-135m"  # the model every command and the Python API use when none is named
 NEW_TOKENS = 16  # tokens generated per answer, in training's greedy checks and in evaluation
@@ -87,6 +88,10 @@ class EditConfig:
     swap_anchors: int | None = field(default=None, metadata={
         "help": "with --preserve: per edit, this many extra anchors made of its prompt with another edit's "
                 "subject (the edit must not spill over to other subjects asked the same way)"})
+    keep_subject: int | None = field(default=None, metadata={
+        "help": "with --preserve: per edit, this many questions about its subject that do not ask the edited "
+                "fact ('Who is {subject}?', corsa.subjects.KEPT, never an evaluation probe), answered by the "
+                "unedited model, join the anchors, so the adapter changes the fact and not what the subject is"})
     scope: str | None = field(default=None, metadata={
         "help": "which prompts the adapter answers: all, or subject (only prompts that name an edited "
                 "subject; the rest get the unedited model, exactly). Saved with the adapter (corsa.scope)"})
@@ -154,9 +159,10 @@ class EditConfig:
         if self.value("negatives") and self.reference != "base":
             raise ConfigError("--negatives needs --reference base: negatives are scored by the base model (an "
                               "online one appears during training, when the model of the last update is gone)")
-        if not self.value("preserve") and (self.value("swap_anchors") or self.anchors is not None):
-            raise ConfigError("--swap-anchors and --anchors shape the preservation term, which is off; "
-                              "set --preserve κ > 0 or drop them")
+        if not self.value("preserve") and (self.value("swap_anchors") or self.value("keep_subject")
+                                           or self.anchors is not None):
+            raise ConfigError("--swap-anchors, --keep-subject and --anchors shape the preservation term, which is "
+                              "off; set --preserve κ > 0 or drop them")
         if self.replay_budget and self.value("replay") == "none":
             raise ConfigError("--replay-budget limits replay, which is off; set --replay all or lost, or drop it")
         if self.edit_stop is None:
@@ -185,6 +191,8 @@ class EditConfig:
             ("preserve", self.preserve is None or self.preserve >= 0, "non-negative"),
             ("anchor_batch", self.anchor_batch >= 1, "at least 1"),
             ("swap_anchors", self.swap_anchors is None or self.swap_anchors >= 0, "non-negative"),
+            ("keep_subject", self.keep_subject is None or 0 <= self.keep_subject <= len(KEPT),
+             f"from 0 to {len(KEPT)} (the questions corsa.subjects.KEPT holds)"),
             ("max_grad_norm", self.max_grad_norm >= 0, "non-negative (0 turns clipping off)"),
             ("rho", self.rho is None or self.rho >= 0, "non-negative"),
             ("beta", self.beta is None or self.beta > 0, "positive"),

@@ -58,6 +58,9 @@ OPTIONS: dict[str, Option] = {
     "train_eos": Option("train", True, "--train-eos", off=False),
     "preserve": Option("train", 0.0, "--preserve", off=0.0),
     "swap_anchors": Option("train", 0, "--swap-anchors", off=0),
+    # per edit, k questions about its subject that do not ask the edited fact (corsa.subjects.KEPT)
+    # join the preservation term's anchors: the adapter changes the fact, not what the subject is
+    "keep_subject": Option("train", 0, "--keep-subject", off=0),
     "scope": Option(None, "all", "--scope", choices=MODES),
     "margin_target": Option("train", 1.0, "--margin-target", off=1.0),
     # with per-edit stopping: the edits at rest (held at the last test) are tested after every k-th

@@ -71,11 +71,32 @@ def swapped_prompts(edits, subjects_from, k: int, seed: int) -> list[str]:
     return list(out)
 
 
+def subject_prompts(edits, k: int) -> list[str]:
+    """For each edit with a subject, k questions about it that do not ask the edited fact.
+
+    Drawn from :data:`corsa.subjects.KEPT` (never the evaluation's wordings), seeded by the edit's
+    id, so an edit keeps the same questions in every update and every run; each prompt once.
+    """
+    import random
+
+    from .subjects import KEPT, questions
+
+    out: dict[str, None] = {}
+    for e in edits:
+        if e.subject and e.subject.strip():
+            for q in questions(e.subject, random.Random(f"keep-subject {e.id}").sample(KEPT, k)):
+                out[q] = None
+    return list(out)
+
+
 def probe_prompts(edits) -> set[str]:
     """Every prompt the evaluation asks of these edits, normalised."""
+    from .subjects import probes
+
     out = set()
     for e in edits:
         out.add(normalise(e.prompt))
+        out.update(normalise(q) for q in probes(e))
         out.update(normalise(p) for p in e.paraphrases)
         out.update(normalise(p.prompt) for p in e.locality)
         out.update(normalise(p.prompt) for p in e.portability)
