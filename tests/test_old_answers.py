@@ -286,3 +286,18 @@ def test_generate_after_worked_examples_continues_the_prompt_after_them(tiny, ch
         text = tok.decode(ids)
         p = next(p for p in prompts if p in text)
         assert all(text.index(q) < text.index(a, text.index(q)) < text.rindex(p) for q, a in SHOTS)
+
+
+def test_a_piece_of_the_subjects_name_is_y_minus_only_where_the_reply_answers_with_it():
+    # the subject said again, or clipped, in a continuation is not the old answer
+    got = candidates("The native language of John Wilkins is", "English, I think", ["John Wilkins was", "John"],
+                     target_new="French", subject="John Wilkins")
+    assert "John" not in got and "English" in got
+    got = candidates("Pomponius Mela was born in", "", ["Pompom, in Spain"], target_new="Rome", subject="Pomponius Mela")
+    assert got == ["Spain"]
+    # the reply names it as the answer: the subject's maker is its own first word
+    got = candidates("Apple A5 is created by", "Apple A5 is created by Apple.", ["Samsung"], target_new="Intel",
+                     subject="Apple A5")
+    assert got[0] == "Apple" and "Samsung" in got
+    # without a subject nothing changes
+    assert "John" in candidates("The native language of John Wilkins is", "", ["John"], target_new="French")

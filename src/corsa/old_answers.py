@@ -22,7 +22,8 @@ leak into a later update's y⁻ (an earlier edit's y⁺ would become a negative)
    clause of the reply (after a restatement of the prompt, :func:`_after_restatement`) and of
    each continuation's first line. Not a candidate: a run of two or more words that are all the
    prompt's (its subject said again: "Windows Embedded CE 6.0"; one word of it may be the answer,
-   "Fiat" for "Fiat 124 is a product of"); a run that begins or ends with a function word
+   "Fiat" for "Fiat 124 is a product of", but only where the reply answers with it: a piece of
+   the subject's name elsewhere, "John" for John Wilkins, is the subject again); a run that begins or ends with a function word
    (:data:`FUNCTION_WORDS`: "a", "city of", "the United Kingdom"); a number where y⁺ is a word,
    or a word where y⁺ is a number ("5" of "Renault 5"); and a run that holds y⁺ or is held by it
    ("Microsoft product" for y⁺ "Microsoft"): DPO would push y⁺ itself down.
@@ -145,14 +146,20 @@ def spans(text: str, max_words: int = SPAN_WORDS) -> list[str]:
     return out
 
 
-def candidates(prompt: str, reply: str, completions, target_new: str) -> list[str]:
+def candidates(prompt: str, reply: str, completions, target_new: str, subject: str | None = None) -> list[str]:
     """The candidate old answers of step 2, first seen first, without repeats (module docstring). Pure.
 
     `reply` is read after its restatement of the prompt; `completions` (continuations of the
-    prompt's own words) from their start. Each is read to its first line.
+    prompt's own words) from their start. Each is read to its first line. A run made of the
+    `subject`'s own name (:func:`_of_name`: "John" of John Wilkins, "Pompom" of Pomponius Mela)
+    is a candidate only where the reply gives it as its answer ("Apple A5 is created by" →
+    "Apple."): elsewhere it is the model saying the subject again, and DPO would teach the
+    adapter to reject the subject's name.
     """
-    texts = [_after_restatement(prompt, first_line(_nfc(reply)))] + [first_line(_nfc(c)) for c in completions]
+    answered = _after_restatement(prompt, first_line(_nfc(reply)))
+    texts = [answered] + [first_line(_nfc(c)) for c in completions]
     asked = set(_words(prompt))
+    name = _words(subject or "")
     seen, out = set(), []
     for c in (span for text in texts for span in spans(text)):
         key = normalise(c)
@@ -161,6 +168,8 @@ def candidates(prompt: str, reply: str, completions, target_new: str) -> list[st
         words = _words(c)
         if len(words) > 1 and set(words) <= asked:  # "Windows Embedded CE 6.0": the prompt's subject again
             continue
+        if _of_name(words, name) and not _words(answered)[:len(words)] == words:
+            continue
         if words and (words[0] in FUNCTION_WORDS or words[-1] in FUNCTION_WORDS):  # "a", "city of", "the UK"
             continue
         if _has_letter(c) != _has_letter(target_new):  # y⁺'s form: "5" is no answer where y⁺ is a name
@@ -168,6 +177,15 @@ def candidates(prompt: str, reply: str, completions, target_new: str) -> list[st
         seen.add(key)
         out.append(c)
     return out
+
+
+def _of_name(words: list[str], name: list[str]) -> bool:
+    """Every word is a word of the name, or begins as one does for at least four letters
+    (a small model's clipped "Pompom" of "Pomponius"). Words are :func:`_words`' (normalised)."""
+    def of(w: str) -> bool:
+        return any(w == n or (len(w) >= 4 and len(n) >= 4 and w[:4] == n[:4]) for n in name)
+
+    return bool(words) and bool(name) and all(map(of, words))
 
 
 def _has_letter(text: str) -> bool:
@@ -324,7 +342,7 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
         # step 1: a raw model's reply already is the plain-text continuation of the prompt's words
         said = [say(fmt, prefill=True), say(text)] if fmt.chat else []
         completions = list(zip(*said, say(text, shots=SHOTS), strict=True))
-        found = [candidates(edits[i].prompt, r, c, edits[i].target_new)
+        found = [candidates(edits[i].prompt, r, c, edits[i].target_new, edits[i].subject)
                  for i, r, c in zip(missing, replies, completions, strict=True)]
         chosen = dist.gather_batches(
             lambda part: [int(answer_scores(model, fmt, edits[i].prompt, cs, edits[i].target_new).argmax())
