@@ -134,7 +134,8 @@ def test_every_file_and_key(first):
     n_metrics = len(r["methods"]["lora"]["metrics"])
     assert len(rows) - 1 >= len(METHODS) * 2 * (n_metrics - 1)
     report = (out / "report.md").read_text()
-    assert "| method | reliability | generality | locality | locality (tf) | efficacy | margin |" in report
+    assert ("| method | reliability | generality | locality | locality (tf) | subject loc. | hijack | mention | "
+            "subject KL | efficacy | margin |") in report
     assert "| lora |" in report and "| corsa |" in report and "| base (unedited) |" in report
     assert "retention-corsa.png" in report and "greedy" in report
     assert "forgetting (tf)" in report and "Teacher-forced (efficacy, %):" in report

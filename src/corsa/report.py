@@ -23,6 +23,10 @@ COLUMNS = [
     ("generality", ("final", "generality"), "pct"),
     ("locality", ("final", "locality"), "pct"),
     ("locality (tf)", ("final", "locality_tf"), "pct"),
+    ("subject loc.", ("final", "subject_locality"), "pct"),
+    ("hijack", ("final", "hijack"), "pct"),
+    ("mention", ("final", "mention"), "pct"),
+    ("subject KL", ("final", "subject_kl"), "nat"),
     ("efficacy", ("final", "efficacy"), "pct"),
     ("margin", ("final", "margin_mean"), "num"),
     ("update eff.", ("update_efficacy",), "pct"),
@@ -54,6 +58,8 @@ def fmt_value(value, kind: str) -> str:
         return f"{100 * value:+.1f}%"
     if kind == "sec":
         return f"{value:.0f}"
+    if kind == "nat":
+        return f"{value:.2f}"
     return f"{value:+.2f}"
 
 
@@ -111,6 +117,10 @@ def markdown(results: BenchResults | dict, plots: dict[str, str]) -> str:
         "(answer unchanged from the unedited model's) are **generated**; locality (tf) (ROME's neighbourhood score: "
         "the probe's gold answer, or the unedited model's answer where it has none, still beats y⁺), efficacy "
         "(fraction of margins > 0) and margin (mean of log p(y⁺|x) − log p(y⁻|x), nats) are **teacher-forced**. "
+        "On questions about each edited subject that do not ask the edited fact (\"What is {subject}?\", "
+        "corsa.subjects): subject loc. (the answer keeps the unedited model's manner: at least half its words, "
+        "no loop), hijack (the answer is an edit's y⁺ alone) and mention (it names y⁺ where the unedited answer "
+        "did not) are **generated**; subject KL (nats per token, along the unedited answer) is **teacher-forced**. "
         "Update efficacy (mean of R[k][k]), retention (mean of R[K][j], j < K) and forgetting (mean of R[j][j] − R[K][j], points) come from the "
         "retention matrix R of generated reliability; \"forgetting vs lora\" is 1 − forgetting / forgetting of lora "
         "(higher is better); \"forgetting (tf)\" is forgetting on the teacher-forced matrix (efficacy: is y⁺ still "
