@@ -84,3 +84,41 @@ def test_keep_subject_is_refused_where_it_means_nothing(kwargs, message):
 
     with pytest.raises(ConfigError, match=message):
         EditConfig(**kwargs)
+
+
+def test_corsa_edit_asks_about_the_edited_subjects_and_warns_when_answers_change(tmp_path, capsys):
+    import json
+
+    from corsa.cli import main
+    from corsa.testing import save_tiny_llama
+
+    model = str(save_tiny_llama(tmp_path / "model", seed=0))
+    edits = tmp_path / "e.jsonl"
+    edits.write_text(json.dumps({"prompt": "Obj1 is made of", "target_new": "Ybbb", "target_old": "Z",
+                                 "subject": "Obj1"}) + "\n")
+    # raw: the tiny chat model ends its turn at once, so there would be no manner to keep or lose
+    assert main(["edit", "--model", model, "--edits", str(edits), "--out", str(tmp_path / "weak"), "--epochs", "1",
+                 "--lr", "1e-6", "--quiet", "--template", "raw"]) == 0
+    captured = capsys.readouterr()
+    assert "question about an edited subject" in captured.out and "What is Obj1?" in captured.out
+    assert "1/1 answered in the unedited model's manner, 0/1 with a new answer alone" in captured.out
+    assert "questions about an edited subject get" not in captured.err
+
+
+def test_show_subjects_counts_cut_short_answers_and_new_answers_alone(capsys):
+    from corsa.cli.edit import show_subjects
+
+    class Asked:  # the unedited model writes sentences; the edited one answers one word
+        def ask(self, prompts, base=False):
+            return [f"{p[8:-1]} is a Swedish actor and director." if base else "Norway" if "Sven" in p else
+                    f"{p[8:-1]} is a Swedish actor and director." for p in prompts]
+
+    edits = [Edit("a", "Sven Wollter is a citizen of", "Norway", "Sweden", subject="Sven Wollter"),
+             Edit("b", "Max Weber works in", "physics", "sociology", subject="Max Weber"),
+             Edit("c", "The capital of X is", "Y")]                     # no subject: no question
+    assert show_subjects(Asked(), edits) == (2, 1, 1)
+    captured = capsys.readouterr()
+    assert "What is Sven Wollter?" in captured.out and "y⁺ ALONE" in captured.out
+    assert "1/2 answered in the unedited model's manner, 1/2 with a new answer alone" in captured.out
+    assert "1 of 2 questions about an edited subject get a cut-short answer" in captured.err
+    assert show_subjects(Asked(), edits[2:]) == (0, 0, 0)

@@ -114,6 +114,7 @@ def _run(args, cfg, out: Path) -> int:
         took_before = sum(contains(b, e.target_new) for e, b in zip(edits, before))
         print(f"greedy answer contains the new answer: {took}/{len(edits)} after, {took_before}/{len(edits)} before")
         show_spillover(editor)
+        show_subjects(editor, edits)
         if took < len(edits) / 2:
             advice = ("Give the target vectors more room (--target-steps, --clamp-factor) or edit other layers "
                       "(--layers)" if cfg.spec.solver is not None else
@@ -163,3 +164,30 @@ def show_spillover(editor) -> int:
               f"the edits spill over. --scope subject (corsa-lifelong's default) lets only prompts that name an "
               f"edited subject reach the adapter", file=sys.stderr)
     return sum(changed)
+
+
+def show_subjects(editor, edits) -> tuple[int, int, int]:
+    """Ask one question about each edited subject that does not ask the edited fact ("What is
+    {subject}?", corsa.subjects) with and without the adapter; print them, and warn where the
+    answer is cut short or is an edit's y⁺ alone. Returns (questions, manner kept, y⁺ alone)."""
+    from ..metrics import hijacked, keeps_manner
+    from ..subjects import probes
+
+    prompts = list(dict.fromkeys(probes(e)[0] for e in edits if probes(e)))
+    if not prompts:
+        return 0, 0, 0
+    base, now = editor.ask(prompts, base=True), editor.ask(prompts)
+    news = [e.target_new for e in edits]
+    kept = [keeps_manner(a, b) for a, b in zip(now, base)]
+    alone = [hijacked(a, news) for a in now]
+    rows = [[p[:40], b[:30], a[:30], "y⁺ ALONE" if h else "" if k else "CUT SHORT"]
+            for p, b, a, k, h in zip(prompts, base, now, kept, alone)]
+    print(show_table(rows, ["question about an edited subject", "unedited", "now", ""]))
+    n = len(prompts)
+    print(f"questions about the edited subjects: {sum(kept)}/{n} answered in the unedited model's manner, "
+          f"{sum(alone)}/{n} with a new answer alone")
+    if sum(alone) or not all(kept):
+        print(f"warning: {n - sum(kept)} of {n} questions about an edited subject get a cut-short answer: the "
+              f"adapter changes more than the fact. --keep-subject k --preserve κ (corsa-lifelong's default) keeps "
+              f"what the subject is", file=sys.stderr)
+    return n, sum(kept), sum(alone)
