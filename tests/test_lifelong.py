@@ -208,7 +208,7 @@ def test_replayed_edits_come_from_the_adapters_own_record(tiny, tmp_path, toy_ed
     assert saved == ["e0", "e1", "e2"]
     # a later update replays them without being given the old file
     editor = Editor(str(base), adapter=tmp_path / "run1", method="lora", replay="all", **FAST)
-    assert [e.id for e in editor.replay_set(second)] == ["e0", "e1", "e2"]
+    assert [e.id for e in editor.lifelong.replay_set(editor.history, second)] == ["e0", "e1", "e2"]
     record = editor.update(second, out=tmp_path / "run2")
     assert record.replayed == ["e0", "e1", "e2"]
     run = json.loads((tmp_path / "run2" / "run.json").read_text())
@@ -219,17 +219,18 @@ def test_replayed_edits_come_from_the_adapters_own_record(tiny, tmp_path, toy_ed
     # an earlier prompt edited again is superseded, not replayed; replay=none replays nothing
     redo = [Edit("r0", toy_edits[0].prompt, "Elsewhere", "City0")]
     later = Editor(str(base), adapter=tmp_path / "run2", method="lora", replay="all", **FAST)
-    assert "e0" not in [e.id for e in later.replay_set(redo)]
-    assert Editor(str(base), adapter=tmp_path / "run2", method="lora", **FAST).replay_set(redo) == []
+    assert "e0" not in [e.id for e in later.lifelong.replay_set(later.history, redo)]
+    plain = Editor(str(base), adapter=tmp_path / "run2", method="lora", **FAST)
+    assert plain.lifelong.replay_set(plain.history, redo) == []
 
 
 def test_replay_budget_takes_lost_edits_first(tiny, toy_edits):
     editor = Editor(tiny, method="lora", replay="lost", **FAST)
     editor.history = list(toy_edits[:4])
     # nothing is learnt on a fresh adapter, so every earlier edit is lost
-    assert [e.id for e in editor.replay_set(toy_edits[4:])] == ["e0", "e1", "e2", "e3"]
-    editor.config = EditConfig(method="lora", replay="all", replay_budget=2)
-    assert len(editor.replay_set(toy_edits[4:])) == 2
+    assert [e.id for e in editor.lifelong.replay_set(editor.history, toy_edits[4:])] == ["e0", "e1", "e2", "e3"]
+    editor.lifelong.config = EditConfig(method="lora", replay="all", replay_budget=2)
+    assert len(editor.lifelong.replay_set(editor.history, toy_edits[4:])) == 2
 
 
 def test_preservation_is_zero_on_a_fresh_adapter_and_pulls_after_a_step(tiny):
@@ -336,7 +337,7 @@ def test_preservation_anchors_include_swapped_prompts_and_no_probe(tiny):
     edits = [Edit(f"e{i}", t.format(f"Person {i}"), f"City{i}", f"Town{i}", subject=f"Person {i}",
                   locality=(Probe("Person 1 works in"),) if i == 0 else ()) for i, t in enumerate(templates)]
     editor = Editor(tiny, method="lora", preserve=1.0, swap_anchors=2, template="raw", progress=False)
-    anchors = editor.anchors(edits)
+    anchors = editor.lifelong.anchors(editor.history, edits)
     swapped = {p for p in anchors.prompts if p.startswith("Person")}
     every = {t.format(f"Person {j}") for t in templates for j in range(3)}
     # each edit's prompt with the two other subjects, less the edit prompts and the locality probe
@@ -364,7 +365,7 @@ def test_adapter_record_with_repeated_ids_continues(tiny, tmp_path):
     # the Python API names both "edit-0": the record still reads back, in order, for replay
     again = Editor(str(base), adapter=tmp_path / "r2", method="lora", replay="all", **FAST)
     assert [e.prompt for e in again.history] == ["The code of item 0 is", "The code of item 1 is"]
-    assert len(again.replay_set([Edit("n", "The code of item 2 is", "XX", "AB")])) == 2
+    assert len(again.lifelong.replay_set(again.history, [Edit("n", "The code of item 2 is", "XX", "AB")])) == 2
 
 
 def test_no_room_means_no_interference_negative(tiny, monkeypatch):
@@ -465,6 +466,24 @@ def test_a_continued_adapter_keeps_its_method_unless_told_otherwise(tmp_path, ca
     assert main(["edit", *again, "--adapter", str(tmp_path / "second"), "--method", "lora",
                  "--out", str(tmp_path / "third")]) == 0
     assert method(tmp_path / "third") == "lora"
+
+
+def test_the_python_api_continues_an_adapter_with_its_method_as_the_cli_does(tmp_path):
+    import corsa
+    from corsa.testing import save_tiny_llama
+
+    model = str(save_tiny_llama(tmp_path / "model", seed=0))
+    first = [{"prompt": f"The code of item {i} is", "target_new": f"Q{i}", "target_old": f"A{i}"} for i in range(2)]
+    more = [{"prompt": "The code of item 7 is", "target_new": "Q7", "target_old": "A7"}]
+    corsa.edit(first, model=model, method="corsa-lifelong", out=tmp_path / "first", epochs=1, progress=False)
+    editor = Editor(model, adapter=tmp_path / "first", progress=False)
+    assert editor.config.method == "corsa-lifelong" and editor.config.value("replay") == "all"
+    assert editor.scope_mode == "subject"
+    again = corsa.edit(more, model=model, adapter=tmp_path / "first", out=tmp_path / "second", epochs=1, progress=False)
+    assert again.config.method == "corsa-lifelong"
+    assert again.updates[-1].replayed == ["edit-0", "edit-1"]  # the first update's edits, replayed
+    # a method given wins
+    assert Editor(model, adapter=tmp_path / "second", method="lora", progress=False).config.method == "lora"
 
 
 # --- the cost of replay: reference scores and hold tests that are not repeated -----------------
@@ -568,8 +587,8 @@ def test_later_updates_score_only_new_reference_pairs_and_reuse_the_last_hold_te
     editor = Editor(tiny, method="dpo", replay="all", template="raw", epochs=60, batch_size=4,
                     lr=3e-2, warmup_steps=5, margin_target=0.5, progress=False)
     editor.update(first)
-    assert scored == [6] and len(editor._base_scores) == 6        # y⁺ and y⁻ of 3 edits
-    assert editor._known_held(first) == [True] * 3                # the first update ended with all holding
+    assert scored == [6] and len(editor.lifelong.base_scores) == 6        # y⁺ and y⁻ of 3 edits
+    assert editor.lifelong.known_held(first) == [True] * 3                # the first update ended with all holding
     scored.clear(), sizes.clear()
     record = editor.update(second)
     assert scored == [4]                                           # only the 2 new edits' pairs
@@ -577,7 +596,7 @@ def test_later_updates_score_only_new_reference_pairs_and_reuse_the_last_hold_te
     # the cached reference is the base model's score, as a fresh one gives it
     enc = encode_edits(editor.fmt, first + second, None, need_rejected=True)
     fresh = compute_reference(editor.model, editor.fmt, enc, editor.config, 16)
-    kept = compute_reference(editor.model, editor.fmt, enc, editor.config, 16, editor._base_scores)
+    kept = compute_reference(editor.model, editor.fmt, enc, editor.config, 16, editor.lifelong.base_scores)
     assert torch.allclose(fresh.chosen, kept.chosen, atol=1e-4) and torch.allclose(fresh.rejected, kept.rejected, atol=1e-4)
 
 
