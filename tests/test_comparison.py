@@ -150,7 +150,7 @@ def test_rerun_skips_every_finished_pair(setup, first, monkeypatch, capsys):
         raise AssertionError("a finished pair was trained or evaluated again")
 
     monkeypatch.setattr("corsa.api.train_update", refuse)
-    monkeypatch.setattr("corsa.comparison.runner.evaluate", refuse)
+    monkeypatch.setattr("corsa.comparison.facts.evaluate", refuse)
     assert main(argv(setup, out)) == 0
     after = json.loads((out / "results.json").read_text())
     assert without_timing(after) == without_timing(before)

@@ -83,7 +83,7 @@ def _run_record(folder: Path) -> dict:
 
 def model_card(model: str, hub: str | None, edits, run: dict, scope: str) -> str:
     """A model card: the base model, the edits it holds, the method and settings, the last evaluation."""
-    from .cli.output import printable
+    from .text import printable
 
     config = (run.get("run.json") or {}).get("config") or {}
     lines = ["---", f"base_model: {hub}" if hub else f"# base model: {model}", "tags: [knowledge-editing, corsa]", "---",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .comparison.results import BenchResults, MethodResults
 from .io import atomic_write_text
+from .text import fmt_metric, show_table
 
 # (column, where the value is in a method's results, kind)
 COLUMNS = [
@@ -70,9 +71,7 @@ def table(results: BenchResults | dict) -> tuple[list[str], list[list[str]]]:
 
 def text_table(results: BenchResults | dict) -> str:
     header, rows = table(results)
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return show_table(rows, header, numbers=True)
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -189,14 +188,6 @@ def _answers_section(results: BenchResults) -> list[str]:
                          _cell(row["target_old"], 20), _cell(base.get(row["id"]), 30)] + after + [""] * (K - len(after)))
         parts += [f"### {name}", "", _md_table(head, body), ""]
     return parts
-
-
-def fmt_metric(value, key: str) -> str:
-    if value is None:
-        return "–"
-    if "margin" in key:
-        return f"{value:+.3f}"
-    return f"{100 * value:.1f}%"
 
 
 def rows_csv(results: BenchResults | dict) -> list[list]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .options import (add_adapter, add_config_file, add_config_options, add_device, add_edits_file, add_model, add_quiet,
                       add_report_to, add_skip_invalid, config_values, output_path, progress)
-from .output import show_table
+from ..text import show_table
 
 
 def register(sub) -> None:

@@ -1,6 +1,6 @@
 """What one `corsa bench` command asks for: the spec, its per-method `--set` overrides, the edits it takes.
 
-The rest of the comparison: :mod:`corsa.comparison.runner` runs a spec (and resumes it),
+The rest of the comparison: :mod:`corsa.comparison.harness` runs a spec (and resumes it),
 :mod:`corsa.comparison.results` is the schema of ``results.json``, :mod:`corsa.report` draws it.
 """
 
@@ -150,7 +150,7 @@ def _convert(value: str, hint, item: str, key: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# choosing and splitting the edits
+# choosing the edits (split in order into updates by corsa.updates.split_in_order)
 
 
 def select(edits: list[Edit], n: int, seed: int) -> list[Edit]:
@@ -172,7 +172,3 @@ def select(edits: list[Edit], n: int, seed: int) -> list[Edit]:
     raise ConfigError(f"--edits {n}: no whole set of cases adds up to {n} edits (the edits of a multi-hop "
                       f"case are kept together); try a multiple of the case size")
 
-
-def split(edits: list[Edit], k: int) -> list[list[Edit]]:
-    size = len(edits) // k
-    return [edits[i * size:(i + 1) * size] for i in range(k)]
