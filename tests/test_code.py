@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from corsa.code import extract_code, fence, load_arena, pass_at_k, split_tasks, program_for
-from corsa.code.evaluate import run_tests, summarise, task_prompt
+from corsa.code.evaluate import run_tests, summarise
+from corsa.code.programs import task_prompt
 from corsa.errors import DataError
 from corsa.sandbox import run_programs
 

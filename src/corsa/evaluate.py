@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from . import metrics as M
-from .adapter import off as adapter_off
+from .unedited import adapter_off
 from .config import EvalSettings
 from .errors import ConfigError
 from .generate import generate

@@ -57,7 +57,7 @@ import unicodedata
 
 import torch
 
-from .adapter import off as adapter_off
+from .unedited import adapter_off
 from .metrics import contains, normalise
 
 MAX_WORDS = 6

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .adapter import off as adapter_off
+from .unedited import adapter_off
 from .errors import DataError
 from .metrics import normalise
 from .prompts import Batch, PromptFormat, collate

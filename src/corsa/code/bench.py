@@ -6,7 +6,7 @@
 updates of N/K. Of each API update's tasks about half are trained (the edits) and the others held
 out (:func:`corsa.code.arena.split_tasks`); ``DIR/tasks.json`` records the choice.
 
-An edit (method.md §1) is x = the task's prompt (:func:`corsa.code.evaluate.task_prompt`: the
+An edit (method.md §1) is x = the task's prompt (:func:`corsa.code.programs.task_prompt`: the
 problem and the solution's signature, never the update's documentation), y⁺ = the reference
 solution in a ```python block, y⁻ = the program the unedited model writes (greedy, adapter off),
 so DPO pushes the model's old habit down. They are written to ``DIR/edits.jsonl``.
@@ -34,9 +34,10 @@ from ..records import Edit
 from ..sandbox import run_programs
 from ..text import fmt_metric, show_table
 from ..updates import split_in_order
-from .arena import CodeTask, edit_id, load_arena, split_tasks
-from .evaluate import evaluate_code, summarise, task_prompt
-from .programs import fence, program_for
+from .arena import CodeTask, edit_id, split_tasks
+from .arena_file import load_arena
+from .evaluate import evaluate_code, summarise
+from .programs import fence, program_for, task_prompt
 
 # how programs are drawn when the command does not say (--sample, --temperature, --max-new-tokens)
 SAMPLES, TEMPERATURE, NEW_TOKENS = 5, 0.8, 320

@@ -24,21 +24,13 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter import off as adapter_off
+from ..unedited import adapter_off
 from ..generate import generate
 from ..sandbox import run_programs
 from .arena import CodeTask
-from .programs import extract_code, pass_at_k, program_for, ran_to_the_end
+from .programs import extract_code, pass_at_k, program_for, ran_to_the_end, task_prompt
 
 KS = (1, 5)
-
-
-def task_prompt(task: CodeTask) -> str:
-    """What the model is asked: the scenario, the problem and the signature; no documentation."""
-    lines = [task.scenario, task.problem] if task.scenario else [task.problem]
-    lines.append(f"Write the Python function `{task.solution_signature.rstrip(':')}` with the imports it needs. "
-                 "Answer with the code in one ```python block.")
-    return "\n\n".join(lines)
 
 
 def sample_programs(model, fmt, tasks: list[CodeTask], *, samples: int, temperature: float, max_new_tokens: int,

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
-from ..adapter import off as adapter_off
+from ..unedited import adapter_off
 from ..errors import DataError
 from ..prompts import pad_id
 from .layout import Layout
