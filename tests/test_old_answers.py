@@ -54,7 +54,7 @@ def test_a_filled_old_answer_is_never_the_new_one(tiny, toy_edits, monkeypatch):
     editor = Editor(tiny, method="lora", **FAST)
     edit = replace(toy_edits[0], target_old=None)
     said = {"text": f"{edit.target_new}."}  # the unedited model already gives y⁺
-    monkeypatch.setattr(corsa.generate, "generate", lambda *a, **k: [said["text"]])
+    monkeypatch.setattr(corsa.old_answers, "generate", lambda *a, **k: [said["text"]])
     assert fill(editor.model, editor.fmt, [edit])[0].target_old == editor.tokenizer.eos_token
     said["text"] = f"{edit.target_new}, surely"  # y⁺ is no candidate: the other span is y⁻
     assert fill(editor.model, editor.fmt, [edit])[0].target_old == "surely"
@@ -190,7 +190,7 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch, chat)
         calls.add((f.chat, prefill, bool(shots)))
         return [replies[p][3 if shots else 2 if not f.chat else int(prefill)] for p in prompts]
 
-    monkeypatch.setattr(corsa.generate, "generate", said)
+    monkeypatch.setattr(corsa.old_answers, "generate", said)
     scored = {}
 
     def scores(model, fmt, prompt, answers, target_new):

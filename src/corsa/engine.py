@@ -10,8 +10,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as dist
+from . import negatives, preserve
 from .config import EditConfig
 from .errors import TrainingError
+from .generate import generate
 from .io import append_jsonl
 from .objectives import dpo_loss, sft_loss
 from .pcgrad import COMBINERS, coefficients, cosine
@@ -258,8 +260,6 @@ def preservation_loss(model, pres: Preservation, device):
     The base log-probs of the step's anchors are computed once per step (pres.base_logp) and
     serve both SAM passes.
     """
-    from . import preserve
-
     mine = dist.shard(list(range(len(pres.idx))))
     if not mine:
         return None
@@ -304,8 +304,6 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Pr
     first step of an update has no direction yet and takes the exact step.
     """
     if pres is not None:  # this step's anchors, drawn from the shared generator (same on every worker)
-        from . import preserve
-
         pres.idx = torch.randperm(len(pres.anchors), generator=generator)[:pres.batch_size].tolist()
         pres.batch = preserve.batch(pres.anchors, pres.idx, pad)
         pres.base_logp = None
@@ -396,8 +394,6 @@ def check_finite(log: dict, params, step: int, group, edits) -> None:
 
 def all_learnt(model, fmt, encoded, edits, cfg, batch_size) -> tuple[bool, float]:
     """Early-stop test: every margin exceeds γ and every greedy answer contains y⁺."""
-    from .generate import generate
-
     # split across workers and gathered, so every worker takes the same decision
     m = torch.tensor(dist.gather_sharded(lambda part: margins(model, fmt, part, batch_size).tolist(), encoded))
     if m.min().item() <= cfg.value("margin_target"):
@@ -447,9 +443,6 @@ def refresh_online_negatives(model, fmt, edits, encoded, ref, which, cfg, batch_
     Interference negatives (fixed for the update) stay; the online one, when there is one, is
     the last of Encoded.extra. Returns how many edits now carry an online negative.
     """
-    from . import negatives
-    from .generate import generate
-
     which = list(which)
     answers = dist.gather_sharded(
         lambda part: generate(model, fmt, [edits[i].prompt for i in part], cfg.max_new_tokens, batch_size), which)

@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 
 from . import adapter as adapters
+from .api import Editor
 from .errors import ConfigError
 from .io import (check_not_inside, check_ours, check_writable, library_versions, output_lock, publish_contents,
                  sha256_file)
 from .models import hub_id
+from .text import printable
 
 EXPORT_MARKER = "corsa-export.json"
 
@@ -29,8 +31,6 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None
     model: the base model; by default the one the adapter was trained on (its record says).
     all_prompts: export a scoped adapter anyway, knowing the merged model answers every prompt edited.
     """
-    from .api import Editor
-
     folder = adapters.find_adapter_dir(adapter)
     saved = adapters.marker(folder)
     model = model or saved.get("model")
@@ -83,8 +83,6 @@ def _run_record(folder: Path) -> dict:
 
 def model_card(model: str, hub: str | None, edits, run: dict, scope: str) -> str:
     """A model card: the base model, the edits it holds, the method and settings, the last evaluation."""
-    from .text import printable
-
     config = (run.get("run.json") or {}).get("config") or {}
     lines = ["---", f"base_model: {hub}" if hub else f"# base model: {model}", "tags: [knowledge-editing, corsa]", "---",
              "", "# An edited model made with corsa", "",

@@ -32,6 +32,7 @@ import torch
 
 from . import distributed as dist
 from .errors import ConfigError, DataError
+from .scope import routed
 from .prompts import collate, pad_id
 from .scoring import autocast, eval_mode, score
 
@@ -166,8 +167,6 @@ def accuracy(model, tokenizer, questions: list[Question], batch_size: int = 8, p
     scope: the adapter's :class:`corsa.scope.Scope`; a question it does not cover is answered
     with the adapter disabled, as the edited model would answer it.
     """
-    from .scope import routed
-
     if not questions:
         raise ConfigError("no MMLU questions to evaluate")
     # under a launcher, split across workers by whole batches (those of one process) and gathered

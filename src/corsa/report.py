@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .comparison.results import BenchResults, MethodResults
 from .io import atomic_write_text
+from .metrics import contains
 from .text import fmt_metric, show_table
 
 # (column, where the value is in a method's results, kind)
@@ -168,8 +169,6 @@ def _cell(text, width: int = 40) -> str:
 
 def _answers_section(results: BenchResults) -> list[str]:
     """Per method, every edit's greedy answer before editing and after each update (✓: contains y⁺)."""
-    from .metrics import contains
-
     base = results.base.get("answers") or {}
     methods = {n: r.answers for n, r in results.methods.items() if r.answers}
     if not methods:
@@ -224,7 +223,7 @@ def rows_csv(results: BenchResults | dict) -> list[list]:
 # plots
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -257,7 +256,7 @@ def plot_retention(name: str, R: list[list[float]], path: Path) -> None:
     ax.set_xlabel("reliability on the edits of update")
     ax.set_title(f"{name}: retention (generated reliability, %)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_forgetting(results: BenchResults, path: Path) -> None:
@@ -275,7 +274,7 @@ def plot_forgetting(results: BenchResults, path: Path) -> None:
     ax.set_title("Forgetting: what is left of the first update")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_margins(results: BenchResults, path: Path) -> None:
@@ -300,7 +299,7 @@ def plot_margins(results: BenchResults, path: Path) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Edit margins before and after editing")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_all(results: BenchResults | dict, out: str | os.PathLike) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import adapter as adapters
 from . import distributed as dist
+from .editors.apply import write_keys
 from .engine import UpdateResult
 from .io import PARTIAL_LOG, library_versions, publish, stage_dir, stage_text, writing
 from .records import Edit
@@ -61,8 +62,6 @@ def write(editor, out: Path, record: UpdateRecord | None, started: float | None)
         staged["adapter"] = stage_dir(out, "adapter")
         adapters.write(editor.model, staged["adapter"], editor.fingerprint, editor.marker(), edits=editor.history)
         if editor.keys:
-            from .editors.apply import write_keys
-
             write_keys(staged["adapter"], editor.keys)
         if record is not None:
             staged["edits.jsonl"] = stage_text(out, "edits.jsonl", "".join(

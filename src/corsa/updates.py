@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import distributed as dist
 from .errors import ConfigError
-from .io import atomic_write_json, check_writable, peak_rss_mb
+from .io import atomic_write_json, check_writable, peak_rss_mb, publish, stage_dir, stage_text, writing
 from .records import Edit
 from .resume import last_readable, refuse_changes
 
@@ -106,8 +106,6 @@ def _publish_final(out: Path, k: int) -> None:
 
     The run record beside the adapter carries the lineage, so `--adapter OUT` continues the numbering.
     """
-    from .io import publish, stage_dir, stage_text, writing
-
     staged = {}
     with writing(out, staged):
         staged["adapter"] = stage_dir(out, "adapter")

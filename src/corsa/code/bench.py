@@ -31,6 +31,7 @@ from ..errors import ConfigError, refuse_given
 from ..io import atomic_write_json, atomic_write_text
 from ..methods import METHODS, get_method
 from ..records import Edit
+from ..report import save_figure
 from ..sandbox import run_programs
 from ..text import fmt_metric, show_table
 from ..updates import split_in_order
@@ -290,7 +291,6 @@ def plot_pass(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report import _save
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, (title, key) in zip(axes, (("held-out tasks", "code/held_out/pass@5"),
@@ -307,4 +307,4 @@ def plot_pass(results: dict, path: Path) -> None:
         ax.set_xticks(range(1, results["n_updates"] + 1))
     axes[0].set_ylabel("%")
     axes[0].legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -20,6 +20,7 @@ import torch
 
 from .. import distributed as dist
 from .. import old_answers
+from .. import mmlu, report
 from ..evaluate import counts, evaluate, summarise
 from ..io import peak_rss_mb, sha256_file
 from ..loaders import load_edits
@@ -42,8 +43,6 @@ class Facts:
     def before_model(self, bench) -> None:
         spec = self.spec
         if spec.mmlu:
-            from .. import mmlu
-
             path = mmlu.resolve_path(spec.mmlu_file)
             self.mmlu = mmlu.subset(mmlu.load(path), spec.mmlu, spec.mmlu_seed)
             self.mmlu_info = {"file": str(path), "sha256": sha256_file(path), "n": spec.mmlu, "seed": spec.mmlu_seed}
@@ -105,8 +104,6 @@ class Facts:
                 f"{fmt_metric(first[key], key)}, locality {fmt_metric(m['generated/locality'], 'generated/locality')}")
 
     def results(self, bench, per_method: dict[str, list[dict]], started: float) -> dict:
-        from .. import report
-
         configs = {m: self.spec.method_config(m).resolved() for m in per_method}
         results: BenchResults = assemble(bench.settings, self.updates, self.base["protocol"], self.base, per_method,
                                          configs)
@@ -117,10 +114,8 @@ class Facts:
 
     def summary(self, results: dict) -> None:
         """What `corsa bench` prints: the table and where the files are."""
-        from ..report import text_table
-
         out = self.spec.out
-        print(text_table(results))
+        print(report.text_table(results))
         print(f"{results['n_edits']} edits in {results['n_updates']} updates; reliability, generality, locality: "
               f"generated ({results['protocol']['generated']['decoding']}); efficacy, margin: teacher-forced; "
               f"figures in %, margin in nats", file=sys.stdout)

@@ -38,6 +38,8 @@ from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from ..api import Editor, seed_everything
+from ..code.arena_file import is_arena
+from ..code.bench import Code
 from ..errors import ConfigError
 from ..io import (atomic_dir_on_main, atomic_write_json, check_not_inside, check_ours, check_writable, output_lock,
                   sha256_file)
@@ -46,6 +48,7 @@ from ..methods import METHODS
 from ..models import load_model, model_fingerprint
 from ..prompts import PromptFormat
 from ..resume import check_same, finished_evals
+from .facts import Facts
 from .spec import BenchSpec
 
 
@@ -175,15 +178,7 @@ class Bench:
 
 def domain_of(spec: BenchSpec):
     """The domain of the spec's data: API updates for a CodeUpdateArena file, else facts."""
-    from ..code import is_arena
-
-    if is_arena(spec.data):
-        from ..code.bench import Code
-
-        return Code(spec)
-    from .facts import Facts
-
-    return Facts(spec)
+    return Code(spec) if is_arena(spec.data) else Facts(spec)
 
 
 def run_bench(spec: BenchSpec) -> dict:

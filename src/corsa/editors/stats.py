@@ -32,6 +32,11 @@ from tqdm.auto import tqdm
 from .. import distributed as dist
 from ..unedited import adapter_off
 from ..errors import DataError
+from ..generate import generate_ids
+from ..io import atomic_write_json
+from ..models import model_fingerprint
+from ..models.aliases import default_cache_dir
+from ..preserve import read_anchors
 from ..prompts import pad_id
 from .layout import Layout
 
@@ -42,8 +47,6 @@ VERSION = 1         # bump when the default corpus changes, so old caches are no
 
 
 def cache_root() -> Path:
-    from ..models.aliases import default_cache_dir
-
     return default_cache_dir() / "stats"
 
 
@@ -90,8 +93,6 @@ def read_corpus(path: str) -> list[str]:
 
 def _own_text_chunk(model, fmt, j: int, n_chunks_raw: int, anchors: list[str]) -> list[list[int]]:
     """Chunk j of the default corpus: sampled raw continuations, then chat replies to anchors."""
-    from ..generate import generate_ids
-
     tok = fmt.tokenizer
     if j < n_chunks_raw:
         starts = [OPENINGS[(j * CHUNK + b) % len(OPENINGS)] for b in range(CHUNK)]
@@ -129,7 +130,6 @@ def corpus_ids(model, fmt, corpus: str | None, tokens: int, folder: Path, progre
             if total >= tokens:
                 break
         return [s for s in seqs if s]
-    from ..preserve import read_anchors
 
     anchors = read_anchors() if fmt.chat else []
     n_chat = -(-len(anchors) // CHUNK)
@@ -143,8 +143,6 @@ def corpus_ids(model, fmt, corpus: str | None, tokens: int, folder: Path, progre
                 chunk = json.loads(file.read_text())
             else:
                 chunk = _own_text_chunk(model, fmt, j, n_raw, anchors)
-                from ..io import atomic_write_json
-
                 atomic_write_json(file, chunk)
             seqs.extend(chunk)
             bar.update(1)
@@ -167,8 +165,6 @@ def second_moments(model, fmt, layout: Layout, layers: list[int], corpus: str | 
     from safetensors.torch import load_file, save_file
 
     if not fingerprint:  # the cache is per model: never shared under a made-up name
-        from ..models import model_fingerprint
-
         fingerprint = model_fingerprint(model)
     folder = cache_root() / fingerprint / corpus_key(corpus, tokens, fmt.name)
     folder.mkdir(parents=True, exist_ok=True)
