@@ -48,6 +48,7 @@ from ..methods import METHODS
 from ..models import load_model, model_fingerprint
 from ..prompts import PromptFormat
 from ..resume import check_same, finished_evals
+from ..updates import train_in_order
 from .facts import Facts
 from .spec import BenchSpec
 
@@ -133,22 +134,25 @@ class Bench:
         editor = Editor(spec.model, adapter=folder / f"update-{done}" if done else None, config=cfg,
                         device=spec.device, progress=spec.progress, report_to=spec.report_to,
                         logging_dir=self.out / "tensorboard" / method)
-        for k in range(done + 1, K + 1):
-            edits = self.updates[k - 1]
+
+        def before(k: int, edits: list) -> list:
             seed_everything(cfg.seed + 1000 * k)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            # only the main worker creates, fills (Editor.update and on_main) and renames the folder
-            with atomic_dir_on_main(folder / f"update-{k}") as tmp:
-                self.log(f"{method} · update {k}/{K} · training on {len(edits)} edits")
-                record = editor.update(edits, out=tmp)
-                self.log(f"{method} · update {k}/{K} · evaluating {self.domain.measured(k)} "
-                         f"({record.result.seconds:.1f} s training, {record.result.steps} steps)")
-                result = self.domain.evaluate(self, editor, method, k, record)
-                dist.on_main(atomic_write_json, tmp / "eval.json", result)
+            self.log(f"{method} · update {k}/{K} · training on {len(edits)} edits")
+            return edits
+
+        def after(k: int, record, tmp: Path) -> None:
+            self.log(f"{method} · update {k}/{K} · evaluating {self.domain.measured(k)} "
+                     f"({record.result.seconds:.1f} s training, {record.result.steps} steps)")
+            result = self.domain.evaluate(self, editor, method, k, record)
+            dist.on_main(atomic_write_json, tmp / "eval.json", result)
             evals.append(result)
             self.log(f"{method} · update {k}/{K} · {self.domain.line(result)}")
             self.bar.update(1)
+
+        # only the main worker creates, fills (Editor.update and on_main) and renames each folder
+        train_in_order(editor, self.updates, done, lambda k: atomic_dir_on_main(folder / f"update-{k}"), before, after)
         del editor
         gc.collect()
         return evals
