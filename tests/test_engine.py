@@ -228,7 +228,7 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
     from dataclasses import replace
 
     from corsa.metrics import normalise
-    from corsa.old_answers import SHOTS, candidates, end_ids, first_line, short_answer
+    from corsa.old_answers import SHOTS, answer_scores, candidates, first_line, short_answer
 
     editor = Editor(tiny, method="dpo", **FAST)
     edits = [replace(e, target_old=None) for e in toy_edits[:2]] + toy_edits[2:3]
@@ -255,21 +255,10 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
                         greedy(editor.tokenizer(e.prompt).input_ids)] if fmt.chat else [])
         completions.append(greedy(text.few_shot_ids(list(SHOTS), e.prompt), text))
         found = candidates(e.prompt, reply, completions, e.target_new)
-        if found:  # the candidate the unedited model scores highest, by plain forwards: as an answer, and instead of y⁺
-            ends = end_ids(editor.tokenizer)
-
-            def ended(ids, answer_ids):
-                with torch.no_grad():
-                    lp = model(input_ids=torch.tensor([ids + answer_ids])).logits[0].log_softmax(-1)
-                return (sum(float(lp[len(ids) - 1 + k, t]) for k, t in enumerate(answer_ids))
-                        + float(lp[len(ids) + len(answer_ids) - 1, ends].logsumexp(0)))
-
-            def logp(answer):
-                return (ended(fmt.few_shot_ids(list(SHOTS), e.prompt), fmt.answer_ids(answer, eos=False))
-                        + ended(editor.tokenizer(f"False: {e.prompt} {e.target_new}.\nTrue: {e.prompt}").input_ids,
-                                editor.tokenizer(" " + answer, add_special_tokens=False).input_ids))
-
-            want = max(found, key=logp)
+        if found:  # the candidate the unedited model scores highest (answer_scores: checked against plain
+            # forwards in test_old_answers), never y⁺ (candidates leave it out)
+            assert normalise(e.target_new) not in {normalise(c) for c in found}
+            want = found[int(answer_scores(model, fmt, e.prompt, found, e.target_new).argmax())]
             scored += 1
         else:
             fallback = [short_answer(e.prompt, reply), first_line(reply)]

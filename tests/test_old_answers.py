@@ -41,7 +41,9 @@ def test_fill_uses_the_unedited_model_and_keeps_given_answers(tiny, toy_edits):
     editor = Editor(tiny, method="lora", **FAST)
     before = fill(editor.model, editor.fmt, [replace(e, target_old=None) for e in toy_edits[:2]])
     assert all(e.target_old for e in before)
-    editor.update(toy_edits[:2])  # the adapter now changes the model's answers
+    editor.update(toy_edits[:2])
+    prompts = [e.prompt for e in toy_edits[:2]]
+    assert editor.ask(prompts) != editor.ask(prompts, base=True)  # the adapter now changes the model's answers
     trained = [replace(e, target_old=None) for e in toy_edits[:2]]
     assert [e.target_old for e in editor.fill_old_targets(trained)] == [e.target_old for e in before]
     kept = editor.fill_old_targets(toy_edits[2:3])
