@@ -9,10 +9,10 @@ from corsa import ConfigError
 from corsa.comparison import TIMING_KEYS, BenchSpec, parse_sets, select
 from corsa.cli import main
 from corsa.records import Edit, Probe
+from corsa.testing import FAST as TRAIN_FAST, flags
 
 METHODS = ["lora", "corsa"]
-FAST = ["--epochs", "2", "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2", "--warmup-steps", "0",
-        "--max-new-tokens", "6", "--quiet"]
+FAST = [*flags(TRAIN_FAST), "--warmup-steps", "0", "--max-new-tokens", "6"]
 FRACTIONS = ["reliability", "generality", "locality", "locality_tf", "efficacy"]
 
 

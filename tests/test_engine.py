@@ -10,8 +10,8 @@ from corsa.engine import compute_reference, corsa_step, micro_batches, objective
 from corsa.prompts import PromptFormat, collate, encode_edits
 from corsa.scoring import score
 from corsa.sam import sam_perturbation
+from corsa.testing import FAST
 
-FAST = dict(epochs=2, batch_size=2, grad_accum=2, lr=1e-2, progress=False)
 
 
 def lora_state(model):
@@ -24,7 +24,7 @@ def base_state(model):
 
 @pytest.mark.parametrize("method", [m for m, row in METHODS.items() if row.solver is None])  # the trained rows
 def test_every_method_changes_every_lora_parameter_and_no_base_weight(method, tiny, toy_edits):
-    editor = Editor(tiny, method=method, **FAST)
+    editor = Editor(tiny, method=method, **{**FAST, "grad_accum": 2})  # accumulation too
     lora0, base0 = lora_state(editor.model), base_state(editor.model)
     assert lora0 and base0
     record = editor.update(toy_edits)

@@ -10,9 +10,8 @@ from safetensors.torch import load_file
 
 from corsa import METHODS, EditConfig, Editor
 from corsa.records import Edit
-from corsa.testing import save_tiny_llama
+from corsa.testing import FAST, save_tiny_llama
 
-FAST = dict(epochs=3, batch_size=2, grad_accum=1, lr=1e-2, progress=False, edit_stop=False)
 
 
 def _edits(start, n):

@@ -22,10 +22,10 @@ from corsa.objectives import dpo_loss, is_greedy
 from corsa.prompts import PromptFormat, encode_edits
 from corsa.scoring import next_token_logprobs
 from corsa.records import Edit, Probe
+from corsa.testing import FAST
 
 from conftest import SHARED_DATA
 
-FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False)
 
 
 # --- pure parts, against hand-computed values -------------------------------------------------

@@ -7,8 +7,8 @@ import pytest
 from corsa import Editor
 from corsa.old_answers import (FUNCTION_WORDS, MAX_WORDS, SHOTS, answer_scores, candidates, end_ids, fill, short_answer,
                                spans)
+from corsa.testing import FAST
 
-FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False, edit_stop=False)
 
 
 @pytest.mark.parametrize("prompt, answer, want", [
