@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from corsa import ConfigError, EditConfig, Editor, METHODS, ModelError
-from corsa.engine import compute_reference, corsa_step, micro_batches, objective_gradients, trainable_parameters
+from corsa.engine import micro_batches
+from corsa.step import compute_reference, corsa_step, objective_gradients, trainable_parameters
 from corsa.prompts import PromptFormat, collate, encode_edits
 from corsa.scoring import score
 from corsa.sam import sam_perturbation
@@ -355,7 +356,7 @@ def _sam_setup(tiny, toy_edits, **options):
 
 @pytest.mark.parametrize("combine", ["pcgrad", "pcgrad-release"])
 def test_reuse_takes_the_probe_mix_of_both_gradients_at_the_perturbed_point(tiny, toy_edits, combine):
-    from corsa.engine import combine as merge
+    from corsa.step import combine as merge
     from corsa.pcgrad import coefficients
     from corsa.sam import add_flat_, restore_, snapshot
 
@@ -389,8 +390,8 @@ def test_reuse_takes_the_probe_mix_of_both_gradients_at_the_perturbed_point(tiny
 
 
 def test_momentum_perturbs_along_the_last_direction_in_one_pass(tiny, toy_edits):
-    from corsa.engine import SamMemory
-    from corsa.engine import combine as merge
+    from corsa.step import SamMemory
+    from corsa.step import combine as merge
     from corsa.sam import add_flat_, restore_, snapshot
 
     editor, params, cfg, pad, group, enc, ref = _sam_setup(tiny, toy_edits, sharpness="momentum")

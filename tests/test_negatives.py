@@ -10,7 +10,8 @@ import torch
 from corsa import Editor
 from corsa import negatives as N
 from corsa.config import EditConfig
-from corsa.engine import refresh_online_negatives, compute_reference
+from corsa.engine import refresh_online_negatives
+from corsa.step import compute_reference
 from corsa.objectives import dpo_loss, is_greedy
 from corsa.prompts import encode_edits
 from corsa.scoring import next_token_logprobs
@@ -128,16 +129,16 @@ def test_online_negative_appears_in_the_batch_when_the_answer_is_wrong_and_not_o
 
 
 def test_interference_negatives_reach_the_dpo_term(tiny, monkeypatch):
-    import corsa.engine as engine
+    import corsa.step as step
 
     seen = []
-    real = engine.collate_shared
+    real = step.collate_shared
 
     def spy(prompts, answers, pad):
         seen.append([len(a) for a in answers])
         return real(prompts, answers, pad)
 
-    monkeypatch.setattr(engine, "collate_shared", spy)
+    monkeypatch.setattr(step, "collate_shared", spy)
     edits = [Edit(f"e{i}", f"Person {i} works in", f"City{i}", f"Town{i}", subject=f"Person {i}") for i in range(3)]
     Editor(tiny, method="corsa", negatives="interference", edit_stop=False, **FAST).update(edits)
     # each prompt scores y⁺, y⁻ and the two other edits' y⁺ (same template "{} works in")
@@ -148,16 +149,17 @@ def test_interference_negatives_reach_the_dpo_term(tiny, monkeypatch):
 
 
 def test_rival_negatives_reach_the_dpo_term_ranked_by_the_base_model(tiny, monkeypatch):
-    import corsa.engine as engine
+    import corsa.scoring as scoring
+    import corsa.step as step
 
     seen = []
-    real = engine.collate_shared
+    real = step.collate_shared
 
     def spy(prompts, answers, pad):
         seen.append(answers)
         return real(prompts, answers, pad)
 
-    monkeypatch.setattr(engine, "collate_shared", spy)
+    monkeypatch.setattr(step, "collate_shared", spy)
     # other templates, so no interference negative: the rivals alone add rows
     edits = [Edit("e0", "Person 0 works in", "Arles", "Town0", subject="Person 0"),
              Edit("e1", "Person 1 was born in", "Bern", "Town1", subject="Person 1"),
@@ -178,17 +180,17 @@ def test_rival_negatives_reach_the_dpo_term_ranked_by_the_base_model(tiny, monke
     assert [by_chosen[tuple(enc.chosen)] for enc in encoded] == [editor.fmt.answer_ids(a) for a in expected]
     # the base's next-token scores are kept: a later update on the same prompts scores none again
     calls = []
-    monkeypatch.setattr(engine, "next_token_logprobs", lambda *a, **k: calls.append(1) or [])
+    monkeypatch.setattr(scoring, "next_token_logprobs", lambda *a, **k: calls.append(1) or [])
     editor.update(edits)
     assert calls == []
 
 
 def test_no_room_means_no_interference_negative(tiny, monkeypatch):
-    import corsa.engine as engine
+    import corsa.step as step
 
     seen = []
-    real = engine.collate_shared
-    monkeypatch.setattr(engine, "collate_shared", lambda p, a, pad: seen.append([len(x) for x in a]) or real(p, a, pad))
+    real = step.collate_shared
+    monkeypatch.setattr(step, "collate_shared", lambda p, a, pad: seen.append([len(x) for x in a]) or real(p, a, pad))
     edits = [Edit(f"e{i}", f"Person {i} works in", f"City{i}", f"Town{i}", subject=f"Person {i}") for i in range(3)]
     Editor(tiny, method="corsa", negatives="interference", max_negatives=0, edit_stop=False, **FAST).update(edits)
     assert seen and all(n == [2] * len(n) for n in seen)

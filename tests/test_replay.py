@@ -11,7 +11,7 @@ import torch
 from corsa import Editor
 from corsa.config import EditConfig
 from corsa.errors import ConfigError
-from corsa.engine import compute_reference
+from corsa.step import compute_reference
 from corsa.prompts import encode_edits
 from corsa.records import Edit
 from corsa.testing import FAST
@@ -199,14 +199,14 @@ def test_a_spent_budget_leaves_the_last_tests_answers(tiny, monkeypatch):
 
 
 def test_later_updates_score_only_new_reference_pairs_and_reuse_the_last_hold_test(tiny, monkeypatch):
-    from corsa import engine
+    from corsa import engine, scoring
 
     sizes = []
     real = engine.holding
     monkeypatch.setattr(engine, "holding", lambda m, f, part, *a: sizes.append(len(part)) or real(m, f, part, *a))
     scored = []
-    real_pairs = engine.score_pairs
-    monkeypatch.setattr(engine, "score_pairs", lambda m, f, pairs, *a: scored.append(len(pairs)) or real_pairs(m, f, pairs, *a))
+    real_pairs = scoring.score_pairs  # the base model's scores, kept across updates (scoring.BaseScores)
+    monkeypatch.setattr(scoring, "score_pairs", lambda m, f, pairs, *a: scored.append(len(pairs)) or real_pairs(m, f, pairs, *a))
     first = [Edit(f"a{i}", f"The code of item {i} is", "QQ", "AB") for i in range(3)]
     second = [Edit(f"b{i}", f"The code of thing {i} is", "ZZ", "CD") for i in range(2)]
     editor = Editor(tiny, method="dpo", replay="all", template="raw", epochs=60, batch_size=4,

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 from . import negatives, preserve
 from .config import EditConfig
-from .engine import BaseScores, holding
+from .engine import holding
 from .metrics import normalise
 from .prompts import Encoded, PromptFormat, encode_edits
 from .records import Edit
+from .scoring import BaseScores
 
 
 def held_key(edit: Edit) -> tuple:
