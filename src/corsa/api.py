@@ -67,12 +67,12 @@ def continued_config(adapter, options: dict, say=None) -> EditConfig:
     if saved is None or saved == EditConfig.method:
         return EditConfig(**options)
     if say is not None and dist.is_main():
-        say(f"continuing {adapter} with {saved}, the method it was trained with (--method to change it)")
+        say(f"continuing {adapter} with {saved}, the method it was trained with (--method, or method=, to change it)")
     try:
         return EditConfig(**{**options, "method": saved})
     except ConfigError as e:
         raise ConfigError(f"{e} (the method {saved} is the one {adapter} was trained with; "
-                          f"pass --method to train it with another)") from None
+                          f"pass --method, or method=, to train it with another)") from None
 
 
 def _say(message: str) -> None:
@@ -241,7 +241,7 @@ class Editor:
         if out is not None:
             self.check_room(out)
             dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write
-        board_dir = tracking.board_dir(self.report_to, self.logging_dir, out)  # refused before any work, on every worker
+        board_dir = tracking.board_dir(self.report_to, self.logging_dir, out)  # refused before any work
         edits = self.fill_old_targets(as_edits(edits, limit))
         if not edits:
             raise ConfigError("no edits to train on")

@@ -149,7 +149,8 @@ class Lifelong:
             self._anchors = {}
             self._generic = preserve.read_anchors(self.config.anchors)
         k = self.config.value("swap_anchors")
-        swapped = preserve.swapped_prompts(edits, history + list(edits), k, self.config.seed + 1000 * index) if k else []
+        seed = self.config.seed + 1000 * index
+        swapped = preserve.swapped_prompts(edits, history + list(edits), k, seed) if k else []
         prompts = preserve.without_probes(list(dict.fromkeys(self._generic + swapped)), list(edits) + history)
         todo = [p for p in prompts if p not in self._anchors]
         if todo:

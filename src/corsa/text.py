@@ -28,7 +28,8 @@ def show_table(rows: list[list[str]], header: list[str], numbers: bool = False) 
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
 
     def line(r):
-        return "  ".join(str(c).rjust(w) if numbers and i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        cells = zip(r, widths)
+        return "  ".join(str(c).rjust(w) if numbers and i else str(c).ljust(w) for i, (c, w) in enumerate(cells))
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 

@@ -18,9 +18,7 @@ import time
 
 import torch
 
-from .. import distributed as dist
-from .. import old_answers
-from .. import mmlu, report
+from .. import mmlu, old_answers, report
 from ..evaluate import counts, evaluate, summarise
 from ..io import peak_rss_mb, sha256_file
 from ..loaders import load_edits
@@ -80,8 +78,9 @@ class Facts:
         """Every edit seen so far, with R[k][j] per update j ≤ k (eval.json of update k)."""
         spec, updates = self.spec, self.updates
         seen = [e for u in updates[:k] for e in u]
-        ev = evaluate(editor, seen, base_answers=self.base["base_answers"], mmlu=self.mmlu if k == spec.n_updates else None,
-                      settings=spec.eval, progress=spec.progress)
+        mmlu_questions = self.mmlu if k == spec.n_updates else None  # after the last update only
+        ev = evaluate(editor, seen, base_answers=self.base["base_answers"], mmlu=mmlu_questions, settings=spec.eval,
+                      progress=spec.progress)
         pool = [e.target_new for e in seen]  # crossover counts every edited answer seen so far
         sizes = [len(u) for u in updates[:k]]
         bounds = [sum(sizes[:j]) for j in range(k + 1)]
