@@ -94,9 +94,7 @@ def run_code(args) -> int:
 
     from ..api import Editor
     from ..code import load_arena
-    from ..code.bench import NEW_TOKENS, SAMPLES, TEMPERATURE, TIMEOUT_S
-    from ..code.evaluate import evaluate_code
-    from ..config import NEW_TOKENS as FACT_TOKENS
+    from ..code.evaluate import TIMEOUT_S, drawing, evaluate_code
     from ..io import atomic_write_json, library_versions
 
     settings = eval_settings(args)
@@ -122,8 +120,7 @@ def run_code(args) -> int:
 
     sandbox.check()  # before the model loads: where programs cannot run, say so at once
     editor = Editor(args.model, adapter=args.adapter, template=args.template, device=args.device, progress=False)
-    options = dict(samples=settings.sample or SAMPLES, temperature=settings.temperature if settings.sample else TEMPERATURE,
-                   max_new_tokens=settings.max_new_tokens if settings.max_new_tokens != FACT_TOKENS else NEW_TOKENS,
+    options = dict(**drawing(settings, tokens_given=args.eval_max_new_tokens is not None),
                    batch_size=settings.batch_size, seed=settings.seed, timeout_s=TIMEOUT_S, progress=progress(args))
     runs = {}
     if args.adapter is None or args.base:

@@ -37,12 +37,8 @@ from ..text import fmt_metric, show_table
 from ..updates import split_in_order
 from .arena import CodeTask, edit_id, split_tasks
 from .arena_file import load_arena
-from .evaluate import evaluate_code, summarise
+from .evaluate import TIMEOUT_S, drawing, evaluate_code, summarise
 from .programs import fence, program_for, task_prompt
-
-# how programs are drawn when the command does not say (--sample, --temperature, --max-new-tokens)
-SAMPLES, TEMPERATURE, NEW_TOKENS = 5, 0.8, 320
-TIMEOUT_S = 10.0  # per program, wall clock
 
 # the flags of `corsa bench` that measure facts and mean nothing for programs: refused by name
 # (spec field, flag, the value that means "not given", why)
@@ -57,10 +53,8 @@ class Code:
 
     def __init__(self, spec):
         self.spec = spec
-        ev = spec.eval
-        self.samples = ev.sample or SAMPLES
-        self.temperature = ev.temperature if ev.sample else TEMPERATURE
-        self.new_tokens = ev.max_new_tokens if spec.train.get("max_new_tokens") else NEW_TOKENS
+        drawn = drawing(spec.eval, tokens_given="max_new_tokens" in spec.train)
+        self.samples, self.temperature, self.new_tokens = drawn["samples"], drawn["temperature"], drawn["max_new_tokens"]
 
     def refuse(self, spec) -> None:
         """The flags this domain cannot honour, each by name (every other one works as for facts)."""

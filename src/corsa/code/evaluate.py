@@ -30,6 +30,20 @@ from ..sandbox import run_programs
 from .arena import CodeTask
 from .programs import extract_code, pass_at_k, program_for, ran_to_the_end, task_prompt
 
+# how programs are drawn when the command does not say (--sample, --temperature, --max-new-tokens)
+SAMPLES, TEMPERATURE, NEW_TOKENS = 5, 0.8, 320
+TIMEOUT_S = 10.0  # per program, wall clock
+
+
+def drawing(settings, tokens_given: bool) -> dict:
+    """How programs are drawn (`corsa bench` and `corsa eval` alike): `samples`, `temperature` and
+    `max_new_tokens` from the evaluation settings where the command gives them, else the defaults above
+    (a fact's 16 tokens are no program). tokens_given: whether --max-new-tokens was given."""
+    return {"samples": settings.sample or SAMPLES,
+            "temperature": settings.temperature if settings.sample else TEMPERATURE,
+            "max_new_tokens": settings.max_new_tokens if tokens_given else NEW_TOKENS}
+
+
 KS = (1, 5)
 
 
