@@ -300,3 +300,14 @@ def test_upass_needs_a_real_failure_without_the_update(monkeypatch):
     monkeypatch.setattr(ev, "run_programs", flaky)
     (record,) = run_tests([task], [[task.reference]], timeout_s=20)
     assert record["passed"] == [True] and record["upassed"] == [False]
+
+
+def test_programs_are_drawn_as_the_command_says_else_as_code_needs():
+    from corsa.code.evaluate import NEW_TOKENS, SAMPLES, TEMPERATURE, drawing
+    from corsa.config import EvalSettings
+
+    assert drawing(EvalSettings(), tokens_given=False) == {"samples": SAMPLES, "temperature": TEMPERATURE,
+                                                           "max_new_tokens": NEW_TOKENS}
+    # a given --max-new-tokens counts even when it equals the facts' default
+    given = drawing(EvalSettings(sample=3, temperature=0.5, max_new_tokens=16), tokens_given=True)
+    assert given == {"samples": 3, "temperature": 0.5, "max_new_tokens": 16}
