@@ -14,6 +14,10 @@ and, depending on the method's row, also
 model's scores (it never changes), which edits held at the last update's final test (the
 adapter has not moved since), and the unedited answers of the anchor prompts. `plan` turns one
 update's new edits into everything the training step gets.
+
+A new mechanism of this kind keeps what it needs across updates on `Lifelong`, adds what one
+update trains to `Plan` (made in `plan`), and is read from there by `Editor` (api.py) when it
+calls the training loop (corsa.engine.train_update).
 """
 
 from __future__ import annotations
