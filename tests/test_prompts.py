@@ -29,7 +29,8 @@ def test_an_answer_is_closed_by_the_end_of_turn_in_a_chat_and_continues_the_line
     assert raw.answer_ids("Paris") == tokenizer(" Paris", add_special_tokens=False).input_ids  # after a space
     assert chat.answer_ids("Paris")[-1] == tokenizer.eos_token_id  # the turn is trained to end
     assert chat.answer_ids("Paris", eos=False) == chat.answer_ids("Paris")[:-1]
-    assert raw.decode_answer(raw.answer_ids("Paris") + tokenizer("\nNext", add_special_tokens=False).input_ids) == "Paris"
+    next_line = tokenizer("\nNext", add_special_tokens=False).input_ids
+    assert raw.decode_answer(raw.answer_ids("Paris") + next_line) == "Paris"  # a raw answer ends with its line
     assert chat.prompt_ids("Where?") != raw.prompt_ids("Where?")  # the chat template around it
 
 
