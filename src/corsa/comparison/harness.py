@@ -32,6 +32,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -53,18 +54,43 @@ from .facts import Facts
 from .spec import BenchSpec
 
 
+class Domain(Protocol):
+    """What a domain supplies to the harness (facts: corsa.comparison.facts.Facts; API updates:
+    corsa.code.bench.Code); everything else is the harness's."""
+
+    def refuse(self, spec: BenchSpec) -> None:
+        """Raise a ConfigError naming any flag of the spec this domain cannot honour."""
+
+    def before_model(self, bench: "Bench") -> None:
+        """Checks and choices that need no model (a wrong file is found in a second)."""
+
+    def settings(self, fmt: PromptFormat) -> dict:
+        """The settings a rerun must share, beside the model's and the data file's."""
+
+    def prepare(self, bench: "Bench", model, fmt: PromptFormat) -> tuple[list[list], dict]:
+        """The K updates' edits (bench.kept_edits) and the unedited model's measure (bench.kept_json)."""
+
+    def measured(self, k: int) -> str:
+        """What is measured after update k, in words ("40 edits")."""
+
+    def evaluate(self, bench: "Bench", editor: Editor, method: str, k: int, record) -> dict:
+        """Update k's eval.json: everything seen so far measured with the edited model."""
+
+    def line(self, result: dict) -> str:
+        """The progress line of one update's evaluation."""
+
+    def results(self, bench: "Bench", per_method: dict[str, list[dict]], started: float) -> dict:
+        """results.json's content, the domain's report written beside it."""
+
+    def summary(self, results: dict) -> None:
+        """What `corsa bench` prints at the end."""
+
+
 class Bench:
-    """Runs a :class:`BenchSpec` in a domain; `run()` returns the results dict also written to results.json.
+    """Runs a :class:`BenchSpec` in a :class:`Domain`; `run()` returns the results dict also written to
+    results.json."""
 
-    A domain (``corsa.comparison.facts.Facts``, ``corsa.code.bench.Code``) supplies what differs:
-    refuse(spec) names the flags it cannot honour; before_model(bench) checks and chooses what
-    needs no model; settings(fmt) the settings a rerun must share; prepare(bench, model, fmt) the K
-    updates' edits and the unedited model's measure; measured(k) what is measured after update k;
-    evaluate(bench, editor, method, k, record) an update's eval.json; line(result) its progress
-    line; results(bench, per_method, started) results.json's content, with the report written.
-    """
-
-    def __init__(self, spec: BenchSpec, domain=None):
+    def __init__(self, spec: BenchSpec, domain: Domain | None = None):
         self.spec = spec
         self.out = spec.out
         self.domain = domain or domain_of(spec)
@@ -180,7 +206,7 @@ class Bench:
         return dist.on_main(write)
 
 
-def domain_of(spec: BenchSpec):
+def domain_of(spec: BenchSpec) -> Domain:
     """The domain of the spec's data: API updates for a CodeUpdateArena file, else facts."""
     return Code(spec) if is_arena(spec.data) else Facts(spec)
 
