@@ -158,13 +158,10 @@ class EditConfig:
         for f in fields(self):  # the range of a plain option is on its field, of a method option in its row
             need = f.metadata.get("range") or (OPTIONS[f.name].range if f.name in OPTIONS else None)
             value = getattr(self, f.name)
-            if need is None or value is None:
-                continue
-            ok, text = need.ok(value), need.text
             if isinstance(value, float) and not math.isfinite(value):
-                ok, text = False, "a finite number"
-            if not ok:
-                raise ConfigError(f"invalid {f.name}={value!r}: it must be {text}")
+                raise ConfigError(f"invalid {f.name}={value!r}: it must be a finite number")
+            if need is not None and value is not None and not need.ok(value):
+                raise ConfigError(f"invalid {f.name}={value!r}: it must be {need.text}")
         if self.reference not in ("base", "previous"):
             raise ConfigError(f"invalid reference={self.reference!r}: choose 'base' or 'previous'")
         if self.template not in TEMPLATES:

@@ -31,7 +31,6 @@ class Range:
     text: str
 
 
-ANY = Range(lambda v: True, "")
 POSITIVE = Range(lambda v: v > 0, "positive")
 NON_NEGATIVE = Range(lambda v: v >= 0, "non-negative")
 AT_LEAST_1 = Range(lambda v: v >= 1, "at least 1")
@@ -101,7 +100,7 @@ OPTIONS: dict[str, Option] = {
                     choices=MODES),
     "margin_target": Option("train", 1.0, "--margin-target",
                             "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt",
-                            off=1.0, range=ANY),
+                            off=1.0),
     "retest_every": Option("train", 1, "--retest-every",
                            "with --edit-stop: test the edits at rest (those that held at the last test) after every "
                            "k-th pass only; the edits a pass trained are tested after it, and an update ends only on "
