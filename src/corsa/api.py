@@ -28,8 +28,8 @@ from .engine import BaseScores, UpdateResult, train_update
 from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
 from . import negatives
-from .io import (PARTIAL_LOG, check_ours, check_writable, library_versions, output_lock, publish, stage_dir,
-                 stage_text, writing)
+from .io import (PARTIAL_LOG, check_ours, check_writable, jsonl_text, library_versions, output_lock, publish,
+                 stage_dir, stage_text, writing)
 from .prompts import PromptFormat, encode_edits
 from .metrics import normalise
 from .records import Edit
@@ -37,12 +37,15 @@ from .scope import routed
 from . import tracking
 
 
-def _same_family(adapter, config: EditConfig) -> None:
+def _same_family(adapter, config: EditConfig, saved=None) -> None:
     """Refuse to continue a trained adapter with ROME, MEMIT or AlphaEdit, or one of theirs with training:
-    the two kinds carry different layers (all projections against a few MLP outputs)."""
+    the two kinds carry different layers (all projections against a few MLP outputs).
+
+    Checked when an update is about to train, never when an adapter is only read (ask, eval,
+    export read every method's adapter whatever the Editor's method is).
+    """
     from .methods import METHODS
 
-    saved = adapters.marker(adapter).get("method")
     row = METHODS.get(saved) if isinstance(saved, str) else None
     if row is not None and (row.solver is None) != (config.spec.solver is None):
         kind = lambda r: "a closed-form edit of MLP layers" if r.solver else "a trained LoRA adapter"  # noqa: E731
@@ -72,19 +75,51 @@ def seed_everything(seed: int) -> None:
 
 
 def as_edits(edits, limit: int | None = None, on_invalid: str = "error") -> list[Edit]:
-    """Edits from a file path, Edit objects or plain dicts."""
+    """Edits from a file path, Edit objects or plain dicts.
+
+    Edit objects get the checks of a file's records too (text fields, visible text, probes, one
+    id and one answer per prompt); only y⁻ = y⁺ is let through, since a y⁻ the model filled may
+    equal y⁺ (corsa.old_answers).
+    """
     if isinstance(edits, (str, os.PathLike)):
         from .loaders import load_edits
 
         return load_edits(edits, limit=limit, on_invalid=on_invalid)
+    if isinstance(edits, (dict, Edit)):
+        raise DataError(f"edits must be a list of edits, a file path or Edit objects; one {type(edits).__name__} "
+                        f"was given: wrap it in a list ([edit])", path="<edits given in Python>")
+    if isinstance(edits, (bytes, bytearray)) or not hasattr(edits, "__iter__"):
+        raise DataError(f"edits must be a list of edits, a file path or Edit objects, not {type(edits).__name__}",
+                        path="<edits given in Python>")
     edits = list(edits)
     if edits and all(isinstance(e, Edit) for e in edits):
-        return edits[:limit] if limit is not None else edits
+        from .loaders import check_edit_objects
+
+        return check_edit_objects(edits[:limit] if limit is not None else edits)
     from .loaders import edits_from_records
 
     # dicts are checked as a file's records are, and Edit objects mixed in with them alike
     records = [e.to_dict() if isinstance(e, Edit) else e for e in edits]
     return edits_from_records(records, limit, on_invalid=on_invalid)
+
+
+def _looks_like_path(model) -> bool:
+    return isinstance(model, os.PathLike) or str(model).startswith((".", "/", "~")) or os.sep in str(model) and \
+        Path(str(model)).expanduser().exists()
+
+
+def _check_model_argument(model) -> None:
+    """Editor's `model`: a name or folder, or a loaded (model, tokenizer) pair; anything else a clear error."""
+    if isinstance(model, os.PathLike) or (isinstance(model, str) and model.strip()):
+        return
+    if isinstance(model, tuple):
+        if len(model) == 2 and isinstance(model[0], torch.nn.Module) and hasattr(model[1], "encode"):
+            return
+        raise ConfigError(f"model as a tuple must be a loaded (model, tokenizer) pair, not a tuple of "
+                          f"{', '.join(type(m).__name__ for m in model) or 'nothing'}")
+    shown = "empty text" if isinstance(model, str) else type(model).__name__
+    raise ConfigError(f"model must be an alias (smollm2-135m), a local folder, a hub id or a loaded (model, "
+                      f"tokenizer) pair, not {shown}")
 
 
 @dataclass
@@ -136,8 +171,15 @@ class Editor:
                  config: EditConfig | None = None, device: str | None = None, progress: bool = True,
                  trust_remote_code: bool = False, report_to: str = "none",
                  logging_dir: str | os.PathLike | None = None, **overrides):
-        from .models import load_model, model_fingerprint
+        import uuid
 
+        from .models import load_model, model_fingerprint
+        from .models.loading import import_libraries
+
+        import_libraries()  # before any thread of this process needs transformers or PEFT
+        _check_model_argument(model)
+        if config is not None and not isinstance(config, EditConfig):
+            raise ConfigError(f"config must be an EditConfig, not {type(config).__name__}")
         if config is not None and overrides:
             config = EditConfig.from_dict({**config.resolved(), **overrides})
         self.config = config or EditConfig(**overrides)
@@ -154,7 +196,10 @@ class Editor:
         else:
             # a model's own Python code runs only when the user asks for it explicitly
             base, tokenizer = load_model(model, device=dist.device(device), trust_remote_code=trust_remote_code)
-            self.model_name = str(model)
+            # a local folder is recorded as an absolute path, so the run record works from any folder
+            local = Path(os.fspath(model)).expanduser()
+            self.model_name = str(local.resolve()) if _looks_like_path(model) and local.exists() else str(model)
+        self.run_id = uuid.uuid4().hex  # the identity this Editor writes into its run records and adapters
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -172,16 +217,19 @@ class Editor:
         if self.config.spec.solver is not None and dist.world_size() > 1:
             raise ConfigError(f"{self.config.method} runs in one process (its update is a closed-form solve, with no "
                               f"gradient to share); start it without torchrun or accelerate launch")
+        self._adapter_method = None  # the method a loaded adapter was made with, by its marker
         if adapter is not None:
-            _same_family(adapter, self.config)
-            self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True)
+            saved = adapters.marker(adapter)
+            self._adapter_method = saved.get("method")
+            self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True,
+                                                model_name=self.model_name)
             self.parent = str(adapters.find_adapter_dir(adapter))
             if self.config.spec.solver is not None:
                 from .editors.apply import read_keys
 
                 self._keys = read_keys(adapters.find_adapter_dir(adapter))
             self.history = adapters.trained_edits(adapter)
-            self._saved_scope = adapters.marker(adapter).get("scope")
+            self._saved_scope = saved.get("scope")
         else:
             self.model = adapters.attach_new(base, self.config)
             self.parent = None
@@ -327,6 +375,7 @@ class Editor:
             return self._update(edits, out, limit, index)
 
     def _update(self, edits, out, limit, index) -> UpdateRecord:
+        _same_family(self.parent, self.config, self._adapter_method)
         if out is not None:
             self.check_room(out)
             dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write
@@ -360,7 +409,9 @@ class Editor:
         board = (tracking.TensorBoard(board_dir, first_step=sum(u.result.steps for u in self.updates), update=index + 1)
                  if board_dir is not None and dist.is_main() else None)
         replay_held = self._known_held(replay) if replay else None
+        held_before = self._held
         self._held = {}  # from here on the adapter moves
+        start = self._snapshot()  # a failed update leaves the adapter as it found it
         try:
             if cfg.spec.solver is not None:  # ROME, MEMIT, AlphaEdit: a closed-form change, no training
                 from .editors.apply import apply_update
@@ -368,13 +419,15 @@ class Editor:
                 result = apply_update(self.model, self.fmt, pool, cfg, self._keys, self.fingerprint, self.progress,
                                       log=_say if self.progress and dist.is_main() else None)
                 if log_path is not None and dist.is_main():
-                    log_path.write_text("".join(json.dumps(h) + "\n" for h in result.history))
+                    log_path.write_text(jsonl_text(result.history), encoding="utf-8")
             else:
                 result = train_update(self.model, self.fmt, pool, encoded, cfg, log_path=log_path,
                                       progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors,
                                       on_log=board, base_scores=self._base_scores, replay_held=replay_held)
-        except TrainingError:
-            if out is not None:  # the adapter was restored before the failing step: keep it
+        except BaseException as failed:
+            self._restore(start)
+            self._held = held_before
+            if isinstance(failed, TrainingError) and out is not None:  # the adapter this update started from
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
                              self._marker(), edits=self.history)
             raise
@@ -391,6 +444,19 @@ class Editor:
             self.save(out, record, started)
         return record
 
+    def _snapshot(self) -> dict:
+        """A copy of what an update changes: the adapter's weights and a locate-then-edit adapter's keys."""
+        weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if "lora_" in n}
+        return {"weights": weights, "keys": {k: v.clone() for k, v in self._keys.items()}}
+
+    def _restore(self, start: dict) -> None:
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if n in start["weights"]:
+                    p.copy_(start["weights"][n])
+        self._keys.clear()
+        self._keys.update(start["keys"])
+
     def _board_dir(self, out) -> Path | None:
         """Where this update's TensorBoard event files go (report_to="tensorboard"), else None."""
         if self.report_to != "tensorboard":
@@ -401,7 +467,8 @@ class Editor:
 
     def _marker(self) -> dict:
         """What is saved beside the adapter besides the base fingerprint (adapter.MARKER)."""
-        return {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method}
+        return {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method,
+                "run_id": self.run_id}
 
     def save(self, out: str | os.PathLike, record: UpdateRecord | None = None, started: float | None = None) -> Path:
         """Write the adapter, the edits (with their filled y⁻) and the run record into `out`.
@@ -424,14 +491,15 @@ class Editor:
         staged = {}
         with writing(out, staged):
             staged["adapter"] = stage_dir(out, "adapter")
-            adapters.write(self.model, staged["adapter"], self.fingerprint, self._marker(), edits=self.history)
+            more = None
             if self._keys:
                 from .editors.apply import write_keys
 
-                write_keys(staged["adapter"], self._keys)
+                more = functools.partial(write_keys, keys=self._keys)
+            adapters.write(self.model, staged["adapter"], self.fingerprint, self._marker(), edits=self.history,
+                           more=more)
             if record is not None:
-                staged["edits.jsonl"] = stage_text(out, "edits.jsonl", "".join(
-                    json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in record.edits))
+                staged["edits.jsonl"] = stage_text(out, "edits.jsonl", jsonl_text(e.to_dict() for e in record.edits))
             staged["run.json"] = stage_text(out, "run.json", json.dumps(self._run_record(started), indent=2,
                                                                        ensure_ascii=False, default=str) + "\n")
             if record is not None:  # this update's steps (none for an update of no step) replace the last log
@@ -444,6 +512,7 @@ class Editor:
     def _run_record(self, started: float | None) -> dict:
         run = {
             "corsa_run": 1,
+            "run_id": self.run_id,
             "model": self.model_name,
             "base_fingerprint": self.fingerprint,
             "parent_adapter": self.parent,

@@ -23,6 +23,7 @@ DEFAULT_MODEL = "smollm2-135m"  # the model every command and the Python API use
 NEW_TOKENS = 16  # tokens generated per answer, in training's greedy checks and in evaluation
 ASK_NEW_TOKENS = 32  # tokens generated per answer by `corsa ask` / corsa.ask: a reply, not a checked answer
 TEMPLATES = ("auto", "chat", "raw")  # prompt formats (corsa.prompts.PromptFormat)
+MAX_LORA_R = 65536  # far above any useful rank; sizes beyond are refused before anything is allocated
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -140,6 +141,16 @@ class EditConfig:
             self.negatives = tuple(n.strip() for n in self.negatives.split(",") if n.strip())
         if self.negatives is not None:
             self.negatives = () if tuple(self.negatives) in ((), ("none",)) else tuple(self.negatives)
+        for f in fields(self):  # a whole-number option given 2.5 or "8" from Python is an error, not a traceback
+            value = getattr(self, f.name)
+            if f.type in ("int", "int | None") and value is not None and (isinstance(value, bool)
+                                                                          or not isinstance(value, int)):
+                raise ConfigError(f"invalid {f.name}={value!r}: it must be a whole number")
+            if f.type in ("float", "float | None") and value is not None and (isinstance(value, bool) or
+                                                                              not isinstance(value, (int, float))):
+                raise ConfigError(f"invalid {f.name}={value!r}: it must be a number")
+        if not isinstance(self.method, str):
+            raise ConfigError(f"invalid method={self.method!r}: give a method's name")
         m = get_method(self.method)
         for name in OPTIONS:  # the row says which options it takes and what values they may have
             m.check(name, getattr(self, name))
@@ -168,8 +179,11 @@ class EditConfig:
         if not self.edit_stop and self.retest_every is not None and self.value("retest_every") > 1:
             raise ConfigError("--retest-every spaces the tests of per-edit stopping, which is off; "
                               "drop it or use --edit-stop")
+        if self.sft_weight == 0 and not m.dpo and m.solver is None and not self.value("preserve"):
+            raise ConfigError(f"--sft-weight 0 turns off the only term {self.method} trains (SFT), so training would "
+                              f"change nothing; give a positive weight, or use a method with DPO (corsa)")
         checks = [
-            ("lora_r", self.lora_r >= 1, "at least 1"),
+            ("lora_r", 1 <= self.lora_r <= MAX_LORA_R, f"from 1 to {MAX_LORA_R:,}"),
             ("lora_alpha", self.lora_alpha > 0, "positive"),
             ("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)"),
             ("lr", self.lr > 0, "positive"),
@@ -296,6 +310,16 @@ class EvalSettings:
         "flag": "--eval-batch-size", "help": "prompts per generation / scoring batch"})
 
     def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (f.type == "int" and
+                                                                                  not isinstance(value, int)):
+                raise ConfigError(f"{f.metadata['flag']} must be a {'whole ' if f.type == 'int' else ''}number, "
+                                  f"not {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.metadata['flag']} must be a finite number, not {value!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--sample-seed must be a whole number from 0 to 2³² − 1, not {self.seed}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
         if self.sample < 0:

@@ -58,13 +58,22 @@ def _method_of(args):
     from ..config import EditConfig
     from ..errors import ConfigError
 
+    from ..methods import METHODS
+
     config = run_record(args.adapter).get("config")
     saved = marker(args.adapter).get("method") or (config.get("method") if isinstance(config, dict) else None)
+    if saved is not None and (not isinstance(saved, str) or saved not in METHODS):
+        from .output import printable
+
+        raise ConfigError(f"the run record beside {args.adapter} names the method {printable(repr(saved))}, which is "
+                          f"not one of corsa's; pass --method to choose one")
     if saved is None or saved == EditConfig.method:
         return config_from_args(args)
     if dist.is_main():
-        print(f"continuing {args.adapter} with {saved}, the method it was trained with (--method to change it)",
-              file=sys.stderr)
+        from .output import printable
+
+        print(printable(f"continuing {args.adapter} with {saved}, the method it was trained with (--method to "
+                        f"change it)"), file=sys.stderr)
     try:
         return EditConfig(**{**config_values(args), "method": saved})
     except ConfigError as e:
