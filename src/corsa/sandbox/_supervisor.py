@@ -35,6 +35,7 @@ import re
 import resource
 import selectors
 import signal
+import struct
 import sys
 import time
 
@@ -69,6 +70,51 @@ sys.addaudithook(_guard)
 sys.argv = ["main.py"]
 runpy.run_path("main.py", run_name="__main__")
 """
+
+
+# The system calls no program needs and some use to get out: socket() of any family (a path
+# socket outside the directory stays connectable through a read-only mount, and AF_VSOCK is not
+# covered by the network namespace) and io_uring_setup (io_uring makes and connects sockets
+# without calling socket()). socketpair() stays: an unnamed connected pair reaches nothing. A
+# call of another ABI (x32, or i386 through int 0x80, whose socketcall multiplexes socket()) is
+# refused whole. The filter is installed after PR_SET_NO_NEW_PRIVS, just before the program
+# starts, and is inherited by everything it starts; nothing can remove it.
+_FILTERED = {"x86_64": (0xC000003E, (41, 425)), "aarch64": (0xC00000B7, (198, 425))}
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+_SECCOMP_ALLOW, _SECCOMP_EPERM = 0x7FFF0000, 0x00050000 | errno.EPERM
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def syscall_filter() -> list[tuple[int, int, int, int]]:
+    """The seccomp BPF program (code, jt, jf, k) for this machine; [] where none is known."""
+    arch_calls = _FILTERED.get(os.uname().machine)  # no import: after isolation the stdlib may be hidden
+    if arch_calls is None:
+        return []
+    arch, calls = arch_calls
+    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
+    denied = len(calls) + 6  # the index of the final "refuse"
+    prog = [(ld_w_abs, 0, 0, 4),  # A = seccomp_data.arch
+            (jeq_k, 1, 0, arch),  # this machine's ABI: go on; another: refuse
+            (ret_k, 0, 0, _SECCOMP_EPERM),
+            (ld_w_abs, 0, 0, 0),  # A = seccomp_data.nr
+            (jge_k, denied - 5, 0, 0x40000000)]  # x32 system calls carry this bit
+    for i, nr in enumerate(calls):
+        prog.append((jeq_k, denied - (6 + i), 0, nr))
+    prog += [(ret_k, 0, 0, _SECCOMP_ALLOW), (ret_k, 0, 0, _SECCOMP_EPERM)]
+    return prog
+
+
+def install_syscall_filter() -> None:
+    """Install :func:`syscall_filter` on this process (needs PR_SET_NO_NEW_PRIVS first); OSError if refused."""
+    prog = syscall_filter()
+    if not prog:
+        raise OSError(errno.ENOSYS, "no system call filter is known for this machine")
+    raw = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in prog))  # struct: imported at start
+    fprog = _SockFprog(len(prog), ctypes.cast(raw, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
 def _check(result: int, what: str) -> None:
@@ -311,6 +357,7 @@ def run(config: dict) -> dict:
     uid = config.get("uid") if os.getuid() == 0 else None
     isolation["own_user"] = uid is not None
     isolation["cgroups"] = len(cgroups)
+    isolation["syscall_filter"] = bool(syscall_filter())
     if config.get("require_isolation", True) and not (isolation["namespaces"] and isolation.get("filesystem")):
         # without them the program could write anywhere its user may: refuse rather than pretend
         return {"refused": "the kernel refused the namespaces the sandbox needs "
@@ -338,7 +385,9 @@ def run(config: dict) -> dict:
                 os.setuid(uid)
             # after setuid, which clears it: the program dies with the supervisor
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+            if config.get("require_isolation", True) or syscall_filter():
+                install_syscall_filter()  # the last step: from here no socket can be made
             os.execve(config["python"], [config["python"], "-I", "-c", BOOTSTRAP], config["env"])
         except BaseException as e:  # noqa: BLE001 - anything here is reported as the program's error
             os.write(2, f"corsa sandbox: could not start the program: {e!r}\n".encode())
