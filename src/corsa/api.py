@@ -108,6 +108,18 @@ def _looks_like_path(model) -> bool:
         Path(str(model)).expanduser().exists()
 
 
+def _check_input_files(config: EditConfig) -> None:
+    """The files an update will read (--anchors, --stats-corpus): regular files of bounded size."""
+    from .editors.stats import MAX_CORPUS_BYTES
+    from .io import check_input_file
+    from .preserve import MAX_ANCHOR_BYTES
+
+    if config.anchors is not None:
+        check_input_file(config.anchors, MAX_ANCHOR_BYTES, "--anchors", ConfigError)
+    if getattr(config, "stats_corpus", None) is not None:
+        check_input_file(config.stats_corpus, MAX_CORPUS_BYTES, "--stats-corpus", ConfigError)
+
+
 def _check_model_argument(model) -> None:
     """Editor's `model`: a name or folder, or a loaded (model, tokenizer) pair; anything else a clear error."""
     if isinstance(model, os.PathLike) or (isinstance(model, str) and model.strip()):
@@ -183,6 +195,7 @@ class Editor:
         if config is not None and overrides:
             config = EditConfig.from_dict({**config.resolved(), **overrides})
         self.config = config or EditConfig(**overrides)
+        _check_input_files(self.config)  # before the model loads: a FIFO or /dev/zero is refused at once
         self.progress = progress
         # as TRL's report_to/logging_dir: TensorBoard event files in logging_dir, by default OUT/tensorboard
         self.report_to = tracking.check(report_to)

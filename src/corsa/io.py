@@ -78,6 +78,20 @@ def read_bounded(path: str | os.PathLike, max_bytes: int, what: str, error: type
     return data
 
 
+def check_input_file(path: str | os.PathLike, max_bytes: int, what: str, error: type | None = None) -> None:
+    """`read_bounded`'s checks (it exists, is a regular file, of at most `max_bytes`) without reading it."""
+    if error is None:
+        from .errors import ConfigError as error
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {path} is not a regular file (a folder, device, pipe or socket); corsa reads only files")
+    if info.st_size > max_bytes:
+        raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {max_bytes:,} corsa reads for it")
+
+
 def read_text_bounded(path: str | os.PathLike, max_bytes: int, what: str, error: type | None = None) -> str:
     """`read_bounded` decoded as UTF-8 (a BOM is dropped); text that is not UTF-8 is refused by byte offset."""
     if error is None:
