@@ -375,8 +375,7 @@ def trained_edits(path: str | Path) -> list:
     text = read_text_bounded(file, MAX_TRAINED_EDITS_BYTES, "the adapter's record of trained edits", DataError)
     for n, line in jsonl_lines(text):
         try:
-            edit = Edit.from_dict(json.loads(line))
-            check_trained_edit(edit)
+            edit = check_trained_edit(json.loads(line))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError, DataError) as e:
             raise DataError(f"the adapter's record of trained edits is damaged ({_shown(e)}); "
                             f"remove it to continue without replay", path=str(file), record=f"line {n}") from None

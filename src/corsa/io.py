@@ -563,7 +563,7 @@ def _is_step_log(path: Path) -> bool:
         try:
             entry = json.loads(line)
         except ValueError:
-            if i == len(lines) - 1:
+            if i == len(lines) - 1 and line.startswith('{"'):  # the last line, torn by a kill
                 continue
             return False
         if not (isinstance(entry, dict) and "step" in entry):

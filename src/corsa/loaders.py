@@ -460,13 +460,17 @@ def detect_format(records: list, *, path: str | None = None) -> str:
     raise _format_problem(first, path)
 
 
-def check_trained_edit(edit: Edit, where: str = "trained edits") -> None:
-    """The checks of one plain record, for an edit read back from an adapter's record (not the checks
-    across edits: a continued adapter may hold two edits of one id, a filled y⁻ may equal y⁺)."""
-    rec = _Record(edit.to_dict(), Path(where), 0, None)
-    if not isinstance(edit.id, str):
+def check_trained_edit(record, where: str = "trained edits") -> Edit:
+    """The checks of one plain record (a dict as Edit.to_dict writes it), for an edit read back from an
+    adapter's record; returns the Edit. Not the checks across edits: a continued adapter may hold two
+    edits of one id, and a filled y⁻ may equal y⁺."""
+    rec = _Record(record, Path(where), 0, None)
+    if not isinstance(record, dict):
+        raise rec.error(f"expected an object (an edit record), found {_kind(record)}")
+    if not isinstance(record.get("id"), str):
         raise rec.error("expected text", "id")
     _plain(rec, "")
+    return Edit.from_dict(record)  # as written: the checks strip nothing from what replay trains
 
 
 def _probe_conflicts(rec: _Record, edit: Edit, answers: dict, probes: dict) -> None:
