@@ -276,10 +276,13 @@ def test_a_rome_adapter_is_read_by_ask_eval_and_export(tiny_model, tmp_path, cap
     assert code == 0, err
     code, err = _cli(capsys, "export", "--adapter", out, "--model", tiny_model, "--out", tmp_path / "x", "--quiet")
     assert code == 0, err
-    # continuing it with training is still refused, when an update is about to train
-    editor = Editor(tiny_model, adapter=out, **FAST)
+    # read by an Editor of the default method (corsa, a trained one); training it so is still refused
+    editor = Editor(tiny_model, adapter=out, progress=False)
+    assert editor.ask(["Hello"], max_new_tokens=2) and editor.scope_mode == "all"
     with pytest.raises(ConfigError, match="cannot continue it"):
         editor.update(EDITS)
+    with pytest.raises(ConfigError, match="cannot continue it"):  # a method chosen explicitly: at once
+        Editor(tiny_model, adapter=out, **FAST)
 
 
 # --- two first calls at once ---------------------------------------------------------------------------

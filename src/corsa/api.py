@@ -234,6 +234,8 @@ class Editor:
         if adapter is not None:
             saved = adapters.marker(adapter)
             self._adapter_method = saved.get("method")
+            if config is not None or "method" in overrides:  # a method chosen to continue it: refused at once
+                _same_family(adapter, self.config, self._adapter_method)
             self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True,
                                                 model_name=self.model_name)
             self.parent = str(adapters.find_adapter_dir(adapter))

@@ -546,9 +546,29 @@ def _foreign_adapter(folder: Path, record: dict | None, name: str) -> list[str]:
             return every
     if "files" in mark:  # this version's marker: exactly the files it lists, unchanged
         listed = _unlisted(folder, mark["files"], "corsa-adapter.json")
-        return every if listed is None else [f"{name}/{x}" for x in listed]
+        if listed is None:
+            return every
+        # a listed weights file that is no longer whole safetensors is corsa's own file damaged (a
+        # resume trains that update again), not a user's file: a user's weights would be whole
+        return [f"{name}/{x}" for x in listed
+                if not (x in mark["files"] and x.endswith(".safetensors") and not _whole_safetensors(folder / x))]
     return [f"{name}/{x.name}" for x in sorted(folder.iterdir())  # an earlier version's: its names only
             if (x.name not in _ADAPTER_FILES or not x.is_file() or x.is_symlink()) and not _TEMP.match(x.name)]
+
+
+def _whole_safetensors(path: Path) -> bool:
+    """Whether `path` is a whole safetensors file: its header parses and its tensors end where the file does."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= min(size - 8, 100 * 2**20):
+                return False
+            header = json.loads(f.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return isinstance(header, dict) and 8 + n + max(ends, default=0) == size
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return False
 
 
 def _is_step_log(path: Path) -> bool:
