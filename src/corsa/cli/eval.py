@@ -59,9 +59,12 @@ def _ours(path: Path) -> bool:
     """Whether `path` is a metrics file of an earlier `corsa eval` (which a rerun may replace)."""
     import json
 
+    from ..errors import CorsaError
+    from ..io import read_bounded
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_bounded(path, 1 << 30, "--out"))  # a FIFO or a device is not a metrics file
+    except (CorsaError, ValueError, RecursionError):
         return False
     return isinstance(data, dict) and {"protocol", "metrics", "records", "versions"} <= set(data)
 
