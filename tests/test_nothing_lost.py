@@ -154,6 +154,23 @@ def test_a_rerun_into_corsas_own_folder_replaces_only_its_files(run_dir, tiny_mo
     assert set(marker["files"]) == {p.name for p in (out / "adapter").iterdir()} - {"corsa-adapter.json"}
 
 
+def test_a_bench_folder_is_corsas_only_by_its_bench_record(tmp_path):
+    methods = ("lora", "corsa")
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    (folder / "results.json").write_text("{}")  # corsa's name, but no bench.json
+    assert foreign_files(folder, "bench", methods) == ["results.json"]
+    (folder / "bench.json").write_text('{"mine": true}')  # a bench.json corsa did not write
+    assert foreign_files(folder, "bench", methods) == ["bench.json", "results.json"]
+    (folder / "bench.json").write_text(json.dumps({"model_fingerprint": "f", "n_updates": 2, "seed": 0}))
+    assert foreign_files(folder, "bench", methods) == []
+    (folder / "lora").mkdir()
+    (folder / "lora" / "config.json").write_text('{"name": "my config"}')
+    (folder / "lora" / "update-1").mkdir()
+    (folder / "lora" / "notes.txt").write_text("mine")
+    assert foreign_files(folder, "bench", methods) == ["lora/config.json", "lora/notes.txt"]
+
+
 def test_the_python_api_refuses_a_users_run_record_too(tiny_model, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
