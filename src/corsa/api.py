@@ -488,9 +488,12 @@ class Editor:
     def save(self, out: str | os.PathLike, record: UpdateRecord | None = None, started: float | None = None) -> Path:
         """Write the adapter, the edits (with their filled y⁻) and the run record into `out`.
 
-        Under a launcher the main process writes and the others wait for it (call it on all).
+        Under a launcher the main process writes and the others wait for it (call it on all). Like
+        `update`, it holds `out` and refuses a folder with files corsa cannot prove it wrote.
         """
-        return dist.on_main(self._write, Path(out), record, started)
+        with output_lock(out):
+            dist.on_main(check_ours, out, "run")
+            return dist.on_main(self._write, Path(out), record, started)
 
     def check_room(self, out) -> None:
         """Refuse `out`, before any work, where an update's results will not fit: room for the new

@@ -572,7 +572,7 @@ def _whole_safetensors(path: Path) -> bool:
 
 
 def _is_step_log(path: Path) -> bool:
-    """Whether `path` is a step log corsa was writing (JSON objects with a step, one per line; the last may be torn)."""
+    """Whether `path` is a step log corsa was writing (one JSON object per line; the last may be torn)."""
     from .errors import CorsaError
 
     try:
@@ -586,7 +586,7 @@ def _is_step_log(path: Path) -> bool:
             if i == len(lines) - 1 and line.startswith('{"'):  # the last line, torn by a kill
                 continue
             return False
-        if not (isinstance(entry, dict) and "step" in entry):
+        if not isinstance(entry, dict):
             return False
     return True
 

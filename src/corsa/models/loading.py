@@ -58,13 +58,25 @@ def import_libraries():
         return AutoModelForCausalLM, AutoTokenizer
 
 
+_LOADING = threading.RLock()
+
+
 def load_model(name_or_path: str, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, trust_remote_code: bool = False):
     """Load a frozen base model and its tokenizer: ``(model, tokenizer)``.
 
     The model is in eval mode with every parameter ``requires_grad=False`` (edits train only the
     adapter). Weights come from safetensors only. A tokenizer without a pad token pads with eos.
+
+    One load at a time in a process: transformers builds a model on the meta device through
+    process-wide state, so two threads loading at once break each other ("Cannot copy out of
+    meta tensor").
     """
+    with _LOADING:
+        return _load_model(name_or_path, device, dtype, trust_remote_code)
+
+
+def _load_model(name_or_path, device, dtype, trust_remote_code):
     AutoModelForCausalLM, AutoTokenizer = import_libraries()
 
     device = pick_device(device)
