@@ -168,7 +168,10 @@ def test_a_bench_folder_is_corsas_only_by_its_bench_record(tmp_path):
     (folder / "lora" / "config.json").write_text('{"name": "my config"}')
     (folder / "lora" / "update-1").mkdir()
     (folder / "lora" / "notes.txt").write_text("mine")
-    assert foreign_files(folder, "bench", methods) == ["lora/config.json", "lora/notes.txt"]
+    (folder / "lora" / "update-1" / "eval.json").write_text("{}")
+    (folder / "lora" / "update-1" / "notes.txt").write_text("mine")  # inside an update's folder too
+    assert foreign_files(folder, "bench", methods) == ["lora/config.json", "lora/notes.txt",
+                                                       "lora/update-1/notes.txt"]
 
 
 def test_the_python_api_refuses_a_users_run_record_too(tiny_model, tmp_path):

@@ -667,9 +667,15 @@ def _foreign_bench(folder: Path, dirs: tuple[str, ...]) -> list[str]:
             config = _json_dict(entry / "config.json") if (entry / "config.json").exists() else None
             if (entry / "config.json").exists() and not (isinstance(config, dict) and "method" in config):
                 found.append(f"{name}/config.json")
-            found += [f"{name}/{x.name}" for x in sorted(entry.iterdir())
-                      if not _TEMP.match(x.name) and x.name != "config.json"
-                      and not (re.fullmatch(r"update-\d+", x.name) and x.is_dir() and not x.is_symlink())]
+            for x in sorted(entry.iterdir()):
+                if _TEMP.match(x.name) or x.name == "config.json":
+                    continue
+                if re.fullmatch(r"update-\d+", x.name) and x.is_dir() and not x.is_symlink():
+                    # an update's run folder (Editor.update) and its eval.json: corsa's by the run's markers
+                    found += [f"{name}/{x.name}/{y}" for y in _foreign_run(x, 1)
+                              if y != "eval.json" or not isinstance(_json_dict(x / "eval.json"), dict)]
+                else:
+                    found.append(f"{name}/{x.name}")
         elif name == "tensorboard":
             found += [name] if not entry.is_dir() or entry.is_symlink() else []
         elif not _ENTRIES["bench"].match(name) or not ours or not entry.is_file() or entry.is_symlink():
