@@ -350,7 +350,7 @@ def write(model, folder: str | Path, fingerprint: str | None = None, extra: dict
         (folder / TRAINED_EDITS).write_text(jsonl_text(e.to_dict() for e in edits), encoding="utf-8")
     if more is not None:
         more(folder)
-    files = manifest(folder, [f.name for f in folder.iterdir() if f.name != MARKER])
+    files = manifest(folder, [f.name for f in folder.iterdir() if f.name != MARKER], hashed=None)
     (folder / MARKER).write_text(json.dumps({"base_fingerprint": fingerprint, **(extra or {}), "files": files},
                                             indent=2, ensure_ascii=False))
 

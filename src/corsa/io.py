@@ -472,13 +472,18 @@ MANIFEST_HASHED = 16 * 2**20  # files up to this size are listed with their sha2
 # record's) and every name is one corsa writes there.
 
 
-def manifest(folder: str | os.PathLike, names) -> dict:
-    """{name: {"bytes": size, "sha256": digest (small files only)}} of `names` in `folder`: what a marker lists."""
+def manifest(folder: str | os.PathLike, names, hashed: int | None = MANIFEST_HASHED) -> dict:
+    """{name: {"bytes": size, "sha256": digest}} of `names` in `folder`: what a marker lists.
+
+    Files over `hashed` bytes are listed by size only (an export's multi-GB shards, which every
+    rerun would otherwise hash again); None hashes every file (an adapter).
+    """
     folder = Path(folder)
     out = {}
     for name in sorted(names):
         size = (folder / name).stat().st_size
-        out[name] = {"bytes": size, **({"sha256": sha256_file(folder / name)} if size <= MANIFEST_HASHED else {})}
+        digest = hashed is None or size <= hashed
+        out[name] = {"bytes": size, **({"sha256": sha256_file(folder / name)} if digest else {})}
     return out
 
 
