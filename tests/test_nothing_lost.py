@@ -102,6 +102,13 @@ def _user_files(root: Path, adapter_src: Path) -> dict:
     _copy(adapter_src.parent, changed)
     (changed / "adapter" / "README.md").write_text("my own notes")
     cases["changed adapter/README.md"] = (changed, "adapter/README.md")
+    # corsa's own run, with whole weights of the user's in place of the adapter's (not damaged: the user's)
+    from safetensors.torch import load_file, save_file
+
+    swapped = _copy(adapter_src.parent, root / "swapped-weights")
+    weights = swapped / "adapter" / "adapter_model.safetensors"
+    save_file({k: v + 1 for k, v in load_file(weights).items()}, str(weights))
+    cases["weights of the user's"] = (swapped, "adapter/adapter_model.safetensors")
     return cases
 
 
@@ -111,7 +118,7 @@ def test_a_run_folder_is_corsas_only_by_proof(run_dir, tiny_model, tmp_path, cap
     edits = tmp_path / "e.jsonl"
     edits.write_text(jsonl_text(EDITS))
     cases = _user_files(tmp_path, run_dir / "adapter")
-    assert len(cases) == 12
+    assert len(cases) == 13
     for name, (folder, named) in cases.items():
         before = _snapshot(folder)
         assert any(named == f or named.startswith(f + "/") or f.startswith(named)
