@@ -109,6 +109,10 @@ def _user_files(root: Path, adapter_src: Path) -> dict:
     weights = swapped / "adapter" / "adapter_model.safetensors"
     save_file({k: v + 1 for k, v in load_file(weights).items()}, str(weights))
     cases["weights of the user's"] = (swapped, "adapter/adapter_model.safetensors")
+    # corsa's own names for its lock and its journal, holding a user's text
+    cases[".corsa-lock"] = (make("user-lock", {".corsa-lock": "my secret notes"}), ".corsa-lock")
+    cases[".corsa-publish"] = (make("user-journal", {".corsa-publish.adapter.json": '{"mine": 1}'}),
+                               ".corsa-publish.adapter.json")
     return cases
 
 
@@ -118,7 +122,7 @@ def test_a_run_folder_is_corsas_only_by_proof(run_dir, tiny_model, tmp_path, cap
     edits = tmp_path / "e.jsonl"
     edits.write_text(jsonl_text(EDITS))
     cases = _user_files(tmp_path, run_dir / "adapter")
-    assert len(cases) == 13
+    assert len(cases) == 15
     for name, (folder, named) in cases.items():
         before = _snapshot(folder)
         assert any(named == f or named.startswith(f + "/") or f.startswith(named)
@@ -189,6 +193,20 @@ def test_the_python_api_refuses_a_users_run_record_too(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="run.json"):
         editor.update(EDITS, out=out)
     assert (out / "run.json").read_text() == '{"my": "experiment"}' and sorted(os.listdir(out)) == ["run.json"]
+    with pytest.raises(ConfigError, match="run.json"):
+        editor.save(out)
+    lock = tmp_path / "l"
+    lock.mkdir()
+    (lock / ".corsa-lock").write_text("my notes")  # the lock is taken before the folder is checked
+    with pytest.raises(ConfigError, match="corsa-lock"):
+        editor.update(EDITS, out=lock)
+    assert (lock / ".corsa-lock").read_text() == "my notes"
+    journal = tmp_path / "j"
+    journal.mkdir()
+    (journal / ".corsa-publish.adapter.json").write_text("my notes")  # the lock replays journals first
+    with pytest.raises(ConfigError, match="corsa-publish"):
+        editor.update(EDITS, out=journal)
+    assert (journal / ".corsa-publish.adapter.json").read_text() == "my notes"
 
 
 # --- one folder, one run: within a process too -------------------------------------------------------

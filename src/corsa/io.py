@@ -230,10 +230,12 @@ def _finish_pending(folder: Path, first: str | None = None) -> None:
 
 
 def _replay(folder: Path, journal: Path) -> None:
+    if not _skip(journal):
+        return  # written atomically, so never torn: one that is not ours is neither replayed nor removed
     try:
         moves = [(str(a), str(b)) for a, b in json.loads(journal.read_text())["moves"]]
     except (OSError, ValueError, KeyError, TypeError):
-        moves = []  # written atomically, so never torn; one that is not ours is not replayed
+        return
     moves = [(a, b) for a, b in moves if "/" not in a + b and _LEFTOVER.match(b)]
     _redo(folder, moves)
     journal.unlink()
@@ -472,6 +474,33 @@ MANIFEST_HASHED = 16 * 2**20  # files up to this size are listed with their sha2
 # record's) and every name is one corsa writes there.
 
 
+def _head(path: Path, n: int = 64) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b"\0"
+
+
+def _skip(entry: Path) -> bool:
+    """Whether `entry` is one of corsa's own temporaries, which an ownership check passes over: a
+    lock file holds a pid, a journal its renames, a write probe "ok"; a user's file of that name
+    holds something else and is reported like any other."""
+    name = entry.name
+    if not _TEMP.match(name):
+        return False
+    if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+        return False
+    if name == ".corsa-lock":
+        return entry.is_file() and re.fullmatch(rb"\d{0,20}\s*", _head(entry)) is not None
+    if name.startswith(".corsa-publish."):
+        journal = _json_dict(entry)
+        return isinstance(journal, dict) and set(journal) == {"moves"} and isinstance(journal["moves"], list)
+    if name.startswith(".corsa-write-test"):
+        return entry.is_file() and _head(entry) in (b"", b"ok")
+    return True
+
+
 def manifest(folder: str | os.PathLike, names, hashed: int | None = MANIFEST_HASHED) -> dict:
     """{name: {"bytes": size, "sha256": digest}} of `names` in `folder`: what a marker lists.
 
@@ -494,7 +523,7 @@ def _unlisted(folder: Path, files, skip: str) -> list[str] | None:
         return None
     found = []
     for entry in sorted(folder.iterdir()):
-        if _TEMP.match(entry.name) or entry.name == skip:
+        if _skip(entry) or entry.name == skip:
             continue
         want = files.get(entry.name)
         try:
@@ -533,7 +562,7 @@ def _every(folder: Path, name: str) -> list[str]:
     """Every entry of `folder` as name/entry (the folder itself when it is empty or not a folder)."""
     if not folder.is_dir() or folder.is_symlink():
         return [name]
-    return [f"{name}/{x.name}" for x in sorted(folder.iterdir()) if not _TEMP.match(x.name)] or [name]
+    return [f"{name}/{x.name}" for x in sorted(folder.iterdir()) if not _skip(x)] or [name]
 
 
 def _foreign_adapter(folder: Path, record: dict | None, name: str) -> list[str]:
@@ -558,7 +587,7 @@ def _foreign_adapter(folder: Path, record: dict | None, name: str) -> list[str]:
         return [f"{name}/{x}" for x in listed
                 if not (x in mark["files"] and x.endswith(".safetensors") and not _whole_safetensors(folder / x))]
     return [f"{name}/{x.name}" for x in sorted(folder.iterdir())  # an earlier version's: its names only
-            if (x.name not in _ADAPTER_FILES or not x.is_file() or x.is_symlink()) and not _TEMP.match(x.name)]
+            if (x.name not in _ADAPTER_FILES or not x.is_file() or x.is_symlink()) and not _skip(x)]
 
 
 def _whole_safetensors(path: Path) -> bool:
@@ -602,7 +631,7 @@ def _foreign_run(folder: Path, depth: int = 0) -> list[str]:
     found = []
     for entry in sorted(folder.iterdir()):
         name = entry.name
-        if _TEMP.match(name):
+        if _skip(entry):
             continue
         if name == "run.json":
             if not ours or entry.is_symlink():
@@ -636,11 +665,11 @@ def _foreign_events(folder: Path) -> list[str]:
     if not folder.is_dir() or folder.is_symlink():
         return [folder.name]
     return [f"{folder.name}/{x.name}" for x in sorted(folder.iterdir())
-            if not (_EVENTS.match(x.name) and x.is_file() and not x.is_symlink()) and not _TEMP.match(x.name)]
+            if not (_EVENTS.match(x.name) and x.is_file() and not x.is_symlink()) and not _skip(x)]
 
 
 def _foreign_export(folder: Path) -> list[str]:
-    entries = [x for x in sorted(folder.iterdir()) if not _TEMP.match(x.name)]
+    entries = [x for x in sorted(folder.iterdir()) if not _skip(x)]
     mark = _json_dict(folder / "corsa-export.json") if (folder / "corsa-export.json").exists() else None
     if not (isinstance(mark, dict) and mark.get("corsa_export") == 1 and isinstance(mark.get("adapter_sha256"), str)):
         return [x.name for x in entries]
@@ -666,14 +695,14 @@ def _foreign_bench(folder: Path, dirs: tuple[str, ...]) -> list[str]:
     found = []
     for entry in sorted(folder.iterdir()):
         name = entry.name
-        if _TEMP.match(name):
+        if _skip(entry):
             continue
         if name in dirs and entry.is_dir() and not entry.is_symlink():
             config = _json_dict(entry / "config.json") if (entry / "config.json").exists() else None
             if (entry / "config.json").exists() and not (isinstance(config, dict) and "method" in config):
                 found.append(f"{name}/config.json")
             for x in sorted(entry.iterdir()):
-                if _TEMP.match(x.name) or x.name == "config.json":
+                if _skip(x) or x.name == "config.json":
                     continue
                 if re.fullmatch(r"update-\d+", x.name) and x.is_dir() and not x.is_symlink():
                     # an update's run folder (Editor.update) and its eval.json: corsa's by the run's markers
@@ -784,6 +813,9 @@ def output_lock(folder: str | os.PathLike):
 @contextlib.contextmanager
 def _file_lock(folder: Path, fcntl, ConfigError):
     path = folder / ".corsa-lock"
+    if (path.exists() or path.is_symlink()) and not _skip(path):  # a file of the user's under corsa's lock name
+        raise ConfigError(f"output folder {folder} holds {path}, which corsa did not write (its lock file holds a "
+                          f"process id); corsa never replaces it. Choose another folder, or move it out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         f = open(path, "a+")
