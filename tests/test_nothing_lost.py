@@ -666,3 +666,21 @@ def test_a_relative_model_folder_is_recorded_as_an_absolute_path(tiny_model, tmp
     monkeypatch.chdir(Path(tiny_model).parent)
     editor = Editor("./" + Path(tiny_model).name, **FAST)
     assert editor.model_name == str(Path(tiny_model).resolve())
+
+
+def test_bench_data_and_a_code_split_are_read_bounded(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, err = _cli(capsys, "bench", "--model", tmp_path / "none", "--data", "/dev/zero", "--methods", "lora",
+                     "--edits", "2", "--updates", "1", "--out", tmp_path / "b")
+    assert code == 2 and "--data /dev/zero is not a regular file" in err
+    arena = Path(__file__).parent / "fixtures" / "arena-ungrouped.jsonl"
+    for split, words in ((fifo, "not a regular file"), ("/dev/zero", "not a regular file")):
+        code, err = _cli(capsys, "eval", "--model", tmp_path / "none", "--edits", arena, "--out", tmp_path / "m.json",
+                         "--code-split", split)
+        assert code == 2 and words in err and "--code-split" in err and "Traceback" not in err, err
+    bad = tmp_path / "tasks.json"
+    bad.write_text('{"train": "all"}')
+    code, err = _cli(capsys, "eval", "--model", tmp_path / "none", "--edits", arena, "--out", tmp_path / "m.json",
+                     "--code-split", bad)
+    assert code == 2 and "not a code bench's tasks.json" in err

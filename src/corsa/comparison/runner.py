@@ -69,6 +69,10 @@ class Bench:
         data = Path(spec.data)
         if not data.exists():
             raise ConfigError(f"--data {data} does not exist")
+        from ..io import check_input_file
+        from ..loaders import MAX_FILE_BYTES
+
+        check_input_file(data, MAX_FILE_BYTES, "--data")  # /dev/zero would be hashed forever
         dist.on_main(check_writable, self.out)
         check_not_inside({"--data": data}, self.out)
         dist.on_main(check_ours, self.out, "bench", tuple(METHODS))
