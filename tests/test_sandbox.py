@@ -252,6 +252,23 @@ def test_the_sandbox_works_here():
 
 # --- round three (issue 34): ways out that do not go through Python, closed by the kernel -----------
 
+def _open_folder(tmp_path) -> Path:
+    """A 0777 folder every user can reach (pytest's tmp_path lies in a 0700 folder, which alone would
+    keep the program's user out): a folder in / whose link in tmp_path removes it with the test."""
+    folder = Path(tempfile.mkdtemp(prefix="corsa-open-", dir="/tmp"))
+    folder.chmod(0o777)
+    (tmp_path / "open").symlink_to(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _remove_open_folders(tmp_path):
+    yield
+    link = tmp_path / "open"
+    if link.is_symlink():
+        shutil.rmtree(os.readlink(link), ignore_errors=True)
+
+
 _LIBC_UNIX_CONNECT = (
     "import ctypes, os, socket, struct\n"
     "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -267,9 +284,7 @@ _LIBC_UNIX_CONNECT = (
 def test_a_path_socket_outside_the_directory_is_not_reached_by_a_libc_connect(tmp_path):
     """The issue's side door: a 0777 AF_UNIX socket in a 0777 folder outside the sandbox, reached by
     ctypes socket()+connect(); an abstract socket too. The kernel's seccomp filter refuses socket()."""
-    folder = tmp_path / "open"
-    folder.mkdir()
-    folder.chmod(0o777)
+    folder = _open_folder(tmp_path)
     path = str(folder / "listener.sock")
     abstract = b"\0corsa-test-" + uuid.uuid4().hex.encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as named, \
@@ -315,3 +330,37 @@ def test_sockets_of_every_family_and_io_uring_are_refused_by_syscall():
 def test_nan_and_fractional_limits_are_refused(options):
     with pytest.raises(ValueError, match="must be a positive"):
         run_program("print('ok')", **options)
+
+
+def test_a_fifo_outside_the_directory_cannot_be_written(tmp_path):
+    """A read-only mount does not stop writes into a FIFO (no file system is written): a 0666 FIFO
+    in a 0777 folder outside the sandbox, opened for writing through libc, receives nothing. Landlock
+    grants writes beneath the program's directory and to /dev/null only."""
+    folder = _open_folder(tmp_path)
+    fifo = folder / "pipe"
+    os.mkfifo(fifo)
+    fifo.chmod(0o666)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    program = ("import ctypes, os\n"
+               "libc = ctypes.CDLL(None, use_errno=True)\n"
+               f"fd = libc.open({str(fifo).encode()!r}, os.O_WRONLY | os.O_NONBLOCK)\n"
+               "if fd < 0:\n"
+               "    raise OSError(ctypes.get_errno(), 'open: ' + os.strerror(ctypes.get_errno()))\n"
+               "libc.write(fd, b'hi', 2)\n"
+               "open('/dev/null', 'w').write('fine')\n"  # and its own ways to write still work
+               "open('here.txt', 'w').write('fine')\n")
+    try:
+        outcome = run_program(program, timeout_s=5)
+        try:
+            received = os.read(reader, 16)
+        except BlockingIOError:  # a writer is still open, with nothing written
+            received = b""
+        assert received == b""
+    finally:
+        os.close(reader)
+    assert outcome.isolation.get("landlock", 0) >= 1, outcome.isolation  # the kernel here has Landlock
+    assert outcome.status == "error" and "open: Permission denied" in outcome.stderr, outcome
+    fine = run_program("open('/dev/null', 'w').write('x')\nopen('here.txt', 'w').write('x')\n"
+                       "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'print(1)'], check=True)",
+                       timeout_s=10)
+    assert fine.status == "passed", fine

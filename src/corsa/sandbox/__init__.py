@@ -13,6 +13,9 @@ supervisor process (``_supervisor.py``, whose docstring lists every layer) that 
 - a seccomp filter, installed last: socket() of any family and io_uring_setup fail with EPERM
   (a path socket outside the directory is reachable through a read-only mount; AF_VSOCK is not
   covered by the network namespace), as does every call of another ABI (x32, i386);
+- Landlock, where the kernel has it (``isolation["landlock"]``, the ABI): writes only beneath the
+  program's directory and to /dev/null (a FIFO outside it is writable through a read-only mount),
+  and from ABI 6 abstract unix sockets and signals scoped to the program's own processes;
 - an audit hook in the program's interpreter that refuses sockets and writes outside its
   directory, a second layer where the kernel refuses namespaces.
 

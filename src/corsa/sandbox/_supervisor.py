@@ -117,6 +117,56 @@ def install_syscall_filter() -> None:
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
+# Landlock (Linux 5.13+): a read-only mount does not stop a program from writing into a FIFO (or a
+# device) outside its directory, since that writes no file system; Landlock's WRITE_FILE right,
+# granted only beneath the program's directory and on /dev/null, refuses those opens. Newer ABIs
+# also scope abstract unix sockets and signals to the program's own processes.
+_SYS_LANDLOCK = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
+_FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
+_EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR, _TRUNCATE = 1, 2, 4, 8, 1 << 14
+
+
+def landlock_abi() -> int:
+    """The Landlock ABI version the kernel offers; 0 without Landlock."""
+    calls = _SYS_LANDLOCK.get(os.uname().machine)
+    if calls is None:
+        return 0
+    version = _libc.syscall(calls[0], None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # ..._VERSION
+    return max(int(version), 0)
+
+
+def install_landlock(workdir: str) -> int:
+    """Restrict this process to reading and executing everywhere, writing beneath `workdir` (and to
+    /dev/null); from ABI 6, abstract unix sockets and signals to its own domain. Returns the ABI."""
+    abi = landlock_abi()
+    if abi < 1:
+        return 0
+    create, add_rule, restrict = _SYS_LANDLOCK[os.uname().machine]
+    fs = _FS_RIGHTS_BY_ABI.get(abi, (1 << 16) - 1)
+    attr = (ctypes.c_uint64 * 3)(fs, 0, 3 if abi >= 6 else 0)  # handled fs, net (none), scoped
+    ruleset = _libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(24 if abi >= 6 else 8), ctypes.c_uint32(0))
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+
+    def allow(path: str, rights: int) -> None:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            rule = struct.pack("=Qi", rights, fd)  # struct landlock_path_beneath_attr, packed
+            buf = ctypes.create_string_buffer(rule, len(rule))
+            _check(_libc.syscall(add_rule, ruleset, 1, buf, ctypes.c_uint32(0)), f"landlock rule {path}")
+        finally:
+            os.close(fd)
+
+    try:
+        allow("/", _EXECUTE | _READ_FILE | _READ_DIR)
+        allow(workdir, fs)
+        allow("/dev/null", (_WRITE_FILE | _READ_FILE | (_TRUNCATE if abi >= 3 else 0)) & fs)
+        _check(_libc.syscall(restrict, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+    return abi
+
+
 def _check(result: int, what: str) -> None:
     if result != 0:
         code = ctypes.get_errno()
@@ -358,6 +408,8 @@ def run(config: dict) -> dict:
     isolation["own_user"] = uid is not None
     isolation["cgroups"] = len(cgroups)
     isolation["syscall_filter"] = bool(syscall_filter())
+    landlock = landlock_abi() if isolation.get("namespaces") else 0
+    isolation["landlock"] = landlock  # the ABI version; 0 where the kernel has no Landlock
     if config.get("require_isolation", True) and not (isolation["namespaces"] and isolation.get("filesystem")):
         # without them the program could write anywhere its user may: refuse rather than pretend
         return {"refused": "the kernel refused the namespaces the sandbox needs "
@@ -386,6 +438,8 @@ def run(config: dict) -> dict:
             # after setuid, which clears it: the program dies with the supervisor
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+            if landlock:
+                install_landlock(workdir)  # writes only beneath the directory, whatever a mount lets through
             if config.get("require_isolation", True) or syscall_filter():
                 install_syscall_filter()  # the last step: from here no socket can be made
             os.execve(config["python"], [config["python"], "-I", "-c", BOOTSTRAP], config["env"])
