@@ -364,3 +364,29 @@ def test_a_fifo_outside_the_directory_cannot_be_written(tmp_path):
                        "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'print(1)'], check=True)",
                        timeout_s=10)
     assert fine.status == "passed", fine
+
+
+def test_a_system_v_message_queue_of_the_host_is_not_reached():
+    """A message queue made on the host with a known key (0666): msgget from the program finds none,
+    in an IPC namespace of its own, and the host's queue stays empty."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = 0x5A000000 + (os.getpid() & 0xFFFFF)
+    queue = libc.msgget(key, 0o1666)  # IPC_CREAT | 0666
+    assert queue >= 0
+    program = ("import ctypes, os, struct\n"
+               "libc = ctypes.CDLL(None, use_errno=True)\n"
+               f"q = libc.msgget({key}, 0o666)\n"
+               "if q < 0:\n"
+               "    raise OSError(ctypes.get_errno(), 'msgget: ' + os.strerror(ctypes.get_errno()))\n"
+               "if libc.msgsnd(q, struct.pack('=q', 1) + b'hi', 2, 0o4000) != 0:\n"
+               "    raise OSError(ctypes.get_errno(), 'msgsnd: ' + os.strerror(ctypes.get_errno()))\n")
+    try:
+        outcome = run_program(program, timeout_s=5)
+        buffer = ctypes.create_string_buffer(64)
+        received = libc.msgrcv(queue, buffer, 32, 0, 0o4000)  # IPC_NOWAIT
+    finally:
+        libc.msgctl(queue, 0, None)  # IPC_RMID
+    assert received < 0
+    assert outcome.status == "error" and "msgget: No such file or directory" in outcome.stderr, outcome

@@ -3,7 +3,7 @@
 Each call runs the source in a separate interpreter, in a fresh temporary directory, through a
 supervisor process (``_supervisor.py``, whose docstring lists every layer) that applies
 
-- new mount, network and pid namespaces: every mount read-only except the program's directory, the
+- new mount, network, pid and IPC namespaces: every mount read-only except the program's directory, the
   invoking user's home covered by an empty tmpfs, and a network with only a loopback that is down;
 - a user id of the program's own when corsa runs as root (CI and these machines do), since
   RLIMIT_NPROC does not hold for root and root could signal anything;

@@ -6,12 +6,13 @@ corsa is importable), so it is a plain script. It
 
 1. becomes a *child subreaper*, so that whatever the program starts and orphans is re-parented to
    it rather than to init, where it could not be found again;
-2. enters new mount, network and pid namespaces (as root directly; otherwise inside a new user
+2. enters new mount, network, pid and IPC namespaces (as root directly; otherwise inside a new user
    namespace, where the kernel allows one): the network holds only a loopback that is down, every
    mount is made read-only except the program's own temporary directory, and the invoking user's
    home is covered by an empty, read-only tmpfs;
-3. forks the program with a cleaned environment, CPU-time, address-space, file-size, open-file and
-   process-count limits, and, as root, under a user id of its own (no passwd entry, no groups), so
+3. forks the program with a cleaned environment, Landlock (writes only beneath its directory and
+   to /dev/null), a seccomp filter (no socket(), no io_uring, no foreign ABI), CPU-time,
+   address-space, file-size, open-file and process-count limits, and, as root, under a user id of its own (no passwd entry, no groups), so
    that the process-count limit counts only the program's processes (RLIMIT_NPROC is not enforced
    for root) and the program can signal nothing but itself;
 4. waits for the program, at most the wall-clock timeout, reading its output through pipes;
@@ -43,6 +44,7 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000  # System V message queues, semaphores and shared memory, POSIX message queues
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
@@ -220,7 +222,9 @@ def isolate(workdir: str, homes: list[str], keep: list[str], disk_mb: int = 256)
     uid, gid = os.getuid(), os.getgid()
     # a new pid namespace too: the program (its first process) sees and signals no process outside
     # it, and when it ends the kernel kills whatever it left behind
-    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
+    # and a new IPC namespace: a System V message queue or shared memory segment made by any process
+    # of the host is otherwise reachable by its key (nothing on the file system to make read-only)
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
     if uid != 0:
         flags |= CLONE_NEWUSER
     try:
