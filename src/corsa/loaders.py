@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import ConfigError, DataError
-from .io import atomic_write_text, jsonl_text
+from .io import atomic_write_text, jsonl_lines, jsonl_text
 from .metrics import normalise
 from .records import Edit, Probe
 
@@ -400,11 +400,9 @@ def _read_records(path: Path) -> tuple[list, list[int] | None]:
 
 def _read_jsonl(path: Path, text: str) -> tuple[list, list[int]]:
     records, lines = [], []
-    # split on "\n" only: str.splitlines would also split at U+2028 and friends, which JSON
-    # allows unescaped inside strings
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    # corsa's one JSONL reader (split at "\n" only: str.splitlines would also split at U+2028 and
+    # friends, which JSON allows unescaped inside strings)
+    for number, line in jsonl_lines(text):
         try:
             records.append(json.loads(line, object_pairs_hook=_no_duplicate_keys))
         except RecursionError:
