@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,23 +28,30 @@ from .editors.apply import apply_update, read_keys
 from .engine import UpdateResult, train_update
 from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
-from .io import PARTIAL_LOG, check_ours, check_writable, output_lock
+from .editors.stats import MAX_CORPUS_BYTES
+from .io import PARTIAL_LOG, check_input_file, check_ours, check_writable, jsonl_text, output_lock
 from .lifelong import Lifelong, Plan, not_edited_again
-from .loaders import edits_from_records, load_edits
+from .loaders import check_edit_objects, edits_from_records, load_edits
 from .methods import METHODS
 from .models import load_model, model_fingerprint
+from .models.loading import import_libraries
+from .preserve import MAX_ANCHOR_BYTES
 from .prompts import PromptFormat
 from .records import Edit
 from .runs import UpdateRecord, lineage
 from .scope import Scope, routed
+from .text import printable
 
 __all__ = ["Editor", "UpdateRecord", "ask", "as_edits", "continued_config", "edit", "lineage", "seed_everything"]
 
 
-def _same_family(adapter, config: EditConfig) -> None:
+def _same_family(adapter, config: EditConfig, saved=None) -> None:
     """Refuse to continue a trained adapter with ROME, MEMIT or AlphaEdit, or one of theirs with training:
-    the two kinds carry different layers (all projections against a few MLP outputs)."""
-    saved = adapters.marker(adapter).get("method")
+    the two kinds carry different layers (all projections against a few MLP outputs).
+
+    Checked when an update is about to train, never when an adapter is only read (ask, eval,
+    export read every method's adapter whatever the Editor's method is).
+    """
     row = METHODS.get(saved) if isinstance(saved, str) else None
     if row is not None and (row.solver is None) != (config.spec.solver is None):
         kind = lambda r: "a closed-form edit of MLP layers" if r.solver else "a trained LoRA adapter"  # noqa: E731
@@ -64,6 +71,9 @@ def continued_config(adapter, options: dict, say=None) -> EditConfig:
         return EditConfig(**options)
     config = adapters.run_record(adapter).get("config")
     saved = adapters.marker(adapter).get("method") or (config.get("method") if isinstance(config, dict) else None)
+    if saved is not None and (not isinstance(saved, str) or saved not in METHODS):
+        raise ConfigError(f"the run record beside {adapter} names the method {printable(repr(saved))}, which is "
+                          f"not one of corsa's; pass --method (method=) to choose one")
     if saved is None or saved == EditConfig.method:
         return EditConfig(**options)
     if say is not None and dist.is_main():
@@ -92,15 +102,94 @@ def seed_everything(seed: int) -> None:
 
 
 def as_edits(edits, limit: int | None = None, on_invalid: str = "error") -> list[Edit]:
-    """Edits from a file path, Edit objects or plain dicts."""
+    """Edits from a file path, Edit objects or plain dicts.
+
+    Edit objects get the checks of a file's records too (text fields, visible text, probes, one
+    id and one answer per prompt); only y⁻ = y⁺ is let through, since a y⁻ the model filled may
+    equal y⁺ (corsa.old_answers).
+    """
     if isinstance(edits, (str, os.PathLike)):
         return load_edits(edits, limit=limit, on_invalid=on_invalid)
+    if isinstance(edits, (dict, Edit)):
+        raise DataError(f"edits must be a list of edits, a file path or Edit objects; one {type(edits).__name__} "
+                        f"was given: wrap it in a list ([edit])", path="<edits given in Python>")
+    if isinstance(edits, (bytes, bytearray)) or not hasattr(edits, "__iter__"):
+        raise DataError(f"edits must be a list of edits, a file path or Edit objects, not {type(edits).__name__}",
+                        path="<edits given in Python>")
     edits = list(edits)
     if edits and all(isinstance(e, Edit) for e in edits):
-        return edits[:limit] if limit is not None else edits
+        return check_edit_objects(edits[:limit] if limit is not None else edits)
     # dicts are checked as a file's records are, and Edit objects mixed in with them alike
     records = [e.to_dict() if isinstance(e, Edit) else e for e in edits]
     return edits_from_records(records, limit, on_invalid=on_invalid)
+
+
+def _looks_like_path(model) -> bool:
+    return isinstance(model, os.PathLike) or str(model).startswith((".", "/", "~")) or os.sep in str(model) and \
+        Path(str(model)).expanduser().exists()
+
+
+def _check_model_argument(model) -> None:
+    """Editor's `model`: a name or folder, or a loaded (model, tokenizer) pair; anything else a clear error."""
+    if isinstance(model, os.PathLike) or (isinstance(model, str) and model.strip()):
+        return
+    if isinstance(model, tuple):
+        if len(model) == 2 and isinstance(model[0], torch.nn.Module) and hasattr(model[1], "encode"):
+            return
+        raise ConfigError(f"model as a tuple must be a loaded (model, tokenizer) pair, not a tuple of "
+                          f"{', '.join(type(m).__name__ for m in model) or 'nothing'}")
+    shown = "empty text" if isinstance(model, str) else type(model).__name__
+    raise ConfigError(f"model must be an alias (smollm2-135m), a local folder, a hub id or a loaded (model, "
+                      f"tokenizer) pair, not {shown}")
+
+
+def _config_of(adapter, config: EditConfig | None, overrides: dict, progress: bool) -> EditConfig:
+    """An Editor's config: `config` with `overrides` on top, else the overrides as the continued adapter's
+    method takes them (`continued_config`); the files it will read checked before any model loads."""
+    if config is not None and not isinstance(config, EditConfig):
+        raise ConfigError(f"config must be an EditConfig, not {type(config).__name__}")
+    if config is not None:
+        config = EditConfig.from_dict({**config.resolved(), **overrides}) if overrides else config
+    else:
+        config = continued_config(adapter, overrides, say=_say if progress else None)
+    # the files an update will read (--anchors, --stats-corpus): regular files of bounded size (a FIFO
+    # or /dev/zero is refused at once)
+    if config.anchors is not None:
+        check_input_file(config.anchors, MAX_ANCHOR_BYTES, "--anchors", ConfigError)
+    if config.stats_corpus is not None:
+        check_input_file(config.stats_corpus, MAX_CORPUS_BYTES, "--stats-corpus", ConfigError)
+    return config
+
+
+def _load_base(model, device, trust_remote_code: bool):
+    """(base model, tokenizer, the name the run record gives it) of Editor's `model`."""
+    _check_model_argument(model)
+    if isinstance(model, tuple):
+        base, tokenizer = model
+        if dist.launched():
+            dist.init(cpu=next(base.parameters()).device.type == "cpu")
+        return base, tokenizer, getattr(base.config, "_name_or_path", "in-memory")
+    # a model's own Python code runs only when the user asks for it explicitly
+    base, tokenizer = load_model(model, device=dist.device(device), trust_remote_code=trust_remote_code)
+    # a local folder is recorded as an absolute path, so the run record works from any folder
+    local = Path(os.fspath(model)).expanduser()
+    return base, tokenizer, str(local.resolve()) if _looks_like_path(model) and local.exists() else str(model)
+
+
+def _snapshot(model, keys: dict) -> dict:
+    """A copy of what an update changes: the adapter's weights and a locate-then-edit adapter's keys."""
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    return {"weights": weights, "keys": {k: v.clone() for k, v in keys.items()}}
+
+
+def _restore(model, keys: dict, start: dict) -> None:
+    """Put back what `_snapshot` copied: a failed update leaves the adapter as it found it."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in start["weights"]:
+                p.copy_(start["weights"][n])
+    keys.clear()
+    keys.update(start["keys"])
 
 
 def _checked_prompts(prompts) -> list[str]:
@@ -142,24 +231,15 @@ class Editor:
                  config: EditConfig | None = None, device: str | None = None, progress: bool = True,
                  trust_remote_code: bool = False, report_to: str = "none",
                  logging_dir: str | os.PathLike | None = None, **overrides):
-        if config is not None:
-            self.config = EditConfig.from_dict({**config.resolved(), **overrides}) if overrides else config
-        else:
-            self.config = continued_config(adapter, overrides, say=_say if progress else None)
+        import_libraries()  # before any thread of this process needs transformers or PEFT
+        self.config = _config_of(adapter, config, overrides, progress)
         self.progress = progress
         # as TRL's report_to/logging_dir: TensorBoard event files in logging_dir, by default OUT/tensorboard
         self.report_to = tracking.check(report_to)
         self.logging_dir = Path(logging_dir) if logging_dir is not None else None
         seed_everything(self.config.seed)
-        if isinstance(model, tuple):
-            base, tokenizer = model
-            self.model_name = getattr(base.config, "_name_or_path", "in-memory")
-            if dist.launched():
-                dist.init(cpu=next(base.parameters()).device.type == "cpu")
-        else:
-            # a model's own Python code runs only when the user asks for it explicitly
-            base, tokenizer = load_model(model, device=dist.device(device), trust_remote_code=trust_remote_code)
-            self.model_name = str(model)
+        base, tokenizer, self.model_name = _load_base(model, device, trust_remote_code)
+        self.run_id = uuid.uuid4().hex  # the identity this Editor writes into its run records and adapters
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -172,15 +252,19 @@ class Editor:
             raise ConfigError(f"{self.config.method} runs in one process (its update is a closed-form solve, with no "
                               f"gradient to share); start it without torchrun or accelerate launch")
         self.parent, self.history, self.updates, self.keys = None, [], [], {}  # history: every edit held, oldest first
-        self._saved_scope, self._scope = None, (None, None)  # the scope the adapter was saved with; (history, Scope)
+        # a loaded adapter's scope and method (its marker); the Scope and the history it was made from
+        self._saved_scope, self._adapter_method, self._scope = None, None, (None, None)
         if adapter is not None:
-            _same_family(adapter, self.config)
-            self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True)
+            saved = adapters.marker(adapter)
+            self._adapter_method, self._saved_scope = saved.get("method"), saved.get("scope")
+            if config is not None or "method" in overrides:  # a method chosen to continue it: refused at once
+                _same_family(adapter, self.config, self._adapter_method)
+            self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True,
+                                                model_name=self.model_name)
             self.parent = str(adapters.find_adapter_dir(adapter))
             if self.config.spec.solver is not None:  # a locate-then-edit adapter's earlier edit keys (AlphaEdit's)
                 self.keys = read_keys(adapters.find_adapter_dir(adapter))
             self.history = adapters.trained_edits(adapter)
-            self._saved_scope = adapters.marker(adapter).get("scope")
             self.updates = lineage(adapter, self.history)
         else:
             self.model = adapters.attach_new(base, self.config)
@@ -238,6 +322,7 @@ class Editor:
             return self._update(edits, out, limit, index)
 
     def _update(self, edits, out, limit, index) -> UpdateRecord:
+        _same_family(self.parent, self.config, self._adapter_method)
         if out is not None:
             self.check_room(out)
             dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write
@@ -256,10 +341,13 @@ class Editor:
         # the lineage's steps so far: a continued adapter's curves go on where the last update's ended
         board = (tracking.TensorBoard(board_dir, first_step=sum(u.result.steps for u in self.updates), update=index + 1)
                  if board_dir is not None and dist.is_main() else None)
+        start = _snapshot(self.model, self.keys)  # a failed update leaves the adapter as it found it
         try:
             result = self._train(plan, index, log_path, board)
-        except TrainingError:
-            if out is not None:  # the adapter was restored before the failing step: keep it
+        except BaseException as failed:
+            _restore(self.model, self.keys, start)
+            self.lifelong.undo(plan)
+            if isinstance(failed, TrainingError) and out is not None:  # the adapter this update started from
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
                              self.marker(), edits=self.history)
             raise
@@ -284,19 +372,20 @@ class Editor:
         result = apply_update(self.model, self.fmt, plan.pool, self.config, self.keys, self.fingerprint,
                               self.progress, log=_say if self.progress and dist.is_main() else None)
         if log_path is not None and dist.is_main():
-            log_path.write_text("".join(json.dumps(h) + "\n" for h in result.history))
+            log_path.write_text(jsonl_text(result.history), encoding="utf-8")
         return result
 
     def marker(self) -> dict:
         """What is saved beside the adapter besides the base fingerprint (adapter.MARKER)."""
-        return {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method}
+        return {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method, "run_id": self.run_id}
 
     def save(self, out: str | os.PathLike, record: UpdateRecord | None = None, started: float | None = None) -> Path:
-        """Write the adapter, the edits (with their filled y⁻) and the run record into `out` (corsa.runs).
-
-        Under a launcher the main process writes and the others wait for it (call it on all).
-        """
-        return dist.on_main(runs.write, self, Path(out), record, started)
+        """Write the adapter, the edits (with their filled y⁻) and the run record into `out` (corsa.runs),
+        holding `out` and refusing a folder with files corsa cannot prove it wrote, as `update` does.
+        Under a launcher the main process writes and the others wait for it (call it on all)."""
+        with output_lock(out):
+            dist.on_main(check_ours, out, "run")
+            return dist.on_main(runs.write, self, Path(out), record, started)
 
     def check_room(self, out) -> None:
         """Refuse `out`, before any work, where an update's results will not fit: room for the new

@@ -23,6 +23,7 @@ DEFAULT_MODEL = "smollm2-135m"  # the model every command and the Python API use
 NEW_TOKENS = 16  # tokens generated per answer, in training's greedy checks and in evaluation
 ASK_NEW_TOKENS = 32  # tokens generated per answer by `corsa ask` / corsa.ask: a reply, not a checked answer
 TEMPLATES = ("auto", "chat", "raw")  # prompt formats (corsa.prompts.PromptFormat)
+MAX_LORA_R = 65536  # far above any useful rank; sizes beyond are refused before anything is allocated
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -55,7 +56,7 @@ class EditConfig:
         "help": "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad, corsa-lifelong, rome, memit, alphaedit; `corsa edit --adapter` "
                 "without it continues with the method the adapter was trained with"})
     # LoRA (the release: r=32, α=64, no dropout, all attention and MLP projections)
-    lora_r: int = setting(32, "LoRA rank r", AT_LEAST_1)
+    lora_r: int = setting(32, "LoRA rank r", Range(lambda v: 1 <= v <= MAX_LORA_R, f"from 1 to {MAX_LORA_R:,}"))
     lora_alpha: float = setting(64.0, "LoRA scale α (the update is α/r · BA)", POSITIVE)
     lora_dropout: float = setting(0.0, "dropout on the LoRA input", Range(lambda v: 0 <= v < 1, "in [0, 1)"))
     target_modules: tuple[str, ...] = field(default=DEFAULT_TARGET_MODULES,
@@ -127,6 +128,16 @@ class EditConfig:
             self.negatives = tuple(n.strip() for n in self.negatives.split(",") if n.strip())
         if self.negatives is not None:
             self.negatives = () if tuple(self.negatives) in ((), ("none",)) else tuple(self.negatives)
+        for f in fields(self):  # a whole-number option given 2.5 or "8" from Python is an error, not a traceback
+            value = getattr(self, f.name)
+            if f.type in ("int", "int | None") and value is not None and (isinstance(value, bool)
+                                                                          or not isinstance(value, int)):
+                raise ConfigError(f"invalid {f.name}={value!r}: it must be a whole number")
+            if f.type in ("float", "float | None") and value is not None and (isinstance(value, bool) or
+                                                                              not isinstance(value, (int, float))):
+                raise ConfigError(f"invalid {f.name}={value!r}: it must be a number")
+        if not isinstance(self.method, str):
+            raise ConfigError(f"invalid method={self.method!r}: give a method's name")
         m = get_method(self.method)
         for name in OPTIONS:  # the row says which options it takes and what values they may have
             m.check(name, getattr(self, name))
@@ -155,6 +166,9 @@ class EditConfig:
         if not self.edit_stop and self.retest_every is not None and self.value("retest_every") > 1:
             raise ConfigError("--retest-every spaces the tests of per-edit stopping, which is off; "
                               "drop it or use --edit-stop")
+        if self.sft_weight == 0 and not m.dpo and m.solver is None and not self.value("preserve"):
+            raise ConfigError(f"--sft-weight 0 turns off the only term {self.method} trains (SFT), so training would "
+                              f"change nothing; give a positive weight, or use a method with DPO (corsa)")
         for f in fields(self):  # the range of a plain option is on its field, of a method option in its row
             need = f.metadata.get("range") or (OPTIONS[f.name].range if f.name in OPTIONS else None)
             value = getattr(self, f.name)
@@ -250,6 +264,16 @@ class EvalSettings:
         "flag": "--eval-batch-size", "help": "prompts per generation / scoring batch"})
 
     def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (f.type == "int" and
+                                                                                  not isinstance(value, int)):
+                raise ConfigError(f"{f.metadata['flag']} must be a {'whole ' if f.type == 'int' else ''}number, "
+                                  f"not {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.metadata['flag']} must be a finite number, not {value!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--sample-seed must be a whole number from 0 to 2³² − 1, not {self.seed}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
         if self.sample < 0:

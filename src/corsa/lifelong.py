@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import negatives, preserve
 from .config import EditConfig
@@ -55,6 +55,7 @@ class Plan:
     encoded: list[Encoded]  # of edits + replay, with their extra negatives
     anchors: preserve.Anchors | None  # the preservation term's anchors (None with the term off)
     replay_held: list[bool] | None  # which replayed edits hold now, when known without a test
+    held_before: dict = field(default_factory=dict, repr=False)  # Lifelong's last test, should the update fail
 
     @property
     def pool(self) -> list[Edit]:
@@ -82,9 +83,13 @@ class Lifelong:
         encoded = encode_edits(self.fmt, pool, self.max_length, need_rejected=True, eos=cfg.value("train_eos"))
         self.add_negatives(encoded, pool, history + edits)
         anchors = self.anchors(history, pool, index) if cfg.value("preserve") > 0 else None
-        plan = Plan(list(edits), replay, encoded, anchors, self.known_held(replay) if replay else None)
+        plan = Plan(list(edits), replay, encoded, anchors, self.known_held(replay) if replay else None, self._held)
         self._held = {}  # from here on the adapter moves
         return plan
+
+    def undo(self, plan: Plan) -> None:
+        """The update of `plan` failed and the adapter is back where it was: what held then holds again."""
+        self._held = plan.held_before
 
     def tested(self, pool: list[Edit], held: list[bool] | None) -> None:
         """Remember which of `pool` held at the update's final test (UpdateResult.held)."""

@@ -30,6 +30,7 @@ import torch
 
 from .unedited import adapter_off
 from .errors import DataError
+from .io import jsonl_lines, read_text_bounded
 from .generate import generate_ids
 from .metrics import normalise
 from .prompts import Batch, PromptFormat, collate
@@ -39,14 +40,14 @@ BUNDLED = Path(__file__).parent / "data" / "anchors.txt"
 ANSWER_TOKENS = 12  # the first tokens of the unedited answer: its manner shows there, and the KL is not diluted
 
 
+MAX_ANCHOR_BYTES = 64 * 2**20  # prompts, one per line: far more than any anchor set
+
+
 def read_anchors(path: str | Path | None = None) -> list[str]:
     """Anchor prompts, one per line (lines starting with # skipped); the bundled set by default."""
     path = Path(path) if path else BUNDLED
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read the anchor prompts: {e}", path=str(path)) from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    text = read_text_bounded(path, MAX_ANCHOR_BYTES, "the anchor prompts", DataError)
+    prompts = [line.strip() for _, line in jsonl_lines(text) if not line.lstrip().startswith("#")]
     if not prompts:
         raise DataError("holds no anchor prompt (one per line)", path=str(path))
     return prompts

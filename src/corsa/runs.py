@@ -6,6 +6,7 @@ a continued adapter numbers its next update after them and keeps their seeds.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -16,7 +17,7 @@ from . import adapter as adapters
 from . import distributed as dist
 from .editors.apply import write_keys
 from .engine import UpdateResult
-from .io import PARTIAL_LOG, library_versions, publish, stage_dir, stage_text, writing
+from .io import PARTIAL_LOG, jsonl_text, library_versions, publish, stage_dir, stage_text, writing
 from .records import Edit
 
 
@@ -60,12 +61,11 @@ def write(editor, out: Path, record: UpdateRecord | None, started: float | None)
     staged = {}
     with writing(out, staged):
         staged["adapter"] = stage_dir(out, "adapter")
-        adapters.write(editor.model, staged["adapter"], editor.fingerprint, editor.marker(), edits=editor.history)
-        if editor.keys:
-            write_keys(staged["adapter"], editor.keys)
+        more = functools.partial(write_keys, keys=editor.keys) if editor.keys else None
+        adapters.write(editor.model, staged["adapter"], editor.fingerprint, editor.marker(), edits=editor.history,
+                       more=more)
         if record is not None:
-            staged["edits.jsonl"] = stage_text(out, "edits.jsonl", "".join(
-                json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in record.edits))
+            staged["edits.jsonl"] = stage_text(out, "edits.jsonl", jsonl_text(e.to_dict() for e in record.edits))
         staged["run.json"] = stage_text(out, "run.json", json.dumps(run_record(editor, started), indent=2,
                                                                    ensure_ascii=False, default=str) + "\n")
         if record is not None:  # this update's steps (none for an update of no step) replace the last log
@@ -80,6 +80,7 @@ def run_record(editor, started: float | None) -> dict:
     """run.json: the model, the resolved config, the scope, the versions and every update of the lineage."""
     return {
         "corsa_run": 1,
+        "run_id": editor.run_id,
         "model": editor.model_name,
         "base_fingerprint": editor.fingerprint,
         "parent_adapter": editor.parent,

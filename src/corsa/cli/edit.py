@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .options import (add_adapter, add_config_file, add_config_options, add_device, add_edits_file, add_model, add_quiet,
                       add_report_to, add_skip_invalid, config_values, output_path, progress)
-from ..text import show_table
+from ..text import printable, show_table
 
 
 def register(sub) -> None:
@@ -40,7 +40,7 @@ def run(args) -> int:
 
     # a continued adapter keeps its method unless --method is given (the Editor's rule), before the
     # options are checked against a method's row
-    cfg = continued_config(args.adapter, config_values(args), say=lambda m: print(m, file=sys.stderr))
+    cfg = continued_config(args.adapter, config_values(args), say=lambda m: print(printable(m), file=sys.stderr))
     out = Path(args.out)
     check_not_inside({"--edits": args.edits, "--adapter": args.adapter}, out)
     check_ours(out, "run")

@@ -59,9 +59,12 @@ def _ours(path: Path) -> bool:
     """Whether `path` is a metrics file of an earlier `corsa eval` (which a rerun may replace)."""
     import json
 
+    from ..errors import CorsaError
+    from ..io import read_bounded
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_bounded(path, 1 << 30, "--out"))  # a FIFO or a device is not a metrics file
+    except (CorsaError, ValueError, RecursionError):
         return False
     return isinstance(data, dict) and {"protocol", "metrics", "records", "versions"} <= set(data)
 
@@ -111,7 +114,16 @@ def run_code(args) -> int:
     tasks = [t for g in groups for t in g]
     split = {"train": [], "held_out": [t.id for t in tasks]}
     if args.code_split is not None:  # a code bench's tasks.json: its trained tasks are reported apart
-        chosen = json.loads(Path(args.code_split).read_text())
+        from ..io import read_text_bounded
+
+        try:
+            chosen = json.loads(read_text_bounded(args.code_split, 64 * 2**20, "--code-split"))
+            if not (isinstance(chosen, dict) and all(isinstance(chosen.get(k), list) and
+                                                     all(isinstance(t, str) for t in chosen[k])
+                                                     for k in ("train", "held_out"))):
+                raise ValueError("it needs lists of task ids under 'train' and 'held_out'")
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"--code-split {args.code_split} is not a code bench's tasks.json: {e}") from None
         tasks = [t for t in tasks if t.id in set(chosen["train"]) | set(chosen["held_out"])]
         split = {"train": chosen["train"], "held_out": chosen["held_out"]}
     if not tasks:

@@ -42,9 +42,9 @@ from ..api import Editor, seed_everything
 from ..code.arena_file import is_arena
 from ..code.bench import Code
 from ..errors import ConfigError
-from ..io import (atomic_dir_on_main, atomic_write_json, check_not_inside, check_ours, check_writable, output_lock,
-                  sha256_file)
-from ..loaders import load_edits, save_edits_jsonl
+from ..io import (atomic_dir_on_main, atomic_write_json, check_input_file, check_not_inside, check_ours,
+                  check_writable, output_lock, sha256_file)
+from ..loaders import MAX_FILE_BYTES, load_edits, save_edits_jsonl
 from ..methods import METHODS
 from ..models import load_model, model_fingerprint
 from ..prompts import PromptFormat
@@ -108,6 +108,7 @@ class Bench:
         data = Path(spec.data)
         if not data.exists():
             raise ConfigError(f"--data {data} does not exist")
+        check_input_file(data, MAX_FILE_BYTES, "--data")  # /dev/zero would be hashed forever
         dist.on_main(check_writable, self.out)
         check_not_inside({"--data": data}, self.out)
         dist.on_main(check_ours, self.out, "bench", tuple(METHODS))

@@ -33,7 +33,7 @@ from .. import distributed as dist
 from ..unedited import adapter_off
 from ..errors import DataError
 from ..generate import generate_ids
-from ..io import atomic_write_json
+from ..io import atomic_write_json, jsonl_lines, read_bounded, read_text_bounded
 from ..models import model_fingerprint
 from ..models.aliases import default_cache_dir
 from ..preserve import read_anchors
@@ -55,21 +55,19 @@ def corpus_key(corpus: str | None, tokens: int, template: str = "chat") -> str:
     the model's chat format) and size; a file by its content's hash, the format and the size."""
     if corpus is None:
         return f"self-v{VERSION}-{template}-{tokens}"
-    try:
-        digest = hashlib.sha256(Path(corpus).read_bytes()).hexdigest()[:16]
-    except OSError as e:
-        raise DataError(f"cannot read the statistics corpus: {e}", path=str(corpus)) from None
+
+    digest = hashlib.sha256(read_bounded(corpus, MAX_CORPUS_BYTES, "the statistics corpus", DataError)).hexdigest()[:16]
     return f"file-{digest}-{template}-{tokens}"
+
+
+MAX_CORPUS_BYTES = 1 << 30  # read whole into memory: the cap of an edit file
 
 
 def read_corpus(path: str) -> list[str]:
     """Documents of a corpus file: text lines, or JSON lines with a text, question or prompt field."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read the statistics corpus: {e}", path=str(path)) from None
+    lines = jsonl_lines(read_text_bounded(path, MAX_CORPUS_BYTES, "the statistics corpus", DataError))
     docs = []
-    for n, line in enumerate(lines, 1):
+    for n, line in lines:
         line = line.strip()
         if not line:
             continue
