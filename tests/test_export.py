@@ -67,8 +67,11 @@ def test_export_keeps_the_users_files_and_replaces_its_own(setup, capsys):
     root, model, runs = setup
     out = root / "again"
     assert main(["export", "--adapter", str(runs["all"]), "--out", str(out), "--quiet"]) == 0
-    stale = out / "model-00001-of-00002.safetensors"  # a shard of an earlier, larger export
+    stale = out / "model-00001-of-00002.safetensors"  # a shard of an earlier, larger export: its marker lists it
     stale.write_bytes(b"old")
+    record = json.loads((out / "corsa-export.json").read_text())
+    record["files"][stale.name] = {"bytes": 3, "sha256": __import__("hashlib").sha256(b"old").hexdigest()}
+    (out / "corsa-export.json").write_text(json.dumps(record))
     assert main(["export", "--adapter", str(runs["all"]), "--out", str(out), "--quiet"]) == 0
     assert not stale.exists() and (out / "model.safetensors").exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
@@ -83,3 +86,49 @@ def test_the_base_model_is_named_by_its_hub_id_when_known():
     assert hub_id("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert hub_id("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
     assert hub_id("/some/local/folder") is None and hub_id("./model") is None
+
+
+# --- round three (issue 34): an export folder is corsa's only by proof ----------------------------
+
+def test_an_export_folder_is_corsas_only_by_its_marker_and_the_files_it_lists(setup, capsys):
+    """A transformers model folder, a user's README beside a file called corsa-export.json, a listed file
+    the user changed, an unlisted file beside a whole export: each refused before the model loads,
+    naming the path, every file unchanged. An earlier version's export (a marker without `files`) is
+    still replaced."""
+    from corsa.io import foreign_files
+
+    root, model, runs = setup
+    ours = root / "proof"
+    assert main(["export", "--adapter", str(runs["all"]), "--out", str(ours), "--quiet"]) == 0
+    listed = json.loads((ours / "corsa-export.json").read_text())["files"]
+    assert set(listed) == {p.name for p in ours.iterdir()} - {"corsa-export.json"}
+    cases = {}
+    hf = root / "hf-model"  # a plain transformers folder: corsa's names, but no marker
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "llama"}')
+    (hf / "model.safetensors").write_bytes(b"weights")
+    cases["hf"] = (hf, "config.json")
+    fake = root / "fake-marker"  # a user's README beside a file that happens to be called corsa-export.json
+    fake.mkdir()
+    (fake / "corsa-export.json").write_text('{"note": "mine"}')
+    (fake / "README.md").write_text("my notes")
+    cases["fake"] = (fake, "README.md")
+    changed = root / "changed"  # a listed file the user rewrote
+    assert main(["export", "--adapter", str(runs["all"]), "--out", str(changed), "--quiet"]) == 0
+    (changed / "README.md").write_text("my own card")
+    cases["changed"] = (changed, "README.md")
+    for name, (folder, named) in cases.items():
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        assert named in foreign_files(folder, "export"), name
+        assert main(["export", "--adapter", str(runs["all"]), "--out", str(folder), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "did not write" in err and str(folder / named) in err and "Traceback" not in err, name
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, name
+    old = root / "older"  # an export of an earlier corsa: its marker has no file list, its card is corsa's
+    assert main(["export", "--adapter", str(runs["all"]), "--out", str(old), "--quiet"]) == 0
+    record = json.loads((old / "corsa-export.json").read_text())
+    del record["files"]
+    (old / "corsa-export.json").write_text(json.dumps(record))
+    assert foreign_files(old, "export") == []
+    (old / "README.md").write_text("my notes")
+    assert foreign_files(old, "export") == ["README.md"]

@@ -248,3 +248,145 @@ def test_the_sandbox_works_here():
     from corsa.sandbox import check
 
     check()  # raises ConfigError with the reason where programs cannot run
+
+
+# --- round three (issue 34): ways out that do not go through Python, closed by the kernel -----------
+
+def _open_folder(tmp_path) -> Path:
+    """A 0777 folder every user can reach (pytest's tmp_path lies in a 0700 folder, which alone would
+    keep the program's user out): a folder in / whose link in tmp_path removes it with the test."""
+    folder = Path(tempfile.mkdtemp(prefix="corsa-open-", dir="/tmp"))
+    folder.chmod(0o777)
+    (tmp_path / "open").symlink_to(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _remove_open_folders(tmp_path):
+    yield
+    link = tmp_path / "open"
+    if link.is_symlink():
+        shutil.rmtree(os.readlink(link), ignore_errors=True)
+
+
+_LIBC_UNIX_CONNECT = (
+    "import ctypes, os, socket, struct\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "fd = libc.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)\n"
+    "if fd < 0:\n"
+    "    raise OSError(ctypes.get_errno(), 'socket: ' + os.strerror(ctypes.get_errno()))\n"
+    "address = struct.pack('=H', socket.AF_UNIX) + {path!r} + b'\\0'\n"
+    "if libc.connect(fd, address, len(address)) != 0:\n"
+    "    raise OSError(ctypes.get_errno(), 'connect: ' + os.strerror(ctypes.get_errno()))\n"
+    "libc.write(fd, b'hi', 2)\n")
+
+
+def test_a_path_socket_outside_the_directory_is_not_reached_by_a_libc_connect(tmp_path):
+    """The issue's side door: a 0777 AF_UNIX socket in a 0777 folder outside the sandbox, reached by
+    ctypes socket()+connect(); an abstract socket too. The kernel's seccomp filter refuses socket()."""
+    folder = _open_folder(tmp_path)
+    path = str(folder / "listener.sock")
+    abstract = b"\0corsa-test-" + uuid.uuid4().hex.encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as named, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hidden:
+        named.bind(path)
+        os.chmod(path, 0o777)
+        named.listen(4)
+        hidden.bind(abstract)
+        hidden.listen(4)
+        outcomes = [run_program(_LIBC_UNIX_CONNECT.format(path=p), timeout_s=5) for p in (path.encode(), abstract)]
+        outcomes.append(run_program(f"import socket\nsocket.socket(socket.AF_UNIX).connect({path!r})", timeout_s=5))
+        for listener in (named, hidden):
+            listener.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                listener.accept()
+    for outcome in outcomes:
+        assert outcome.status == "error" and outcome.isolation.get("syscall_filter") is True, outcome
+    assert "socket: Operation not permitted" in outcomes[0].stderr  # refused at socket(), by the kernel
+
+
+def test_sockets_of_every_family_and_io_uring_are_refused_by_syscall():
+    program = (
+        "import ctypes, errno, socket\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "refused = []\n"
+        "for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, 40, 17):\n"  # 40 AF_VSOCK, 17 AF_PACKET
+        "    fd = libc.socket(family, socket.SOCK_STREAM if family in (1, 2, 10, 40) else 3, 0)\n"
+        "    refused.append(fd < 0 and ctypes.get_errno() == errno.EPERM)\n"
+        "params = ctypes.create_string_buffer(120)\n"
+        "fd = libc.syscall(425, 8, params)\n"  # io_uring_setup, the same number on x86_64 and aarch64
+        "refused.append(fd < 0 and ctypes.get_errno() == errno.EPERM)\n"
+        "pair = socket.socketpair()\n"  # an unnamed connected pair reaches nothing: asyncio needs it
+        "pair[0].sendall(b'x'); assert pair[1].recv(1) == b'x'\n"
+        "print(refused)\n")
+    outcome = run_program(program, timeout_s=10)
+    assert outcome.status == "passed", outcome
+    assert outcome.stdout.strip() == str([True] * 7)
+
+
+@pytest.mark.parametrize("options", [{"timeout_s": float("nan")}, {"timeout_s": float("inf")}, {"memory_mb": 0.5},
+                                     {"memory_mb": float("nan")}, {"processes": 2.5}, {"file_mb": True},
+                                     {"disk_mb": -1}])
+def test_nan_and_fractional_limits_are_refused(options):
+    with pytest.raises(ValueError, match="must be a positive"):
+        run_program("print('ok')", **options)
+
+
+def test_a_fifo_outside_the_directory_cannot_be_written(tmp_path):
+    """A read-only mount does not stop writes into a FIFO (no file system is written): a 0666 FIFO
+    in a 0777 folder outside the sandbox, opened for writing through libc, receives nothing. Landlock
+    grants writes beneath the program's directory and to /dev/null only."""
+    folder = _open_folder(tmp_path)
+    fifo = folder / "pipe"
+    os.mkfifo(fifo)
+    fifo.chmod(0o666)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    program = ("import ctypes, os\n"
+               "libc = ctypes.CDLL(None, use_errno=True)\n"
+               f"fd = libc.open({str(fifo).encode()!r}, os.O_WRONLY | os.O_NONBLOCK)\n"
+               "if fd < 0:\n"
+               "    raise OSError(ctypes.get_errno(), 'open: ' + os.strerror(ctypes.get_errno()))\n"
+               "libc.write(fd, b'hi', 2)\n"
+               "open('/dev/null', 'w').write('fine')\n"  # and its own ways to write still work
+               "open('here.txt', 'w').write('fine')\n")
+    try:
+        outcome = run_program(program, timeout_s=5)
+        try:
+            received = os.read(reader, 16)
+        except BlockingIOError:  # a writer is still open, with nothing written
+            received = b""
+        assert received == b""
+    finally:
+        os.close(reader)
+    assert outcome.isolation.get("landlock", 0) >= 1, outcome.isolation  # the kernel here has Landlock
+    assert outcome.status == "error" and "open: Permission denied" in outcome.stderr, outcome
+    fine = run_program("open('/dev/null', 'w').write('x')\nopen('here.txt', 'w').write('x')\n"
+                       "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'print(1)'], check=True)",
+                       timeout_s=10)
+    assert fine.status == "passed", fine
+
+
+def test_a_system_v_message_queue_of_the_host_is_not_reached():
+    """A message queue made on the host with a known key (0666): msgget from the program finds none,
+    in an IPC namespace of its own, and the host's queue stays empty."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = 0x5A000000 + (os.getpid() & 0xFFFFF)
+    queue = libc.msgget(key, 0o1666)  # IPC_CREAT | 0666
+    assert queue >= 0
+    program = ("import ctypes, os, struct\n"
+               "libc = ctypes.CDLL(None, use_errno=True)\n"
+               f"q = libc.msgget({key}, 0o666)\n"
+               "if q < 0:\n"
+               "    raise OSError(ctypes.get_errno(), 'msgget: ' + os.strerror(ctypes.get_errno()))\n"
+               "if libc.msgsnd(q, struct.pack('=q', 1) + b'hi', 2, 0o4000) != 0:\n"
+               "    raise OSError(ctypes.get_errno(), 'msgsnd: ' + os.strerror(ctypes.get_errno()))\n")
+    try:
+        outcome = run_program(program, timeout_s=5)
+        buffer = ctypes.create_string_buffer(64)
+        received = libc.msgrcv(queue, buffer, 32, 0, 0o4000)  # IPC_NOWAIT
+    finally:
+        libc.msgctl(queue, 0, None)  # IPC_RMID
+    assert received < 0
+    assert outcome.status == "error" and "msgget: No such file or directory" in outcome.stderr, outcome

@@ -47,11 +47,11 @@ def test_the_anchors_hold_questions_about_every_subject_and_never_an_evaluation_
     edits = _edits()
     probes = {normalise(q) for e in edits for q in subjects.probes(e)} | {normalise(e.prompt) for e in edits}
     scoped = Editor(tiny, method="corsa-lifelong", template="raw", preserve=1.0, keep_subject=3, progress=False)
-    anchors = scoped.anchors(edits)
+    anchors = scoped.lifelong.anchors([], edits, scoped=True)
     assert sorted(anchors.prompts) == sorted(preserve.subject_prompts(edits, 3))   # generic ones out of scope
     assert not {normalise(p) for p in anchors.prompts} & probes
     everywhere = Editor(tiny, method="lora", template="raw", preserve=1.0, keep_subject=3, progress=False)
-    prompts = everywhere.anchors(edits).prompts
+    prompts = everywhere.lifelong.anchors([], edits).prompts
     assert set(preserve.subject_prompts(edits, 3)) <= set(prompts)
     assert set(preserve.read_anchors()) & set(prompts)                             # the generic set too
 

@@ -10,23 +10,12 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError, ModelError
 from .io import atomic_dir
 
-if TYPE_CHECKING:  # adapter.off is used by modules that config imports: no import of config at run time
+if TYPE_CHECKING:  # annotations only: config is above adapter in the import graph
     from .config import EditConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MARKER = "corsa-adapter.json"
 TRAINED_EDITS = "trained-edits.jsonl"  # every edit the adapter holds, oldest first (replay reads it)
-
-
-def off(model, disabled: bool = True):
-    """Context in which `model` answers as the unedited base: its adapter switched off.
-
-    A plain model (no adapter attached yet) is the base already; so is everything when
-    `disabled` is False, which lets a caller choose with a flag.
-    """
-    if disabled and hasattr(model, "disable_adapter"):
-        return model.disable_adapter()
-    return contextlib.nullcontext()
 
 
 def attach_new(model, cfg: EditConfig):
@@ -46,9 +35,50 @@ def attach_new(model, cfg: EditConfig):
                              if type(m).__name__ == "Linear"})
             raise ConfigError(f"target module(s) {', '.join(missing)} are not in this model; "
                               f"its linear modules are: {', '.join(linear)} (or use 'all-linear')")
+    check_size(model, cfg, targets)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def adapter_estimate(model, r: int, targets) -> int:
+    """Bytes that training a rank-`r` adapter on `targets` takes: A and B, their gradients and AdamW's two moments."""
+    total = 0
+    for name, module in model.named_modules():
+        if type(module).__name__ != "Linear" or not hasattr(module, "in_features"):
+            continue
+        if targets != "all-linear" and name.split(".")[-1] not in targets:
+            continue
+        if targets == "all-linear" and name.split(".")[-1] == "lm_head":
+            continue
+        total += r * (module.in_features + module.out_features)
+    return total * 4 * 4  # float32: weights, gradients, two AdamW moments
+
+
+def available_bytes(device) -> int | None:
+    """Free memory where the adapter will live (the GPU's, or the machine's MemAvailable); None if unknown."""
+    import torch
+
+    try:
+        if getattr(device, "type", str(device)).startswith("cuda"):
+            return torch.cuda.mem_get_info(device)[0]
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return None
+
+
+def check_size(model, cfg: EditConfig, targets) -> None:
+    """Refuse a LoRA rank whose adapter cannot fit, before anything is allocated, with the estimate."""
+    need = adapter_estimate(model, cfg.lora_r, targets)
+    free = available_bytes(next(model.parameters()).device)
+    if free is not None and need > free:
+        raise ConfigError(f"a rank-{cfg.lora_r} adapter needs about {need / 2**30:.1f} GiB to train (weights, "
+                          f"gradients and optimizer state) and {free / 2**30:.1f} GiB is free; choose a smaller "
+                          f"--lora-r")
 
 
 def find_adapter_dir(path: str | Path) -> Path:
@@ -75,27 +105,128 @@ def _finish_publish(path: Path) -> None:
             pass  # taking the folder replays the journal; a read-only or busy folder is left as it is
 
 
-def marker(path: str | Path) -> dict:
-    """What corsa saved beside a saved adapter (MARKER: base fingerprint, model, scope, method); {} if none."""
-    file = find_adapter_dir(path) / MARKER
+MAX_MARKER_BYTES = 16 * 2**20  # a marker, a run record or an adapter_config.json
+MAX_WEIGHT_BYTES = 64 * 2**30  # an adapter's weights (a rank-256 adapter of a 70B model is ~ 7 GiB)
+MAX_TRAINED_EDITS_BYTES = 1 << 30  # the same cap as an edit file
+
+
+def _read_json(file: Path, what: str, error=ModelError):
+    """A JSON document corsa wrote beside an adapter, read bounded (regular file, size cap); keys given twice refused."""
+    from .io import read_text_bounded
+
+    text = read_text_bounded(file, MAX_MARKER_BYTES, what, error)
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next((k for k in keys if keys.count(k) > 1), None)
+        if twice is not None:
+            raise ValueError(f"the key {twice!r} is given twice")
+        return dict(pairs)
+
     try:
-        return json.loads(file.read_text()) if file.exists() else {}
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{file} is damaged ({type(e).__name__}: {e}); remove it to load the adapter "
-                         f"without its base-model check") from None
+        return json.loads(text, object_pairs_hook=no_duplicates)
+    except (ValueError, RecursionError) as e:
+        raise error(f"{what} {file} is damaged ({type(e).__name__}: {_shown(e)}); remove it to load the adapter "
+                    f"without it") from None
+
+
+def _shown(value) -> str:
+    """A value from a file, as an error message may show it: escaped, and cut to 200 characters."""
+    from .text import printable
+
+    text = printable(str(value))
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _check_marker(data, file: Path) -> dict:
+    """The marker's fields, each of the type corsa writes; anything else names the file and the field."""
+    from .methods import METHODS
+    from .scope import MODES
+
+    if not isinstance(data, dict):
+        raise ModelError(f"{file} is damaged: it holds {type(data).__name__}, not the object corsa writes; remove it "
+                         f"to load the adapter without its base-model check")
+
+    def bad(field, need):
+        return ModelError(f"{file} is damaged: field '{field}' is {_shown(repr(data[field]))}, not {need}; remove "
+                          f"the file to load the adapter without its base-model check")
+
+    for key in ("base_fingerprint", "model", "run_id"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise bad(key, "text")
+    if "method" in data and (not isinstance(data["method"], str) or data["method"] not in METHODS):
+        raise bad("method", f"one of corsa's methods ({', '.join(METHODS)})")
+    if data.get("scope") is not None and (not isinstance(data["scope"], str) or data["scope"] not in MODES):
+        raise bad("scope", f"one of {', '.join(MODES)}")
+    if "files" in data and not (isinstance(data["files"], dict)
+                                and all(isinstance(v, dict) for v in data["files"].values())):
+        raise bad("files", "the list of files corsa wrote")
+    return data
+
+
+def marker(path: str | Path) -> dict:
+    """What corsa saved beside a saved adapter (MARKER: base fingerprint, model, scope, method); {} if none.
+
+    Every field is checked (a tampered marker is an error naming the file and the field, never
+    a traceback or a silent default).
+    """
+    file = find_adapter_dir(path) / MARKER
+    if not file.exists() and not file.is_symlink():
+        return {}
+    return _check_marker(_read_json(file, "adapter marker"), file)
 
 
 def run_record(path: str | Path) -> dict:
     """The run record (run.json) corsa wrote beside a saved adapter; {} if there is none or it cannot be read."""
+    from .errors import CorsaError
+
     file = find_adapter_dir(path).parent / "run.json"
-    try:
-        record = json.loads(file.read_text())
-    except (OSError, ValueError):
+    if not file.exists():
         return {}
-    return record if isinstance(record, dict) else {}
+    try:
+        record = _read_json(file, "run record")
+    except CorsaError:
+        return {}
+    return record if isinstance(record, dict) and record.get("corsa_run") == 1 else {}
 
 
-def load_existing(model, path: str | Path, fingerprint: str | None = None, trainable: bool = True):
+def _check_config(folder: Path, model_name: str | None, saved: dict) -> None:
+    """adapter_config.json read bounded and checked before PEFT sees it: its LoRA fields, and the
+    base model it names when corsa's marker (with its fingerprint) is missing."""
+    from .models import hub_id
+
+    file = folder / "adapter_config.json"
+    config = _read_json(file, "adapter config")
+    if not isinstance(config, dict):
+        raise ModelError(f"{file} is damaged: it holds {type(config).__name__}, not an adapter config")
+
+    def bad(field, need):
+        raise ModelError(f"{file} is damaged: field '{field}' is {_shown(repr(config[field]))}, not {need}")
+
+    r = config.get("r")
+    if "r" in config and (isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 1 << 20):
+        bad("r", "a whole number from 1 to 1,048,576")
+    alpha = config.get("lora_alpha")
+    if "lora_alpha" in config and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                   or not 0 < alpha < float("inf")):
+        bad("lora_alpha", "a positive number")
+    targets = config.get("target_modules")
+    if targets is not None and not (isinstance(targets, str) or isinstance(targets, list)
+                                    and all(isinstance(t, str) for t in targets)):
+        bad("target_modules", "a module name or a list of them")
+    if config.get("peft_type", "LORA") != "LORA":
+        bad("peft_type", "LORA (corsa loads LoRA adapters only)")
+    named = config.get("base_model_name_or_path")
+    if not saved.get("base_fingerprint") and model_name is not None and isinstance(named, str) and named:
+        # no fingerprint to go by: the config's base model must be this one where both are known hub ids
+        theirs, ours = hub_id(named), hub_id(str(model_name))
+        if theirs and ours and theirs.lower() != ours.lower():
+            raise ModelError(f"adapter {folder} was made for {_shown(named)} (its adapter_config.json says so), not "
+                             f"{ours}; load it with the model it was trained on")
+
+
+def load_existing(model, path: str | Path, fingerprint: str | None = None, trainable: bool = True,
+                  model_name: str | None = None):
     """Load a saved adapter to keep training it; pickle weights are refused, never unpickled."""
     from peft import PeftModel
 
@@ -109,8 +240,10 @@ def load_existing(model, path: str | Path, fingerprint: str | None = None, train
                              f"arbitrary code when loaded; corsa loads safetensors only. Convert it with "
                              f"a trusted tool to {ADAPTER_WEIGHTS}")
         raise ModelError(f"adapter {folder} has no {ADAPTER_WEIGHTS}")
+    saved_marker = marker(folder)
+    _check_config(folder, model_name, saved_marker)
     if fingerprint is not None:
-        made_for = marker(folder).get("base_fingerprint")
+        made_for = saved_marker.get("base_fingerprint")
         if made_for and made_for != fingerprint:
             raise ModelError(f"adapter {folder} was made for a different base model "
                              f"(fingerprint {made_for}, this model is {fingerprint}); load it with the "
@@ -129,8 +262,18 @@ def _read_weights(folder: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
+    import os
+    import stat
+
     from .models import damaged_weights
 
+    file = folder / ADAPTER_WEIGHTS
+    info = os.stat(file)
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would hang the reader below, a device never end
+        raise ModelError(f"the adapter weights {file} are not a regular file (a device, pipe or socket)")
+    if info.st_size > MAX_WEIGHT_BYTES:
+        raise ModelError(f"the adapter weights {file} are {info.st_size / 2**30:.1f} GiB, more than the "
+                         f"{MAX_WEIGHT_BYTES // 2**30} GiB corsa reads for an adapter")
     damage = damaged_weights(folder)
     if damage:
         raise ModelError(f"the adapter weights in {folder} are damaged ({damage}): the file is truncated or "
@@ -173,12 +316,15 @@ def save(model, path: str | Path, fingerprint: str | None = None, extra: dict | 
 
 
 def write(model, folder: str | Path, fingerprint: str | None = None, extra: dict | None = None,
-          edits=None) -> None:
+          edits=None, more=None) -> None:
     """Write the adapter's files into the (new, empty) `folder`.
 
     `edits`, the edits the adapter has been trained on, go into the same folder
-    (TRAINED_EDITS), so the adapter and its record of edits always appear together.
+    (TRAINED_EDITS), so the adapter and its record of edits always appear together. `more(folder)`
+    writes further files (a locate-then-edit adapter's keys). The marker is written last and
+    lists every file with its size and sha256: what makes the folder provably corsa's.
     """
+    from .io import jsonl_text, manifest
     from .models import hub_id
 
     folder = Path(folder)
@@ -189,10 +335,13 @@ def write(model, folder: str | Path, fingerprint: str | None = None, extra: dict
         config = json.loads(config_file.read_text())
         config["base_model_name_or_path"] = name
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
-    (folder / MARKER).write_text(json.dumps({"base_fingerprint": fingerprint, **(extra or {})}, indent=2))
     if edits is not None:
-        (folder / TRAINED_EDITS).write_text("".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n"
-                                                    for e in edits), encoding="utf-8")
+        (folder / TRAINED_EDITS).write_text(jsonl_text(e.to_dict() for e in edits), encoding="utf-8")
+    if more is not None:
+        more(folder)
+    files = manifest(folder, [f.name for f in folder.iterdir() if f.name != MARKER], hashed=None)
+    (folder / MARKER).write_text(json.dumps({"base_fingerprint": fingerprint, **(extra or {}), "files": files},
+                                            indent=2, ensure_ascii=False))
 
 
 def trained_edits(path: str | Path) -> list:
@@ -205,16 +354,19 @@ def trained_edits(path: str | Path) -> list:
     from .errors import DataError
     from .records import Edit
 
+    from .io import jsonl_lines, read_text_bounded
+    from .loaders import check_trained_edit
+
     file = find_adapter_dir(path) / TRAINED_EDITS
     if not file.exists():
         return []
     edits = []
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    text = read_text_bounded(file, MAX_TRAINED_EDITS_BYTES, "the adapter's record of trained edits", DataError)
+    for n, line in jsonl_lines(text):
         try:
-            edits.append(Edit.from_dict(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"the adapter's record of trained edits is damaged ({type(e).__name__}: {e}); "
+            edit = check_trained_edit(json.loads(line))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, DataError) as e:
+            raise DataError(f"the adapter's record of trained edits is damaged ({_shown(e)}); "
                             f"remove it to continue without replay", path=str(file), record=f"line {n}") from None
+        edits.append(edit)
     return edits

@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 
 from . import adapter as adapters
-from .errors import ConfigError
-from .io import (check_not_inside, check_ours, check_writable, library_versions, output_lock, publish_contents,
-                 sha256_file)
+from .api import Editor
+from .errors import ConfigError, CorsaError
+from .io import (check_not_inside, check_ours, check_writable, library_versions, manifest, output_lock, read_bounded,
+                 publish_contents, sha256_file)
 from .models import hub_id
+from .text import printable
 
 EXPORT_MARKER = "corsa-export.json"
 
@@ -29,8 +31,6 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None
     model: the base model; by default the one the adapter was trained on (its record says).
     all_prompts: export a scoped adapter anyway, knowing the merged model answers every prompt edited.
     """
-    from .api import Editor
-
     folder = adapters.find_adapter_dir(adapter)
     saved = adapters.marker(folder)
     model = model or saved.get("model")
@@ -47,7 +47,8 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None
     check_ours(out, "export")
     check_writable(out, need_bytes=0)
     with output_lock(out):
-        editor = Editor(model, adapter=folder, device=device, progress=progress)
+        editor = Editor(model, adapter=folder, device=device, progress=progress)  # any method's adapter
+        check_ours(out, "export")  # again under the lock: nothing came in while the model loaded
         merged = editor.model.merge_and_unload()
         name = hub_id(str(model))
         if name:  # the checkpoint names its base model as the hub knows it, not a machine-local cache path
@@ -59,13 +60,15 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None
         with publish_contents(out, kind="export") as tmp:
             merged.save_pretrained(str(tmp), safe_serialization=True)
             editor.tokenizer.save_pretrained(str(tmp))  # the chat template travels with the tokenizer
+            (tmp / "README.md").write_text(model_card(str(model), name, edits, run, scope), encoding="utf-8")
+            # written last, listing every file of the export: what makes the folder provably corsa's
             (tmp / EXPORT_MARKER).write_text(json.dumps({
                 "corsa_export": 1, "base_model": str(model), "base_hub_id": name,
                 "base_fingerprint": editor.fingerprint, "adapter": str(folder.resolve()),
                 "adapter_sha256": sha256_file(folder / adapters.ADAPTER_WEIGHTS), "scope": scope,
                 "edits": len(edits), "versions": library_versions(),
-            }, indent=2) + "\n")
-            (tmp / "README.md").write_text(model_card(str(model), name, edits, run, scope), encoding="utf-8")
+                "files": manifest(tmp, [f.name for f in tmp.iterdir()]),
+            }, indent=2, ensure_ascii=False) + "\n")
     return out
 
 
@@ -75,16 +78,16 @@ def _run_record(folder: Path) -> dict:
     for name in ("run.json", "eval.json"):
         path = folder.parent / name
         try:
-            record[name] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass
+            data = json.loads(read_bounded(path, 64 * 2**20, name))
+        except (CorsaError, ValueError, RecursionError):
+            continue
+        if isinstance(data, dict):
+            record[name] = data
     return record
 
 
 def model_card(model: str, hub: str | None, edits, run: dict, scope: str) -> str:
     """A model card: the base model, the edits it holds, the method and settings, the last evaluation."""
-    from .cli.output import printable
-
     config = (run.get("run.json") or {}).get("config") or {}
     lines = ["---", f"base_model: {hub}" if hub else f"# base model: {model}", "tags: [knowledge-editing, corsa]", "---",
              "", "# An edited model made with corsa", "",

@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .code.arena import edit_id, tasks_of
+from .code.programs import fence, task_prompt
 from .errors import ConfigError, DataError
-from .io import atomic_write_text
+from .io import atomic_write_text, jsonl_lines, jsonl_text
 from .metrics import normalise
 from .records import Edit, Probe
 
@@ -83,7 +85,9 @@ def _norm(text: str) -> str:
 
 def _visible(text: str) -> bool:
     """Whether `text` holds a character one can see (not only spaces, zero-width marks or a BOM)."""
-    return any(not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc", "Zs", "Zl", "Zp") for c in text)
+    # a combining mark (Mn, Me) is drawn on the character before it: alone it shows nothing to read
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc", "Zs", "Zl", "Zp", "Mn", "Me")
+               for c in text)
 
 
 def _no_duplicate_keys(pairs: list) -> dict:
@@ -280,16 +284,12 @@ def _codeupdatearena(rec: _Record, source: str) -> list[_Candidate]:
     """CodeUpdateArena: one edit per program-synthesis task, as :mod:`corsa.code` defines it.
 
     x = the task's problem and solution signature, never the update's documentation
-    (:func:`corsa.code.evaluate.task_prompt`); y⁺ = the reference solution, which uses the
+    (:func:`corsa.code.programs.task_prompt`); y⁺ = the reference solution, which uses the
     updated API, in a ```python block; y⁻ is not in the file: the one filler
     (:func:`corsa.old_answers.fill`) takes the program the unedited model writes. Both layouts
     (grouped, and the final ungrouped release) are read. `corsa bench` and `corsa eval` on such
     a file run the programs instead (Pass@k, :mod:`corsa.code.bench`).
     """
-    from .code.arena import edit_id, tasks_of
-    from .code.evaluate import task_prompt
-    from .code.programs import fence
-
     return [_Candidate(Edit(id=edit_id(task), prompt=task_prompt(task), target_new=fence(task.reference),
                             subject=task.update.function_path, source=source),
                        f"{where}problem", f"{where}ref_solution", None)
@@ -355,6 +355,14 @@ FORMATS: tuple[str, ...] = tuple(_FORMATS)
 _ALIASES = {"json": "plain", "jsonl": "plain"}
 
 
+def records_of(path: str | os.PathLike) -> list[_Record]:
+    """The raw records of a JSON or JSON Lines file, each knowing where it sits in the file (for
+    readers of other record kinds: corsa.code.arena_file)."""
+    path = Path(path)
+    records, lines = _read_records(path)
+    return [_Record(data, path, i, lines[i] if lines else None) for i, data in enumerate(records)]
+
+
 def _read_records(path: Path) -> tuple[list, list[int] | None]:
     """The file's records and, for JSON Lines, the line each came from.
 
@@ -398,11 +406,9 @@ def _read_records(path: Path) -> tuple[list, list[int] | None]:
 
 def _read_jsonl(path: Path, text: str) -> tuple[list, list[int]]:
     records, lines = [], []
-    # split on "\n" only: str.splitlines would also split at U+2028 and friends, which JSON
-    # allows unescaped inside strings
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    # corsa's one JSONL reader (split at "\n" only: str.splitlines would also split at U+2028 and
+    # friends, which JSON allows unescaped inside strings)
+    for number, line in jsonl_lines(text):
         try:
             records.append(json.loads(line, object_pairs_hook=_no_duplicate_keys))
         except RecursionError:
@@ -458,8 +464,43 @@ def detect_format(records: list, *, path: str | None = None) -> str:
     raise _format_problem(first, path)
 
 
+def check_trained_edit(record, where: str = "trained edits") -> Edit:
+    """The checks of one plain record (a dict as Edit.to_dict writes it), for an edit read back from an
+    adapter's record; returns the Edit. Not the checks across edits: a continued adapter may hold two
+    edits of one id, and a filled y⁻ may equal y⁺."""
+    rec = _Record(record, Path(where), 0, None)
+    if not isinstance(record, dict):
+        raise rec.error(f"expected an object (an edit record), found {_kind(record)}")
+    if not isinstance(record.get("id"), str):
+        raise rec.error("expected text", "id")
+    _plain(rec, "")
+    return Edit.from_dict(record)  # as written: the checks strip nothing from what replay trains
+
+
+def _probe_conflicts(rec: _Record, edit: Edit, answers: dict, probes: dict) -> None:
+    """Refuse a paraphrase or locality probe that is another edit's prompt asked for something else.
+
+    answers: normalised edit prompt -> (normalised y⁺, y⁺, record); probes: normalised probe prompt ->
+    (field, normalised expected answer or None, record, the edit's normalised y⁺).
+    """
+    mine = [(f"paraphrases[{i}]", _norm(p), _norm(edit.target_new)) for i, p in enumerate(edit.paraphrases)]
+    mine += [(f"locality[{i}].prompt", _norm(p.prompt), _norm(p.answer) if p.answer else None)
+             for i, p in enumerate(edit.locality)]
+    for field, prompt, want in mine:
+        earlier = answers.get(prompt)
+        if earlier is not None and (field.startswith("locality") or earlier[0] != want):
+            raise rec.error(f"is the prompt of the edit in record {earlier[2]}, which answers {earlier[1]!r}; a "
+                            f"{'locality probe must keep its answer' if field.startswith('locality') else 'paraphrase must give this edit answer'}"
+                            f", so one set of edits cannot hold both", field, edit.id)
+    clash = probes.get(_norm(edit.prompt))
+    if clash is not None and (clash[0].startswith("locality") or clash[3] != _norm(edit.target_new)):
+        raise rec.error(f"is the {clash[0].split('[')[0]} probe of record {clash[2]}, which expects "
+                        f"{'its answer to stay unchanged' if clash[0].startswith('locality') else 'another answer'}; "
+                        f"one set of edits cannot hold both", "prompt", edit.id)
+
+
 def _take(rec: _Record, fmt: str, source: str, ids: dict[str, str],
-          answers: dict[str, tuple[str, str, str]]) -> list[Edit]:
+          answers: dict[str, tuple[str, str, str]], probes: dict | None = None) -> list[Edit]:
     """Convert one record and check its edits against the ones taken before it.
 
     ``ids`` maps each id taken to its record; ``answers`` maps each normalised prompt taken to
@@ -485,9 +526,18 @@ def _take(rec: _Record, fmt: str, source: str, ids: dict[str, str],
             raise rec.error(f"the prompt {edit.prompt!r} is asked to answer {edit.target_new!r} here but "
                             f"{earlier[1]!r} in record {earlier[2]}; one set of edits cannot hold both",
                             cand.prompt_field, edit.id)
+        if probes is not None:
+            _probe_conflicts(rec, edit, {**answers, **new_answers}, probes)
         new_ids[edit.id] = rec.name()
         new_answers.setdefault(prompt, (answer, edit.target_new, rec.name(edit.id)))
     ids.update(new_ids)
+    if probes is not None:
+        for cand in candidates:
+            e = cand.edit
+            for i, p in enumerate(e.paraphrases):
+                probes.setdefault(_norm(p), (f"paraphrases[{i}]", None, rec.name(e.id), _norm(e.target_new)))
+            for i, p in enumerate(e.locality):
+                probes.setdefault(_norm(p.prompt), (f"locality[{i}]", None, rec.name(e.id), _norm(e.target_new)))
     for prompt, first in new_answers.items():
         answers.setdefault(prompt, first)
     return [cand.edit for cand in candidates]
@@ -555,6 +605,7 @@ def _edits(records: list, lines, path: Path, fmt: str, limit, on_invalid) -> lis
     edits: list[Edit] = []
     ids: dict[str, str] = {}
     answers: dict[str, tuple[str, str, str]] = {}
+    probes: dict = {}
     dropped: list[DataError] = []
     read = 0
     for index, data in enumerate(records):
@@ -563,7 +614,7 @@ def _edits(records: list, lines, path: Path, fmt: str, limit, on_invalid) -> lis
         read += 1
         rec = _Record(data, path, index, lines[index] if lines else None, hint)
         try:
-            edits += _take(rec, fmt, source, ids, answers)
+            edits += _take(rec, fmt, source, ids, answers, probes if fmt == "plain" else None)
         except DataError as e:
             if on_invalid == "error":
                 raise
@@ -579,4 +630,38 @@ def save_edits_jsonl(edits: Iterable[Edit], path: str | os.PathLike) -> None:
     :func:`load_edits` reads the file back into equal edits, ``source`` included. An empty list
     writes an empty file, which :func:`load_edits` refuses like any empty edit file.
     """
-    atomic_write_text(path, "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in edits))
+    atomic_write_text(path, jsonl_text(e.to_dict() for e in edits))
+
+
+def check_edit_objects(edits: list[Edit], where: str = "<edits given in Python>") -> list[Edit]:
+    """Edit objects built in Python, checked as a file's plain records are (each record's fields, one id
+    per edit, one answer per prompt, probes that are no other edit's prompt); y⁻ = y⁺ is let through
+    (a y⁻ filled by the model may equal y⁺). Returns them unchanged."""
+    ids: dict[str, str] = {}
+    answers: dict[str, tuple[str, str, str]] = {}
+    probes: dict = {}
+    for index, edit in enumerate(edits):
+        try:
+            data = edit.to_dict()
+        except (TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"is not a whole Edit ({e}); paraphrases is a tuple of text, locality and "
+                            f"portability tuples of Probe", path=where, record=str(index)) from None
+        rec = _Record(data, Path(where), index, None)
+        if not isinstance(edit.id, str) or not edit.id.strip():
+            raise rec.error(f"expected non-empty text, found {_kind(edit.id)}", "id")
+        _plain(rec, "")
+        if edit.id in ids:
+            raise rec.error(f"the id {edit.id!r} is already used by record {ids[edit.id]}", "id", edit.id)
+        prompt, answer = _norm(edit.prompt), _norm(edit.target_new)
+        earlier = answers.get(prompt)
+        if earlier is not None and earlier[0] != answer:
+            raise rec.error(f"the prompt {edit.prompt!r} is asked to answer {edit.target_new!r} here but "
+                            f"{earlier[1]!r} in record {earlier[2]}; one set of edits cannot hold both", "prompt", edit.id)
+        _probe_conflicts(rec, edit, answers, probes)
+        ids[edit.id] = rec.name()
+        answers.setdefault(prompt, (answer, edit.target_new, rec.name(edit.id)))
+        for i, p in enumerate(edit.paraphrases):
+            probes.setdefault(_norm(p), (f"paraphrases[{i}]", None, rec.name(edit.id), answer))
+        for i, p in enumerate(edit.locality):
+            probes.setdefault(_norm(p.prompt), (f"locality[{i}]", None, rec.name(edit.id), answer))
+    return edits

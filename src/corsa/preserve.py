@@ -23,29 +23,33 @@ to a prompt, paraphrase, locality or portability question of the edits being tra
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .adapter import off as adapter_off
+from .unedited import adapter_off
 from .errors import DataError
+from .io import jsonl_lines, read_text_bounded
+from .generate import generate_ids
+from . import subjects
 from .metrics import normalise
 from .prompts import Batch, PromptFormat, collate
-from .scoring import answer_logits
+from .scoring import answer_logits, autocast
 
 BUNDLED = Path(__file__).parent / "data" / "anchors.txt"
 ANSWER_TOKENS = 12  # the first tokens of the unedited answer: its manner shows there, and the KL is not diluted
 
 
+MAX_ANCHOR_BYTES = 64 * 2**20  # prompts, one per line: far more than any anchor set
+
+
 def read_anchors(path: str | Path | None = None) -> list[str]:
     """Anchor prompts, one per line (lines starting with # skipped); the bundled set by default."""
     path = Path(path) if path else BUNDLED
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read the anchor prompts: {e}", path=str(path)) from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    text = read_text_bounded(path, MAX_ANCHOR_BYTES, "the anchor prompts", DataError)
+    prompts = [line.strip() for _, line in jsonl_lines(text) if not line.lstrip().startswith("#")]
     if not prompts:
         raise DataError("holds no anchor prompt (one per line)", path=str(path))
     return prompts
@@ -57,8 +61,6 @@ def swapped_prompts(edits, subjects_from, k: int, seed: int) -> list[str]:
     The other subjects are those of `subjects_from` (normalised-different from the edit's own and
     not inside its prompt), drawn with `seed`; each prompt once, in edit order.
     """
-    import random
-
     pool = list(dict.fromkeys(e.subject for e in subjects_from if e.subject))
     out: dict[str, None] = {}
     rng = random.Random(seed)
@@ -77,26 +79,20 @@ def subject_prompts(edits, k: int) -> list[str]:
     Drawn from :data:`corsa.subjects.KEPT` (never the evaluation's wordings), seeded by the edit's
     id, so an edit keeps the same questions in every update and every run; each prompt once.
     """
-    import random
-
-    from .subjects import KEPT, questions
-
     out: dict[str, None] = {}
     for e in edits:
         if e.subject and e.subject.strip():
-            for q in questions(e.subject, random.Random(f"keep-subject {e.id}").sample(KEPT, k)):
+            for q in subjects.questions(e.subject, random.Random(f"keep-subject {e.id}").sample(subjects.KEPT, k)):
                 out[q] = None
     return list(out)
 
 
 def probe_prompts(edits) -> set[str]:
     """Every prompt the evaluation asks of these edits, normalised."""
-    from .subjects import probes
-
     out = set()
     for e in edits:
         out.add(normalise(e.prompt))
-        out.update(normalise(q) for q in probes(e))
+        out.update(normalise(q) for q in subjects.probes(e))
         out.update(normalise(p) for p in e.paraphrases)
         out.update(normalise(p.prompt) for p in e.locality)
         out.update(normalise(p.prompt) for p in e.portability)
@@ -122,8 +118,6 @@ class Anchors:
 
 def prepare(model, fmt: PromptFormat, prompts: list[str], batch_size: int = 16) -> Anchors:
     """The unedited model's greedy answers (adapter off) to the anchor prompts, as training pairs."""
-    from .generate import generate_ids
-
     with adapter_off(model):
         answers = generate_ids(model, fmt, prompts, ANSWER_TOKENS, batch_size)
     pairs = [(fmt.prompt_ids(p), a) for p, a in zip(prompts, answers) if a]
@@ -149,7 +143,5 @@ def batch(anchors: Anchors, idx: list[int], pad: int) -> Batch:
 def base_logprobs(model, b: Batch) -> torch.Tensor:
     """The unedited model's log-probabilities at the answer positions (adapter off), under the
     same autocast as the edited model's, so the term is exactly 0 on a fresh adapter on a GPU too."""
-    from .scoring import autocast
-
     with model.disable_adapter(), autocast(b.input_ids.device):
         return torch.log_softmax(answer_logits(model, b).float(), dim=-1)

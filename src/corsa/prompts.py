@@ -136,8 +136,12 @@ def encode_edits(fmt: PromptFormat, edits, max_length: int | None, need_rejected
         r = fmt.answer_ids(e.target_old, eos) if need_rejected else None
         longest = len(p) + max(len(c), len(r) if r else 0)
         if max_length is not None and longest > max_length:
+            # the field named is the longest part: a 5 MB y⁺ is the answer's fault, not the prompt's
+            parts = {"prompt": len(p), "target_new": len(c), "target_old": len(r) if r else 0}
+            field = max(parts, key=parts.get)
             raise DataError(f"prompt plus answer is {longest} tokens, more than the model's context of "
-                            f"{max_length}", path=source_file(e.source), record=e.id, field="prompt")
+                            f"{max_length} ({field} alone is {parts[field]})", path=source_file(e.source),
+                            record=e.id, field=field)
         out.append(Encoded(p, c, r))
     return out
 

@@ -67,9 +67,13 @@ def expand(argv: list[str], commands: dict[str, argparse.ArgumentParser]) -> lis
         del rest[i:i + (1 if "=" in rest[i] else 2)]
         from_file = _read(Path(path), name, flags)
     overrides = []
-    for a in rest:
+    for n, a in enumerate(rest):
         key, eq, value = a.partition("=")
-        if eq and not a.startswith("-") and key.replace("-", "_") in flags:  # key=value after the flags
+        before = rest[n - 1] if n else ""
+        takes_value = (before.startswith("--") and "=" not in before
+                       and (action := flags.get(before[2:].replace("-", "_"))) is not None and action.nargs != 0
+                       and not isinstance(action, argparse.BooleanOptionalAction))
+        if eq and not a.startswith("-") and key.replace("-", "_") in flags and not takes_value:  # key=value after the flags
             overrides += _tokens(key.replace("-", "_"), _scalar(value), flags[key.replace("-", "_")], "command line")
         else:
             overrides.append(a)
@@ -82,15 +86,61 @@ def _scalar(text: str):
     return text
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a screenful of flags
+
+
+def _loader():
+    """yaml's SafeLoader, stricter: no anchors or aliases (an alias bomb expands to gigabytes), a key
+    given twice is an error (YAML keeps the last), and a whole number written with a leading zero
+    (`seed: 010`, YAML 1.1's octal 8), in base 2, 8, 16 or 60 is refused rather than read as another number."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+                event = self.peek_event()
+                raise yaml.YAMLError(f"anchors and aliases (&, *) are not read in a config file (line "
+                                     f"{event.start_mark.line + 1}); write each value out")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (list, dict)):
+                    raise yaml.YAMLError(f"a key is a {type(key).__name__} (line {key_node.start_mark.line + 1})")
+                if key in seen:
+                    raise yaml.YAMLError(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1}); "
+                                         f"give each option once")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+        def construct_yaml_int(self, node):
+            text = str(node.value).replace("_", "")
+            if re.fullmatch(r"[-+]?0[0-9]+", text) or re.fullmatch(r"[-+]?0[bxo].*", text) or ":" in text:
+                raise yaml.YAMLError(f"{node.value!r} (line {node.start_mark.line + 1}) is a number with a leading "
+                                     f"zero or in another base, which YAML reads as another value (010 is 8); "
+                                     f"write it plainly, or quote it")
+            return super().construct_yaml_int(node)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+    return Loader
+
+
 def _read(path: Path, command: str, flags: dict[str, argparse.Action]) -> list[str]:
     import yaml
 
+    from ..io import read_text_bounded
+
+    text = read_text_bounded(path, MAX_CONFIG_BYTES, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        data = yaml.load(text, Loader=_loader())  # noqa: S506 — a SafeLoader, made stricter
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a list of flags") from None
     if data is None:
         return []
     if not isinstance(data, dict):
@@ -106,5 +156,9 @@ def _read(path: Path, command: str, flags: dict[str, argparse.Action]) -> list[s
     tokens = []
     for key, value in data.items():
         key = str(key).replace("-", "_")
+        if key == "out" and isinstance(value, str) and value.startswith("~"):
+            value = str(Path(value).expanduser())  # no shell expands ~ in a file
+        if isinstance(value, float) and value != value:
+            raise ConfigError(f"config file {path}: '{key}' is not a number (.nan)")
         tokens += _tokens(key, value, flags[key], f"config file {path}")
     return tokens

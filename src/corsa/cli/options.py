@@ -20,8 +20,14 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "counterfact_sample.j
 
 def output_path(value: str) -> str:
     """An --out value: never empty, which would mean the current folder (and its adapter/)."""
+    import os
+    import re
+
     if not value.strip():
         raise argparse.ArgumentTypeError("is empty; name a folder (or file) for the output")
+    if re.fullmatch(r"[a-z][a-z0-9_-]*=.*", value) and not os.path.exists(value):
+        raise argparse.ArgumentTypeError(f"{value!r} reads as an option (key=value), not a folder; give the folder "
+                                         f"right after --out and the option after it")
     return value
 
 

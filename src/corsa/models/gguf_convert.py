@@ -14,9 +14,11 @@ def convert(gguf: Path, out: Path, progress: bool) -> None:
     """Dequantise `gguf` to float32 and save it as a plain safetensors model folder in `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # The GGUF reader's progress bar has no off switch but where it writes: silence stderr.
+    # The GGUF reader's progress bar has no off switch but where it writes: silence stderr, and
+    # keep it only on a terminal (redirected into a log, each redraw would be a line of its own)
+    shown = progress and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     with open(os.devnull, "w") as devnull, \
-            contextlib.redirect_stderr(sys.stderr if progress else devnull):
+            contextlib.redirect_stderr(sys.stderr if shown else devnull):
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                       dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -42,14 +43,41 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     return _DTYPES[dtype]
 
 
+_IMPORTING = threading.Lock()
+
+
+def import_libraries():
+    """Import transformers' model classes and PEFT once, under a lock: transformers resolves its
+    names lazily, and two threads making their first call at once could see a half-made module
+    (ImportError: cannot import name 'AutoModelForCausalLM'). Returns (AutoModelForCausalLM, AutoTokenizer)."""
+    with _IMPORTING:
+        import peft  # noqa: F401
+        import peft.tuners.lora  # noqa: F401
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return AutoModelForCausalLM, AutoTokenizer
+
+
+_LOADING = threading.RLock()
+
+
 def load_model(name_or_path: str, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, trust_remote_code: bool = False):
     """Load a frozen base model and its tokenizer: ``(model, tokenizer)``.
 
     The model is in eval mode with every parameter ``requires_grad=False`` (edits train only the
     adapter). Weights come from safetensors only. A tokenizer without a pad token pads with eos.
+
+    One load at a time in a process: transformers builds a model on the meta device through
+    process-wide state, so two threads loading at once break each other ("Cannot copy out of
+    meta tensor").
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with _LOADING:
+        return _load_model(name_or_path, device, dtype, trust_remote_code)
+
+
+def _load_model(name_or_path, device, dtype, trust_remote_code):
+    AutoModelForCausalLM, AutoTokenizer = import_libraries()
 
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)

@@ -3,13 +3,19 @@
 Each call runs the source in a separate interpreter, in a fresh temporary directory, through a
 supervisor process (``_supervisor.py``, whose docstring lists every layer) that applies
 
-- new mount, network and pid namespaces: every mount read-only except the program's directory, the
+- new mount, network, pid and IPC namespaces: every mount read-only except the program's directory, the
   invoking user's home covered by an empty tmpfs, and a network with only a loopback that is down;
 - a user id of the program's own when corsa runs as root (CI and these machines do), since
   RLIMIT_NPROC does not hold for root and root could signal anything;
 - CPU-time, address-space, file-size, open-file and process-count limits, a cleaned environment;
 - a wall-clock timeout, after which the program and everything it started is killed, so that
   nothing it starts outlives the call;
+- a seccomp filter, installed last: socket() of any family and io_uring_setup fail with EPERM
+  (a path socket outside the directory is reachable through a read-only mount; AF_VSOCK is not
+  covered by the network namespace), as does every call of another ABI (x32, i386);
+- Landlock, where the kernel has it (``isolation["landlock"]``, the ABI): writes only beneath the
+  program's directory and to /dev/null (a FIFO outside it is writable through a read-only mount),
+  and from ABI 6 abstract unix sockets and signals scoped to the program's own processes;
 - an audit hook in the program's interpreter that refuses sockets and writes outside its
   directory, a second layer where the kernel refuses namespaces.
 
@@ -227,8 +233,15 @@ def run_program(source: str, timeout_s: float = 10, memory_mb: int = 1024, *,
     and the interpreter's audit hook (no sockets, no writes outside its directory from Python)
     stand between it and the machine, which a program calling libc directly gets past.
     """
-    if timeout_s <= 0 or memory_mb <= 0:
-        raise ValueError("timeout_s and memory_mb must be positive")
+    import math
+
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
+            math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a positive, finite number of seconds, not {timeout_s!r}")
+    for name, value in (("memory_mb", memory_mb), ("file_mb", file_mb), ("disk_mb", disk_mb),
+                        ("processes", processes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive whole number, not {value!r}")
     root = os.getuid() == 0
     uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if root else None
     workdir = tempfile.mkdtemp(prefix="corsa-sandbox-")

@@ -6,12 +6,13 @@ corsa is importable), so it is a plain script. It
 
 1. becomes a *child subreaper*, so that whatever the program starts and orphans is re-parented to
    it rather than to init, where it could not be found again;
-2. enters new mount, network and pid namespaces (as root directly; otherwise inside a new user
+2. enters new mount, network, pid and IPC namespaces (as root directly; otherwise inside a new user
    namespace, where the kernel allows one): the network holds only a loopback that is down, every
    mount is made read-only except the program's own temporary directory, and the invoking user's
    home is covered by an empty, read-only tmpfs;
-3. forks the program with a cleaned environment, CPU-time, address-space, file-size, open-file and
-   process-count limits, and, as root, under a user id of its own (no passwd entry, no groups), so
+3. forks the program with a cleaned environment, Landlock (writes only beneath its directory and
+   to /dev/null), a seccomp filter (no socket(), no io_uring, no foreign ABI), CPU-time,
+   address-space, file-size, open-file and process-count limits, and, as root, under a user id of its own (no passwd entry, no groups), so
    that the process-count limit counts only the program's processes (RLIMIT_NPROC is not enforced
    for root) and the program can signal nothing but itself;
 4. waits for the program, at most the wall-clock timeout, reading its output through pipes;
@@ -35,6 +36,7 @@ import re
 import resource
 import selectors
 import signal
+import struct
 import sys
 import time
 
@@ -42,6 +44,7 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000  # System V message queues, semaphores and shared memory, POSIX message queues
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
@@ -69,6 +72,101 @@ sys.addaudithook(_guard)
 sys.argv = ["main.py"]
 runpy.run_path("main.py", run_name="__main__")
 """
+
+
+# The system calls no program needs and some use to get out: socket() of any family (a path
+# socket outside the directory stays connectable through a read-only mount, and AF_VSOCK is not
+# covered by the network namespace) and io_uring_setup (io_uring makes and connects sockets
+# without calling socket()). socketpair() stays: an unnamed connected pair reaches nothing. A
+# call of another ABI (x32, or i386 through int 0x80, whose socketcall multiplexes socket()) is
+# refused whole. The filter is installed after PR_SET_NO_NEW_PRIVS, just before the program
+# starts, and is inherited by everything it starts; nothing can remove it.
+_FILTERED = {"x86_64": (0xC000003E, (41, 425)), "aarch64": (0xC00000B7, (198, 425))}
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+_SECCOMP_ALLOW, _SECCOMP_EPERM = 0x7FFF0000, 0x00050000 | errno.EPERM
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def syscall_filter() -> list[tuple[int, int, int, int]]:
+    """The seccomp BPF program (code, jt, jf, k) for this machine; [] where none is known."""
+    arch_calls = _FILTERED.get(os.uname().machine)  # no import: after isolation the stdlib may be hidden
+    if arch_calls is None:
+        return []
+    arch, calls = arch_calls
+    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
+    denied = len(calls) + 6  # the index of the final "refuse"
+    prog = [(ld_w_abs, 0, 0, 4),  # A = seccomp_data.arch
+            (jeq_k, 1, 0, arch),  # this machine's ABI: go on; another: refuse
+            (ret_k, 0, 0, _SECCOMP_EPERM),
+            (ld_w_abs, 0, 0, 0),  # A = seccomp_data.nr
+            (jge_k, denied - 5, 0, 0x40000000)]  # x32 system calls carry this bit
+    for i, nr in enumerate(calls):
+        prog.append((jeq_k, denied - (6 + i), 0, nr))
+    prog += [(ret_k, 0, 0, _SECCOMP_ALLOW), (ret_k, 0, 0, _SECCOMP_EPERM)]
+    return prog
+
+
+def install_syscall_filter() -> None:
+    """Install :func:`syscall_filter` on this process (needs PR_SET_NO_NEW_PRIVS first); OSError if refused."""
+    prog = syscall_filter()
+    if not prog:
+        raise OSError(errno.ENOSYS, "no system call filter is known for this machine")
+    raw = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in prog))  # struct: imported at start
+    fprog = _SockFprog(len(prog), ctypes.cast(raw, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
+# Landlock (Linux 5.13+): a read-only mount does not stop a program from writing into a FIFO (or a
+# device) outside its directory, since that writes no file system; Landlock's WRITE_FILE right,
+# granted only beneath the program's directory and on /dev/null, refuses those opens. Newer ABIs
+# also scope abstract unix sockets and signals to the program's own processes.
+_SYS_LANDLOCK = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
+_FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
+_EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR, _TRUNCATE = 1, 2, 4, 8, 1 << 14
+
+
+def landlock_abi() -> int:
+    """The Landlock ABI version the kernel offers; 0 without Landlock."""
+    calls = _SYS_LANDLOCK.get(os.uname().machine)
+    if calls is None:
+        return 0
+    version = _libc.syscall(calls[0], None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # ..._VERSION
+    return max(int(version), 0)
+
+
+def install_landlock(workdir: str) -> int:
+    """Restrict this process to reading and executing everywhere, writing beneath `workdir` (and to
+    /dev/null); from ABI 6, abstract unix sockets and signals to its own domain. Returns the ABI."""
+    abi = landlock_abi()
+    if abi < 1:
+        return 0
+    create, add_rule, restrict = _SYS_LANDLOCK[os.uname().machine]
+    fs = _FS_RIGHTS_BY_ABI.get(abi, (1 << 16) - 1)
+    attr = (ctypes.c_uint64 * 3)(fs, 0, 3 if abi >= 6 else 0)  # handled fs, net (none), scoped
+    ruleset = _libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(24 if abi >= 6 else 8), ctypes.c_uint32(0))
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+
+    def allow(path: str, rights: int) -> None:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            rule = struct.pack("=Qi", rights, fd)  # struct landlock_path_beneath_attr, packed
+            buf = ctypes.create_string_buffer(rule, len(rule))
+            _check(_libc.syscall(add_rule, ruleset, 1, buf, ctypes.c_uint32(0)), f"landlock rule {path}")
+        finally:
+            os.close(fd)
+
+    try:
+        allow("/", _EXECUTE | _READ_FILE | _READ_DIR)
+        allow(workdir, fs)
+        allow("/dev/null", (_WRITE_FILE | _READ_FILE | (_TRUNCATE if abi >= 3 else 0)) & fs)
+        _check(_libc.syscall(restrict, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+    return abi
 
 
 def _check(result: int, what: str) -> None:
@@ -124,7 +222,9 @@ def isolate(workdir: str, homes: list[str], keep: list[str], disk_mb: int = 256)
     uid, gid = os.getuid(), os.getgid()
     # a new pid namespace too: the program (its first process) sees and signals no process outside
     # it, and when it ends the kernel kills whatever it left behind
-    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
+    # and a new IPC namespace: a System V message queue or shared memory segment made by any process
+    # of the host is otherwise reachable by its key (nothing on the file system to make read-only)
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
     if uid != 0:
         flags |= CLONE_NEWUSER
     try:
@@ -311,6 +411,9 @@ def run(config: dict) -> dict:
     uid = config.get("uid") if os.getuid() == 0 else None
     isolation["own_user"] = uid is not None
     isolation["cgroups"] = len(cgroups)
+    isolation["syscall_filter"] = bool(syscall_filter())
+    landlock = landlock_abi() if isolation.get("namespaces") else 0
+    isolation["landlock"] = landlock  # the ABI version; 0 where the kernel has no Landlock
     if config.get("require_isolation", True) and not (isolation["namespaces"] and isolation.get("filesystem")):
         # without them the program could write anywhere its user may: refuse rather than pretend
         return {"refused": "the kernel refused the namespaces the sandbox needs "
@@ -338,7 +441,11 @@ def run(config: dict) -> dict:
                 os.setuid(uid)
             # after setuid, which clears it: the program dies with the supervisor
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+            if landlock:
+                install_landlock(workdir)  # writes only beneath the directory, whatever a mount lets through
+            if config.get("require_isolation", True) or syscall_filter():
+                install_syscall_filter()  # the last step: from here no socket can be made
             os.execve(config["python"], [config["python"], "-I", "-c", BOOTSTRAP], config["env"])
         except BaseException as e:  # noqa: BLE001 - anything here is reported as the program's error
             os.write(2, f"corsa sandbox: could not start the program: {e!r}\n".encode())
