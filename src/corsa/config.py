@@ -30,7 +30,7 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 # the settings of training, which the locate-then-edit rows (no training) refuse
 TRAINING_FIELDS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "target_modules", "lr", "weight_decay",
                              "warmup_steps", "batch_size", "grad_accum", "epochs", "max_steps", "max_grad_norm",
-                             "sft_weight", "reference", "replay_budget", "anchors", "anchor_batch", "edit_stop",
+                             "sft_weight", "reference", "replay_budget", "anchors", "edit_stop",
                              "early_stop"})
 
 
@@ -92,7 +92,7 @@ class EditConfig:
     preserve: float | None = option("preserve")
     anchors: str | None = field(default=None, metadata={
         "help": "file of anchor prompts for --preserve, one per line (default: corsa's bundled generic set)"})
-    anchor_batch: int = setting(8, "anchor prompts per optimizer step", AT_LEAST_1)
+    anchor_batch: int | None = option("anchor_batch")
     swap_anchors: int | None = option("swap_anchors")
     keep_subject: int | None = option("keep_subject")
     scope: str | None = option("scope")

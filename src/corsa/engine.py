@@ -189,7 +189,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     ref = compute_reference(model, fmt, encoded, cfg, eval_bs, base_scores) if cfg.spec.dpo else None
     pres = None
     if cfg.value("preserve") > 0 and anchors is not None and len(anchors):
-        pres = Preservation(anchors, cfg.value("preserve"), cfg.anchor_batch)
+        pres = Preservation(anchors, cfg.value("preserve"), cfg.value("anchor_batch"))
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * update_index)
     n_micro = math.ceil(len(encoded) / cfg.batch_size)
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)

@@ -95,6 +95,8 @@ OPTIONS: dict[str, Option] = {
                            "with --preserve: per edit, this many extra anchors made of its prompt with another "
                            "edit's subject (the edit must not spill over to other subjects asked the same way)",
                            off=0, range=NON_NEGATIVE),
+    "anchor_batch": Option("train", 8, "--anchor-batch", "anchor prompts per optimizer step", off=8,
+                           range=AT_LEAST_1),
     "keep_subject": Option("train", 0, "--keep-subject",
                            "with --preserve: per edit, this many questions about its subject that do not ask the "
                            "edited fact ('Who is {subject}?', corsa.subjects.KEPT, never an evaluation probe), "
@@ -226,13 +228,19 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # generality where it was and cuts the time. Resting edits are tested every other pass
     # (retest_every 2): a lifelong update's tests grow with every edit it holds, and this keeps
     # a long stream under 2x corsa's time with the same quality on 3 seeds and the 10 x 10 stream.
+    # Trained on y⁺ alone, the adapter answered every question naming an edited subject in a word
+    # (often y⁺: "What is Sven Wollter?" → "Norway"); three questions about each edited subject
+    # ("Who is {subject}?", corsa.subjects.KEPT), kept at the unedited model's answers by the KL
+    # term (κ 1, 4 anchors a step), keep what the subject is (docs/results.md, "Precise edits").
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
            description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
                        "a firmer hold (γ = 12), two rival negatives (other edits' answers of the same kind), "
                        "the momentum sharpness step, resting edits tested every other pass, "
-                       "the adapter scoped to prompts that name an edited subject",
+                       "the adapter scoped to prompts that name an edited subject, and three questions about "
+                       "each edited subject kept as the unedited model answers them (KL, 4 a step)",
            defaults={"replay": "all", "scope": "subject", "margin_target": 12.0, "negatives": ("rivals",),
-                     "max_negatives": 2, "sharpness": "momentum", "retest_every": 2}),
+                     "max_negatives": 2, "sharpness": "momentum", "retest_every": 2,
+                     "preserve": 1.0, "keep_subject": 3, "anchor_batch": 4}),
     # locate-then-edit methods (corsa.editors): a closed-form change of MLP output projections
     Method("rome", dpo=False, combine="none", sam=False, solver="rome",
            description="ROME (Meng et al. 2022): a rank-one change of one layer's MLP per edit",
