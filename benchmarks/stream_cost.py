@@ -85,9 +85,8 @@ def run(make_model, updates, methods: list[str], seed: int, per_method: dict | N
     runs beside itself with other options (`before=corsa-lifelong --set before.preserve=0`).
     """
     per_method = per_method or {}
-    row = {m: m.partition("=")[2] or m for m in methods}
-    methods = [m.partition("=")[0] for m in methods]
-    row = {m.partition("=")[0]: method for m, method in row.items()}
+    row = {label: method or label for label, _, method in (m.partition("=") for m in methods)}
+    methods = list(row)
     editors = {m: Editor(make_model(), method=row[m], seed=seed, progress=False,
                          **{**overrides, **per_method.get(m, {})}) for m in methods}
     rows = {m: [] for m in methods}
@@ -136,7 +135,7 @@ def main(argv=None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="an option for one method only, as in corsa bench (repeatable)")
     a = p.parse_args(argv)
-    labels = {m.partition("=")[0]: m.partition("=")[2] for m in a.methods.split(",") if "=" in m}
+    labels = {m.strip().partition("=")[0]: m.strip().partition("=")[2] for m in a.methods.split(",") if "=" in m}
     per_method = {}
     for item in a.set:  # LABEL.option=value is checked as METHOD.option=value, kept under LABEL
         head = item.partition(".")[0]

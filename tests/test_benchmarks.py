@@ -141,3 +141,20 @@ def test_the_gpu_run_says_clearly_that_it_needs_a_gpu(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     assert gpu_run.main(["--out", str(out)]) == 2
     assert "no CUDA device" in capsys.readouterr().err and not out.exists()
+
+
+def test_stream_cost_runs_one_method_beside_itself_under_a_label(tmp_path):
+    import stream_cost
+    from conftest import SHARED_DATA
+
+    doc = stream_cost.main(["--tiny", "--data", str(SHARED_DATA / "counterfact" / "easyedit" / "counterfact-edit.json"),
+                            "--methods", "before=corsa-lifelong,corsa-lifelong", "--set", "before.replay=none",
+                            "--out", str(tmp_path / "s.json")])
+    assert list(doc["methods"]) == ["before", "corsa-lifelong"]
+    assert doc["settings"]["set"] == {"before": {"replay": "none"}}
+    # the label's option reaches the label only: it trains each update's own edits, the row replays
+    assert [u["edits_trained"] for u in doc["methods"]["before"]["updates"]] == [2, 2, 2]
+    assert [u["edits_trained"] for u in doc["methods"]["corsa-lifelong"]["updates"]] == [2, 4, 6]
+    m = doc["methods"]["corsa-lifelong"]
+    assert m["update_ratio_to_before"] == round(m["update_seconds"] / doc["methods"]["before"]["update_seconds"], 3)
+    assert all(u["update_seconds"] >= u["seconds"] for u in m["updates"])

@@ -229,3 +229,46 @@ def test_questions_about_the_subject_are_asked_and_their_kl_is_the_hand_computed
     by_hand = sum((ref[t].exp() * (ref[t] - logp[t])).sum().item() for t in range(ref.shape[0])) / ref.shape[0]
     assert q["kl"] == pytest.approx(by_hand, rel=1e-4) and q["kl"] > 0
     assert q["base_answer"] == base["base_answers"][q["prompt"]]
+
+
+def test_the_subject_kl_of_a_question_is_its_kl_alone_in_a_batch_of_others_and_by_a_plain_forward(tiny):
+    import torch
+
+    from corsa import subjects
+
+    edits = [Edit(id=f"s{i}", prompt=f"Obj{i} is made of", target_new=f"Stone{i}", target_old=f"Wood{i}",
+                  subject="Obj" + "x" * (3 * i) + str(i)) for i in range(3)]   # subjects of three lengths
+    editor = Editor(tiny, template="raw", **FAST)
+    base = evaluate(editor, edits, base=True)
+    with torch.no_grad():
+        for name, p in editor.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.5)
+    together = evaluate(editor, edits, base_answers=base["base_answers"])
+    q = together["records"][2]["subject"][1]
+    alone = evaluate(editor, edits[2:], base_answers=base["base_answers"])["records"][0]["subject"][1]
+    assert q["kl"] == pytest.approx(alone["kl"], rel=1e-4)
+    # by hand: one unpadded forward of prompt + unedited answer, with and without the adapter
+    fmt, model = editor.fmt, editor.model
+    prompt, answer = fmt.prompt_ids(q["prompt"]), fmt.answer_ids(q["base_answer"], eos=False)
+    ids = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        with model.disable_adapter():
+            ref = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    rows = range(len(prompt) - 1, len(prompt) + len(answer) - 1)          # the positions predicting the answer
+    by_hand = sum((ref[t].exp() * (ref[t] - logp[t])).sum().item() for t in rows) / len(answer)
+    assert q["kl"] == pytest.approx(by_hand, rel=1e-4) and q["prompt"] == subjects.ASKED[1].format(subject="Objxxxxxx2")
+
+
+def test_an_older_cache_of_unedited_answers_is_completed_and_never_replaced(tiny, monkeypatch):
+    edits = [Edit(id="s0", prompt="Obj0 is made of", target_new="Stone", target_old="Wood", subject="Obj0",
+                  locality=(Probe("The colour of Obj9 is"),))]
+    editor = Editor(tiny, template="raw", **FAST)
+    old_cache = {"The colour of Obj9 is": "kept as it was"}           # a bench folder from before the subjects
+    asked = []
+    real = E._unedited
+    monkeypatch.setattr(E, "_unedited", lambda m, f, prompts, *a: asked.extend(prompts) or real(m, f, prompts, *a))
+    result = evaluate(editor, edits, base_answers=old_cache)
+    assert sorted(asked) == sorted(q for q in E.subjects.probes(edits[0]))
+    assert result["base_answers"]["The colour of Obj9 is"] == "kept as it was"

@@ -301,5 +301,13 @@ def test_a_piece_of_the_subjects_name_is_y_minus_only_where_the_reply_answers_wi
     got = candidates("Apple A5 is created by", "Apple A5 is created by Apple.", ["Samsung"], target_new="Intel",
                      subject="Apple A5")
     assert got[0] == "Apple" and "Samsung" in got
+    # the reply restating the subject by its name is no answer of it
+    got = candidates("The native language of John Wilkins is", "John Wilkins spoke English.", ["John"],
+                     target_new="French", subject="John Wilkins")
+    assert "John" not in got and "English" in got
+    # a word like the name's, said as the answer, is kept: Italy of Italian cuisine
+    got = candidates("Italian cuisine originated in", "Probably Italy.", ["Italy"], target_new="France",
+                     subject="Italian cuisine")
+    assert "Italy" in got
     # without a subject nothing changes
     assert "John" in candidates("The native language of John Wilkins is", "", ["John"], target_new="French")

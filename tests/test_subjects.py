@@ -26,6 +26,7 @@ import pytest  # noqa: E402
 
 from corsa import ConfigError, Editor  # noqa: E402
 from corsa import preserve  # noqa: E402
+from corsa.config import EditConfig  # noqa: E402
 
 
 def _edits():
@@ -74,6 +75,11 @@ def test_an_update_trains_on_them(tiny, monkeypatch):
     assert all(len(answer) > 0 for _, answer in seen["anchors"].pairs)
 
 
+def test_corsa_lifelong_without_the_preservation_term_drops_its_subject_questions_too():
+    cfg = EditConfig(method="corsa-lifelong", preserve=0.0)        # the row's keep_subject 3 goes with it
+    assert cfg.value("preserve") == 0 and cfg.value("keep_subject") == 3
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(method="corsa", keep_subject=2), "--preserve"),
     (dict(method="corsa", preserve=1.0, keep_subject=99), "keep_subject"),
@@ -109,6 +115,8 @@ def test_show_subjects_counts_cut_short_answers_and_new_answers_alone(capsys):
     from corsa.cli.edit import show_subjects
 
     class Asked:  # the unedited model writes sentences; the edited one answers one word
+        config = EditConfig(method="corsa")
+
         def ask(self, prompts, base=False):
             return [f"{p[8:-1]} is a Swedish actor and director." if base else "Norway" if "Sven" in p else
                     f"{p[8:-1]} is a Swedish actor and director." for p in prompts]
@@ -120,5 +128,6 @@ def test_show_subjects_counts_cut_short_answers_and_new_answers_alone(capsys):
     captured = capsys.readouterr()
     assert "What is Sven Wollter?" in captured.out and "y⁺ ALONE" in captured.out
     assert "1/2 answered in the unedited model's manner, 1/2 with a new answer alone" in captured.out
-    assert "1 of 2 questions about an edited subject get a cut-short answer" in captured.err
+    assert "of 2 questions about an edited subject, 1 get a cut-short answer and 1 an edit's y⁺ alone" in captured.err
+    assert "--keep-subject" in captured.err
     assert show_subjects(Asked(), edits[2:]) == (0, 0, 0)

@@ -153,8 +153,8 @@ class EditConfig:
         if self.value("negatives") and self.reference != "base":
             raise ConfigError("--negatives needs --reference base: negatives are scored by the base model (an "
                               "online one appears during training, when the model of the last update is gone)")
-        if not self.value("preserve") and (self.value("swap_anchors") or self.value("keep_subject")
-                                           or self.anchors is not None):
+        # what the user gave, not the row's defaults: corsa-lifelong --preserve 0 switches the term off whole
+        if not self.value("preserve") and (self.swap_anchors or self.keep_subject or self.anchors is not None):
             raise ConfigError("--swap-anchors, --keep-subject and --anchors shape the preservation term, which is "
                               "off; set --preserve κ > 0 or drop them")
         if self.replay_budget and self.value("replay") == "none":

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from . import metrics as M
 from . import mmlu as mmlu_lib
-from . import subjects
+from . import preserve, subjects
 from .unedited import adapter_off
 from .config import EvalSettings
 from .errors import ConfigError
@@ -118,9 +118,12 @@ def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | Non
                      progress: bool = False, generator=None) -> dict[str, str]:
     """The unedited model's greedy answer to every locality probe and every question about an edited
     subject (corsa.subjects; adapter disabled)."""
-    settings = settings or EvalSettings()
     model, fmt, _ = _unwrap(model, fmt)
-    prompts = _unique(_probes(edits))
+    return _unedited(model, fmt, _unique(_probes(edits)), settings or EvalSettings(), progress, generator)
+
+
+def _unedited(model, fmt, prompts: list[str], settings: EvalSettings, progress: bool, generator) -> dict[str, str]:
+    """The unedited model's greedy answers to `prompts` (adapter disabled)."""
     with adapter_off(model), tqdm(total=len(prompts), desc="eval · unedited answers", unit="prompt",
                                   disable=not dist.show_bar(progress), leave=False) as bar:
         answers = _greedy(model, fmt, prompts, settings, bar, generator, adapter=False)
@@ -138,8 +141,9 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     """Every metric of method.md §5 for `edits` on `target` (an Editor, or a model with `fmt`).
 
     base: evaluate the unedited model (the adapter disabled); its own answers are then the
-    locality reference. base_answers: the unedited model's answers to the locality probes,
-    cached from an earlier call; those missing are generated here with the adapter disabled.
+    locality reference. base_answers: the unedited model's answers to the locality probes and
+    the questions about the edited subjects, cached from an earlier call; those missing are
+    generated here with the adapter disabled, and the cached ones are never replaced.
     mmlu: questions from :func:`corsa.mmlu.subset`, scored with the same adapter state.
     generator: a :class:`corsa.vllm_backend.VLLMGenerator` to generate with vLLM (GPU) instead of
     transformers. Teacher-forced scores still come from `target`, but a locality probe without a
@@ -192,9 +196,9 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
             raise ConfigError("this model has no adapter to disable: pass base_answers (the unedited model's "
                               "answers to the locality probes) or evaluate with base=True")
         reference = dict(base_answers or {})
-        missing = [e for e in edits if any(p not in reference for p in _probes([e]))]
+        missing = [p for p in probes if p not in reference]  # an older cache lacks the subject questions
         if missing:
-            reference.update(unedited_answers(model, fmt, missing, settings, progress, generator))
+            reference.update(_unedited(model, fmt, missing, settings, progress, generator))
         answers.update((p, reference[p]) for p in unscoped)
     records = _records(model, fmt, scope, edits, answers, reference, base, settings)
     kl = _subject_kl(model, fmt, scope, _unique(q for e in edits for q in subjects.probes(e)), reference, base,
@@ -204,7 +208,8 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
                         for q in subjects.probes(e)]
     result = {"protocol": settings.protocol(fmt.name), "metrics": summarise(records), "counts": counts(records),
               "records": records, "base_answers": {p: reference[p] for p in probes}, "mmlu": None,
-              "scope": _scope_counts(scope, ask, probes)}
+              "scope": _scope_counts(scope, ask, _unique(p.prompt for e in edits for p in e.locality),
+                                     _unique(q for e in edits for q in subjects.probes(e)))}
     result["protocol"]["generated"]["engine"] = "vllm" if generator is not None else "transformers"
     if mmlu:
         with adapter_off(model, base), tqdm(total=len(mmlu), desc="eval · mmlu", unit="question",
@@ -215,39 +220,42 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     return result
 
 
-def _scope_counts(scope, asked: list[str], probes: list[str]) -> dict:
-    """How many edit prompts, paraphrases and questions, and how many locality probes, the adapter answered."""
+def _scope_counts(scope, asked: list[str], probes: list[str], about: list[str]) -> dict:
+    """How many edit prompts, paraphrases and questions, locality probes and questions about the
+    edited subjects the adapter answered."""
     if scope is None:
         return {"mode": "all"}
     return {**scope.describe(), "asked_in_scope": sum(map(scope.covers, asked)), "asked": len(asked),
-            "probes_in_scope": sum(map(scope.covers, probes)), "probes": len(probes)}
+            "probes_in_scope": sum(map(scope.covers, probes)), "probes": len(probes),
+            "subject_questions_in_scope": sum(map(scope.covers, about)), "subject_questions": len(about)}
 
 
 def _subject_kl(model, fmt, scope, prompts: list[str], reference: dict, base: bool, settings) -> dict:
     """(1/T) Σ_t KL(p_unedited ‖ p_edited) along the unedited answer of each prompt, T its tokens.
 
-    Exactly 0 for the unedited model itself and for a prompt the scope leaves to it; None for a
-    prompt the unedited model answered with nothing.
+    None for a prompt the unedited model answered with nothing; exactly 0 for the unedited model
+    itself and for a prompt the scope leaves to it. The batches are at most 8 rows: each holds
+    (rows, answer tokens, vocabulary) log-probabilities twice.
     """
-    out = {p: (0.0 if base or (scope is not None and not scope.covers(p)) else None) for p in prompts}
-    todo = [p for p in prompts if out[p] is None and (reference[p] or "").strip()]
-    pad = pad_id(fmt.tokenizer)
+    answered = [p for p in prompts if (reference[p] or "").strip()]
+    out = dict.fromkeys(prompts)
+    out.update((p, 0.0) for p in answered if base or (scope is not None and not scope.covers(p)))
+    pairs = {p: (fmt.prompt_ids(p), fmt.answer_ids(reference[p], eos=False)) for p in answered if out[p] is None}
+    todo = sorted(pairs, key=lambda p: len(pairs[p][0]) + len(pairs[p][1]))  # little padding; cut as given
+    pad, bs = pad_id(fmt.tokenizer), min(settings.batch_size, 8)
 
     def kl(part: list[str]) -> list[float]:
         values = []
-        for s in range(0, len(part), settings.batch_size):
-            chunk = part[s:s + settings.batch_size]
-            b = collate([(fmt.prompt_ids(p), fmt.answer_ids(reference[p], eos=False)) for p in chunk], pad)
-            b = b.to(next(model.parameters()).device)
+        for s in range(0, len(part), bs):
+            b = collate([pairs[p] for p in part[s:s + bs]], pad).to(next(model.parameters()).device)
             with torch.no_grad():
                 with adapter_off(model):
                     ref = torch.log_softmax(answer_logits(model, b).float(), dim=-1)
-                logp = torch.log_softmax(answer_logits(model, b).float(), dim=-1)
-            per_token = (ref.exp() * (ref - logp)).sum(-1) * b.label_mask
+                per_token = preserve.token_kl(ref, answer_logits(model, b)) * b.label_mask
             values += (per_token.sum(-1) / b.label_mask.sum(-1).clamp_min(1)).tolist()
         return values
 
-    out.update(zip(todo, dist.gather_batches(kl, todo, settings.batch_size, key=len)))
+    out.update(zip(todo, dist.gather_batches(kl, todo, bs)))
     return out
 
 

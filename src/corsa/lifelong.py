@@ -174,6 +174,7 @@ class Lifelong:
         todo = [p for p in prompts if p not in self._anchors]
         if todo:
             made = preserve.prepare(self.model, self.fmt, todo)
+            self._anchors.update(dict.fromkeys(todo))  # None: answered with nothing, and not asked again
             self._anchors.update(zip(made.prompts, made.pairs))
-        kept = [p for p in prompts if p in self._anchors]  # an anchor the model answers with nothing is left out
+        kept = [p for p in prompts if self._anchors[p] is not None]  # an anchor answered with nothing is left out
         return preserve.Anchors(kept, [self._anchors[p] for p in kept])

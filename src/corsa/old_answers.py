@@ -157,14 +157,16 @@ def candidates(prompt: str, reply: str, completions, target_new: str, subject: s
     `reply` is read after its restatement of the prompt; `completions` (continuations of the
     prompt's own words) from their start. Each is read to its first line. A run made of the
     `subject`'s own name (:func:`_of_name`: "John" of John Wilkins, "Pompom" of Pomponius Mela)
-    is a candidate only where the reply gives it as its answer ("Apple A5 is created by" →
-    "Apple."): elsewhere it is the model saying the subject again, and DPO would teach the
-    adapter to reject the subject's name.
+    is a candidate only where the reply's answer says it other than as part of the whole name
+    ("Apple A5 is created by" → "Apple."; "Italian cuisine originated in" → "Probably Italy."):
+    elsewhere ("John Wilkins spoke English.", a continuation) it is the model saying the subject
+    again, and DPO would teach the adapter to reject the subject's name.
     """
     answered = _after_restatement(prompt, first_line(_nfc(reply)))
     texts = [answered] + [first_line(_nfc(c)) for c in completions]
     asked = set(_words(prompt))
     name = _words(subject or "")
+    said = _without(_words(answered), name)  # the reply's answer, the whole name said in it blanked out
     seen, out = set(), []
     for c in (span for text in texts for span in spans(text)):
         key = normalise(c)
@@ -173,7 +175,7 @@ def candidates(prompt: str, reply: str, completions, target_new: str, subject: s
         words = _words(c)
         if len(words) > 1 and set(words) <= asked:  # "Windows Embedded CE 6.0": the prompt's subject again
             continue
-        if _of_name(words, name) and not _words(answered)[:len(words)] == words:
+        if _of_name(words, name) and not _holds_run(said, words):
             continue
         if words and (words[0] in FUNCTION_WORDS or words[-1] in FUNCTION_WORDS):  # "a", "city of", "the UK"
             continue
@@ -191,6 +193,23 @@ def _of_name(words: list[str], name: list[str]) -> bool:
         return any(w == n or (len(w) >= 4 and len(n) >= 4 and w[:4] == n[:4]) for n in name)
 
     return bool(words) and bool(name) and all(map(of, words))
+
+
+def _without(words: list[str], name: list[str]) -> list[str]:
+    """`words` with every occurrence of the whole `name` (a run of words) blanked out."""
+    out, i, n = list(words), 0, len(name)
+    while n and i + n <= len(out):
+        if out[i:i + n] == name:
+            out[i:i + n] = [""] * n
+            i += n
+        else:
+            i += 1
+    return out
+
+
+def _holds_run(words: list[str], run: list[str]) -> bool:
+    """Whether `run` occurs in `words` as consecutive words."""
+    return any(words[i:i + len(run)] == run for i in range(len(words) - len(run) + 1))
 
 
 def _has_letter(text: str) -> bool:

@@ -130,9 +130,14 @@ def kl(base_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, tokens
     T is the number of masked positions, or `tokens` (the whole batch's count, when this is one
     worker's shard of it: the workers' terms then add up to the batch's mean).
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)  # fp32, as for every log-probability corsa scores
-    per_token = (base_logp.exp() * (base_logp - logp)).sum(-1)
+    per_token = token_kl(base_logp, logits)
     return (per_token * mask).sum() / (mask.sum() if tokens is None else torch.as_tensor(tokens)).clamp_min(1)
+
+
+def token_kl(base_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_base ‖ p) = Σ_v p_base(v) (log p_base(v) − log p(v)) at every position: (B, K) from (B, K, V)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # fp32, as for every log-probability corsa scores
+    return (base_logp.exp() * (base_logp - logp)).sum(-1)
 
 
 def batch(anchors: Anchors, idx: list[int], pad: int) -> Batch:

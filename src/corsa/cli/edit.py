@@ -149,7 +149,7 @@ def show_subjects(editor, edits) -> tuple[int, int, int]:
     from ..metrics import hijacked, keeps_manner
     from ..subjects import probes
 
-    prompts = list(dict.fromkeys(probes(e)[0] for e in edits if probes(e)))
+    prompts = list(dict.fromkeys(asked[0] for asked in map(probes, edits) if asked))
     if not prompts:
         return 0, 0, 0
     base, now = editor.ask(prompts, base=True), editor.ask(prompts)
@@ -163,7 +163,10 @@ def show_subjects(editor, edits) -> tuple[int, int, int]:
     print(f"questions about the edited subjects: {sum(kept)}/{n} answered in the unedited model's manner, "
           f"{sum(alone)}/{n} with a new answer alone")
     if sum(alone) or not all(kept):
-        print(f"warning: {n - sum(kept)} of {n} questions about an edited subject get a cut-short answer: the "
-              f"adapter changes more than the fact. --keep-subject k --preserve κ (corsa-lifelong's default) keeps "
-              f"what the subject is", file=sys.stderr)
+        what = [f"{n - sum(kept)} get a cut-short answer"] * (not all(kept)) + [f"{sum(alone)} an edit's y⁺ alone"] * (
+            sum(alone) > 0)
+        advice = (" --keep-subject k --preserve κ (corsa-lifelong's default) keeps what the subject is"
+                  if editor.config.spec.solver is None else "")
+        print(f"warning: of {n} questions about an edited subject, {' and '.join(what)}: the adapter changes more "
+              f"than the fact.{advice}", file=sys.stderr)
     return n, sum(kept), sum(alone)

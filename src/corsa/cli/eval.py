@@ -216,11 +216,13 @@ def run_facts(args) -> int:
     print(show_table(rows, ["metric", "protocol"] + ["unedited"] * (base is not None) + ["edited"] * (edited is not None)))
     c = main["counts"]
     print(f"{c['edits']} edits, {c['paraphrases']} paraphrases, {c['locality_probes']} locality probes, "
+          f"{c['subject_questions']} questions about the edited subjects, "
           f"{c['portability_questions']} multi-hop questions; generated = {main['protocol']['generated']['decoding']}, "
           f"up to {settings.max_new_tokens} new tokens; {result['seconds']:.0f} s")
     if main["scope"]["mode"] != "all":
         s = main["scope"]
         print(f"scope: the adapter answered {s['asked_in_scope']}/{s['asked']} edit prompts and rephrasings and "
-              f"{s['probes_in_scope']}/{s['probes']} locality probes; the unedited model answered the rest")
+              f"{s['probes_in_scope']}/{s['probes']} locality probes and {s['subject_questions_in_scope']}/"
+              f"{s['subject_questions']} questions about the edited subjects; the unedited model answered the rest")
     print(f"metrics and per-edit answers: {out}")
     return 0
