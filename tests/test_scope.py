@@ -129,7 +129,8 @@ def test_out_of_scope_prompts_get_the_unedited_model_exactly(tmp_path):
     assert [r["margin"] for r in scoped["records"]] == pytest.approx([r["margin"] for r in everywhere["records"]],
                                                                      abs=1e-4)
     assert scoped["scope"] == {"mode": "subject", "keys": 4, "edits_keyed_by_prompt": 0, "asked_in_scope": 8,
-                               "asked": 8, "probes_in_scope": 0, "probes": 4}
+                               "asked": 8, "probes_in_scope": 0, "probes": 4,
+                               "subject_questions_in_scope": 16, "subject_questions": 16}  # they name the subject
     assert everywhere["scope"] == {"mode": "all"}
     # ask() routes the same way
     editor.config.scope = "subject"
