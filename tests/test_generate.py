@@ -103,3 +103,22 @@ def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     assert shared_prefix([head + [1], head]) == len(head) - 1      # the shorter one keeps its last token
     assert shared_prefix([head]) == 0                                # one prompt: nothing to share
     assert shared_prefix([[1, 2, 3, 4, 5], [1, 2, 9, 4, 5]]) == 0    # shorter than MIN_SHARED_PREFIX
+
+
+def test_the_speed_benchmark_runs_on_the_tiny_model(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import generation_speed
+
+    data = tmp_path / "edits.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "target_new": "Paris", "paraphrases": [p + " indeed"]}) + "\n"
+                            for p in PROMPTS[:6]))
+    doc = generation_speed.main(["--tiny", "--data", str(data), "--prompts", "10", "--batch-size", "4",
+                                 "--rounds", "1", "--out", str(tmp_path / "speed.json")])
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert saved["identical_answers"] == saved["prompts"] == 10 and saved["different"] == []
+    assert set(saved["prompts_per_s"]) == {"model_generate", "loop"} and saved["threads"] >= 1
+    assert doc["ratio"] == saved["ratio"]
