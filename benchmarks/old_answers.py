@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from corsa import EditConfig, Editor  # noqa: E402
-from corsa.adapter import off as adapter_off  # noqa: E402
+from corsa.unedited import adapter_off  # noqa: E402
 from corsa.generate import generate  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402

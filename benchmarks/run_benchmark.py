@@ -39,7 +39,8 @@ import torch  # noqa: E402
 
 from corsa import EditConfig, Editor  # noqa: E402
 from corsa.adapter import attach_new  # noqa: E402
-from corsa.engine import SamMemory, compute_reference, corsa_step, micro_batches, trainable_parameters  # noqa: E402
+from corsa.engine import micro_batches  # noqa: E402
+from corsa.step import SamMemory, compute_reference, corsa_step, trainable_parameters  # noqa: E402
 from corsa.metrics import contains  # noqa: E402
 from corsa.generate import generate  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402

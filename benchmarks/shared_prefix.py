@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from corsa import Editor, scoring  # noqa: E402
-from corsa.engine import compute_reference, corsa_step, trainable_parameters  # noqa: E402
+from corsa.step import compute_reference, corsa_step, trainable_parameters  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
 from corsa.prompts import collate_shared, encode_edits, pad_id  # noqa: E402

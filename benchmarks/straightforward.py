@@ -1,6 +1,6 @@
 """The yardstick: a CoRSA step computed the straightforward way, as the authors' release does.
 
-Same mathematics as `corsa.engine.corsa_step` (method.md §3), none of its economies. In every
+Same mathematics as `corsa.step.corsa_step` (method.md §3), none of its economies. In every
 micro-batch of both SAM passes it
 
 - recomputes the reference log-probabilities (adapter off) for y⁺ and for y⁻;
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from corsa.engine import combine, flat, Gradients
+from corsa.step import combine, flat, Gradients
 from corsa.objectives import dpo_loss, sft_loss
 from corsa.sam import add_flat_, restore_, sam_perturbation, snapshot
 

@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 from corsa import Editor, engine  # noqa: E402
 from corsa import old_answers  # noqa: E402
-from corsa.comparison.spec import parse_sets, select, split  # noqa: E402
+from corsa.comparison.spec import parse_sets, select  # noqa: E402
+from corsa.updates import split_in_order  # noqa: E402
 from corsa.io import atomic_write_json, library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
 
@@ -71,7 +72,7 @@ def stream(model, data: Path, n_edits: int, n_updates: int, seed: int):
     base, tok = load_model(model) if isinstance(model, str) else model
     edits = select(load_edits(data, on_invalid="skip"), n_edits, seed)
     edits = old_answers.fill(base, PromptFormat(tok, "auto"), edits, 16)
-    return split(edits, n_updates)
+    return split_in_order(edits, n_updates)
 
 
 def run(make_model, updates, methods: list[str], seed: int, per_method: dict | None = None, **overrides) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from corsa import Editor
-from corsa.engine import compute_reference, corsa_step, trainable_parameters
+from corsa.step import compute_reference, corsa_step, trainable_parameters
 from corsa.prompts import collate, collate_shared, encode_edits
 from corsa.scoring import score, score_shared, shared_prefix
 

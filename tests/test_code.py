@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from corsa.code import extract_code, fence, load_arena, pass_at_k, split_tasks, program_for
-from corsa.code.evaluate import run_tests, summarise, task_prompt
+from corsa.code.evaluate import run_tests, summarise
+from corsa.code.programs import task_prompt
 from corsa.errors import DataError
 from corsa.sandbox import run_programs
 
@@ -176,8 +177,10 @@ def test_the_code_bench_runs_measures_and_resumes(tmp_path):
     model = save_tiny_llama(tmp_path / "tiny", seed=0, max_positions=2048)
     out = tmp_path / "bench"
     argv = ["bench", "--model", str(model), "--data", str(UNGROUPED), "--methods", "lora,corsa", "--edits", "2",
-            "--updates", "2", "--epochs", "1", "--sample", "2", "--max-new-tokens", "16", "--quiet", "--out", str(out)]
+            "--updates", "2", "--epochs", "1", "--sample", "2", "--max-new-tokens", "16", "--quiet", "--out", str(out),
+            "--report-to", "tensorboard"]
     assert main(argv) == 0
+    assert {p.name for p in (out / "tensorboard").iterdir()} == {"lora", "corsa"}  # --report-to, as for facts
     results = json.loads((out / "results.json").read_text())
     assert results["domain"] == "code" and set(results["methods"]) == {"lora", "corsa"}
     tasks = json.loads((out / "tasks.json").read_text())
@@ -213,6 +216,65 @@ def test_the_code_bench_runs_measures_and_resumes(tmp_path):
     assert measured["metrics"]["code/trained/tasks"] == 2 and measured["metrics"]["code/held_out/tasks"] == 4
     assert measured["base"]["metrics"]["code/held_out/tasks"] == 4  # the unedited model beside it
     assert all(len(r["programs"]) == 2 for r in measured["records"])
+
+
+# the flags of `corsa bench` that the code domain refuses (each by name, below); every other one
+# works for it as for facts: the training options through the Editor, the rest through the harness
+CODE_REFUSES = {"--skip-invalid", "--mmlu", "--mmlu-file", "--mmlu-seed", "--sample-seed", "--scope"}
+CODE_HONOURS = {"--config", "--data", "--device", "--edits", "--help", "--method", "--methods", "--model", "--out",
+                "--preset", "--quiet", "--report-to", "--seed", "--set", "--updates", "--sample", "--temperature",
+                "--eval-batch-size", "--max-new-tokens"}
+
+
+def test_every_flag_of_the_bench_is_honoured_or_refused_for_api_updates():
+    import dataclasses
+
+    from corsa.cli.main import build_parser
+    from corsa.config import EditConfig
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    flags = {o for a in sub.choices["bench"]._actions for o in a.option_strings if o.startswith("--")}
+    training = {f"--{p}{f.name.replace('_', '-')}" for f in dataclasses.fields(EditConfig) for p in ("", "no-")}
+    unclassified = flags - CODE_REFUSES - CODE_HONOURS - (training - {"--scope"})
+    assert unclassified == set()  # a new flag of `corsa bench` says here what it does on API updates
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--skip-invalid"], "--skip-invalid"), (["--mmlu", "4"], "--mmlu"), (["--mmlu-file", "x.jsonl"], "--mmlu-file"),
+    (["--mmlu-seed", "3"], "--mmlu-seed"), (["--sample-seed", "3"], "--sample-seed"), (["--scope", "subject"], "--scope"),
+    (["--set", "corsa.scope=subject"], "--scope"), (["--methods", "lora,rome"], "rome")])
+def test_the_code_bench_refuses_by_name_each_flag_it_cannot_honour(tmp_path, capsys, flags, named):
+    """Every flag of `corsa bench` works for API updates (--report-to, --device, training and sampling
+    options: the test above) or is refused by name before any model loads."""
+    from corsa.cli.main import main
+
+    argv = ["bench", "--model", str(tmp_path / "no-model"), "--data", str(UNGROUPED), "--edits", "2", "--updates", "2",
+            "--out", str(tmp_path / "out"), "--quiet", *flags]
+    assert main(argv) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--skip-invalid"], "--skip-invalid"), (["--scope", "all"], "--scope"), (["--generator", "vllm"], "--generator"),
+    (["--vllm-gpu-memory", "0.5"], "--vllm-gpu-memory"), (["--mmlu", "4"], "--mmlu"),
+    (["--mmlu-file", "x.jsonl"], "--mmlu-file")])
+def test_eval_on_api_updates_refuses_by_name_each_flag_it_cannot_honour(tmp_path, capsys, flags, named):
+    from corsa.cli.main import main
+
+    argv = ["eval", "--model", str(tmp_path / "no-model"), "--edits", str(UNGROUPED), "--out", str(tmp_path / "m.json"),
+            "--quiet", *flags]
+    assert main(argv) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_eval_on_facts_refuses_a_code_split(tmp_path, capsys):
+    from corsa.cli import SAMPLE
+    from corsa.cli.main import main
+
+    argv = ["eval", "--edits", str(SAMPLE), "--out", str(tmp_path / "m.json"), "--code-split", "tasks.json"]
+    assert main(argv) == 2
+    assert "--code-split" in capsys.readouterr().err
 
 
 def test_the_one_filler_gives_a_program_its_unedited_program_as_y_minus(tiny):
@@ -259,3 +321,14 @@ def test_upass_needs_a_real_failure_without_the_update(monkeypatch):
     monkeypatch.setattr(ev, "run_programs", flaky)
     (record,) = run_tests([task], [[task.reference]], timeout_s=20)
     assert record["passed"] == [True] and record["upassed"] == [False]
+
+
+def test_programs_are_drawn_as_the_command_says_else_as_code_needs():
+    from corsa.code.evaluate import NEW_TOKENS, SAMPLES, TEMPERATURE, drawing
+    from corsa.config import EvalSettings
+
+    assert drawing(EvalSettings(), tokens_given=False) == {"samples": SAMPLES, "temperature": TEMPERATURE,
+                                                           "max_new_tokens": NEW_TOKENS}
+    # a given --max-new-tokens counts even when it equals the facts' default
+    given = drawing(EvalSettings(sample=3, temperature=0.5, max_new_tokens=16), tokens_given=True)
+    assert given == {"samples": 3, "temperature": 0.5, "max_new_tokens": 16}

@@ -9,10 +9,10 @@ from corsa import ConfigError
 from corsa.comparison import TIMING_KEYS, BenchSpec, parse_sets, select
 from corsa.cli import main
 from corsa.records import Edit, Probe
+from corsa.testing import FAST as TRAIN_FAST, flags
 
 METHODS = ["lora", "corsa"]
-FAST = ["--epochs", "2", "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2", "--warmup-steps", "0",
-        "--max-new-tokens", "6", "--quiet"]
+FAST = [*flags(TRAIN_FAST), "--warmup-steps", "0", "--max-new-tokens", "6"]
 FRACTIONS = ["reliability", "generality", "locality", "locality_tf", "efficacy"]
 
 
@@ -150,7 +150,7 @@ def test_rerun_skips_every_finished_pair(setup, first, monkeypatch, capsys):
         raise AssertionError("a finished pair was trained or evaluated again")
 
     monkeypatch.setattr("corsa.api.train_update", refuse)
-    monkeypatch.setattr("corsa.comparison.runner.evaluate", refuse)
+    monkeypatch.setattr("corsa.comparison.facts.evaluate", refuse)
     assert main(argv(setup, out)) == 0
     after = json.loads((out / "results.json").read_text())
     assert without_timing(after) == without_timing(before)

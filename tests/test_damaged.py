@@ -9,6 +9,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from corsa.cli import main
+from corsa.testing import FAST, flags
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_the_untouched_adapter_still_loads(trained, tiny_model, capsys):
 def test_a_damaged_update_met_on_resume_is_trained_again(tiny_model, edits_file, tmp_path, capsys):
     out = tmp_path / "seq"
     argv = ["edit", "--model", tiny_model, "--edits", edits_file, "--out", str(out), "--updates", "2",
-            "--epochs", "2", "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2", "--no-check", "--quiet"]
+            *flags(FAST), "--no-check"]
     assert main(argv) == 0
     weights = out / "update-2" / "adapter" / "adapter_model.safetensors"
     expected = {k: v.clone() for k, v in load_file(str(weights)).items()}  # not a view of the file damaged next

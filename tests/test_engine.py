@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from corsa import ConfigError, EditConfig, Editor, METHODS, ModelError
-from corsa.engine import compute_reference, corsa_step, micro_batches, objective_gradients, trainable_parameters
+from corsa.engine import micro_batches
+from corsa.step import compute_reference, corsa_step, objective_gradients, trainable_parameters
 from corsa.prompts import PromptFormat, collate, encode_edits
 from corsa.scoring import score
 from corsa.sam import sam_perturbation
+from corsa.testing import FAST
 
-FAST = dict(epochs=2, batch_size=2, grad_accum=2, lr=1e-2, progress=False)
 
 
 def lora_state(model):
@@ -24,7 +25,7 @@ def base_state(model):
 
 @pytest.mark.parametrize("method", [m for m, row in METHODS.items() if row.solver is None])  # the trained rows
 def test_every_method_changes_every_lora_parameter_and_no_base_weight(method, tiny, toy_edits):
-    editor = Editor(tiny, method=method, **FAST)
+    editor = Editor(tiny, method=method, **{**FAST, "grad_accum": 2})  # accumulation too
     lora0, base0 = lora_state(editor.model), base_state(editor.model)
     assert lora0 and base0
     record = editor.update(toy_edits)
@@ -228,7 +229,7 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
     from dataclasses import replace
 
     from corsa.metrics import normalise
-    from corsa.old_answers import SHOTS, candidates, end_ids, first_line, short_answer
+    from corsa.old_answers import SHOTS, answer_scores, candidates, first_line, short_answer
 
     editor = Editor(tiny, method="dpo", **FAST)
     edits = [replace(e, target_old=None) for e in toy_edits[:2]] + toy_edits[2:3]
@@ -255,21 +256,10 @@ def test_missing_old_target_is_the_models_greedy_answer(tiny, toy_edits):
                         greedy(editor.tokenizer(e.prompt).input_ids)] if fmt.chat else [])
         completions.append(greedy(text.few_shot_ids(list(SHOTS), e.prompt), text))
         found = candidates(e.prompt, reply, completions, e.target_new)
-        if found:  # the candidate the unedited model scores highest, by plain forwards: as an answer, and instead of y⁺
-            ends = end_ids(editor.tokenizer)
-
-            def ended(ids, answer_ids):
-                with torch.no_grad():
-                    lp = model(input_ids=torch.tensor([ids + answer_ids])).logits[0].log_softmax(-1)
-                return (sum(float(lp[len(ids) - 1 + k, t]) for k, t in enumerate(answer_ids))
-                        + float(lp[len(ids) + len(answer_ids) - 1, ends].logsumexp(0)))
-
-            def logp(answer):
-                return (ended(fmt.few_shot_ids(list(SHOTS), e.prompt), fmt.answer_ids(answer, eos=False))
-                        + ended(editor.tokenizer(f"False: {e.prompt} {e.target_new}.\nTrue: {e.prompt}").input_ids,
-                                editor.tokenizer(" " + answer, add_special_tokens=False).input_ids))
-
-            want = max(found, key=logp)
+        if found:  # the candidate the unedited model scores highest (answer_scores: checked against plain
+            # forwards in test_old_answers), never y⁺ (candidates leave it out)
+            assert normalise(e.target_new) not in {normalise(c) for c in found}
+            want = found[int(answer_scores(model, fmt, e.prompt, found, e.target_new).argmax())]
             scored += 1
         else:
             fallback = [short_answer(e.prompt, reply), first_line(reply)]
@@ -366,7 +356,7 @@ def _sam_setup(tiny, toy_edits, **options):
 
 @pytest.mark.parametrize("combine", ["pcgrad", "pcgrad-release"])
 def test_reuse_takes_the_probe_mix_of_both_gradients_at_the_perturbed_point(tiny, toy_edits, combine):
-    from corsa.engine import combine as merge
+    from corsa.step import combine as merge
     from corsa.pcgrad import coefficients
     from corsa.sam import add_flat_, restore_, snapshot
 
@@ -400,8 +390,8 @@ def test_reuse_takes_the_probe_mix_of_both_gradients_at_the_perturbed_point(tiny
 
 
 def test_momentum_perturbs_along_the_last_direction_in_one_pass(tiny, toy_edits):
-    from corsa.engine import SamMemory
-    from corsa.engine import combine as merge
+    from corsa.step import SamMemory
+    from corsa.step import combine as merge
     from corsa.sam import add_flat_, restore_, snapshot
 
     editor, params, cfg, pad, group, enc, ref = _sam_setup(tiny, toy_edits, sharpness="momentum")

@@ -128,10 +128,10 @@ def test_debug_shows_the_traceback(tmp_path, tiny_model):
 def test_non_finite_loss_stops_with_step_and_batch_and_keeps_last_good(tmp_path, monkeypatch, tiny_model):
     import torch
 
-    import corsa.engine as engine
+    import corsa.step as step
     from corsa import Editor, TrainingError
 
-    real = engine.sft_loss
+    real = step.sft_loss
     calls = {"n": 0}
 
     def poisoned(lp, n):
@@ -139,7 +139,7 @@ def test_non_finite_loss_stops_with_step_and_batch_and_keeps_last_good(tmp_path,
         loss = real(lp, n)
         return loss * float("nan") if calls["n"] > 4 else loss
 
-    monkeypatch.setattr(engine, "sft_loss", poisoned)
+    monkeypatch.setattr(step, "sft_loss", poisoned)
     editor = Editor(tiny_model, method="lora", epochs=5, batch_size=2, grad_accum=1, progress=False)
     edits = [{"id": f"e{i}", "prompt": f"Fact {i} is", "target_new": "A", "target_old": "B"} for i in range(2)]
     with pytest.raises(TrainingError, match=r"non-finite .* at step 5 on the edit batch \['e0', 'e1'\]"):

@@ -12,8 +12,8 @@ from corsa.evaluate import EvalSettings, evaluate, summarise
 from corsa.prompts import encode_edits
 from corsa.records import Edit, Probe
 from corsa.scoring import margins
+from corsa.testing import FAST
 
-FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False)
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from safetensors.torch import load_file
 
 from corsa import METHODS, EditConfig, Editor
 from corsa.records import Edit
-from corsa.testing import save_tiny_llama
+from corsa.testing import FAST, save_tiny_llama
 
-FAST = dict(epochs=3, batch_size=2, grad_accum=1, lr=1e-2, progress=False, edit_stop=False)
 
 
 def _edits(start, n):
@@ -43,9 +42,19 @@ def _options(method):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_train_save_load_continue(method, base, tmp_path):
     first = Editor(base, method=method, **_options(method))
+    before = _lora(first)
     first.update(_edits(0, 3), out=tmp_path / "u1")
     trained = _lora(first)
-    assert any(t.abs().max() > 0 for n, t in trained.items() if "lora_B" in n)  # it trained
+    # it trained (or solved): every B of the adapter carries a change, and the change reaches the
+    # model's next-token distributions on the edit prompts, not only its weights
+    assert all(t.abs().max() > 0 for n, t in trained.items() if "lora_B" in n)
+    assert all(not torch.equal(trained[n], before[n]) for n in trained if "lora_B" in n)
+    ids = first.tokenizer([e.prompt for e in _edits(0, 3)], return_tensors="pt").input_ids
+    with torch.no_grad():
+        edited = first.model(input_ids=ids).logits[:, -1].log_softmax(-1)
+        with first.model.disable_adapter():
+            unedited = first.model(input_ids=ids).logits[:, -1].log_softmax(-1)
+    assert (edited - unedited).abs().amax(-1).min() > 1e-3  # every edit prompt's distribution moved
     saved = load_file(tmp_path / "u1" / "adapter" / "adapter_model.safetensors")
     assert len(saved) == len(trained)
     # loaded back: the same weights, the same answers, the same record of edits

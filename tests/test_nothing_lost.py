@@ -23,9 +23,9 @@ from corsa import ConfigError, DataError, Editor, ModelError, TrainingError
 from corsa.cli import main
 from corsa.io import foreign_files, jsonl_line, jsonl_lines, jsonl_text, output_lock
 from corsa.records import Edit, Probe
-from corsa.testing import save_tiny_llama
+from corsa.testing import FAST as TRAIN_FAST, save_tiny_llama
 
-FAST = dict(method="lora", epochs=1, batch_size=2, grad_accum=1, progress=False, edit_stop=False)
+FAST = {**TRAIN_FAST, "method": "lora", "epochs": 1, "edit_stop": False}  # one pass of lora, chosen explicitly
 EDITS = [{"id": f"e{i}", "prompt": f"The code of item {i} is", "target_new": f"Q{i}", "target_old": f"A{i}"}
          for i in range(2)]
 
@@ -321,12 +321,10 @@ def test_a_rome_adapter_is_read_by_ask_eval_and_export(tiny_model, tmp_path, cap
     assert code == 0, err
     code, err = _cli(capsys, "export", "--adapter", out, "--model", tiny_model, "--out", tmp_path / "x", "--quiet")
     assert code == 0, err
-    # read by an Editor of the default method (corsa, a trained one); training it so is still refused
+    # read by an Editor that names no method: it continues with the adapter's own, as `corsa edit` does
     editor = Editor(tiny_model, adapter=out, progress=False)
-    assert editor.ask(["Hello"], max_new_tokens=2) and editor.scope_mode == "all"
-    with pytest.raises(ConfigError, match="cannot continue it"):
-        editor.update(EDITS)
-    with pytest.raises(ConfigError, match="cannot continue it"):  # a method chosen explicitly: at once
+    assert editor.ask(["Hello"], max_new_tokens=2) and editor.scope_mode == "all" and editor.config.method == "rome"
+    with pytest.raises(ConfigError, match="cannot continue it"):  # a trained method chosen explicitly: at once
         Editor(tiny_model, adapter=out, **FAST)
 
 
@@ -355,20 +353,20 @@ def test_two_threads_making_their_first_call_at_once(tiny_model):
 # --- a failed update leaves the adapter as it found it -------------------------------------------------
 
 def test_a_failed_update_restores_the_adapter_it_started_from(tiny_model, tmp_path, monkeypatch):
-    import corsa.engine as engine
+    import corsa.step as step
 
     editor = Editor(tiny_model, **{**FAST, "epochs": 4})
     editor.update(EDITS)
     start = {n: p.detach().clone() for n, p in editor.model.named_parameters() if "lora_" in n}
     history = list(editor.history)
-    real, calls = engine.sft_loss, {"n": 0}
+    real, calls = step.sft_loss, {"n": 0}
 
     def poisoned(lp, n):
         calls["n"] += 1
         loss = real(lp, n)
         return loss * float("nan") if calls["n"] > 1 else loss  # step 1 moves the adapter, step 2 fails
 
-    monkeypatch.setattr(engine, "sft_loss", poisoned)
+    monkeypatch.setattr(step, "sft_loss", poisoned)
     more = [{"id": "n0", "prompt": "The colour of thing 0 is", "target_new": "red", "target_old": "blue"},
             {"id": "n1", "prompt": "The colour of thing 1 is", "target_new": "green", "target_old": "blue"}]
     with pytest.raises(TrainingError):
@@ -380,7 +378,7 @@ def test_a_failed_update_restores_the_adapter_it_started_from(tiny_model, tmp_pa
 
     kept = load_file(tmp_path / "o" / "adapter-last-good" / "adapter_model.safetensors")
     assert all(torch.equal(kept[k].cpu(), v.cpu()) for k, v in _saved_names(editor, start).items())
-    monkeypatch.setattr(engine, "sft_loss", real)
+    monkeypatch.setattr(step, "sft_loss", real)
     editor.update(more)  # the next update trains from there
     assert len(editor.updates) == 2
 

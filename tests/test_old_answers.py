@@ -7,8 +7,8 @@ import pytest
 from corsa import Editor
 from corsa.old_answers import (FUNCTION_WORDS, MAX_WORDS, SHOTS, answer_scores, candidates, end_ids, fill, short_answer,
                                spans)
+from corsa.testing import FAST
 
-FAST = dict(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, progress=False, edit_stop=False)
 
 
 @pytest.mark.parametrize("prompt, answer, want", [
@@ -41,7 +41,9 @@ def test_fill_uses_the_unedited_model_and_keeps_given_answers(tiny, toy_edits):
     editor = Editor(tiny, method="lora", **FAST)
     before = fill(editor.model, editor.fmt, [replace(e, target_old=None) for e in toy_edits[:2]])
     assert all(e.target_old for e in before)
-    editor.update(toy_edits[:2])  # the adapter now changes the model's answers
+    editor.update(toy_edits[:2])
+    prompts = [e.prompt for e in toy_edits[:2]]
+    assert editor.ask(prompts) != editor.ask(prompts, base=True)  # the adapter now changes the model's answers
     trained = [replace(e, target_old=None) for e in toy_edits[:2]]
     assert [e.target_old for e in editor.fill_old_targets(trained)] == [e.target_old for e in before]
     kept = editor.fill_old_targets(toy_edits[2:3])
@@ -54,7 +56,7 @@ def test_a_filled_old_answer_is_never_the_new_one(tiny, toy_edits, monkeypatch):
     editor = Editor(tiny, method="lora", **FAST)
     edit = replace(toy_edits[0], target_old=None)
     said = {"text": f"{edit.target_new}."}  # the unedited model already gives y⁺
-    monkeypatch.setattr(corsa.generate, "generate", lambda *a, **k: [said["text"]])
+    monkeypatch.setattr(corsa.old_answers, "generate", lambda *a, **k: [said["text"]])
     assert fill(editor.model, editor.fmt, [edit])[0].target_old == editor.tokenizer.eos_token
     said["text"] = f"{edit.target_new}, surely"  # y⁺ is no candidate: the other span is y⁻
     assert fill(editor.model, editor.fmt, [edit])[0].target_old == "surely"
@@ -190,7 +192,7 @@ def test_the_filled_answer_is_the_best_scored_candidate(tiny, monkeypatch, chat)
         calls.add((f.chat, prefill, bool(shots)))
         return [replies[p][3 if shots else 2 if not f.chat else int(prefill)] for p in prompts]
 
-    monkeypatch.setattr(corsa.generate, "generate", said)
+    monkeypatch.setattr(corsa.old_answers, "generate", said)
     scored = {}
 
     def scores(model, fmt, prompt, answers, target_new):

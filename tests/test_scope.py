@@ -12,8 +12,8 @@ from corsa.evaluate import evaluate
 from corsa.metrics import contains, mentions_any
 from corsa.records import Edit, Probe
 from corsa.scope import Scope, key, routed
+from corsa.testing import FAST
 
-FAST = dict(epochs=3, batch_size=2, grad_accum=1, lr=1e-2, progress=False, edit_stop=False)
 
 
 def _edits(n=4):

@@ -113,7 +113,7 @@ def test_an_edit_file_over_the_size_limit_is_refused_unread(tmp_path):
 
 
 def test_control_characters_in_answers_are_printed_escaped():
-    from corsa.cli.output import show_table
+    from corsa.text import show_table
 
     table = show_table([["e1", "Rome\x1b[2J\x1b]0;owned\x07", "x"]], ["edit", "answer", "took"])
     assert "\x1b" not in table and "\x07" not in table and "Rome" in table

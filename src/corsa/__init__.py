@@ -1,5 +1,6 @@
 """corsa: knowledge editing of language models with CoRSA and its baselines."""
 
+from . import loaders as _loaders
 from .config import EditConfig, EvalSettings
 from .errors import ConfigError, CorsaError, DataError, ModelError, TrainingError
 from .methods import METHODS, Method, get_method
@@ -11,7 +12,7 @@ _LAZY = {"Editor", "ask", "edit"}  # from corsa.api, which imports torch: loaded
 
 def __getattr__(name):
     if name in _LAZY:
-        from . import api
+        from . import api  # torch: loaded on first use
 
         return getattr(api, name)
     raise AttributeError(f"module 'corsa' has no attribute {name!r}")
@@ -25,9 +26,7 @@ def load_edits(path, format: str = "auto", limit: int | None = None, on_invalid:
 
     on_invalid="skip" drops records that break the rules (and logs how many) instead of failing.
     """
-    from .loaders import load_edits as _load
-
-    return _load(path, format=format, limit=limit, on_invalid=on_invalid)
+    return _loaders.load_edits(path, format=format, limit=limit, on_invalid=on_invalid)
 
 
 __all__ = ["Editor", "edit", "ask", "EditConfig", "EvalSettings", "Edit", "Probe", "METHODS", "Method", "get_method",

@@ -10,23 +10,12 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError, ModelError
 from .io import atomic_dir
 
-if TYPE_CHECKING:  # adapter.off is used by modules that config imports: no import of config at run time
+if TYPE_CHECKING:  # annotations only: config is above adapter in the import graph
     from .config import EditConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MARKER = "corsa-adapter.json"
 TRAINED_EDITS = "trained-edits.jsonl"  # every edit the adapter holds, oldest first (replay reads it)
-
-
-def off(model, disabled: bool = True):
-    """Context in which `model` answers as the unedited base: its adapter switched off.
-
-    A plain model (no adapter attached yet) is the base already; so is everything when
-    `disabled` is False, which lets a caller choose with a flag.
-    """
-    if disabled and hasattr(model, "disable_adapter"):
-        return model.disable_adapter()
-    return contextlib.nullcontext()
 
 
 def attach_new(model, cfg: EditConfig):
@@ -143,7 +132,7 @@ def _read_json(file: Path, what: str, error=ModelError):
 
 def _shown(value) -> str:
     """A value from a file, as an error message may show it: escaped, and cut to 200 characters."""
-    from .cli.output import printable
+    from .text import printable
 
     text = printable(str(value))
     return text if len(text) <= 200 else text[:200] + "…"

@@ -10,12 +10,11 @@
 
 from __future__ import annotations
 
-import functools
-import json
+import contextlib
 import os
 import random
 import time
-from dataclasses import dataclass, field
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +22,27 @@ import torch
 
 from . import adapter as adapters
 from . import distributed as dist
+from . import old_answers, runs, tracking
 from .config import ASK_NEW_TOKENS, DEFAULT_MODEL, EditConfig
-from .engine import BaseScores, UpdateResult, train_update
+from .editors.apply import apply_update, read_keys
+from .engine import UpdateResult, train_update
 from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
-from . import negatives
-from .io import (PARTIAL_LOG, check_ours, check_writable, jsonl_text, library_versions, output_lock, publish,
-                 stage_dir, stage_text, writing)
-from .prompts import PromptFormat, encode_edits
-from .metrics import normalise
+from .editors.stats import MAX_CORPUS_BYTES
+from .io import PARTIAL_LOG, check_input_file, check_ours, check_writable, jsonl_text, output_lock
+from .lifelong import Lifelong, Plan, not_edited_again
+from .loaders import check_edit_objects, edits_from_records, load_edits
+from .methods import METHODS
+from .models import load_model, model_fingerprint
+from .models.loading import import_libraries
+from .preserve import MAX_ANCHOR_BYTES
+from .prompts import PromptFormat
 from .records import Edit
-from .scope import routed
-from . import tracking
+from .runs import UpdateRecord, lineage
+from .scope import Scope, routed
+from .text import printable
+
+__all__ = ["Editor", "UpdateRecord", "ask", "as_edits", "continued_config", "edit", "lineage", "seed_everything"]
 
 
 def _same_family(adapter, config: EditConfig, saved=None) -> None:
@@ -44,13 +52,37 @@ def _same_family(adapter, config: EditConfig, saved=None) -> None:
     Checked when an update is about to train, never when an adapter is only read (ask, eval,
     export read every method's adapter whatever the Editor's method is).
     """
-    from .methods import METHODS
-
     row = METHODS.get(saved) if isinstance(saved, str) else None
     if row is not None and (row.solver is None) != (config.spec.solver is None):
         kind = lambda r: "a closed-form edit of MLP layers" if r.solver else "a trained LoRA adapter"  # noqa: E731
         raise ConfigError(f"{adapter} holds {kind(row)} ({saved}); {config.method} makes {kind(config.spec)}, so it "
                           f"cannot continue it. Continue it with {saved}, or start a new adapter")
+
+
+def continued_config(adapter, options: dict, say=None) -> EditConfig:
+    """The config of an update from `options`: a continued adapter keeps the method it was trained with
+    unless `options` names one.
+
+    (corsa-lifelong's replay, scope and γ would otherwise quietly turn into plain corsa's on the
+    second update.) The method is in the adapter's marker, or, for adapters saved before it was,
+    in the run record beside the adapter; with neither, the default. say(message) hears the choice.
+    """
+    if adapter is None or options.get("method") is not None:
+        return EditConfig(**options)
+    config = adapters.run_record(adapter).get("config")
+    saved = adapters.marker(adapter).get("method") or (config.get("method") if isinstance(config, dict) else None)
+    if saved is not None and (not isinstance(saved, str) or saved not in METHODS):
+        raise ConfigError(f"the run record beside {adapter} names the method {printable(repr(saved))}, which is "
+                          f"not one of corsa's; pass --method (method=) to choose one")
+    if saved is None or saved == EditConfig.method:
+        return EditConfig(**options)
+    if say is not None and dist.is_main():
+        say(f"continuing {adapter} with {saved}, the method it was trained with (--method, or method=, to change it)")
+    try:
+        return EditConfig(**{**options, "method": saved})
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the method {saved} is the one {adapter} was trained with; "
+                          f"pass --method, or method=, to train it with another)") from None
 
 
 def _say(message: str) -> None:
@@ -60,11 +92,6 @@ def _say(message: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(message, file=sys.stderr)
-
-
-def _held_key(edit: Edit) -> tuple:
-    """What the hold test of an edit depends on besides the adapter: its prompt and both answers."""
-    return edit.prompt, edit.target_new, edit.target_old
 
 
 def seed_everything(seed: int) -> None:
@@ -82,8 +109,6 @@ def as_edits(edits, limit: int | None = None, on_invalid: str = "error") -> list
     equal y⁺ (corsa.old_answers).
     """
     if isinstance(edits, (str, os.PathLike)):
-        from .loaders import load_edits
-
         return load_edits(edits, limit=limit, on_invalid=on_invalid)
     if isinstance(edits, (dict, Edit)):
         raise DataError(f"edits must be a list of edits, a file path or Edit objects; one {type(edits).__name__} "
@@ -93,11 +118,7 @@ def as_edits(edits, limit: int | None = None, on_invalid: str = "error") -> list
                         path="<edits given in Python>")
     edits = list(edits)
     if edits and all(isinstance(e, Edit) for e in edits):
-        from .loaders import check_edit_objects
-
         return check_edit_objects(edits[:limit] if limit is not None else edits)
-    from .loaders import edits_from_records
-
     # dicts are checked as a file's records are, and Edit objects mixed in with them alike
     records = [e.to_dict() if isinstance(e, Edit) else e for e in edits]
     return edits_from_records(records, limit, on_invalid=on_invalid)
@@ -106,18 +127,6 @@ def as_edits(edits, limit: int | None = None, on_invalid: str = "error") -> list
 def _looks_like_path(model) -> bool:
     return isinstance(model, os.PathLike) or str(model).startswith((".", "/", "~")) or os.sep in str(model) and \
         Path(str(model)).expanduser().exists()
-
-
-def _check_input_files(config: EditConfig) -> None:
-    """The files an update will read (--anchors, --stats-corpus): regular files of bounded size."""
-    from .editors.stats import MAX_CORPUS_BYTES
-    from .io import check_input_file
-    from .preserve import MAX_ANCHOR_BYTES
-
-    if config.anchors is not None:
-        check_input_file(config.anchors, MAX_ANCHOR_BYTES, "--anchors", ConfigError)
-    if getattr(config, "stats_corpus", None) is not None:
-        check_input_file(config.stats_corpus, MAX_CORPUS_BYTES, "--stats-corpus", ConfigError)
 
 
 def _check_model_argument(model) -> None:
@@ -134,45 +143,84 @@ def _check_model_argument(model) -> None:
                       f"tokenizer) pair, not {shown}")
 
 
-@dataclass
-class UpdateRecord:
-    index: int
-    edits: list[Edit]
-    result: UpdateResult
-    out: Path | None = None
-    replayed: list[str] = field(default_factory=list)  # ids of earlier edits trained again
-    edit_ids: list[str] | None = None  # as the run record lists them (default: the ids of `edits`)
+def _config_of(adapter, config: EditConfig | None, overrides: dict, progress: bool) -> EditConfig:
+    """An Editor's config: `config` with `overrides` on top, else the overrides as the continued adapter's
+    method takes them (`continued_config`); the files it will read checked before any model loads."""
+    if config is not None and not isinstance(config, EditConfig):
+        raise ConfigError(f"config must be an EditConfig, not {type(config).__name__}")
+    if config is not None:
+        config = EditConfig.from_dict({**config.resolved(), **overrides}) if overrides else config
+    else:
+        config = continued_config(adapter, overrides, say=_say if progress else None)
+    # the files an update will read (--anchors, --stats-corpus): regular files of bounded size (a FIFO
+    # or /dev/zero is refused at once)
+    if config.anchors is not None:
+        check_input_file(config.anchors, MAX_ANCHOR_BYTES, "--anchors", ConfigError)
+    if config.stats_corpus is not None:
+        check_input_file(config.stats_corpus, MAX_CORPUS_BYTES, "--stats-corpus", ConfigError)
+    return config
 
-    def __post_init__(self):
-        if self.edit_ids is None:
-            self.edit_ids = [e.id for e in self.edits]
+
+def _load_base(model, device, trust_remote_code: bool):
+    """(base model, tokenizer, the name the run record gives it) of Editor's `model`."""
+    _check_model_argument(model)
+    if isinstance(model, tuple):
+        base, tokenizer = model
+        if dist.launched():
+            dist.init(cpu=next(base.parameters()).device.type == "cpu")
+        return base, tokenizer, getattr(base.config, "_name_or_path", "in-memory")
+    # a model's own Python code runs only when the user asks for it explicitly
+    base, tokenizer = load_model(model, device=dist.device(device), trust_remote_code=trust_remote_code)
+    # a local folder is recorded as an absolute path, so the run record works from any folder
+    local = Path(os.fspath(model)).expanduser()
+    return base, tokenizer, str(local.resolve()) if _looks_like_path(model) and local.exists() else str(model)
 
 
-def lineage(adapter, history: list[Edit]) -> list[UpdateRecord]:
-    """The updates a saved adapter has been through, read from the run record beside it.
+def _snapshot(model, keys: dict) -> dict:
+    """A copy of what an update changes: the adapter's weights and a locate-then-edit adapter's keys."""
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    return {"weights": weights, "keys": {k: v.clone() for k, v in keys.items()}}
 
-    A continued adapter keeps its lineage: the next update gets the next index (and its seeds),
-    and the new run record lists the earlier updates before the new one. An adapter saved
-    without a run record (or a damaged one) starts a new lineage.
-    """
-    folder = adapters.find_adapter_dir(adapter).parent
-    by_id = {e.id: e for e in history}
-    try:
-        out = []
-        for u in adapters.run_record(adapter).get("updates", []):
-            result = UpdateResult(u["steps"], u["epochs"], u["train_seconds"], u["stopped_early"], [u["final"]])
-            out.append(UpdateRecord(u["index"] - 1, [by_id[i] for i in u["edit_ids"] if i in by_id], result,
-                                    folder, u.get("replayed_ids", []), list(u["edit_ids"])))
-        return out
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []  # an older or damaged record: a new lineage starts here
+
+def _restore(model, keys: dict, start: dict) -> None:
+    """Put back what `_snapshot` copied: a failed update leaves the adapter as it found it."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in start["weights"]:
+                p.copy_(start["weights"][n])
+    keys.clear()
+    keys.update(start["keys"])
+
+
+def _checked_prompts(prompts) -> list[str]:
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()), None)
+    if bad is not None:
+        raise DataError(f"prompt {bad} is {'empty' if isinstance(prompts[bad], str) else type(prompts[bad]).__name__}"
+                        f"; every prompt must be non-empty text")
+    return prompts
+
+
+def _answer_tokens(fmt: PromptFormat, max_length: int | None, prompts: list[str], n) -> int:
+    """How many tokens an answer to `prompts` may have: n, where the longest prompt leaves room for them."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"max_new_tokens must be a whole number of at least 1, not {n!r}")
+    if max_length is not None and prompts:  # refused as an edit longer than the context is, not cut silently
+        lengths = [len(fmt.prompt_ids(p)) for p in prompts]
+        i = max(range(len(prompts)), key=lengths.__getitem__)
+        if lengths[i] >= max_length:
+            raise DataError(f"prompt {i} is {lengths[i]} tokens, which leaves no room for an answer in the "
+                            f"model's context of {max_length}; shorten it")
+        n = min(n, max_length - lengths[i])  # the answer ends where the context does
+    return n
 
 
 class Editor:
     """A base model, its prompt format and the one LoRA adapter that every update trains.
 
     model: an alias (smollm2-135m), a local folder, a hub id, or an already loaded
-    (model, tokenizer) pair. adapter: a run or adapter folder to continue from.
+    (model, tokenizer) pair. adapter: a run or adapter folder to continue from; it keeps the
+    method it was trained with unless `method=` (or a config) is given (`continued_config`).
 
     Under `torchrun` or `accelerate launch` every worker builds its own Editor with the same
     arguments (each on its own GPU) and calls the same methods in the same order: training
@@ -183,35 +231,14 @@ class Editor:
                  config: EditConfig | None = None, device: str | None = None, progress: bool = True,
                  trust_remote_code: bool = False, report_to: str = "none",
                  logging_dir: str | os.PathLike | None = None, **overrides):
-        import uuid
-
-        from .models import load_model, model_fingerprint
-        from .models.loading import import_libraries
-
         import_libraries()  # before any thread of this process needs transformers or PEFT
-        _check_model_argument(model)
-        if config is not None and not isinstance(config, EditConfig):
-            raise ConfigError(f"config must be an EditConfig, not {type(config).__name__}")
-        if config is not None and overrides:
-            config = EditConfig.from_dict({**config.resolved(), **overrides})
-        self.config = config or EditConfig(**overrides)
-        _check_input_files(self.config)  # before the model loads: a FIFO or /dev/zero is refused at once
+        self.config = _config_of(adapter, config, overrides, progress)
         self.progress = progress
         # as TRL's report_to/logging_dir: TensorBoard event files in logging_dir, by default OUT/tensorboard
         self.report_to = tracking.check(report_to)
         self.logging_dir = Path(logging_dir) if logging_dir is not None else None
         seed_everything(self.config.seed)
-        if isinstance(model, tuple):
-            base, tokenizer = model
-            self.model_name = getattr(base.config, "_name_or_path", "in-memory")
-            if dist.launched():
-                dist.init(cpu=next(base.parameters()).device.type == "cpu")
-        else:
-            # a model's own Python code runs only when the user asks for it explicitly
-            base, tokenizer = load_model(model, device=dist.device(device), trust_remote_code=trust_remote_code)
-            # a local folder is recorded as an absolute path, so the run record works from any folder
-            local = Path(os.fspath(model)).expanduser()
-            self.model_name = str(local.resolve()) if _looks_like_path(model) and local.exists() else str(model)
+        base, tokenizer, self.model_name = _load_base(model, device, trust_remote_code)
         self.run_id = uuid.uuid4().hex  # the identity this Editor writes into its run records and adapters
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
@@ -221,39 +248,28 @@ class Editor:
         self.max_length = getattr(base.config, "max_position_embeddings", None)
         for p in base.parameters():
             p.requires_grad_(False)
-        self._saved_scope = None  # the scope a loaded adapter was saved with
-        # kept across updates: the base model's DPO reference scores (it never changes), and which
-        # edits held at the last update's final test (the adapter has not moved since)
-        self._base_scores = BaseScores()
-        self._held: dict[tuple, bool] = {}
-        self._keys: dict = {}  # a locate-then-edit adapter's earlier edit keys (AlphaEdit keeps them unchanged)
         if self.config.spec.solver is not None and dist.world_size() > 1:
             raise ConfigError(f"{self.config.method} runs in one process (its update is a closed-form solve, with no "
                               f"gradient to share); start it without torchrun or accelerate launch")
-        self._adapter_method = None  # the method a loaded adapter was made with, by its marker
+        self.parent, self.history, self.updates, self.keys = None, [], [], {}  # history: every edit held, oldest first
+        # a loaded adapter's scope and method (its marker); the Scope and the history it was made from
+        self._saved_scope, self._adapter_method, self._scope = None, None, (None, None)
         if adapter is not None:
             saved = adapters.marker(adapter)
-            self._adapter_method = saved.get("method")
+            self._adapter_method, self._saved_scope = saved.get("method"), saved.get("scope")
             if config is not None or "method" in overrides:  # a method chosen to continue it: refused at once
                 _same_family(adapter, self.config, self._adapter_method)
             self.model = adapters.load_existing(base, adapter, self.fingerprint, trainable=True,
                                                 model_name=self.model_name)
             self.parent = str(adapters.find_adapter_dir(adapter))
-            if self.config.spec.solver is not None:
-                from .editors.apply import read_keys
-
-                self._keys = read_keys(adapters.find_adapter_dir(adapter))
+            if self.config.spec.solver is not None:  # a locate-then-edit adapter's earlier edit keys (AlphaEdit's)
+                self.keys = read_keys(adapters.find_adapter_dir(adapter))
             self.history = adapters.trained_edits(adapter)
-            self._saved_scope = saved.get("scope")
+            self.updates = lineage(adapter, self.history)
         else:
             self.model = adapters.attach_new(base, self.config)
-            self.parent = None
-            self.history: list[Edit] = []  # every edit the adapter holds, oldest first
-        self._scope = (None, None)  # (the history it was made from, the Scope)
-        self.updates: list[UpdateRecord] = lineage(adapter, self.history) if adapter is not None else []
-        self._anchors = None  # anchor prompt → (prompt ids, the unedited model's answer ids), made once each
+        self.lifelong = Lifelong(self.model, self.fmt, self.config, self.max_length)  # kept across updates
 
-    # ------------------------------------------------------------------------------------------
     @property
     def scope_mode(self) -> str:
         """EditConfig.scope as given, else the scope the loaded adapter was saved with, else the row's."""
@@ -262,10 +278,8 @@ class Editor:
         return self._saved_scope or self.config.value("scope")
 
     @property
-    def scope(self):
+    def scope(self) -> Scope | None:
         """The :class:`corsa.scope.Scope` of the edits the adapter holds; None when it answers everything."""
-        from .scope import Scope
-
         if self.scope_mode == "all":
             return None
         made_from, scope = self._scope
@@ -280,23 +294,9 @@ class Editor:
         Under a launcher the prompts are split across workers and every worker gets all the
         answers back, so every worker must call it with the same prompts.
         """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()), None)
-        if bad is not None:
-            raise DataError(f"prompt {bad} is {'empty' if isinstance(prompts[bad], str) else type(prompts[bad]).__name__}"
-                            f"; every prompt must be non-empty text")
-        n = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"max_new_tokens must be a whole number of at least 1, not {n!r}")
-        if self.max_length is not None and prompts:  # refused as an edit longer than the context is, not cut silently
-            lengths = [len(self.fmt.prompt_ids(p)) for p in prompts]
-            i = max(range(len(prompts)), key=lengths.__getitem__)
-            if lengths[i] >= self.max_length:
-                raise DataError(f"prompt {i} is {lengths[i]} tokens, which leaves no room for an answer in the "
-                                f"model's context of {self.max_length}; shorten it")
-            n = min(n, self.max_length - lengths[i])  # the answer ends where the context does
+        prompts = _checked_prompts(prompts)
+        n = _answer_tokens(self.fmt, self.max_length, prompts,
+                           self.config.max_new_tokens if max_new_tokens is None else max_new_tokens)
         answer = lambda part: generate(self.model, self.fmt, part, n)  # noqa: E731
         if base:
             with self.model.disable_adapter():
@@ -308,73 +308,7 @@ class Editor:
 
         Always with the adapter disabled: a continued adapter's edits never become a later y⁻.
         """
-        from . import old_answers
-
         return old_answers.fill(self.model, self.fmt, edits, self.config.max_new_tokens)
-
-    def _not_edited_again(self, edits: list[Edit]) -> list[Edit]:
-        """The earlier edits whose prompt `edits` does not edit again (a prompt keeps only its newest edit)."""
-        new = {normalise(e.prompt) for e in edits}
-        return [e for e in self.history if normalise(e.prompt) not in new]
-
-    def replay_set(self, edits: list[Edit], index: int = 0) -> list[Edit]:
-        """The earlier edits this update trains again (EditConfig.replay and replay_budget).
-
-        They come from the adapter's own record (`self.history`, saved with the adapter), so
-        continuing a saved adapter replays without the old files. An earlier edit whose prompt
-        this update edits again is superseded, never replayed. With a budget, lost edits (whose
-        greedy answer no longer holds) come first and the rest are drawn with the seed.
-        """
-        from .engine import holding
-
-        mode, budget = self.config.value("replay"), self.config.replay_budget
-        earlier = self._not_edited_again(edits)
-        if mode == "none" or not earlier:
-            return []
-        if mode == "all" and not (budget and len(earlier) > budget):
-            return earlier
-        held = self._known_held(earlier)
-        if held is None:
-            enc = encode_edits(self.fmt, earlier, None, need_rejected=True, eos=self.config.value("train_eos"))
-            held = holding(self.model, self.fmt, enc, self.config, self.config.eval_batch_size)
-        lost = [e for e, ok in zip(earlier, held) if not ok]
-        rest = [] if mode == "lost" else [e for e, ok in zip(earlier, held) if ok]
-        random.Random(self.config.seed + 1000 * index).shuffle(rest)
-        chosen = lost + rest
-        return chosen[:budget] if budget else chosen
-
-    def _known_held(self, edits: list[Edit]) -> list[bool] | None:
-        """Whether each of `edits` holds, from the last update's final test; None if any is unknown."""
-        held = [self._held.get(_held_key(e)) for e in edits]
-        return None if any(h is None for h in held) else held
-
-    def _plausibility(self, encoded, eos: bool):
-        """plausibility(i, answer) for negatives.rivals: log p_base of `answer`'s first token after
-        encoded[i]'s prompt (None outside the base model's most likely tokens), kept across updates."""
-        nexts = self._base_scores.next_token(self.model, self.fmt, [enc.prompt for enc in encoded],
-                                             self.config.eval_batch_size)
-        first = functools.lru_cache(maxsize=None)(lambda answer: self.fmt.answer_ids(answer, eos)[0])
-        return lambda i, answer: nexts[i].get(first(answer))
-
-    def anchors(self, edits: list[Edit], index: int = 0):
-        """The preservation term's anchors (corsa.preserve), without any evaluation probe of `edits`.
-
-        The unedited model's answers are computed once per anchor prompt and kept for later updates.
-        """
-        from . import preserve
-
-        if self._anchors is None:
-            self._anchors = {}
-            self._generic = preserve.read_anchors(self.config.anchors)
-        k = self.config.value("swap_anchors")
-        swapped = preserve.swapped_prompts(edits, self.history + list(edits), k, self.config.seed + 1000 * index) if k else []
-        prompts = preserve.without_probes(list(dict.fromkeys(self._generic + swapped)), list(edits) + self.history)
-        todo = [p for p in prompts if p not in self._anchors]
-        if todo:
-            made = preserve.prepare(self.model, self.fmt, todo)
-            self._anchors.update(zip(made.prompts, made.pairs))
-        kept = [p for p in prompts if p in self._anchors]  # an anchor the model answers with nothing is left out
-        return preserve.Anchors(kept, [self._anchors[p] for p in kept])
 
     def update(self, edits, out: str | os.PathLike | None = None, limit: int | None = None,
                index: int | None = None) -> UpdateRecord:
@@ -384,8 +318,6 @@ class Editor:
         number of updates the adapter has been through (its lineage, kept across continuations).
         A resumed run passes it explicitly.
         """
-        import contextlib
-
         with output_lock(out) if out is not None else contextlib.nullcontext():
             return self._update(edits, out, limit, index)
 
@@ -394,26 +326,12 @@ class Editor:
         if out is not None:
             self.check_room(out)
             dist.on_main(check_ours, out, "run")  # never replace or delete what corsa did not write
-        board_dir = self._board_dir(out)  # refused before any work, on every worker
+        board_dir = tracking.board_dir(self.report_to, self.logging_dir, out)  # refused before any work
         edits = self.fill_old_targets(as_edits(edits, limit))
         if not edits:
             raise ConfigError("no edits to train on")
         index = len(self.updates) if index is None else index
-        cfg = self.config
-        replay = self.replay_set(edits, index)
-        pool = edits + replay
-        eos = cfg.value("train_eos")
-        encoded = encode_edits(self.fmt, pool, self.max_length, need_rejected=True, eos=eos)
-        kinds = cfg.value("negatives")  # () on a row without DPO
-        if {"interference", "rivals"} & set(kinds):
-            room = max(0, cfg.value("max_negatives") - ("online" in kinds))  # leave one for online
-            seen = self.history + edits
-            found = negatives.interference(pool, seen, room) if "interference" in kinds else [[] for _ in pool]
-            if "rivals" in kinds and room and len({normalise(e.target_new) for e in seen}) > 1:  # else no rival to find
-                found = negatives.merge(found, negatives.rivals(pool, seen, self._plausibility(encoded, eos), room), room)
-            for enc, answers in zip(encoded, found):
-                enc.extra = [self.fmt.answer_ids(a, eos) for a in answers]
-        anchors = self.anchors(pool, index) if cfg.value("preserve") > 0 else None
+        plan = self.lifelong.plan(self.history, edits, index)  # replayed edits, negatives, anchors
         # the steps go to log.partial.jsonl; it becomes log.jsonl together with the new adapter and
         # run record, so the folder never shows one run's record beside another run's log
         log_path = Path(out) / PARTIAL_LOG if out is not None else None
@@ -423,77 +341,51 @@ class Editor:
         # the lineage's steps so far: a continued adapter's curves go on where the last update's ended
         board = (tracking.TensorBoard(board_dir, first_step=sum(u.result.steps for u in self.updates), update=index + 1)
                  if board_dir is not None and dist.is_main() else None)
-        replay_held = self._known_held(replay) if replay else None
-        held_before = self._held
-        self._held = {}  # from here on the adapter moves
-        start = self._snapshot()  # a failed update leaves the adapter as it found it
+        start = _snapshot(self.model, self.keys)  # a failed update leaves the adapter as it found it
         try:
-            if cfg.spec.solver is not None:  # ROME, MEMIT, AlphaEdit: a closed-form change, no training
-                from .editors.apply import apply_update
-
-                result = apply_update(self.model, self.fmt, pool, cfg, self._keys, self.fingerprint, self.progress,
-                                      log=_say if self.progress and dist.is_main() else None)
-                if log_path is not None and dist.is_main():
-                    log_path.write_text(jsonl_text(result.history), encoding="utf-8")
-            else:
-                result = train_update(self.model, self.fmt, pool, encoded, cfg, log_path=log_path,
-                                      progress=self.progress, update_index=index, n_new=len(edits), anchors=anchors,
-                                      on_log=board, base_scores=self._base_scores, replay_held=replay_held)
+            result = self._train(plan, index, log_path, board)
         except BaseException as failed:
-            self._restore(start)
-            self._held = held_before
+            _restore(self.model, self.keys, start)
+            self.lifelong.undo(plan)
             if isinstance(failed, TrainingError) and out is not None:  # the adapter this update started from
                 dist.on_main(adapters.save, self.model, Path(out) / "adapter-last-good", self.fingerprint,
-                             self._marker(), edits=self.history)
+                             self.marker(), edits=self.history)
             raise
         finally:
             if board is not None:
                 board.close()
-        record = UpdateRecord(index, edits, result, Path(out) if out is not None else None,
-                              [e.id for e in replay])
+        record = UpdateRecord(index, edits, result, Path(out) if out is not None else None, [e.id for e in plan.replay])
         self.updates.append(record)
-        self.history = self._not_edited_again(edits) + list(edits)
-        if result.held is not None:
-            self._held = {_held_key(e): h for e, h in zip(pool, result.held)}
+        self.history = not_edited_again(self.history, edits) + list(edits)
+        self.lifelong.tested(plan.pool, result.held)
         if out is not None:
             self.save(out, record, started)
         return record
 
-    def _snapshot(self) -> dict:
-        """A copy of what an update changes: the adapter's weights and a locate-then-edit adapter's keys."""
-        weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if "lora_" in n}
-        return {"weights": weights, "keys": {k: v.clone() for k, v in self._keys.items()}}
+    def _train(self, plan: Plan, index: int, log_path: Path | None, board) -> UpdateResult:
+        """The update itself: a closed-form change (ROME, MEMIT, AlphaEdit) or training (engine.train_update)."""
+        if self.config.spec.solver is None:
+            return train_update(self.model, self.fmt, plan.pool, plan.encoded, self.config, log_path=log_path,
+                                progress=self.progress, update_index=index, n_new=len(plan.edits),
+                                anchors=plan.anchors, on_log=board, base_scores=self.lifelong.base_scores,
+                                replay_held=plan.replay_held)
+        result = apply_update(self.model, self.fmt, plan.pool, self.config, self.keys, self.fingerprint,
+                              self.progress, log=_say if self.progress and dist.is_main() else None)
+        if log_path is not None and dist.is_main():
+            log_path.write_text(jsonl_text(result.history), encoding="utf-8")
+        return result
 
-    def _restore(self, start: dict) -> None:
-        with torch.no_grad():
-            for n, p in self.model.named_parameters():
-                if n in start["weights"]:
-                    p.copy_(start["weights"][n])
-        self._keys.clear()
-        self._keys.update(start["keys"])
-
-    def _board_dir(self, out) -> Path | None:
-        """Where this update's TensorBoard event files go (report_to="tensorboard"), else None."""
-        if self.report_to != "tensorboard":
-            return None
-        if self.logging_dir is None and out is None:
-            raise ConfigError("report_to='tensorboard' needs a logging_dir, or an out folder to put tensorboard/ in")
-        return self.logging_dir or Path(out) / "tensorboard"
-
-    def _marker(self) -> dict:
+    def marker(self) -> dict:
         """What is saved beside the adapter besides the base fingerprint (adapter.MARKER)."""
-        return {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method,
-                "run_id": self.run_id}
+        return {"model": self.model_name, "scope": self.scope_mode, "method": self.config.method, "run_id": self.run_id}
 
     def save(self, out: str | os.PathLike, record: UpdateRecord | None = None, started: float | None = None) -> Path:
-        """Write the adapter, the edits (with their filled y⁻) and the run record into `out`.
-
-        Under a launcher the main process writes and the others wait for it (call it on all). Like
-        `update`, it holds `out` and refuses a folder with files corsa cannot prove it wrote.
-        """
+        """Write the adapter, the edits (with their filled y⁻) and the run record into `out` (corsa.runs),
+        holding `out` and refusing a folder with files corsa cannot prove it wrote, as `update` does.
+        Under a launcher the main process writes and the others wait for it (call it on all)."""
         with output_lock(out):
             dist.on_main(check_ours, out, "run")
-            return dist.on_main(self._write, Path(out), record, started)
+            return dist.on_main(runs.write, self, Path(out), record, started)
 
     def check_room(self, out) -> None:
         """Refuse `out`, before any work, where an update's results will not fit: room for the new
@@ -504,61 +396,15 @@ class Editor:
         """The size of the adapter's weights as saved (what each saved copy needs on disk)."""
         return sum(p.numel() * p.element_size() for n, p in self.model.named_parameters() if "lora_" in n)
 
-    def _write(self, out: Path, record: UpdateRecord | None, started: float | None) -> Path:
-        """Stage the adapter, edits, run record and step log complete, then publish them together."""
-        staged = {}
-        with writing(out, staged):
-            staged["adapter"] = stage_dir(out, "adapter")
-            more = None
-            if self._keys:
-                from .editors.apply import write_keys
 
-                more = functools.partial(write_keys, keys=self._keys)
-            adapters.write(self.model, staged["adapter"], self.fingerprint, self._marker(), edits=self.history,
-                           more=more)
-            if record is not None:
-                staged["edits.jsonl"] = stage_text(out, "edits.jsonl", jsonl_text(e.to_dict() for e in record.edits))
-            staged["run.json"] = stage_text(out, "run.json", json.dumps(self._run_record(started), indent=2,
-                                                                       ensure_ascii=False, default=str) + "\n")
-            if record is not None:  # this update's steps (none for an update of no step) replace the last log
-                staged["log.jsonl"] = stage_text(out, "log.jsonl", "")
-                if (out / PARTIAL_LOG).exists():
-                    os.replace(out / PARTIAL_LOG, staged["log.jsonl"])
-            publish(out, staged)
-        return out
-
-    def _run_record(self, started: float | None) -> dict:
-        run = {
-            "corsa_run": 1,
-            "run_id": self.run_id,
-            "model": self.model_name,
-            "base_fingerprint": self.fingerprint,
-            "parent_adapter": self.parent,
-            "template": self.fmt.name,
-            "config": self.config.resolved(),
-            "scope": self.scope.describe() if self.scope else {"mode": "all"},
-            "versions": library_versions(),
-            "world_size": dist.world_size(),
-            "updates": [{
-                "index": r.index + 1,
-                "edit_ids": r.edit_ids,
-                "replayed_ids": r.replayed,
-                "steps": r.result.steps,
-                "epochs": r.result.epochs,
-                "stopped_early": r.result.stopped_early,
-                "train_seconds": round(r.result.seconds, 3),
-                "final": dict(r.result.last_step),
-            } for r in self.updates],
-            "started_at": started,
-            "finished_at": time.time(),
-        }
-        return run
-
-
-def edit(edits, model=DEFAULT_MODEL, method: str = "corsa", adapter=None, out=None, progress: bool = True,
+def edit(edits, model=DEFAULT_MODEL, method: str | None = None, adapter=None, out=None, progress: bool = True,
          **overrides) -> Editor:
-    """Edit `model` with `edits` in one update and return the Editor holding the edited model."""
-    editor = Editor(model, adapter=adapter, method=method, progress=progress, **overrides)
+    """Edit `model` with `edits` in one update and return the Editor holding the edited model.
+
+    method: by default corsa, or the method a continued `adapter` was trained with."""
+    if method is not None:
+        overrides["method"] = method
+    editor = Editor(model, adapter=adapter, progress=progress, **overrides)
     editor.update(edits, out=out)
     return editor
 

@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
-from .methods import OPTIONS, Method, get_method
+from .methods import AT_LEAST_1, NON_NEGATIVE, OPTIONS, POSITIVE, Method, Range, get_method
 
 DEFAULT_MODEL = "smollm2-135m"  # the model every command and the Python API use when none is named
 NEW_TOKENS = 16  # tokens generated per answer, in training's greedy checks and in evaluation
@@ -34,68 +34,68 @@ TRAINING_FIELDS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "target_mod
                              "early_stop"})
 
 
+NO_CAP = Range(lambda v: v >= 0, "non-negative (0: no cap)")
+
+
+def option(name: str):
+    """A method option's field: None (the row's default, corsa.methods), its help and range from its row of OPTIONS."""
+    return field(default=None, metadata={"help": OPTIONS[name].help})
+
+
+def setting(default, help: str, range: Range | None = None, **kwargs):
+    """A plain option's field: its default, help and range together."""
+    return field(default=default, metadata={"help": help, "range": range}, **kwargs)
+
+
 @dataclass
 class EditConfig:
+    """Every option of an update: a plain option's default, help and range on its field (`setting`),
+    a method option's in its row of corsa.methods.OPTIONS (`option`)."""
+
     method: str = field(default="corsa", metadata={
         "help": "lora, sam, dpo, corsa, corsa-no-sam, corsa-no-pcgrad, corsa-lifelong, rome, memit, alphaedit; `corsa edit --adapter` "
                 "without it continues with the method the adapter was trained with"})
     # LoRA (the release: r=32, α=64, no dropout, all attention and MLP projections)
-    lora_r: int = field(default=32, metadata={"help": "LoRA rank r"})
-    lora_alpha: float = field(default=64.0, metadata={"help": "LoRA scale α (the update is α/r · BA)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    lora_r: int = setting(32, "LoRA rank r", Range(lambda v: 1 <= v <= MAX_LORA_R, f"from 1 to {MAX_LORA_R:,}"))
+    lora_alpha: float = setting(64.0, "LoRA scale α (the update is α/r · BA)", POSITIVE)
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input", Range(lambda v: 0 <= v < 1, "in [0, 1)"))
     target_modules: tuple[str, ...] = field(default=DEFAULT_TARGET_MODULES,
                                             metadata={"help": "module names that get LoRA, or 'all-linear'"})
     # optimisation
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr: float = setting(1e-3, "AdamW learning rate", POSITIVE)
+    weight_decay: float = setting(0.0, "AdamW weight decay", NON_NEGATIVE)
     # 2: step 1 at half the rate (Adam's first step is a full-size sign step: the warm-up softens it), step 2 at
     # the full rate; each step moves the adapter (engine.lr_factor)
-    warmup_steps: int = field(default=2, metadata={"help": "linear warm-up steps (step k of W at lr·k/W), then linear decay"})
-    batch_size: int = field(default=8, metadata={"help": "edits per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    epochs: int = field(default=20, metadata={
-        "help": "passes over the update's edits (with --edit-stop: the most passes, a budget)"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no cap)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the combined gradient to this norm (0: off)"})
-    seed: int = field(default=42, metadata={"help": "seed for LoRA init, batch order and PCGrad order"})
+    warmup_steps: int = setting(2, "linear warm-up steps (step k of W at lr·k/W), then linear decay", NON_NEGATIVE)
+    batch_size: int = setting(8, "edits per micro-batch", AT_LEAST_1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", AT_LEAST_1)
+    epochs: int = setting(20, "passes over the update's edits (with --edit-stop: the most passes, a budget)", AT_LEAST_1)
+    max_steps: int = setting(0, "stop after this many optimizer steps (0: no cap)",
+                             NO_CAP)
+    max_grad_norm: float = setting(1.0, "clip the combined gradient to this norm (0: off)",
+                                   Range(lambda v: v >= 0, "non-negative (0 turns clipping off)"))
+    seed: int = setting(42, "seed for LoRA init, batch order and PCGrad order",
+                        Range(lambda v: isinstance(v, int) and 0 <= v < 2**32, "a whole number from 0 to 2³² − 1"))
     # the CoRSA terms; None means "the method's default", a value for an unused term is an error
-    rho: float | None = field(default=None, metadata={"help": "SAM radius ρ (methods with SAM)"})
-    beta: float | None = field(default=None, metadata={"help": "DPO β (methods with DPO)"})
-    sft_weight: float = field(default=1.0, metadata={"help": "λ, the weight of the SFT term"})
-    combine: str | None = field(default=None, metadata={
-        "help": "pcgrad (standard) or pcgrad-release (the authors' variant); only for PCGrad methods"})
+    rho: float | None = option("rho")
+    beta: float | None = option("beta")
+    sft_weight: float = setting(1.0, "λ, the weight of the SFT term", NON_NEGATIVE)
+    combine: str | None = option("combine")
     reference: str = field(default="base", metadata={
         "help": "DPO reference: 'base' (adapter off) or 'previous' (the model after the last update)"})
     # lifelong editing (docs/results.md, "Edits that last"); None means "the method's default"
-    negatives: tuple[str, ...] | None = field(default=None, metadata={
-        "help": "extra rejected answers for DPO: 'online' (the model's current wrong greedy answer, "
-                "refreshed every pass), 'interference' (other edits' y⁺ with the same prompt template), 'rivals' "
-                "(the other edits' y⁺ the unedited model finds most plausible for the prompt); "
-                "comma-separated, or 'none'"})
-    max_negatives: int | None = field(default=None, metadata={"help": "most extra rejected answers per edit"})
-    replay: str | None = field(default=None, metadata={
-        "help": "earlier updates' edits trained again in this one: none, all, or lost (those whose "
-                "greedy answer no longer holds at the start); they come from the adapter's own record"})
-    replay_budget: int = field(default=0, metadata={
-        "help": "most earlier edits replayed per update, lost ones first (0: no cap)"})
-    train_eos: bool | None = field(default=None, metadata={
-        "help": "train the end-of-turn token after y⁺ (off: the model learns the fact, not to stop talking)"})
-    preserve: float | None = field(default=None, metadata={
-        "help": "κ, weight of KL(unedited ‖ edited) on the unedited model's own answers to anchor prompts"})
+    negatives: tuple[str, ...] | None = option("negatives")
+    max_negatives: int | None = option("max_negatives")
+    replay: str | None = option("replay")
+    replay_budget: int = setting(0, "most earlier edits replayed per update, lost ones first (0: no cap)", NO_CAP)
+    train_eos: bool | None = option("train_eos")
+    preserve: float | None = option("preserve")
     anchors: str | None = field(default=None, metadata={
         "help": "file of anchor prompts for --preserve, one per line (default: corsa's bundled generic set)"})
-    anchor_batch: int = field(default=8, metadata={"help": "anchor prompts per optimizer step"})
-    swap_anchors: int | None = field(default=None, metadata={
-        "help": "with --preserve: per edit, this many extra anchors made of its prompt with another edit's "
-                "subject (the edit must not spill over to other subjects asked the same way)"})
-    scope: str | None = field(default=None, metadata={
-        "help": "which prompts the adapter answers: all, or subject (only prompts that name an edited "
-                "subject; the rest get the unedited model, exactly). Saved with the adapter (corsa.scope)"})
-    sharpness: str | None = field(default=None, metadata={
-        "help": "the gradient at the SAM point φ+ε: exact (∇L_DPO and ∇L_SFT again, merged again: two "
-                "backwards), reuse (one backward of the probe pass's merge a·L_DPO + b·λL_SFT) or momentum "
-                "(ε = ρ·d/‖d‖ along the previous step's direction d, so a step is one pass instead of two; "
-                "Momentum-SAM, Becker et al. 2024); methods with SAM"})
+    anchor_batch: int = setting(8, "anchor prompts per optimizer step", AT_LEAST_1)
+    swap_anchors: int | None = option("swap_anchors")
+    scope: str | None = option("scope")
+    sharpness: str | None = option("sharpness")
     # prompts
     template: str = field(default="auto", metadata={"help": "chat, raw, or auto (chat when the tokenizer has a template)"})
     # stopping (method.md §4: documented alternatives to a fixed number of epochs)
@@ -104,34 +104,21 @@ class EditConfig:
                 "batches until it is lost again; the update ends when every edit holds (default: on, "
                 "unless --early-stop)"})
     early_stop: bool = field(default=False, metadata={"help": "stop once every edit's margin exceeds γ and its greedy answer is y⁺"})
-    margin_target: float | None = field(default=None, metadata={
-        "help": "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt"})
-    retest_every: int | None = field(default=None, metadata={
-        "help": "with --edit-stop: test the edits at rest (those that held at the last test) after every k-th "
-                "pass only; the edits a pass trained are tested after it, and an update ends only on a test "
-                "of every edit"})
+    margin_target: float | None = option("margin_target")
+    retest_every: int | None = option("retest_every")
     # locate-then-edit methods (rome, memit, alphaedit: corsa.editors); None means "the method's default"
-    layers: str | None = field(default=None, metadata={
-        "help": "the layers whose MLP output projection is edited: auto (the papers' layers as a fraction of the "
-                "depth), a layer (5), a range (4-8) or a list (3,5,7)"})
-    clamp_factor: float | None = field(default=None, metadata={
-        "help": "the target vector's change is at most this times the norm of the vector it changes"})
-    kl_weight: float | None = field(default=None, metadata={
-        "help": "weight of the KL term that keeps '{subject} is a' where it was while the target vector is found"})
-    target_steps: int | None = field(default=None, metadata={"help": "Adam steps to find each edit's target vector"})
-    target_lr: float | None = field(default=None, metadata={"help": "Adam learning rate for the target vectors"})
-    stats_corpus: str | None = field(default=None, metadata={
-        "help": "text for the keys' second moment: a .txt (one document per line) or .jsonl (text, question or "
-                "prompt field) file; by default the model's own text (corsa.editors.stats)"})
-    stats_tokens: int | None = field(default=None, metadata={"help": "tokens of that corpus used (cached per model, layer and corpus)"})
-    edit_rank: int | None = field(default=None, metadata={
-        "help": "rank of the LoRA adapter that carries the weight change (exact while the edits per layer are at most this)"})
-    mom2_weight: float | None = field(default=None, metadata={
-        "help": "λ, how many times the corpus keys count against the edits' keys (MEMIT)"})
-    nullspace_threshold: float | None = field(default=None, metadata={
-        "help": "key directions whose second moment is below this fraction of the largest are free to change (AlphaEdit)"})
-    alphaedit_l2: float | None = field(default=None, metadata={"help": "α, the weight of ‖Δ‖² in AlphaEdit's solve, as a fraction of tr C (the mean squared norm of a corpus key)"})
-    max_new_tokens: int = field(default=NEW_TOKENS, metadata={"help": "tokens generated for y⁻ and for greedy checks"})
+    layers: str | None = option("layers")
+    clamp_factor: float | None = option("clamp_factor")
+    kl_weight: float | None = option("kl_weight")
+    target_steps: int | None = option("target_steps")
+    target_lr: float | None = option("target_lr")
+    stats_corpus: str | None = option("stats_corpus")
+    stats_tokens: int | None = option("stats_tokens")
+    edit_rank: int | None = option("edit_rank")
+    mom2_weight: float | None = option("mom2_weight")
+    nullspace_threshold: float | None = option("nullspace_threshold")
+    alphaedit_l2: float | None = option("alphaedit_l2")
+    max_new_tokens: int = setting(NEW_TOKENS, "tokens generated for y⁻ and for greedy checks", AT_LEAST_1)
 
     def __post_init__(self):
         if isinstance(self.target_modules, str):
@@ -182,46 +169,13 @@ class EditConfig:
         if self.sft_weight == 0 and not m.dpo and m.solver is None and not self.value("preserve"):
             raise ConfigError(f"--sft-weight 0 turns off the only term {self.method} trains (SFT), so training would "
                               f"change nothing; give a positive weight, or use a method with DPO (corsa)")
-        checks = [
-            ("lora_r", 1 <= self.lora_r <= MAX_LORA_R, f"from 1 to {MAX_LORA_R:,}"),
-            ("lora_alpha", self.lora_alpha > 0, "positive"),
-            ("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)"),
-            ("lr", self.lr > 0, "positive"),
-            ("weight_decay", self.weight_decay >= 0, "non-negative"),
-            ("warmup_steps", self.warmup_steps >= 0, "non-negative"),
-            ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("grad_accum", self.grad_accum >= 1, "at least 1"),
-            ("epochs", self.epochs >= 1, "at least 1"),
-            ("seed", isinstance(self.seed, int) and 0 <= self.seed < 2**32, "a whole number from 0 to 2³² − 1"),
-            ("max_steps", self.max_steps >= 0, "non-negative (0: no cap)"),
-            ("max_negatives", self.max_negatives is None or self.max_negatives >= 0, "non-negative"),
-            ("replay_budget", self.replay_budget >= 0, "non-negative (0: no cap)"),
-            ("preserve", self.preserve is None or self.preserve >= 0, "non-negative"),
-            ("anchor_batch", self.anchor_batch >= 1, "at least 1"),
-            ("swap_anchors", self.swap_anchors is None or self.swap_anchors >= 0, "non-negative"),
-            ("max_grad_norm", self.max_grad_norm >= 0, "non-negative (0 turns clipping off)"),
-            ("rho", self.rho is None or self.rho >= 0, "non-negative"),
-            ("beta", self.beta is None or self.beta > 0, "positive"),
-            ("sft_weight", self.sft_weight >= 0, "non-negative"),
-            ("margin_target", True, ""),
-            ("retest_every", self.retest_every is None or self.retest_every >= 1, "at least 1"),
-            ("clamp_factor", self.clamp_factor is None or self.clamp_factor > 0, "positive"),
-            ("kl_weight", self.kl_weight is None or self.kl_weight >= 0, "non-negative"),
-            ("target_steps", self.target_steps is None or self.target_steps >= 1, "at least 1"),
-            ("target_lr", self.target_lr is None or self.target_lr > 0, "positive"),
-            ("stats_tokens", self.stats_tokens is None or self.stats_tokens >= 256, "at least 256"),
-            ("edit_rank", self.edit_rank is None or self.edit_rank >= 1, "at least 1"),
-            ("mom2_weight", self.mom2_weight is None or self.mom2_weight >= 0, "non-negative"),
-            ("nullspace_threshold", self.nullspace_threshold is None or 0 < self.nullspace_threshold < 1, "in (0, 1)"),
-            ("alphaedit_l2", self.alphaedit_l2 is None or self.alphaedit_l2 > 0, "positive"),
-            ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
-        ]
-        for name, ok, need in checks:
-            value = getattr(self, name)
+        for f in fields(self):  # the range of a plain option is on its field, of a method option in its row
+            need = f.metadata.get("range") or (OPTIONS[f.name].range if f.name in OPTIONS else None)
+            value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                ok, need = False, "a finite number"
-            if not ok:
-                raise ConfigError(f"invalid {name}={value!r}: it must be {need}")
+                raise ConfigError(f"invalid {f.name}={value!r}: it must be a finite number")
+            if need is not None and value is not None and not need.ok(value):
+                raise ConfigError(f"invalid {f.name}={value!r}: it must be {need.text}")
         if self.reference not in ("base", "previous"):
             raise ConfigError(f"invalid reference={self.reference!r}: choose 'base' or 'previous'")
         if self.template not in TEMPLATES:

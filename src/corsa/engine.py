@@ -1,102 +1,26 @@
-"""Training one update: the CoRSA step (method.md §3) and the loop around it."""
+"""Training one update: the loop around the CoRSA step (:mod:`corsa.step`, method.md §3): batches,
+the learning-rate schedule, the stopping tests (per-edit stopping, early stopping), the online
+negatives refreshed every pass, and the step log."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from . import distributed as dist
+from . import negatives
 from .config import EditConfig
 from .errors import TrainingError
+from .generate import generate
 from .io import append_jsonl
-from .objectives import dpo_loss, sft_loss
-from .pcgrad import COMBINERS, coefficients, cosine
-from .prompts import Encoded, PromptFormat, collate_shared, pad_id
-from .sam import add_flat_, restore_, sam_perturbation, snapshot
 from .metrics import contains
-from .scoring import autocast, holds, margins, next_token_logprobs, score_pairs, score_shared
-
-
-class BaseScores:
-    """log p_base(answer | prompt) of token-id pairs, scored once and kept across updates.
-
-    The base model is frozen, so a pair's score under the base (adapter off) never changes:
-    a lifelong update, which replays every earlier edit, scores only its new pairs instead of
-    the reference of every edit it holds (docs/results.md, "Edits that last": without it the
-    reference was 14% of update 10's training time on the 10 × 10 stream). A value is the one
-    the pair got in the batch it was first scored in, so it can differ from a fresh score by
-    float rounding (a different batch pads differently), never more.
-    """
-
-    def __init__(self):
-        self._lp: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
-        self._next: dict[tuple[int, ...], dict[int, float]] = {}
-
-    def __len__(self) -> int:
-        return len(self._lp)
-
-    @staticmethod
-    def _kept(store: dict, model, keys: list, compute) -> list:
-        """store[k] for every key, computing (adapter off) only the keys not seen before, each once."""
-        todo = list(dict.fromkeys(k for k in keys if k not in store))
-        if todo:
-            with model.disable_adapter():
-                store.update(zip(todo, compute(todo)))
-        return [store[k] for k in keys]
-
-    def of(self, model, fmt: PromptFormat, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> torch.Tensor:
-        """log p_base of every pair, (N,): the pairs not seen before are scored, split across workers."""
-        scored = lambda part: score_pairs(model, fmt, part, batch_size).tolist()  # noqa: E731
-        lp = self._kept(self._lp, model, [(tuple(p), tuple(a)) for p, a in pairs],
-                        lambda todo: dist.gather_sharded(scored, [(list(p), list(a)) for p, a in todo]))
-        return torch.tensor(lp, dtype=torch.float32)
-
-    def next_token(self, model, fmt: PromptFormat, prompts: list[list[int]], batch_size: int) -> list[dict[int, float]]:
-        """log p_base of each prompt's most likely first answer tokens (scoring.next_token_logprobs), kept too."""
-        scored = lambda part: next_token_logprobs(model, fmt, part, batch_size)  # noqa: E731
-        # whole batches per worker, as one process cuts them: the scores decide a ranking, so they
-        # must be bit-identical whatever the number of workers
-        return self._kept(self._next, model, [tuple(p) for p in prompts],
-                          lambda todo: dist.gather_batches(scored, [list(k) for k in todo], batch_size, key=len))
-
-
-@dataclass
-class Reference:
-    """log p_ref(y⁺|x) and log p_ref(y⁻|x) for every edit of the update, computed once (§2).
-
-    extra[i] holds log p_ref of edit i's further rejected answers (Encoded.extra), in order;
-    they are always the base model's, taken from `base`.
-    """
-
-    chosen: torch.Tensor
-    rejected: torch.Tensor
-    extra: list[torch.Tensor] = field(default_factory=list)
-    base: BaseScores = field(default_factory=BaseScores)
-
-
-@dataclass
-class Preservation:
-    """The anchors of the preservation term (corsa.preserve) and the base log-probs of a step's batch."""
-
-    anchors: object                 # preserve.Anchors
-    weight: float                   # κ
-    batch_size: int
-    idx: list[int] | None = None    # this step's anchors
-    batch: object = None
-    base_logp: torch.Tensor | None = None
-
-
-@dataclass
-class Gradients:
-    """The flat gradients of one pass over an accumulation group, and what was seen on the way."""
-
-    sft: torch.Tensor
-    dpo: torch.Tensor | None
-    stats: dict = field(default_factory=dict)
+from .prompts import Encoded, PromptFormat, pad_id
+from .scoring import BaseScores, holds, margins
+from .step import Preservation, SamMemory, compute_reference, corsa_step, score_negatives, trainable_parameters
 
 
 @dataclass
@@ -114,244 +38,6 @@ class UpdateResult:
     def last_step(self) -> dict:
         """The log of the last optimizer step (empty before any)."""
         return next((h for h in reversed(self.history) if "time/step_s" in h), {})
-
-
-def trainable_parameters(model) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def flat(grads, params) -> torch.Tensor:
-    """Concatenate per-parameter gradients (None → zeros) into one vector."""
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
-                      for g, p in zip(grads, params)])
-
-
-def compute_reference(model, fmt: PromptFormat, encoded: list[Encoded], cfg: EditConfig,
-                      batch_size: int, base: BaseScores | None = None) -> Reference:
-    """Reference log-probabilities: the base model (adapter off) or the model as it stands now.
-
-    Under 'base' the scores come from `base` (kept across updates: only pairs it has not seen
-    are scored). Under data parallelism each worker scores its shard of the pairs and every
-    worker receives all of them, once per update.
-    """
-    base = BaseScores() if base is None else base
-    pairs = [(e.prompt, e.chosen) for e in encoded] + [(e.prompt, e.rejected) for e in encoded]
-    if cfg.reference == "base":
-        lp = base.of(model, fmt, pairs, batch_size)
-    else:
-        scored = lambda part: score_pairs(model, fmt, part, batch_size).tolist()  # noqa: E731
-        lp = torch.tensor(dist.gather_sharded(scored, pairs))
-    n = len(encoded)
-    ref = Reference(lp[:n], lp[n:], [torch.empty(0) for _ in encoded], base)
-    score_negatives(model, fmt, encoded, ref, range(n), batch_size)
-    return ref
-
-
-def score_negatives(model, fmt, encoded: list[Encoded], ref: Reference, which, batch_size: int) -> None:
-    """Fill ref.extra for the edits `which` with the base model's log p of their extra negatives.
-
-    Negatives are always scored by the base model (adapter off): online ones appear during
-    training, when no other reference is at hand (EditConfig refuses them with 'previous').
-    """
-    which = [i for i in which if encoded[i].extra]
-    pairs = [(encoded[i].prompt, a) for i in which for a in encoded[i].extra]
-    if not pairs:
-        return
-    lp = ref.base.of(model, fmt, pairs, batch_size)
-    at = 0
-    for i in which:
-        k = len(encoded[i].extra)
-        ref.extra[i] = lp[at:at + k]
-        at += k
-
-
-def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], ref: Reference | None,
-                        group: list[list[int]], pad: int, pres: Preservation | None = None,
-                        mix: tuple[float, float] | None = None) -> Gradients:
-    """∇(λL_SFT + κL_pres) and ∇L_DPO over a group of micro-batches, as one big batch would give them.
-
-    With `mix` = (a, b) it takes ONE backward, of a·L_DPO + b·(λL_SFT + κL_pres), and returns
-    that gradient as `sft` (and `dpo` None): the perturbed pass of `sharpness="reuse"`.
-
-    Chosen and rejected answers go through ONE forward, which runs each prompt once and
-    continues every answer (y⁺, y⁻ and any extra negatives) from its KV cache; both losses come
-    from it, and each gradient is one backward through that shared graph. Micro-batch losses
-    are weighted by their share of the group's edits, so accumulation equals the large-batch
-    mean exactly. The preservation term (`pres`, corsa.preserve) is computed once per group on
-    the step's anchors and joins the SFT side.
-
-    Data parallel: `group` is the step's global group, the same on every worker. Each worker
-    takes its shard of every micro-batch (edits r::world), weights it by its share of the
-    *global* group, and the sum over workers (one all-reduce per objective) is then exactly the
-    gradient one process gets. Both objectives are reduced here, before PCGrad and before the
-    SAM norm, so every worker leaves with identical global g_sft and g_dpo (method.md §3).
-    """
-    spec = cfg.spec
-    device = params[0].device
-    n_group = sum(len(mb) for mb in group)
-    g_sft = torch.zeros(sum(p.numel() for p in params), device=device)
-    g_dpo = torch.zeros_like(g_sft) if spec.dpo and mix is None else None
-    a_dpo, b_sft = mix if mix is not None else (1.0, 1.0)
-    stats = {"loss/sft": 0.0}
-    if spec.dpo:
-        stats.update({"loss/dpo": 0.0, "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0})
-    for mb in group:
-        mb = dist.shard(mb)                                              # all of it in one process
-        if not mb:
-            continue
-        w = len(mb) / n_group
-        if spec.dpo:  # the prompt runs once; y⁺, y⁻ and the negatives all continue from its KV cache
-            M = 1 + max(len(encoded[i].extra) for i in mb)
-            # every prompt gets M rejected rows; a prompt with fewer negatives repeats y⁻ at weight 0
-            rejected = [[encoded[i].rejected, *encoded[i].extra] for i in mb]
-            weights = torch.tensor([[1.0] * len(r) + [0.0] * (M - len(r)) for r in rejected], device=device)
-            answers = [[encoded[i].chosen, *r, *[encoded[i].rejected] * (M - len(r))] for i, r in zip(mb, rejected)]
-            batch = collate_shared([encoded[i].prompt for i in mb], answers, pad).to(device)
-            with autocast(device):
-                lp = score_shared(model, batch)                          # (B, 1 + M)
-            lp_chosen, lp_rejected = lp[:, 0], lp[:, 1:]
-            ref_rejected = torch.stack([_reference_rejected(ref, i, M) for i in mb]).to(device)
-            n_chosen = batch.answer_mask[::1 + M].sum(-1)
-        else:  # the same layout with y⁺ alone, so a shared prompt prefix runs once here too
-            batch = collate_shared([encoded[i].prompt for i in mb], [[encoded[i].chosen] for i in mb], pad).to(device)
-            with autocast(device):
-                lp_chosen = score_shared(model, batch)[:, 0]             # (B,)
-            n_chosen = batch.answer_mask.sum(-1)
-        loss_sft = sft_loss(lp_chosen, n_chosen)
-        stats["loss/sft"] += w * loss_sft.item()
-        if spec.dpo:
-            loss_dpo = dpo_loss(lp_chosen, lp_rejected, ref.chosen[mb].to(device), ref_rejected, cfg.dpo_beta,
-                                weights)
-            if mix is None:
-                g_dpo += flat(torch.autograd.grad(w * loss_dpo, params, retain_graph=True, allow_unused=True), params)
-            stats["loss/dpo"] += w * loss_dpo.item()
-            stats["rewards/margins"] += w * (lp_chosen - lp_rejected[:, 0]).mean().item()
-            stats["logps/chosen"] += w * lp_chosen.mean().item()
-            stats["logps/rejected"] += w * lp_rejected[:, 0].mean().item()
-        loss = b_sft * w * cfg.sft_weight * loss_sft
-        if spec.dpo and mix is not None:
-            loss = loss + a_dpo * w * loss_dpo
-        g_sft += flat(torch.autograd.grad(loss, params, allow_unused=True), params)
-    if pres is not None and pres.weight > 0:
-        loss = preservation_loss(model, pres, device)
-        stats["loss/preserve"] = 0.0 if loss is None else loss.item()
-        if loss is not None:
-            g_sft += flat(torch.autograd.grad(b_sft * pres.weight * loss, params, allow_unused=True), params)
-    dist.all_reduce_sum_(g_sft)
-    if g_dpo is not None:
-        dist.all_reduce_sum_(g_dpo)
-    if dist.world_size() > 1:  # the logged losses, too, are the global group's
-        summed = dist.all_reduce_sum_(torch.tensor(list(stats.values()), dtype=torch.float64, device=device))
-        stats = dict(zip(stats, summed.tolist()))
-    return Gradients(g_sft, g_dpo, stats)
-
-
-def _reference_rejected(ref: Reference, i: int, M: int) -> torch.Tensor:
-    """Edit i's M reference log-probs of rejected answers: y⁻, its negatives, then y⁻ repeated."""
-    values = torch.cat([ref.rejected[i:i + 1], ref.extra[i]])
-    return torch.cat([values, ref.rejected[i].repeat(M - len(values))])
-
-
-def preservation_loss(model, pres: Preservation, device):
-    """This worker's part of L_pres (the parts add up over workers), or None when its shard is empty.
-
-    The base log-probs of the step's anchors are computed once per step (pres.base_logp) and
-    serve both SAM passes.
-    """
-    from . import preserve
-
-    mine = dist.shard(list(range(len(pres.idx))))
-    if not mine:
-        return None
-    b = pres.batch
-    if pres.base_logp is None:
-        pres.base_logp = preserve.base_logprobs(model, b.to(device))
-    rows = torch.tensor(mine, device=device)
-    sub = type(b)(*(t[rows.cpu()].to(device) for t in (b.input_ids, b.attention_mask, b.position_ids,
-                                                       b.labels, b.label_mask)))
-    with autocast(device):
-        logits = preserve.answer_logits(model, sub)
-    # this shard's KL summed over its tokens, divided by the whole batch's token count: the sum
-    # over workers is the batch's token mean, as one process computes it
-    return preserve.kl(pres.base_logp[rows], logits, sub.label_mask, tokens=b.label_mask.sum())
-
-
-def combine(grads: Gradients, cfg: EditConfig, generator: torch.Generator) -> torch.Tensor:
-    """The update direction: g_sft alone, or g_dpo and g_sft summed or merged by PCGrad."""
-    if grads.dpo is None:
-        return grads.sft
-    return COMBINERS[cfg.combiner]([grads.dpo, grads.sft], generator)
-
-
-@dataclass
-class SamMemory:
-    """What ``sharpness="momentum"`` keeps from one step to the next: the last step's direction g'."""
-
-    direction: torch.Tensor | None = None
-
-
-def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Preservation | None = None,
-               memory: SamMemory | None = None) -> dict:
-    """One optimisation step of method.md §3; returns the step's log entry.
-
-    The optimizer step itself is left to the caller: this fills `p.grad` with g'. Under data
-    parallelism the gradients arrive already averaged over workers, so PCGrad, ε and g' are
-    computed from identical inputs (and an identical generator) on every worker.
-
-    With ``sharpness="momentum"`` and a `memory` that holds the previous step's g', ε = ρ·g'/‖g'‖
-    is taken along it and the probe pass at φ is skipped: one pass per step instead of two
-    (Momentum-SAM, Becker et al. 2024, Eq. 4, with the last descent gradient as the momentum). The
-    first step of an update has no direction yet and takes the exact step.
-    """
-    if pres is not None:  # this step's anchors, drawn from the shared generator (same on every worker)
-        from . import preserve
-
-        pres.idx = torch.randperm(len(pres.anchors), generator=generator)[:pres.batch_size].tolist()
-        pres.batch = preserve.batch(pres.anchors, pres.idx, pad)
-        pres.base_logp = None
-    rho = cfg.sam_rho
-    if rho > 0 and cfg.value("sharpness") == "momentum" and memory is not None and memory.direction is not None:
-        saved = snapshot(params)                            # exact copy of φ
-        add_flat_(params, sam_perturbation(memory.direction, rho))  # φ ← φ + ρ·d/‖d‖, d the last g'
-        perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
-        g = combine(perturbed, cfg, generator)              # g' at φ+ε
-        restore_(params, saved)
-        log = dict(perturbed.stats)
-        if perturbed.dpo is not None:  # measured at φ+ε: the one pass this step has
-            log["grad/cos_sft_dpo"] = cosine(perturbed.sft, perturbed.dpo)
-        log["sam/grad_norm"] = g.norm().item()
-        memory.direction = g
-        _set_grads(params, g)
-        return log
-    grads = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
-    g = combine(grads, cfg, generator)                      # g = PCGrad(g_dpo, g_sft)
-    log = dict(grads.stats)
-    if grads.dpo is not None:
-        log["grad/cos_sft_dpo"] = cosine(grads.sft, grads.dpo)
-    log["grad/norm"] = g.norm().item()
-    if rho > 0:
-        saved = snapshot(params)                            # exact copy of φ
-        add_flat_(params, sam_perturbation(g, rho))         # φ ← φ + ρ·g/‖g‖
-        if cfg.value("sharpness") == "reuse" and grads.dpo is not None:
-            # g = a·g_dpo + b·g_sft at φ; at φ+ε one backward of a·L_DPO + b·λL_SFT, the same mix
-            mix = coefficients(grads.dpo, grads.sft, cfg.combiner)
-            g = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres, mix).sft
-        else:
-            perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
-            g = combine(perturbed, cfg, generator)          # g' at φ+ε
-        restore_(params, saved)                             # φ ← saved φ, not φ − ε
-        log["sam/grad_norm"] = g.norm().item()
-    if memory is not None:
-        memory.direction = g
-    _set_grads(params, g)
-    return log
-
-
-def _set_grads(params, g: torch.Tensor) -> None:
-    offset = 0
-    for p in params:
-        p.grad = g[offset:offset + p.numel()].view_as(p).to(p.dtype).clone()
-        offset += p.numel()
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -396,8 +82,6 @@ def check_finite(log: dict, params, step: int, group, edits) -> None:
 
 def all_learnt(model, fmt, encoded, edits, cfg, batch_size) -> tuple[bool, float]:
     """Early-stop test: every margin exceeds γ and every greedy answer contains y⁺."""
-    from .generate import generate
-
     # split across workers and gathered, so every worker takes the same decision
     m = torch.tensor(dist.gather_sharded(lambda part: margins(model, fmt, part, batch_size).tolist(), encoded))
     if m.min().item() <= cfg.value("margin_target"):
@@ -447,9 +131,6 @@ def refresh_online_negatives(model, fmt, edits, encoded, ref, which, cfg, batch_
     Interference negatives (fixed for the update) stay; the online one, when there is one, is
     the last of Encoded.extra. Returns how many edits now carry an online negative.
     """
-    from . import negatives
-    from .generate import generate
-
     which = list(which)
     answers = dist.gather_sharded(
         lambda part: generate(model, fmt, [edits[i].prompt for i in part], cfg.max_new_tokens, batch_size), which)

@@ -18,6 +18,14 @@ class ConfigError(CorsaError, ValueError):
     """An invalid option, method or hyperparameter."""
 
 
+def refuse_given(options, flags, where: str) -> None:
+    """A ConfigError naming the first of `flags` given in `options` (parsed arguments, a spec) that
+    does not apply `where`. flags: (attribute, flag, its value when not given, why) each."""
+    for name, flag, unset, why in flags:
+        if getattr(options, name, unset) != unset:
+            raise ConfigError(f"{flag} does not apply to {where}: {why}")
+
+
 class DataError(CorsaError, ValueError):
     """A problem in an edit file, named by file, record and field."""
 

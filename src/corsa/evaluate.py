@@ -52,7 +52,8 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from . import metrics as M
-from .adapter import off as adapter_off
+from . import mmlu as mmlu_lib
+from .unedited import adapter_off
 from .config import EvalSettings
 from .errors import ConfigError
 from .generate import generate
@@ -181,8 +182,6 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
               "scope": _scope_counts(scope, ask, probes)}
     result["protocol"]["generated"]["engine"] = "vllm" if generator is not None else "transformers"
     if mmlu:
-        from . import mmlu as mmlu_lib
-
         with adapter_off(model, base), tqdm(total=len(mmlu), desc="eval · mmlu", unit="question",
                                             disable=not dist.show_bar(progress), leave=False) as bar:
             result["mmlu"] = mmlu_lib.accuracy(model, fmt.tokenizer, mmlu, settings.batch_size, bar, scope)

@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 
 from . import adapter as adapters
-from .errors import ConfigError
-from .io import (check_not_inside, check_ours, check_writable, library_versions, manifest, output_lock,
+from .api import Editor
+from .errors import ConfigError, CorsaError
+from .io import (check_not_inside, check_ours, check_writable, library_versions, manifest, output_lock, read_bounded,
                  publish_contents, sha256_file)
 from .models import hub_id
+from .text import printable
 
 EXPORT_MARKER = "corsa-export.json"
 
@@ -29,8 +31,6 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None
     model: the base model; by default the one the adapter was trained on (its record says).
     all_prompts: export a scoped adapter anyway, knowing the merged model answers every prompt edited.
     """
-    from .api import Editor
-
     folder = adapters.find_adapter_dir(adapter)
     saved = adapters.marker(folder)
     model = model or saved.get("model")
@@ -75,9 +75,6 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None
 def _run_record(folder: Path) -> dict:
     """The run record beside the adapter (`corsa edit` writes one), with the last evaluation if any."""
     record = {}
-    from .errors import CorsaError
-    from .io import read_bounded
-
     for name in ("run.json", "eval.json"):
         path = folder.parent / name
         try:
@@ -91,8 +88,6 @@ def _run_record(folder: Path) -> dict:
 
 def model_card(model: str, hub: str | None, edits, run: dict, scope: str) -> str:
     """A model card: the base model, the edits it holds, the method and settings, the last evaluation."""
-    from .cli.output import printable
-
     config = (run.get("run.json") or {}).get("config") or {}
     lines = ["---", f"base_model: {hub}" if hub else f"# base model: {model}", "tags: [knowledge-editing, corsa]", "---",
              "", "# An edited model made with corsa", "",

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .code.arena import edit_id, tasks_of
+from .code.programs import fence, task_prompt
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, jsonl_lines, jsonl_text
 from .metrics import normalise
@@ -282,16 +284,12 @@ def _codeupdatearena(rec: _Record, source: str) -> list[_Candidate]:
     """CodeUpdateArena: one edit per program-synthesis task, as :mod:`corsa.code` defines it.
 
     x = the task's problem and solution signature, never the update's documentation
-    (:func:`corsa.code.evaluate.task_prompt`); y⁺ = the reference solution, which uses the
+    (:func:`corsa.code.programs.task_prompt`); y⁺ = the reference solution, which uses the
     updated API, in a ```python block; y⁻ is not in the file: the one filler
     (:func:`corsa.old_answers.fill`) takes the program the unedited model writes. Both layouts
     (grouped, and the final ungrouped release) are read. `corsa bench` and `corsa eval` on such
     a file run the programs instead (Pass@k, :mod:`corsa.code.bench`).
     """
-    from .code.arena import edit_id, tasks_of
-    from .code.evaluate import task_prompt
-    from .code.programs import fence
-
     return [_Candidate(Edit(id=edit_id(task), prompt=task_prompt(task), target_new=fence(task.reference),
                             subject=task.update.function_path, source=source),
                        f"{where}problem", f"{where}ref_solution", None)
@@ -355,6 +353,14 @@ _FORMATS: dict[str, _Format] = {f.name: f for f in (
 FORMATS: tuple[str, ...] = tuple(_FORMATS)
 # The plain format is the one to write by hand, in either container; users call it by either name.
 _ALIASES = {"json": "plain", "jsonl": "plain"}
+
+
+def records_of(path: str | os.PathLike) -> list[_Record]:
+    """The raw records of a JSON or JSON Lines file, each knowing where it sits in the file (for
+    readers of other record kinds: corsa.code.arena_file)."""
+    path = Path(path)
+    records, lines = _read_records(path)
+    return [_Record(data, path, i, lines[i] if lines else None) for i, data in enumerate(records)]
 
 
 def _read_records(path: Path) -> tuple[list, list[int] | None]:

@@ -15,6 +15,7 @@ alphaedit: corsa.editors) do not train: they take their own options and refuse t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -23,16 +24,32 @@ from .scope import MODES
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a number may take: ok(value), and how an error says it ("at least 1")."""
+
+    ok: Callable[[object], bool]
+    text: str
+
+
+POSITIVE = Range(lambda v: v > 0, "positive")
+NON_NEGATIVE = Range(lambda v: v >= 0, "non-negative")
+AT_LEAST_1 = Range(lambda v: v >= 1, "at least 1")
+
+
+@dataclass(frozen=True)
 class Option:
-    """A method option: the part of a row it needs (None: any row), its default, the value it has
-    on a row without that part (`off`), and the values it may take (`choices`; for a tuple option,
-    its items)."""
+    """A method option, in one place: the part of a row it needs (None: any row), its default, its
+    flag, its help (EditConfig's field and the command line show it), the value it has on a row
+    without that part (`off`), the values it may take (`choices`; for a tuple option, its items)
+    and the range of a number."""
 
     needs: str | None
     default: object
     flag: str
+    help: str
     off: object = None
     choices: tuple | None = None
+    range: Range | None = None
 
 
 # part a row must have → how to test for it, and how to name it in an error
@@ -48,38 +65,85 @@ PARTS = {
 }
 
 OPTIONS: dict[str, Option] = {
-    "rho": Option("sam", 0.05, "--rho", off=0.0),
-    "beta": Option("dpo", 0.1, "--beta"),
+    "rho": Option("sam", 0.05, "--rho", "SAM radius ρ (methods with SAM)", off=0.0, range=NON_NEGATIVE),
+    "beta": Option("dpo", 0.1, "--beta", "DPO β (methods with DPO)", range=POSITIVE),
     # the PCGrad variant (pcgrad.COMBINERS); a row without PCGrad combines as its `combine` says
-    "combine": Option("pcgrad", "pcgrad", "--combine", choices=("pcgrad", "pcgrad-release")),
-    "negatives": Option("dpo", (), "--negatives", off=(), choices=("online", "interference", "rivals")),
-    "max_negatives": Option("dpo", 4, "--max-negatives", off=0),
-    "replay": Option("train", "none", "--replay", off="none", choices=("none", "all", "lost")),
-    "train_eos": Option("train", True, "--train-eos", off=False),
-    "preserve": Option("train", 0.0, "--preserve", off=0.0),
-    "swap_anchors": Option("train", 0, "--swap-anchors", off=0),
-    "scope": Option(None, "all", "--scope", choices=MODES),
-    "margin_target": Option("train", 1.0, "--margin-target", off=1.0),
-    # with per-edit stopping: the edits at rest (held at the last test) are tested after every k-th
-    # pass only; the edits a pass trained are tested after it, and an update ends on a test of all
-    "retest_every": Option("train", 1, "--retest-every", off=1),
+    "combine": Option("pcgrad", "pcgrad", "--combine",
+                      "pcgrad (standard) or pcgrad-release (the authors' variant); only for PCGrad methods",
+                      choices=("pcgrad", "pcgrad-release")),
+    # lifelong editing (docs/results.md, "Edits that last")
+    "negatives": Option("dpo", (), "--negatives",
+                        "extra rejected answers for DPO: 'online' (the model's current wrong greedy answer, "
+                        "refreshed every pass), 'interference' (other edits' y⁺ with the same prompt template), "
+                        "'rivals' (the other edits' y⁺ the unedited model finds most plausible for the prompt); "
+                        "comma-separated, or 'none'",
+                        off=(), choices=("online", "interference", "rivals")),
+    "max_negatives": Option("dpo", 4, "--max-negatives", "most extra rejected answers per edit", off=0,
+                            range=NON_NEGATIVE),
+    "replay": Option("train", "none", "--replay",
+                     "earlier updates' edits trained again in this one: none, all, or lost (those whose greedy "
+                     "answer no longer holds at the start); they come from the adapter's own record",
+                     off="none", choices=("none", "all", "lost")),
+    "train_eos": Option("train", True, "--train-eos",
+                        "train the end-of-turn token after y⁺ (off: the model learns the fact, not to stop talking)",
+                        off=False),
+    "preserve": Option("train", 0.0, "--preserve",
+                       "κ, weight of KL(unedited ‖ edited) on the unedited model's own answers to anchor prompts",
+                       off=0.0, range=NON_NEGATIVE),
+    "swap_anchors": Option("train", 0, "--swap-anchors",
+                           "with --preserve: per edit, this many extra anchors made of its prompt with another "
+                           "edit's subject (the edit must not spill over to other subjects asked the same way)",
+                           off=0, range=NON_NEGATIVE),
+    "scope": Option(None, "all", "--scope",
+                    "which prompts the adapter answers: all, or subject (only prompts that name an edited subject; "
+                    "the rest get the unedited model, exactly). Saved with the adapter (corsa.scope)",
+                    choices=MODES),
+    "margin_target": Option("train", 1.0, "--margin-target",
+                            "γ, the margin log p(y⁺)−log p(y⁻) above which a greedy-correct edit counts as learnt",
+                            off=1.0),
+    "retest_every": Option("train", 1, "--retest-every",
+                           "with --edit-stop: test the edits at rest (those that held at the last test) after every "
+                           "k-th pass only; the edits a pass trained are tested after it, and an update ends only on "
+                           "a test of every edit",
+                           off=1, range=AT_LEAST_1),
     # the locate-then-edit rows (corsa.editors): where they edit, how they find the target vector,
     # how they keep other keys, and the adapter that carries their change
-    "layers": Option("locate", "auto", "--layers"),
-    "clamp_factor": Option("locate", 1.5, "--clamp-factor"),
-    "kl_weight": Option("locate", 0.0625, "--kl-weight"),
-    "target_steps": Option("locate", 20, "--target-steps"),
-    "target_lr": Option("locate", 1.0, "--target-lr"),
-    "stats_corpus": Option("locate", None, "--stats-corpus"),
-    "stats_tokens": Option("locate", 20000, "--stats-tokens"),
-    "edit_rank": Option("locate", 128, "--edit-rank"),
-    "mom2_weight": Option("memit", 1500.0, "--mom2-weight"),
-    "nullspace_threshold": Option("alphaedit", 1e-2, "--nullspace-threshold"),
-    "alphaedit_l2": Option("alphaedit", 0.3, "--alphaedit-l2"),
-    # the gradient at φ+ε: exact (both objectives' gradients again, combined again), reuse (one
-    # backward of the probe pass's combination a·L_DPO + b·λL_SFT; exact when the row has no DPO),
-    # or momentum (ε along the previous step's direction, so no probe pass: Becker et al. 2024)
-    "sharpness": Option("sam", "exact", "--sharpness", off="none", choices=("exact", "reuse", "momentum")),
+    "layers": Option("locate", "auto", "--layers",
+                     "the layers whose MLP output projection is edited: auto (the papers' layers as a fraction of "
+                     "the depth), a layer (5), a range (4-8) or a list (3,5,7)"),
+    "clamp_factor": Option("locate", 1.5, "--clamp-factor",
+                           "the target vector's change is at most this times the norm of the vector it changes",
+                           range=POSITIVE),
+    "kl_weight": Option("locate", 0.0625, "--kl-weight",
+                        "weight of the KL term that keeps '{subject} is a' where it was while the target vector "
+                        "is found", range=NON_NEGATIVE),
+    "target_steps": Option("locate", 20, "--target-steps", "Adam steps to find each edit's target vector",
+                           range=AT_LEAST_1),
+    "target_lr": Option("locate", 1.0, "--target-lr", "Adam learning rate for the target vectors", range=POSITIVE),
+    "stats_corpus": Option("locate", None, "--stats-corpus",
+                           "text for the keys' second moment: a .txt (one document per line) or .jsonl (text, "
+                           "question or prompt field) file; by default the model's own text (corsa.editors.stats)"),
+    "stats_tokens": Option("locate", 20000, "--stats-tokens",
+                           "tokens of that corpus used (cached per model, layer and corpus)",
+                           range=Range(lambda v: v >= 256, "at least 256")),
+    "edit_rank": Option("locate", 128, "--edit-rank",
+                        "rank of the LoRA adapter that carries the weight change (exact while the edits per layer "
+                        "are at most this)", range=AT_LEAST_1),
+    "mom2_weight": Option("memit", 1500.0, "--mom2-weight",
+                          "λ, how many times the corpus keys count against the edits' keys (MEMIT)",
+                          range=NON_NEGATIVE),
+    "nullspace_threshold": Option("alphaedit", 1e-2, "--nullspace-threshold",
+                                  "key directions whose second moment is below this fraction of the largest are "
+                                  "free to change (AlphaEdit)", range=Range(lambda v: 0 < v < 1, "in (0, 1)")),
+    "alphaedit_l2": Option("alphaedit", 0.3, "--alphaedit-l2",
+                           "α, the weight of ‖Δ‖² in AlphaEdit's solve, as a fraction of tr C (the mean squared "
+                           "norm of a corpus key)", range=POSITIVE),
+    "sharpness": Option("sam", "exact", "--sharpness",
+                        "the gradient at the SAM point φ+ε: exact (∇L_DPO and ∇L_SFT again, merged again: two "
+                        "backwards), reuse (one backward of the probe pass's merge a·L_DPO + b·λL_SFT; exact when "
+                        "the row has no DPO) or momentum (ε = ρ·d/‖d‖ along the previous step's direction d, so a "
+                        "step is one pass instead of two; Momentum-SAM, Becker et al. 2024); methods with SAM",
+                        off="none", choices=("exact", "reuse", "momentum")),
 }
 
 

@@ -32,6 +32,8 @@ import torch
 
 from . import distributed as dist
 from .errors import ConfigError, DataError
+from .io import jsonl_lines, read_text_bounded
+from .scope import routed
 from .prompts import collate, pad_id
 from .scoring import autocast, eval_mode, score
 
@@ -88,8 +90,6 @@ def resolve_path(path: str | os.PathLike | None = None) -> Path:
 
 def load(path: str | os.PathLike | None = None) -> list[Question]:
     """Every question of the file, in order; the stray header rows are dropped."""
-    from .io import jsonl_lines, read_text_bounded
-
     path = resolve_path(path)
     out = []
     for line_no, line in jsonl_lines(read_text_bounded(path, 1 << 30, "MMLU file", DataError)):
@@ -166,8 +166,6 @@ def accuracy(model, tokenizer, questions: list[Question], batch_size: int = 8, p
     scope: the adapter's :class:`corsa.scope.Scope`; a question it does not cover is answered
     with the adapter disabled, as the edited model would answer it.
     """
-    from .scope import routed
-
     if not questions:
         raise ConfigError("no MMLU questions to evaluate")
     # under a launcher, split across workers by whole batches (those of one process) and gathered

@@ -57,8 +57,13 @@ import unicodedata
 
 import torch
 
-from .adapter import off as adapter_off
+from . import distributed as dist
+from .code.programs import extract_code, fence
+from .generate import generate
 from .metrics import contains, normalise
+from .prompts import check_edit_text, collate_shared, pad_id
+from .scoring import autocast, eval_mode, shared_answer_logits
+from .unedited import adapter_off
 
 MAX_WORDS = 6
 SPAN_WORDS = 4  # a CounterFact, zsRE or MQuAKE answer is one to four words
@@ -251,9 +256,6 @@ def _score_ended(model, fmt, ids: list[int], bodies: list[list[int]], ends: list
     token). Only the :func:`_runs` that begin no other are scored, SCORE_CHUNK to a pass after
     the prompt's KV cache: about a third of the tokens of scoring every span alone.
     """
-    from .prompts import collate_shared, pad_id
-    from .scoring import autocast, eval_mode, shared_answer_logits
-
     runs, where = _runs([b + ends[:1] for b in bodies])
     out = torch.empty(len(bodies))
     with eval_mode(model) as device:
@@ -299,10 +301,6 @@ def fill(model, fmt, edits, max_new_tokens: int = 16, batch_size: int = 16) -> l
     Edits that give y⁻ are returned as they are. Under a launcher the prompts are split across
     workers in the batches of one process, and every worker gets the same edits back.
     """
-    from . import distributed as dist
-    from .generate import generate
-    from .prompts import check_edit_text
-
     for e in edits:  # a prompt and y⁺ are written into the model's inputs below: refused first, by name
         if not e.target_old:
             check_edit_text(fmt, e)
@@ -357,10 +355,6 @@ def _fill_programs(model, fmt, edits: list, batch_size: int) -> list:
     :data:`PROGRAM_TOKENS` tokens with the adapter off; where the model writes no code, or the
     reference itself, y⁻ is ``pass`` in a block: a program that does nothing.
     """
-    from . import distributed as dist
-    from .code.programs import extract_code, fence
-    from .generate import generate
-
     missing = [i for i, e in enumerate(edits) if not e.target_old and is_program(e.target_new)]
     if not missing:
         return edits

@@ -28,11 +28,13 @@ from pathlib import Path
 
 import torch
 
-from .adapter import off as adapter_off
+from .unedited import adapter_off
 from .errors import DataError
+from .io import jsonl_lines, read_text_bounded
+from .generate import generate_ids
 from .metrics import normalise
 from .prompts import Batch, PromptFormat, collate
-from .scoring import answer_logits
+from .scoring import answer_logits, autocast
 
 BUNDLED = Path(__file__).parent / "data" / "anchors.txt"
 ANSWER_TOKENS = 12  # the first tokens of the unedited answer: its manner shows there, and the KL is not diluted
@@ -43,8 +45,6 @@ MAX_ANCHOR_BYTES = 64 * 2**20  # prompts, one per line: far more than any anchor
 
 def read_anchors(path: str | Path | None = None) -> list[str]:
     """Anchor prompts, one per line (lines starting with # skipped); the bundled set by default."""
-    from .io import jsonl_lines, read_text_bounded
-
     path = Path(path) if path else BUNDLED
     text = read_text_bounded(path, MAX_ANCHOR_BYTES, "the anchor prompts", DataError)
     prompts = [line.strip() for _, line in jsonl_lines(text) if not line.lstrip().startswith("#")]
@@ -103,8 +103,6 @@ class Anchors:
 
 def prepare(model, fmt: PromptFormat, prompts: list[str], batch_size: int = 16) -> Anchors:
     """The unedited model's greedy answers (adapter off) to the anchor prompts, as training pairs."""
-    from .generate import generate_ids
-
     with adapter_off(model):
         answers = generate_ids(model, fmt, prompts, ANSWER_TOKENS, batch_size)
     pairs = [(fmt.prompt_ids(p), a) for p, a in zip(prompts, answers) if a]
@@ -130,7 +128,5 @@ def batch(anchors: Anchors, idx: list[int], pad: int) -> Batch:
 def base_logprobs(model, b: Batch) -> torch.Tensor:
     """The unedited model's log-probabilities at the answer positions (adapter off), under the
     same autocast as the edited model's, so the term is exactly 0 on a fresh adapter on a GPU too."""
-    from .scoring import autocast
-
     with model.disable_adapter(), autocast(b.input_ids.device):
         return torch.log_softmax(answer_logits(model, b).float(), dim=-1)

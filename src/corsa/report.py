@@ -16,6 +16,8 @@ from pathlib import Path
 
 from .comparison.results import BenchResults, MethodResults
 from .io import atomic_write_text
+from .metrics import contains
+from .text import fmt_metric, show_table
 
 # (column, where the value is in a method's results, kind)
 COLUMNS = [
@@ -70,9 +72,7 @@ def table(results: BenchResults | dict) -> tuple[list[str], list[list[str]]]:
 
 def text_table(results: BenchResults | dict) -> str:
     header, rows = table(results)
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return show_table(rows, header, numbers=True)
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -169,8 +169,6 @@ def _cell(text, width: int = 40) -> str:
 
 def _answers_section(results: BenchResults) -> list[str]:
     """Per method, every edit's greedy answer before editing and after each update (✓: contains y⁺)."""
-    from .metrics import contains
-
     base = results.base.get("answers") or {}
     methods = {n: r.answers for n, r in results.methods.items() if r.answers}
     if not methods:
@@ -189,14 +187,6 @@ def _answers_section(results: BenchResults) -> list[str]:
                          _cell(row["target_old"], 20), _cell(base.get(row["id"]), 30)] + after + [""] * (K - len(after)))
         parts += [f"### {name}", "", _md_table(head, body), ""]
     return parts
-
-
-def fmt_metric(value, key: str) -> str:
-    if value is None:
-        return "–"
-    if "margin" in key:
-        return f"{value:+.3f}"
-    return f"{100 * value:.1f}%"
 
 
 def rows_csv(results: BenchResults | dict) -> list[list]:
@@ -233,7 +223,7 @@ def rows_csv(results: BenchResults | dict) -> list[list]:
 # plots
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -266,7 +256,7 @@ def plot_retention(name: str, R: list[list[float]], path: Path) -> None:
     ax.set_xlabel("reliability on the edits of update")
     ax.set_title(f"{name}: retention (generated reliability, %)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_forgetting(results: BenchResults, path: Path) -> None:
@@ -284,7 +274,7 @@ def plot_forgetting(results: BenchResults, path: Path) -> None:
     ax.set_title("Forgetting: what is left of the first update")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_margins(results: BenchResults, path: Path) -> None:
@@ -309,7 +299,7 @@ def plot_margins(results: BenchResults, path: Path) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Edit margins before and after editing")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_all(results: BenchResults | dict, out: str | os.PathLike) -> dict[str, str]:

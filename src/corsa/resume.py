@@ -15,6 +15,7 @@ from pathlib import Path
 from . import distributed as dist
 from .errors import ConfigError
 from .io import atomic_write_json
+from .models import damaged_weights
 
 
 def differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
@@ -59,8 +60,6 @@ def last_readable(folder: Path, done: int) -> int:
 
 
 def readable_adapter(adapter: Path) -> bool:
-    from .models import damaged_weights
-
     return (adapter / "adapter_model.safetensors").is_file() and not damaged_weights(adapter)
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .adapter import off as adapter_off
+from .unedited import adapter_off
 from .metrics import contains, mentions_any
 
 MODES = ("all", "subject")

@@ -11,6 +11,19 @@ from .errors import ConfigError
 from .io import atomic_dir
 
 
+# the training settings under which the tiny model learns in a few steps: the one setting of every
+# test that trains (a test that needs another says which and why, as {**FAST, ...})
+FAST = {"epochs": 2, "batch_size": 2, "grad_accum": 1, "lr": 1e-2, "progress": False}
+
+
+def flags(options: dict) -> list[str]:
+    """`options` as command-line flags (FAST for `corsa edit` or `corsa bench`); progress=False is --quiet."""
+    out = []
+    for key, value in options.items():
+        out += ["--quiet"] if key == "progress" and not value else ["--" + key.replace("_", "-"), str(value)]
+    return out
+
+
 # The minimal ChatML template of SmolLM2 and Qwen: enough to exercise chat-template code paths.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

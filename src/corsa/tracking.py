@@ -11,6 +11,7 @@ reads. log.jsonl is written either way.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .errors import ConfigError
 
@@ -28,6 +29,15 @@ def check(report_to: str) -> str:
             raise ConfigError("--report-to tensorboard needs tensorboardX: pip install tensorboardX "
                               "(or pip install 'corsa-edit[tensorboard]')") from e
     return report_to
+
+
+def board_dir(report_to: str, logging_dir: Path | None, out) -> Path | None:
+    """Where an update's TensorBoard event files go (report_to="tensorboard"), else None."""
+    if report_to != "tensorboard":
+        return None
+    if logging_dir is None and out is None:
+        raise ConfigError("report_to='tensorboard' needs a logging_dir, or an out folder to put tensorboard/ in")
+    return logging_dir or Path(out) / "tensorboard"
 
 
 class TensorBoard:

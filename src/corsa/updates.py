@@ -10,13 +10,14 @@ uninterrupted run with the same seed; a different command for the same folder is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
 
 from . import distributed as dist
 from .errors import ConfigError
-from .io import atomic_write_json, check_writable, peak_rss_mb
+from .io import atomic_write_json, check_writable, peak_rss_mb, publish, stage_dir, stage_text, writing
 from .records import Edit
 from .resume import last_readable, refuse_changes
 
@@ -79,16 +80,36 @@ def run_updates(make_editor, edits: list[Edit], k: int, out: Path, settings: dic
     editor = make_editor(out / f"update-{done}" if done else None)
     # every update still to run saves an adapter, and the last is copied to OUT: room for all of them
     dist.on_main(check_writable, out, (k - done + 1) * editor.adapter_bytes() + (k - done) * 20 * 2**20)
-    for i in range(done, k):
-        folder = out / f"update-{i + 1}"
-        log(f"update {i + 1}/{k}: {len(updates[i])} edits")
-        todo = updates[i] if show_filled is None else show_filled(updates[i], editor.fill_old_targets(updates[i]))
-        record = editor.update(todo, out=folder)  # its index: the adapter's lineage so far (a resume included)
-        log(f"update {i + 1}/{k}: {record.result.steps} steps, {record.result.seconds:.1f} s, "
+
+    def before(i: int, edits: list[Edit]) -> list[Edit]:
+        log(f"update {i}/{k}: {len(edits)} edits")
+        return edits if show_filled is None else show_filled(edits, editor.fill_old_targets(edits))
+
+    def after(i: int, record, folder: Path) -> None:
+        log(f"update {i}/{k}: {record.result.steps} steps, {record.result.seconds:.1f} s, "
             f"peak memory {peak_rss_mb():.0f} MiB")
-        dist.on_main(atomic_write_json, out / PROGRESS, {"settings": settings, "completed": i + 1})
+        dist.on_main(atomic_write_json, out / PROGRESS, {"settings": settings, "completed": i})
+
+    # each update's index: the adapter's lineage so far (a resume included)
+    train_in_order(editor, updates, done, lambda i: contextlib.nullcontext(out / f"update-{i}"), before, after)
     dist.on_main(_publish_final, out, k)
     return editor, updates
+
+
+def train_in_order(editor, updates: list[list[Edit]], done: int, folder, before=None, after=None) -> None:
+    """The sequence loop: updates[done:] trained one after another on `editor`'s one adapter.
+
+    Update i (from 1) is saved into the folder that the context manager folder(i) yields;
+    before(i, edits) returns the edits to train (default: as they are); after(i, record, folder)
+    runs inside that context, once the update is saved. `corsa edit --updates K` and every
+    method of `corsa bench` (corsa.comparison.harness) run their updates through it.
+    """
+    for i in range(done + 1, len(updates) + 1):
+        edits = updates[i - 1] if before is None else before(i, updates[i - 1])
+        with folder(i) as out:
+            record = editor.update(edits, out=out)
+            if after is not None:
+                after(i, record, Path(out))
 
 
 def published(out: Path, k: int) -> bool:
@@ -106,8 +127,6 @@ def _publish_final(out: Path, k: int) -> None:
 
     The run record beside the adapter carries the lineage, so `--adapter OUT` continues the numbering.
     """
-    from .io import publish, stage_dir, stage_text, writing
-
     staged = {}
     with writing(out, staged):
         staged["adapter"] = stage_dir(out, "adapter")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import ASK_NEW_TOKENS
 from .options import add_adapter, add_device, add_model, add_template
-from .output import printable
+from ..text import printable
 
 
 def register(sub) -> None:

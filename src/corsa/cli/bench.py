@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 from ..comparison.spec import BenchSpec
@@ -72,40 +71,16 @@ def run(args) -> int:
         args.edits = CODE_EDITS if code else _DEFAULT["n_edits"]
     if args.updates is None:
         args.updates = CODE_UPDATES if code else _DEFAULT["n_updates"]
-    spec = spec_of(args, args.data, args.methods, args.set)
-    if code:  # API updates: programs run in the sandbox, Pass@k (corsa.code.bench)
-        return run_code_spec(spec)
-    return run_spec(spec)
-
-
-def run_code_spec(spec) -> int:
-    from ..code.bench import run_code_bench, text_table
-
-    results = run_code_bench(spec)
-    print(text_table(results))
-    print(f"{results['api_updates']} API updates in {results['n_updates']} updates; pass@k in %, "
-          f"{results['protocol']['samples']} programs per task run in the sandbox")
-    print(f"report: {spec.out / 'report.md'}")
-    print(f"results: {spec.out / 'results.json'}")
-    print("plots: " + ", ".join(str(spec.out / p) for p in results["files"]["plots"]))
-    return 0
+    return run_spec(spec_of(args, args.data, args.methods, args.set))
 
 
 def run_spec(spec) -> int:
-    """Run a bench and print its table and where its files are."""
+    """Run a bench (facts, or API updates for a CodeUpdateArena file) and print its table and files."""
+    from .. import comparison
     from .. import distributed as dist
-    from ..comparison import run_bench
-    from ..report import text_table
+    from ..comparison.harness import domain_of
 
-    results = run_bench(spec)
-    if not dist.is_main():  # under a launcher the main worker prints the summary
-        return 0
-    out = spec.out
-    print(text_table(results))
-    print(f"{results['n_edits']} edits in {results['n_updates']} updates; reliability, generality, locality: "
-          f"generated ({results['protocol']['generated']['decoding']}); efficacy, margin: teacher-forced; "
-          f"figures in %, margin in nats", file=sys.stdout)
-    print(f"report: {out / 'report.md'}")
-    print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
-    print("plots: " + ", ".join(str(out / p) for p in results["files"]["plots"]))
+    results = comparison.run_bench(spec)
+    if dist.is_main():  # under a launcher the main worker prints the summary
+        domain_of(spec).summary(results)
     return 0

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from .options import (add_adapter, add_config_file, add_config_options, add_device, add_edits_file, add_model, add_quiet,
-                      add_report_to, add_skip_invalid, config_from_args, config_values, output_path, progress)
-from .output import show_table
+                      add_report_to, add_skip_invalid, config_values, output_path, progress)
+from ..text import printable, show_table
 
 
 def register(sub) -> None:
@@ -35,50 +35,17 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..api import continued_config
     from ..io import check_not_inside, check_ours, output_lock
 
-    # a continued adapter's method is read before the options are checked against a method's row
-    cfg = _method_of(args) if args.adapter is not None and getattr(args, "method", None) is None else config_from_args(args)
+    # a continued adapter keeps its method unless --method is given (the Editor's rule), before the
+    # options are checked against a method's row
+    cfg = continued_config(args.adapter, config_values(args), say=lambda m: print(printable(m), file=sys.stderr))
     out = Path(args.out)
     check_not_inside({"--edits": args.edits, "--adapter": args.adapter}, out)
     check_ours(out, "run")
     with output_lock(out):  # a second run on the same folder is refused while this one works
         return _run(args, cfg, out)
-
-
-def _method_of(args):
-    """A continued adapter keeps the method it was trained with unless --method says otherwise.
-
-    (corsa-lifelong's replay, scope and γ would otherwise quietly turn into plain corsa's on the
-    second update.) The method is in the adapter's marker, or, for adapters saved before it was,
-    in the run record beside the adapter; with neither, the default.
-    """
-    from .. import distributed as dist
-    from ..adapter import marker, run_record
-    from ..config import EditConfig
-    from ..errors import ConfigError
-
-    from ..methods import METHODS
-
-    config = run_record(args.adapter).get("config")
-    saved = marker(args.adapter).get("method") or (config.get("method") if isinstance(config, dict) else None)
-    if saved is not None and (not isinstance(saved, str) or saved not in METHODS):
-        from .output import printable
-
-        raise ConfigError(f"the run record beside {args.adapter} names the method {printable(repr(saved))}, which is "
-                          f"not one of corsa's; pass --method to choose one")
-    if saved is None or saved == EditConfig.method:
-        return config_from_args(args)
-    if dist.is_main():
-        from .output import printable
-
-        print(printable(f"continuing {args.adapter} with {saved}, the method it was trained with (--method to "
-                        f"change it)"), file=sys.stderr)
-    try:
-        return EditConfig(**{**config_values(args), "method": saved})
-    except ConfigError as e:
-        raise ConfigError(f"{e} (the method {saved} is the one {args.adapter} was trained with; "
-                          f"pass --method to train it with another)") from None
 
 
 def _run(args, cfg, out: Path) -> int:

@@ -6,12 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, refuse_given
 from ..io import check_not_inside, check_writable
 from ..scope import MODES
 from .options import (add_adapter, add_config_file, add_device, add_edits_file, add_eval_options, add_model, add_quiet,
                       add_skip_invalid, add_template, eval_settings, output_path, progress)
-from .output import fmt_metric, show_table
+from ..text import fmt_metric, show_table
 
 
 def register(sub) -> None:
@@ -69,11 +69,25 @@ def _ours(path: Path) -> bool:
     return isinstance(data, dict) and {"protocol", "metrics", "records", "versions"} <= set(data)
 
 
+# the flags of one domain that mean nothing in the other, refused by name: (dest, flag, the value
+# when not given, why)
+NOT_FOR_CODE = (("skip_invalid", "--skip-invalid", False, "a CodeUpdateArena file has no edit records to skip"),
+                ("scope", "--scope", None, "every program is written with the adapter on (or off, for the unedited "
+                                           "model); no subject gates it"),
+                ("generator", "--generator", "hf", "programs are sampled with transformers only"),
+                ("vllm_gpu_memory", "--vllm-gpu-memory", None, "programs are sampled with transformers only"),
+                ("mmlu", "--mmlu", 0, "it measures programs (Pass@k), not MMLU"),
+                ("mmlu_file", "--mmlu-file", None, "it measures programs (Pass@k), not MMLU"))
+NOT_FOR_FACTS = (("code_split", "--code-split", None, "it is a code bench's split of CodeUpdateArena tasks"),)
+
+
 def run(args) -> int:
     from ..code import is_arena
 
     if is_arena(args.edits):  # API updates: Pass@k of programs run in the sandbox
+        refuse_given(args, NOT_FOR_CODE, "a CodeUpdateArena file")
         return run_code(args)
+    refuse_given(args, NOT_FOR_FACTS, "an edit file of facts")
     return run_facts(args)
 
 
@@ -83,9 +97,7 @@ def run_code(args) -> int:
 
     from ..api import Editor
     from ..code import load_arena
-    from ..code.bench import NEW_TOKENS, SAMPLES, TEMPERATURE, TIMEOUT_S
-    from ..code.evaluate import evaluate_code
-    from ..config import NEW_TOKENS as FACT_TOKENS
+    from ..code.evaluate import TIMEOUT_S, drawing, evaluate_code
     from ..io import atomic_write_json, library_versions
 
     settings = eval_settings(args)
@@ -120,8 +132,7 @@ def run_code(args) -> int:
 
     sandbox.check()  # before the model loads: where programs cannot run, say so at once
     editor = Editor(args.model, adapter=args.adapter, template=args.template, device=args.device, progress=False)
-    options = dict(samples=settings.sample or SAMPLES, temperature=settings.temperature if settings.sample else TEMPERATURE,
-                   max_new_tokens=settings.max_new_tokens if settings.max_new_tokens != FACT_TOKENS else NEW_TOKENS,
+    options = dict(**drawing(settings, tokens_given=args.eval_max_new_tokens is not None),
                    batch_size=settings.batch_size, seed=settings.seed, timeout_s=TIMEOUT_S, progress=progress(args))
     runs = {}
     if args.adapter is None or args.base:

@@ -7,7 +7,7 @@ import os
 import sys
 
 from . import ask, bench, config_file, demo, edit, eval, export, prepare_model
-from .output import printable
+from ..text import printable
 
 COMMANDS = (edit, ask, eval, export, bench, demo, prepare_model)  # in the order `corsa --help` lists them
 WITH_CONFIG = ("edit", "eval", "bench")  # the commands that take --config FILE.yaml and key=value

@@ -12,19 +12,18 @@ Two file layouts are read, told apart by their keys:
 - the final release (``arena-ungrouped.jsonl``): one row per task, the update's fields and the
   task's side by side; rows of one ``update_id`` are gathered, in file order.
 
-Every bad record is refused with the file, the record and the field (:class:`corsa.errors.DataError`).
+Every bad record is refused with the file, the record and the field (:class:`corsa.errors.DataError`):
+the functions here read one record through the edit-file reader's record (``corsa.loaders.records_of``),
+which knows where it sits. Reading a whole file: :mod:`corsa.code.arena_file`.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import DataError
-from ..loaders import _read_records, _Record
 
 UPDATE_FIELDS = ("update_id", "function_path", "signature", "docstring", "description", "imports",
                  "implementation", "update_type", "package")
@@ -80,7 +79,7 @@ def edit_id(task: CodeTask) -> str:
     return "cua-" + task.id.replace("[", "").replace("]", "").replace(":", "-")
 
 
-def _new_name(rec: _Record, keys: tuple, implementation: str, signature: str, path: str) -> str:
+def _new_name(rec, keys: tuple, implementation: str, signature: str, path: str) -> str:
     """The name the implementation installs: the function it defines that the signature names."""
     defined = _DEF.findall(implementation)
     if not defined:
@@ -92,7 +91,7 @@ def _new_name(rec: _Record, keys: tuple, implementation: str, signature: str, pa
     return old if old in defined else defined[0]
 
 
-def _update(rec: _Record, keys: tuple) -> ApiUpdate:
+def _update(rec, keys: tuple) -> ApiUpdate:
     get = {f: rec.text(*keys, f, optional=f in _OPTIONAL) for f in UPDATE_FIELDS}
     path = get["function_path"]
     if "." not in path:
@@ -103,7 +102,7 @@ def _update(rec: _Record, keys: tuple) -> ApiUpdate:
                      update_type=get["update_type"], package=get["package"])
 
 
-def _task(rec: _Record, keys: tuple, update: ApiUpdate) -> CodeTask:
+def _task(rec, keys: tuple, update: ApiUpdate) -> CodeTask:
     get = {f: rec.text(*keys, f, optional=f in _OPTIONAL) for f in TASK_FIELDS}
     tests = tuple(_TEST.findall(get["unit_tests"]))
     if not tests:
@@ -113,7 +112,7 @@ def _task(rec: _Record, keys: tuple, update: ApiUpdate) -> CodeTask:
                     reference=get["ref_solution"], unit_tests=get["unit_tests"], tests=tests)
 
 
-def tasks_of(rec: _Record) -> list[tuple[str, CodeTask]]:
+def tasks_of(rec) -> list[tuple[str, CodeTask]]:
     """The tasks of one record of either layout, each with the field path its task fields sit under."""
     data = rec.data
     if not isinstance(data, dict):
@@ -129,38 +128,6 @@ def tasks_of(rec: _Record) -> list[tuple[str, CodeTask]]:
         return [("", _task(rec, (), _update(rec, ())))]
     raise DataError("is not a CodeUpdateArena record: expected 'update' (grouped file) or "
                     "'prog_syn_id' (the final, ungrouped release)", path=str(rec.path), record=rec.name())
-
-
-def load_arena(path: str | os.PathLike) -> list[list[CodeTask]]:
-    """The tasks of a CodeUpdateArena file, one list per API update, in file order."""
-    path = Path(path)
-    records, lines = _read_records(path)
-    groups: dict[str, list[CodeTask]] = {}
-    seen_tasks: set[str] = set()
-    for i, data in enumerate(records):
-        rec = _Record(data, path, i, lines[i] if lines else None)
-        tasks = [task for _, task in tasks_of(rec)]
-        for task in tasks:
-            if task.id in seen_tasks:
-                raise rec.error(f"task {task.id} appears twice", "prog_syn_id")
-            seen_tasks.add(task.id)
-        update = tasks[0].update
-        group = groups.setdefault(update.id, [])
-        if group and group[0].update != update:
-            raise rec.error(f"update {update.id} is given twice with different fields", "update_id")
-        group.extend(tasks)
-    return list(groups.values())
-
-
-def is_arena(path: str | os.PathLike) -> bool:
-    """Whether the file's first record is a CodeUpdateArena record (either layout)."""
-    try:
-        records, _ = _read_records(Path(path))
-    except DataError:
-        return False
-    first = records[0] if records else None
-    return isinstance(first, dict) and (("update" in first and "prog_syn_examples" in first)
-                                        or ("prog_syn_id" in first and "update_id" in first))
 
 
 def split_tasks(updates: list[list[CodeTask]], seed: int) -> dict[str, list[str]]:

@@ -6,7 +6,7 @@
 updates of N/K. Of each API update's tasks about half are trained (the edits) and the others held
 out (:func:`corsa.code.arena.split_tasks`); ``DIR/tasks.json`` records the choice.
 
-An edit (method.md §1) is x = the task's prompt (:func:`corsa.code.evaluate.task_prompt`: the
+An edit (method.md §1) is x = the task's prompt (:func:`corsa.code.programs.task_prompt`: the
 problem and the solution's signature, never the update's documentation), y⁺ = the reference
 solution in a ```python block, y⁻ = the program the unedited model writes (greedy, adapter off),
 so DPO pushes the model's old habit down. They are written to ``DIR/edits.jsonl``.
@@ -20,114 +20,114 @@ it (retention) is seen. Everything goes to ``DIR/base.json``, ``DIR/<method>/upd
 
 from __future__ import annotations
 
-import gc
-import json
 import random
 import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from .. import distributed as dist
 from .. import old_answers, sandbox
-from ..errors import ConfigError
-from ..io import (atomic_dir, atomic_write_json, atomic_write_text, check_not_inside, check_ours, check_writable,
-                  output_lock, sha256_file)
+from ..errors import ConfigError, refuse_given
+from ..io import atomic_write_json, atomic_write_text
 from ..methods import METHODS, get_method
 from ..records import Edit
-from ..resume import check_same, finished_evals
-from .arena import CodeTask, edit_id, load_arena, split_tasks
-from .evaluate import evaluate_code, summarise, task_prompt
+from ..report import save_figure
 from ..sandbox import run_programs
-from .programs import fence, program_for
+from ..text import fmt_metric, show_table
+from ..updates import split_in_order
+from .arena import CodeTask, edit_id, split_tasks
+from .arena_file import load_arena
+from .evaluate import TIMEOUT_S, drawing, evaluate_code, summarise
+from .programs import fence, program_for, task_prompt
 
-# how programs are drawn when the command does not say (--sample, --temperature, --max-new-tokens)
-SAMPLES, TEMPERATURE, NEW_TOKENS = 5, 0.8, 320
-TIMEOUT_S = 10.0  # per program, wall clock
+# the flags of `corsa bench` that measure facts and mean nothing for programs: refused by name
+# (spec field, flag, the value that means "not given", why)
+NOT_FOR_CODE = (("skip_invalid", "--skip-invalid", False, "a CodeUpdateArena file has no edit records to skip"),
+                ("mmlu", "--mmlu", 0, "the code bench measures programs (Pass@k), not MMLU"),
+                ("mmlu_file", "--mmlu-file", None, "the code bench measures programs (Pass@k), not MMLU"),
+                ("mmlu_seed", "--mmlu-seed", 0, "the code bench measures programs (Pass@k), not MMLU"))
 
 
-class CodeBench:
-    """Runs a :class:`corsa.comparison.spec.BenchSpec` whose data is a CodeUpdateArena file."""
+class Code:
+    """API updates (CodeUpdateArena), measured by running programs (see :class:`corsa.comparison.harness.Bench`)."""
 
     def __init__(self, spec):
         self.spec = spec
-        self.out = Path(spec.out)
-        ev = spec.eval
-        self.samples = ev.sample or SAMPLES
-        self.temperature = ev.temperature if ev.sample else TEMPERATURE
-        self.new_tokens = ev.max_new_tokens if spec.train.get("max_new_tokens") else NEW_TOKENS
+        drawn = drawing(spec.eval, tokens_given="max_new_tokens" in spec.train)
+        self.samples, self.temperature, self.new_tokens = drawn["samples"], drawn["temperature"], drawn["max_new_tokens"]
+
+    def refuse(self, spec) -> None:
+        """The flags this domain cannot honour, each by name (every other one works as for facts)."""
+        refuse_given(spec, NOT_FOR_CODE, "a CodeUpdateArena file")
+        if "scope" in spec.train or any("scope" in s for s in spec.sets.values()):
+            raise ConfigError("--scope does not apply to a CodeUpdateArena file: its programs are written with the "
+                              "adapter on for every prompt (no subject gates it)")
+        if spec.eval.seed:
+            raise ConfigError("--sample-seed does not apply to a CodeUpdateArena file: its programs are sampled "
+                              "with --seed (and the update's number)")
         for m in spec.methods:
             if get_method(m).solver:
                 raise ConfigError(f"--methods {m}: the model editors change facts about a subject; on API "
                                   f"updates only the trained methods run ({', '.join(n for n, r in METHODS.items() if not r.solver)})")
-
-    def log(self, message: str) -> None:
-        if self.spec.progress:
-            tqdm.write(message, file=sys.stderr)
+        if dist.world_size() > 1:
+            raise ConfigError("a CodeUpdateArena bench runs in one process (its programs run in this machine's "
+                              "sandbox); start it without torchrun or accelerate launch")
 
     def _eval(self, model, fmt, tasks, adapter: bool, seed: int) -> dict:
         return evaluate_code(model, fmt, tasks, self.split, samples=self.samples, temperature=self.temperature,
                              max_new_tokens=self.new_tokens, batch_size=self.spec.eval.batch_size, seed=seed,
                              timeout_s=TIMEOUT_S, adapter=adapter, progress=self.spec.progress)
 
-    def prepare(self) -> None:
-        from ..loaders import load_edits, save_edits_jsonl
-        from ..models import load_model, model_fingerprint
-        from ..prompts import PromptFormat
-
+    def before_model(self, bench) -> None:
+        """The API updates chosen (their reference solutions run here) and split in order into the updates."""
         spec, data = self.spec, Path(self.spec.data)
-        check_writable(self.out)
-        check_not_inside({"--data": data}, self.out)
-        check_ours(self.out, "bench", tuple(METHODS))
+        self.out, self.log = bench.out, bench.log
         groups = load_arena(data)
         n, k = spec.n_edits, spec.n_updates
         if n > len(groups):
             raise ConfigError(f"--edits {n}: {data} holds {len(groups)} API updates (--edits counts API updates "
                               f"for CodeUpdateArena)")
-        if k < 1 or n % k:
-            raise ConfigError(f"--edits {n} must split into --updates {k} equal parts")
         sandbox.check()  # one clear message where programs cannot run, before anything is chosen
         tasks_file = self.out / "tasks.json"
         if tasks_file.exists():  # a resumed run measures the tasks it chose, whatever timing said since
+            import json
+
             chosen = self.chosen_before(groups, json.loads(tasks_file.read_text()))
         else:
             chosen = self.choose(groups, n, spec.seed)
-        self.groups = [chosen[i * (n // k):(i + 1) * (n // k)] for i in range(k)]  # [update][api update][task]
+        self.chosen = chosen
+        self.groups = split_in_order(chosen, k)  # [update][api update][task]
         self.split = split_tasks(chosen, spec.seed)
-        self.log(f"bench · loading {spec.model}")
-        self.model, tokenizer = load_model(spec.model, device=spec.device)
-        self.fmt = PromptFormat(tokenizer, spec.template)
-        self.settings = {"model": spec.model, "model_fingerprint": model_fingerprint(self.model), "data": str(data),
-                         "data_sha256": sha256_file(data), "api_updates": n, "n_updates": k, "seed": spec.seed,
-                         "template": self.fmt.name, "samples": self.samples, "temperature": self.temperature,
-                         "max_new_tokens": self.new_tokens, "domain": "code",
-                         "tasks": [t.id for g in chosen for t in g]}  # a resume must measure the same tasks
-        check_same(self.out / "bench.json", {k: v for k, v in self.settings.items() if k not in ("model", "data")},
-                   "settings", "or choose another --out")
+
+    def settings(self, fmt) -> dict:
+        spec = self.spec
+        return {"api_updates": spec.n_edits, "n_updates": spec.n_updates, "seed": spec.seed, "template": fmt.name,
+                "samples": self.samples, "temperature": self.temperature, "max_new_tokens": self.new_tokens,
+                "domain": "code", "tasks": [t.id for g in self.chosen for t in g]}  # a resume measures the same tasks
+
+    def prepare(self, bench, model, fmt):
+        spec = self.spec
         atomic_write_json(self.out / "tasks.json", {
             "updates": [[g[0].update.id for g in groups_k] for groups_k in self.groups], **self.split,
             "dropped": self.dropped})
         trained = set(self.split["train"])
-        edits_file = self.out / "edits.jsonl"
-        if edits_file.exists():
-            edits = load_edits(edits_file, format="plain")
-        else:
-            tasks = [t for g in chosen for t in g if t.id in trained]
+
+        def write_programs():
+            tasks = [t for g in self.chosen for t in g if t.id in trained]
             self.log(f"bench · the unedited model writes y⁻ for {len(tasks)} trained tasks")
             edits = [Edit(id=edit_id(t), prompt=task_prompt(t), target_new=fence(t.reference),
-                          subject=t.update.function_path, source=str(data)) for t in tasks]
-            edits = old_answers.fill(self.model, self.fmt, edits, batch_size=spec.eval.batch_size)
-            save_edits_jsonl(edits, edits_file)
-        by_id = {e.id: e for e in edits}
-        self.edits = [[by_id[edit_id(t)] for g in groups_k for t in g if t.id in trained]
-                      for groups_k in self.groups]
-        base_file = self.out / "base.json"
-        if base_file.exists():
-            self.base = json.loads(base_file.read_text())
-        else:
+                          subject=t.update.function_path, source=str(spec.data)) for t in tasks]
+            return old_answers.fill(model, fmt, edits, batch_size=spec.eval.batch_size)
+
+        by_id = {e.id: e for e in bench.kept_edits(write_programs)}
+        updates = [[by_id[edit_id(t)] for g in groups_k for t in g if t.id in trained] for groups_k in self.groups]
+
+        def measure():
             self.log("bench · the unedited model on every task")
-            self.base = self._eval(self.model, self.fmt, self.tasks(k), adapter=False, seed=spec.seed)
-            atomic_write_json(base_file, self.base)
+            return self._eval(model, fmt, self.tasks(spec.n_updates), adapter=False, seed=spec.seed)
+
+        self.base = bench.kept_json("base.json", measure)
+        return updates, self.base
 
     def choose(self, groups: list[list[CodeTask]], n: int, seed: int) -> list[list[CodeTask]]:
         """``n`` API updates in a seeded order, each with at least two tasks whose reference passes here.
@@ -184,64 +184,52 @@ class CodeBench:
                                                      **summarise(split["trained"], "code/trained")}})
         return out
 
-    def run_method(self, method: str) -> list[dict]:
-        from ..api import Editor, seed_everything
+    def measured(self, k: int) -> str:
+        return f"{len(self.tasks(k))} tasks"
 
-        spec, K = self.spec, self.spec.n_updates
-        cfg, folder = spec.method_folder(method)
-        evals = finished_evals(folder, K)
-        if len(evals) == K:
-            return evals
-        done = len(evals)
-        editor = Editor(spec.model, adapter=folder / f"update-{done}" if done else None, config=cfg,
-                        device=spec.device, progress=spec.progress)
-        for k in range(done + 1, K + 1):
-            seed_everything(cfg.seed + 1000 * k)
-            with atomic_dir(folder / f"update-{k}") as tmp:
-                self.log(f"{method} · update {k}/{K} · training on {len(self.edits[k - 1])} programs")
-                record = editor.update(self.edits[k - 1], out=tmp)
-                ev = self._eval(editor.model, editor.fmt, self.tasks(k), adapter=True, seed=spec.seed + k)
-                result = {"method": method, "update": k, "edit_ids": [e.id for e in self.edits[k - 1]],
-                          "train": {"seconds": record.result.seconds, "steps": record.result.steps,
-                                    "epochs": record.result.epochs},
-                          **ev, "per_update": self.per_update(ev["records"], k)}
-                atomic_write_json(tmp / "eval.json", result)
-            evals.append(result)
-            m = ev["metrics"]
-            self.log(f"{method} · update {k}/{K} · held-out pass@1 {_pct(m['code/held_out/pass@1'])}, "
-                     f"pass@5 {_pct(m.get('code/held_out/pass@5'))}; trained pass@1 {_pct(m['code/trained/pass@1'])}")
-        del editor
-        gc.collect()
-        return evals
+    def evaluate(self, bench, editor, method: str, k: int, record) -> dict:
+        """The tasks of API updates 1..k, programs sampled and run (eval.json of update k)."""
+        ev = self._eval(editor.model, editor.fmt, self.tasks(k), adapter=True, seed=self.spec.seed + k)
+        return {"method": method, "update": k, "edit_ids": [e.id for e in record.edits],
+                "train": {"seconds": record.result.seconds, "steps": record.result.steps,
+                          "epochs": record.result.epochs},
+                **ev, "per_update": self.per_update(ev["records"], k)}
 
-    def run(self) -> dict:
-        with output_lock(self.out):
-            started = time.time()
-            self.prepare()
-            per_method = {m: self.run_method(m) for m in self.spec.methods}
-            K = self.spec.n_updates
-            base_per_update = self.per_update(self.base["records"], K)
-            results = {
-                "domain": "code", "settings": self.settings, "split": self.split,
-                "base": {"metrics": self.base["metrics"], "per_update": base_per_update},
-                "protocol": self.base["protocol"], "n_updates": K, "api_updates": self.spec.n_edits,
-                "methods": {m: {"config": self.spec.method_config(m).resolved(),
-                                "updates": [{"update": e["update"], "metrics": e["metrics"],
-                                             "per_update": e["per_update"], "train": e["train"],
-                                             "seconds": e["seconds"]} for e in evals]}
-                            for m, evals in per_method.items()},
-                "seconds": round(time.time() - started, 1),
-            }
-            plot = self.out / "code-pass.png"
-            plot_pass(results, plot)
-            results["files"] = {"report": "report.md", "plots": [plot.name]}
-            atomic_write_text(self.out / "report.md", markdown(results))
-            atomic_write_json(self.out / "results.json", results)
-            return results
+    def line(self, result: dict) -> str:
+        m = result["metrics"]
+        pct = lambda key: fmt_metric(m.get(key), key)  # noqa: E731
+        return (f"held-out pass@1 {pct('code/held_out/pass@1')}, pass@5 {pct('code/held_out/pass@5')}; "
+                f"trained pass@1 {pct('code/trained/pass@1')}")
 
+    def results(self, bench, per_method: dict[str, list[dict]], started: float) -> dict:
+        K = self.spec.n_updates
+        results = {
+            "domain": "code", "settings": bench.settings, "split": self.split,
+            "base": {"metrics": self.base["metrics"], "per_update": self.per_update(self.base["records"], K)},
+            "protocol": self.base["protocol"], "n_updates": K, "api_updates": self.spec.n_edits,
+            "methods": {m: {"config": self.spec.method_config(m).resolved(),
+                            "updates": [{"update": e["update"], "metrics": e["metrics"],
+                                         "per_update": e["per_update"], "train": e["train"],
+                                         "seconds": e["seconds"]} for e in evals]}
+                        for m, evals in per_method.items()},
+            "seconds": round(time.time() - started, 1),
+        }
+        plot = bench.out / "code-pass.png"
+        plot_pass(results, plot)
+        results["files"] = {"report": "report.md", "plots": [plot.name]}
+        atomic_write_text(bench.out / "report.md", markdown(results))
+        return results
 
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
+    def summary(self, results: dict) -> None:
+        """What `corsa bench` prints: the table and where the files are."""
+        out = self.spec.out
+        header, rows = table(results)
+        print(show_table(rows, header, numbers=True))
+        print(f"{results['api_updates']} API updates in {results['n_updates']} updates; pass@k in %, "
+              f"{results['protocol']['samples']} programs per task run in the sandbox")
+        print(f"report: {out / 'report.md'}")
+        print(f"results: {out / 'results.json'}")
+        print("plots: " + ", ".join(str(out / p) for p in results["files"]["plots"]), file=sys.stdout)
 
 
 COLUMNS = (("held-out pass@1", "code/held_out/pass@1"), ("held-out pass@5", "code/held_out/pass@5"),
@@ -252,17 +240,11 @@ COLUMNS = (("held-out pass@1", "code/held_out/pass@1"), ("held-out pass@5", "cod
 def table(results: dict) -> tuple[list[str], list[list[str]]]:
     """One row per method and update (and the unedited model), the Pass@k columns in %."""
     header = ["method", "after update"] + [name for name, _ in COLUMNS]
-    rows = [["unedited", "–"] + [_pct(results["base"]["metrics"].get(key)) for _, key in COLUMNS]]
+    rows = [["unedited", "–"] + [fmt_metric(results["base"]["metrics"].get(key), key) for _, key in COLUMNS]]
     for method, entry in results["methods"].items():
         for u in entry["updates"]:
-            rows.append([method, str(u["update"])] + [_pct(u["metrics"].get(key)) for _, key in COLUMNS])
+            rows.append([method, str(u["update"])] + [fmt_metric(u["metrics"].get(key), key) for _, key in COLUMNS])
     return header, rows
-
-
-def text_table(results: dict) -> str:
-    header, rows = table(results)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
 
 
 def markdown(results: dict) -> str:
@@ -285,7 +267,7 @@ def markdown(results: dict) -> str:
 
     def cell(g: dict) -> str:
         m = g["metrics"]
-        return f"{_pct(m.get('code/trained/pass@5'))} / {_pct(m.get('code/held_out/pass@5'))}"
+        return " / ".join(fmt_metric(m.get(key), key) for key in ("code/trained/pass@5", "code/held_out/pass@5"))
 
     lines.append("| unedited | – | " + " | ".join(cell(g) for g in results["base"]["per_update"]) + " |")
     for method, entry in results["methods"].items():
@@ -303,7 +285,6 @@ def plot_pass(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report import _save
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, (title, key) in zip(axes, (("held-out tasks", "code/held_out/pass@5"),
@@ -320,8 +301,4 @@ def plot_pass(results: dict, path: Path) -> None:
         ax.set_xticks(range(1, results["n_updates"] + 1))
     axes[0].set_ylabel("%")
     axes[0].legend(fontsize=8)
-    _save(fig, path)
-
-
-def run_code_bench(spec) -> dict:
-    return CodeBench(spec).run()
+    save_figure(fig, path)

@@ -24,21 +24,27 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter import off as adapter_off
+from ..unedited import adapter_off
 from ..generate import generate
 from ..sandbox import run_programs
 from .arena import CodeTask
-from .programs import extract_code, pass_at_k, program_for, ran_to_the_end
+from .programs import extract_code, pass_at_k, program_for, ran_to_the_end, task_prompt
+
+# how programs are drawn when the command does not say (--sample, --temperature, --max-new-tokens)
+SAMPLES, TEMPERATURE, NEW_TOKENS = 5, 0.8, 320
+TIMEOUT_S = 10.0  # per program, wall clock
+
+
+def drawing(settings, tokens_given: bool) -> dict:
+    """How programs are drawn (`corsa bench` and `corsa eval` alike): `samples`, `temperature` and
+    `max_new_tokens` from the evaluation settings where the command gives them, else the defaults above
+    (a fact's 16 tokens are no program). tokens_given: whether --max-new-tokens was given."""
+    return {"samples": settings.sample or SAMPLES,
+            "temperature": settings.temperature if settings.sample else TEMPERATURE,
+            "max_new_tokens": settings.max_new_tokens if tokens_given else NEW_TOKENS}
+
 
 KS = (1, 5)
-
-
-def task_prompt(task: CodeTask) -> str:
-    """What the model is asked: the scenario, the problem and the signature; no documentation."""
-    lines = [task.scenario, task.problem] if task.scenario else [task.problem]
-    lines.append(f"Write the Python function `{task.solution_signature.rstrip(':')}` with the imports it needs. "
-                 "Answer with the code in one ```python block.")
-    return "\n\n".join(lines)
 
 
 def sample_programs(model, fmt, tasks: list[CodeTask], *, samples: int, temperature: float, max_new_tokens: int,

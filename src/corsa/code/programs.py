@@ -1,5 +1,7 @@
-"""From a model's answer to a program that tests it, and Pass@k.
+"""A task's prompt, the program that tests a model's answer to it, and Pass@k.
 
+:func:`task_prompt` is what the model is asked (x of the edit a task becomes; never the
+update's documentation).
 :func:`program_for` builds what the sandbox runs for a candidate solution of a task:
 
 1. the task's imports, then the update's (both keep the old function: ``old_sin = math.sin``;
@@ -21,6 +23,14 @@ from math import comb
 from .arena import CodeTask
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def task_prompt(task: CodeTask) -> str:
+    """What the model is asked: the scenario, the problem and the signature; no documentation."""
+    lines = [task.scenario, task.problem] if task.scenario else [task.problem]
+    lines.append(f"Write the Python function `{task.solution_signature.rstrip(':')}` with the imports it needs. "
+                 "Answer with the code in one ```python block.")
+    return "\n\n".join(lines)
 
 
 def extract_code(answer: str) -> str:

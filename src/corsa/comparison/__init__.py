@@ -1,7 +1,8 @@
-"""The multi-update comparison behind `corsa bench` (method.md §6), in three parts.
+"""The multi-update comparison behind `corsa bench` (method.md §6), in four parts.
 
 - :mod:`.spec`: what a command asks for (:class:`BenchSpec`, `--set` overrides, the chosen edits);
-- :mod:`.runner`: running it, resumable per (method, update) (:class:`Bench`, :func:`run_bench`);
+- :mod:`.harness`: running it, resumable per (method, update), in a domain (:class:`Bench`, :func:`run_bench`);
+- :mod:`.facts`: the facts domain (edit files; :mod:`corsa.code.bench` is the API-update domain);
 - :mod:`.results`: the schema of ``results.json`` (:class:`BenchResults`, :class:`MethodResults`).
 
 (`benchmarks/` at the top of the repository is another thing: speed and memory, not quality.)
@@ -10,10 +11,10 @@
 import importlib
 
 # where each name lives; imported on first use, so that `corsa bench --help` (which reads
-# BenchSpec's defaults) does not pull in torch through the runner
+# BenchSpec's defaults) does not pull in torch through the harness
 _HOME = {"TIMING_KEYS": "results", "BenchResults": "results", "MethodResults": "results",
-         "Bench": "runner", "run_bench": "runner",
-         "BenchSpec": "spec", "parse_sets": "spec", "select": "spec", "split": "spec"}
+         "Bench": "harness", "run_bench": "harness",
+         "BenchSpec": "spec", "parse_sets": "spec", "select": "spec"}
 
 
 def __getattr__(name: str):
@@ -23,4 +24,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["Bench", "BenchResults", "BenchSpec", "MethodResults", "TIMING_KEYS", "parse_sets", "run_bench",
-           "select", "split"]
+           "select"]

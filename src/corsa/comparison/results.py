@@ -141,7 +141,7 @@ def method_results(config: dict, evals: list[dict], sizes: list[int]) -> MethodR
 def assemble(settings: dict, updates: list[list], protocol: dict, base: dict, per_method: dict[str, list[dict]],
              configs: dict[str, dict]) -> BenchResults:
     """results.json's content (without the run's timing and files, which the runner adds) from the evaluations."""
-    from ..evaluate import HEADLINE, headline
+    from ..evaluate import HEADLINE, headline  # torch; the schema and its readers (corsa.report) do without
     sizes = [len(u) for u in updates]
     methods = {name: method_results(configs[name], evals, sizes) for name, evals in per_method.items()}
     lora = methods.get("lora")

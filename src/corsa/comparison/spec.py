@@ -1,6 +1,6 @@
 """What one `corsa bench` command asks for: the spec, its per-method `--set` overrides, the edits it takes.
 
-The rest of the comparison: :mod:`corsa.comparison.runner` runs a spec (and resumes it),
+The rest of the comparison: :mod:`corsa.comparison.harness` runs a spec (and resumes it),
 :mod:`corsa.comparison.results` is the schema of ``results.json``, :mod:`corsa.report` draws it.
 """
 
@@ -17,6 +17,7 @@ from ..config import TRAINING_FIELDS, EditConfig, EvalSettings
 from ..errors import ConfigError
 from ..methods import METHODS, OPTIONS, get_method
 from ..records import Edit
+from ..tracking import check as check_reporter
 
 # options every method must share: the evaluation reads them, or they belong to the bench
 SHARED_OPTIONS = {"method": "--methods", "seed": "--seed", "template": "--template",
@@ -47,9 +48,7 @@ class BenchSpec:
     report_to: str = "none"  # "tensorboard": every method's steps in OUT/tensorboard/METHOD (corsa.tracking)
 
     def __post_init__(self):
-        from ..tracking import check
-
-        check(self.report_to)  # before the model loads, not minutes into the run
+        check_reporter(self.report_to)  # before the model loads, not minutes into the run
         self.out = Path(self.out)
         self.methods = tuple(self.methods)
         if not self.methods:
@@ -89,7 +88,7 @@ class BenchSpec:
 
     def method_folder(self, method: str) -> tuple[EditConfig, Path]:
         """`method`'s configuration and folder, refused if an earlier run there trained it otherwise."""
-        from ..resume import check_same
+        from ..resume import check_same  # here, not at the top: resume imports torch, `corsa bench --help` does not
 
         cfg, folder = self.method_config(method), self.out / method
         check_same(folder / "config.json", cfg.resolved(), f"training options for {method}",
@@ -150,7 +149,7 @@ def _convert(value: str, hint, item: str, key: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# choosing and splitting the edits
+# choosing the edits (split in order into updates by corsa.updates.split_in_order)
 
 
 def select(edits: list[Edit], n: int, seed: int) -> list[Edit]:
@@ -172,7 +171,3 @@ def select(edits: list[Edit], n: int, seed: int) -> list[Edit]:
     raise ConfigError(f"--edits {n}: no whole set of cases adds up to {n} edits (the edits of a multi-hop "
                       f"case are kept together); try a multiple of the case size")
 
-
-def split(edits: list[Edit], k: int) -> list[list[Edit]]:
-    size = len(edits) // k
-    return [edits[i * size:(i + 1) * size] for i in range(k)]

@@ -30,8 +30,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
-from ..adapter import off as adapter_off
+from ..unedited import adapter_off
 from ..errors import DataError
+from ..generate import generate_ids
+from ..io import atomic_write_json, jsonl_lines, read_bounded, read_text_bounded
+from ..models import model_fingerprint
+from ..models.aliases import default_cache_dir
+from ..preserve import read_anchors
 from ..prompts import pad_id
 from .layout import Layout
 
@@ -42,8 +47,6 @@ VERSION = 1         # bump when the default corpus changes, so old caches are no
 
 
 def cache_root() -> Path:
-    from ..models.aliases import default_cache_dir
-
     return default_cache_dir() / "stats"
 
 
@@ -52,7 +55,6 @@ def corpus_key(corpus: str | None, tokens: int, template: str = "chat") -> str:
     the model's chat format) and size; a file by its content's hash, the format and the size."""
     if corpus is None:
         return f"self-v{VERSION}-{template}-{tokens}"
-    from ..io import read_bounded
 
     digest = hashlib.sha256(read_bounded(corpus, MAX_CORPUS_BYTES, "the statistics corpus", DataError)).hexdigest()[:16]
     return f"file-{digest}-{template}-{tokens}"
@@ -63,8 +65,6 @@ MAX_CORPUS_BYTES = 1 << 30  # read whole into memory: the cap of an edit file
 
 def read_corpus(path: str) -> list[str]:
     """Documents of a corpus file: text lines, or JSON lines with a text, question or prompt field."""
-    from ..io import jsonl_lines, read_text_bounded
-
     lines = jsonl_lines(read_text_bounded(path, MAX_CORPUS_BYTES, "the statistics corpus", DataError))
     docs = []
     for n, line in lines:
@@ -91,8 +91,6 @@ def read_corpus(path: str) -> list[str]:
 
 def _own_text_chunk(model, fmt, j: int, n_chunks_raw: int, anchors: list[str]) -> list[list[int]]:
     """Chunk j of the default corpus: sampled raw continuations, then chat replies to anchors."""
-    from ..generate import generate_ids
-
     tok = fmt.tokenizer
     if j < n_chunks_raw:
         starts = [OPENINGS[(j * CHUNK + b) % len(OPENINGS)] for b in range(CHUNK)]
@@ -130,7 +128,6 @@ def corpus_ids(model, fmt, corpus: str | None, tokens: int, folder: Path, progre
             if total >= tokens:
                 break
         return [s for s in seqs if s]
-    from ..preserve import read_anchors
 
     anchors = read_anchors() if fmt.chat else []
     n_chat = -(-len(anchors) // CHUNK)
@@ -144,8 +141,6 @@ def corpus_ids(model, fmt, corpus: str | None, tokens: int, folder: Path, progre
                 chunk = json.loads(file.read_text())
             else:
                 chunk = _own_text_chunk(model, fmt, j, n_raw, anchors)
-                from ..io import atomic_write_json
-
                 atomic_write_json(file, chunk)
             seqs.extend(chunk)
             bar.update(1)
@@ -168,8 +163,6 @@ def second_moments(model, fmt, layout: Layout, layers: list[int], corpus: str | 
     from safetensors.torch import load_file, save_file
 
     if not fingerprint:  # the cache is per model: never shared under a made-up name
-        from ..models import model_fingerprint
-
         fingerprint = model_fingerprint(model)
     folder = cache_root() / fingerprint / corpus_key(corpus, tokens, fmt.name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""What the commands print: plain-text tables, and text made safe for a terminal."""
+"""What is printed: plain-text tables, metrics as text, and text made safe for a terminal."""
 
 from __future__ import annotations
 
@@ -22,10 +22,15 @@ def printable(text, keep_newlines: bool = False) -> str:
     return "".join(out)
 
 
-def show_table(rows: list[list[str]], header: list[str]) -> str:
+def show_table(rows: list[list[str]], header: list[str], numbers: bool = False) -> str:
+    """A plain-text table under a ruled header; with `numbers`, every column but the first aligned right."""
     rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+
+    def line(r):
+        cells = zip(r, widths)
+        return "  ".join(str(c).rjust(w) if numbers and i else str(c).ljust(w) for i, (c, w) in enumerate(cells))
+
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 

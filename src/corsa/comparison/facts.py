@@ -1,0 +1,123 @@
+"""The facts domain of `corsa bench` (CounterFact, zsRE, MQuAKE, any edit file): generated and
+teacher-forced metrics (method.md §5), typed results (:mod:`.results`) and :mod:`corsa.report`.
+
+1. N edits are chosen with the seed (the edits of an MQuAKE case — those sharing their
+   multi-hop questions — are kept together) and split, in that order, into K updates of N/K.
+   Missing old answers y⁻ are the unedited model's greedy answers.
+2. The unedited model is evaluated on all N edits (``DIR/base.json``); its answers to the
+   locality probes are the cache every later locality number compares against.
+3. After update k every edit seen so far is evaluated in one pass, which gives R[k][j]
+   (reliability on update j) for all j ≤ k; MMLU, when asked for, after the last update.
+4. ``results.json``, ``results.csv``, ``report.md`` and the plots are written from all of it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from .. import mmlu, old_answers, report
+from ..evaluate import counts, evaluate, summarise
+from ..io import peak_rss_mb, sha256_file
+from ..loaders import load_edits
+from ..text import fmt_metric
+from ..updates import split_in_order
+from .results import BenchResults, assemble
+from .spec import select
+
+
+class Facts:
+    """Edits of facts, measured by corsa.evaluate (see :class:`corsa.comparison.harness.Bench`)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.mmlu, self.mmlu_info = None, None
+
+    def refuse(self, spec) -> None:
+        """Every flag of `corsa bench` works for facts."""
+
+    def before_model(self, bench) -> None:
+        spec = self.spec
+        if spec.mmlu:
+            path = mmlu.resolve_path(spec.mmlu_file)
+            self.mmlu = mmlu.subset(mmlu.load(path), spec.mmlu, spec.mmlu_seed)
+            self.mmlu_info = {"file": str(path), "sha256": sha256_file(path), "n": spec.mmlu, "seed": spec.mmlu_seed}
+
+    def settings(self, fmt) -> dict:
+        spec = self.spec
+        return {"skip_invalid": spec.skip_invalid, "n_edits": spec.n_edits, "n_updates": spec.n_updates,
+                "seed": spec.seed, "template": fmt.name, "eval": spec.eval.identity(), "mmlu": self.mmlu_info}
+
+    def prepare(self, bench, model, fmt):
+        spec = self.spec
+
+        def choose():
+            edits = select(load_edits(spec.data, on_invalid="skip" if spec.skip_invalid else "error"),
+                           spec.n_edits, spec.seed)
+            # a missing y⁻ is the unedited model's own short answer (method.md §4, corsa.old_answers)
+            return old_answers.fill(model, fmt, edits, spec.eval.max_new_tokens, spec.eval.batch_size)
+
+        edits = bench.kept_edits(choose)
+        self.updates = split_in_order(edits, spec.n_updates)
+
+        def measure():
+            bench.log(f"bench · evaluating the unedited model on {len(edits)} edits")
+            ev = evaluate(model, edits, fmt=fmt, base=True, mmlu=self.mmlu, settings=spec.eval, progress=spec.progress)
+            return {"metrics": ev["metrics"], "counts": ev["counts"], "protocol": ev["protocol"], "mmlu": ev["mmlu"],
+                    "seconds": ev["seconds"], "base_answers": ev["base_answers"], "records": ev["records"]}
+
+        self.base = bench.kept_json("base.json", measure)
+        return self.updates, self.base
+
+    def measured(self, k: int) -> str:
+        return f"{sum(len(u) for u in self.updates[:k])} edits"
+
+    def evaluate(self, bench, editor, method: str, k: int, record) -> dict:
+        """Every edit seen so far, with R[k][j] per update j ≤ k (eval.json of update k)."""
+        spec, updates = self.spec, self.updates
+        seen = [e for u in updates[:k] for e in u]
+        mmlu_questions = self.mmlu if k == spec.n_updates else None  # after the last update only
+        ev = evaluate(editor, seen, base_answers=self.base["base_answers"], mmlu=mmlu_questions, settings=spec.eval,
+                      progress=spec.progress)
+        pool = [e.target_new for e in seen]  # crossover counts every edited answer seen so far
+        sizes = [len(u) for u in updates[:k]]
+        bounds = [sum(sizes[:j]) for j in range(k + 1)]
+        per_update = [{"update": j + 1, "metrics": summarise(ev["records"][bounds[j]:bounds[j + 1]], pool),
+                       "counts": counts(ev["records"][bounds[j]:bounds[j + 1]])} for j in range(k)]
+        return {
+            "method": method, "update": k, "edit_ids": [e.id for e in updates[k - 1]],
+            "train": {"seconds": record.result.seconds, "steps": record.result.steps,
+                      "epochs": record.result.epochs, "stopped_early": record.result.stopped_early},
+            "eval_seconds": ev["seconds"], "peak_rss_mb": peak_rss_mb(),
+            "peak_gpu_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                            if torch.cuda.is_available() else None),
+            "protocol": ev["protocol"], "metrics": ev["metrics"], "counts": ev["counts"],
+            "per_update": per_update, "mmlu": ev["mmlu"], "scope": ev["scope"], "records": ev["records"],
+        }
+
+    def line(self, result: dict) -> str:
+        m, first, key = result["metrics"], result["per_update"][0]["metrics"], "generated/reliability"
+        return (f"reliability {fmt_metric(m[key], key)} on all {self.measured(result['update'])}, on update 1 "
+                f"{fmt_metric(first[key], key)}, locality {fmt_metric(m['generated/locality'], 'generated/locality')}")
+
+    def results(self, bench, per_method: dict[str, list[dict]], started: float) -> dict:
+        configs = {m: self.spec.method_config(m).resolved() for m in per_method}
+        results: BenchResults = assemble(bench.settings, self.updates, self.base["protocol"], self.base, per_method,
+                                         configs)
+        results.finished_at = time.time()
+        results.seconds = time.time() - started
+        results.files = report.write_all(results, bench.out)
+        return results.to_dict()
+
+    def summary(self, results: dict) -> None:
+        """What `corsa bench` prints: the table and where the files are."""
+        out = self.spec.out
+        print(report.text_table(results))
+        print(f"{results['n_edits']} edits in {results['n_updates']} updates; reliability, generality, locality: "
+              f"generated ({results['protocol']['generated']['decoding']}); efficacy, margin: teacher-forced; "
+              f"figures in %, margin in nats", file=sys.stdout)
+        print(f"report: {out / 'report.md'}")
+        print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
+        print("plots: " + ", ".join(str(out / p) for p in results["files"]["plots"]))
