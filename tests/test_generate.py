@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from corsa.adapter import off
+from corsa.unedited import adapter_off as off
 from corsa.generate import MIN_SHARED_PREFIX, _generate, answer_ends, generate, generate_ids, shared_prefix
 from corsa.prompts import PromptFormat, pad_id
 from corsa.testing import tiny_llama
