@@ -22,7 +22,7 @@ ENGINES = ("loop", "hf")
 MIN_SHARED_PREFIX = 4  # fewer shared tokens than this are not worth a forward of their own
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: a model may cache tensors (rotary tables) that training reuses
 def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int = 16,
              batch_size: int = 16, progress=None, num_samples: int = 0,
              temperature: float = 1.0, prefill: bool = False, shots=(), engine: str = "loop") -> list[str] | list[list[str]]:
@@ -42,7 +42,7 @@ def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int =
     return texts if num_samples > 0 else [t[0] for t in texts]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: a model may cache tensors (rotary tables) that training reuses
 def generate_ids(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int = 16,
                  batch_size: int = 16, engine: str = "loop") -> list[list[int]]:
     """The greedy answers' token ids, up to and including the end-of-turn token when one came."""
