@@ -265,14 +265,16 @@ def test_generate_after_worked_examples_continues_the_prompt_after_them(tiny, ch
     if chat:
         tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     fmt = PromptFormat(tok, "chat" if chat else "raw")
+    import corsa.generate as generation
+
     prompts = ["The capital of country 3 is", "The colour of object 1 is a very"]
-    given, run = [], model.generate
+    given, run = [], generation._greedy_batch
 
-    def spy(input_ids, attention_mask, **k):
-        given.extend(row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask))
-        return run(input_ids=input_ids, attention_mask=attention_mask, **k)
+    def spy(model, ids, *a, **k):  # the token ids of a batch, as the greedy loop gets them
+        given.extend(list(x) for x in ids)
+        return run(model, ids, *a, **k)
 
-    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(generation, "_greedy_batch", spy)
     got = generate(model, fmt, prompts, 6, 2, shots=SHOTS)
     assert sorted(given) == sorted(fmt.few_shot_ids(list(SHOTS), p) for p in prompts)
     for p, answer in zip(prompts, got):
