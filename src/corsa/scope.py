@@ -25,7 +25,8 @@ gets the adapter. The adapter's weights are unchanged by the scope: only who ans
 so a scoped adapter cannot be merged into the base weights without losing the gate.
 
 The scope gates answering and scoring (:meth:`corsa.Editor.ask`, :func:`corsa.evaluate`, the
-bench, vLLM); training does not use it, since the edit prompts it trains on are in scope.
+bench, vLLM). Training uses it in one place: the preservation term drops anchors it leaves to
+the unedited model (corsa.lifelong); the edit prompts it trains on are in scope.
 """
 
 from __future__ import annotations
