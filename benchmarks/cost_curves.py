@@ -83,7 +83,8 @@ def main() -> None:
             print(rows[-1], flush=True)
     png = args.out.with_suffix(".png")
     plot(rows, png)
-    from corsa.io import atomic_write_json, library_versions
+    from corsa.files import atomic_write_json
+    from corsa.machine import library_versions
 
     atomic_write_json(args.out, {"rows": rows, "plot": png.name, "threads": "torch default",
                                  "machine": {"processor": platform.processor() or platform.machine()},

@@ -43,7 +43,8 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path, help="corsa bench output folders")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    from corsa.io import atomic_write_json, library_versions
+    from corsa.files import atomic_write_json
+    from corsa.machine import library_versions
 
     rows = [r for run in args.runs for r in collect(run)]
     one_off = [r for r in rows if r["statistics_s"] > 1]

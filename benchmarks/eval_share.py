@@ -95,7 +95,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path, help="PNG of the first run against the number of updates")
     args = p.parse_args()
-    from corsa.io import atomic_write_json, library_versions
+    from corsa.files import atomic_write_json
+    from corsa.machine import library_versions
 
     runs = [collect(run) for run in args.runs]
     atomic_write_json(args.out, {"runs": runs, "machine": {"processor": platform.processor() or platform.machine(),

@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from corsa import Editor, config  # noqa: E402
 from corsa.generate import generate, shared_prefix  # noqa: E402
-from corsa.io import atomic_write_json, library_versions  # noqa: E402
+from corsa.files import atomic_write_json  # noqa: E402
+from corsa.machine import library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from corsa import EditConfig, Editor  # noqa: E402
 from corsa.unedited import adapter_off  # noqa: E402
 from corsa.generate import generate  # noqa: E402
-from corsa.io import atomic_write_json, library_versions  # noqa: E402
+from corsa.files import atomic_write_json  # noqa: E402
+from corsa.machine import library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
 from corsa.metrics import contains, normalise  # noqa: E402
 from corsa.old_answers import fill  # noqa: E402

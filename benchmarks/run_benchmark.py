@@ -43,7 +43,8 @@ from corsa.engine import micro_batches  # noqa: E402
 from corsa.step import SamMemory, compute_reference, corsa_step, trainable_parameters  # noqa: E402
 from corsa.metrics import contains  # noqa: E402
 from corsa.generate import generate  # noqa: E402
-from corsa.io import atomic_write_json, library_versions  # noqa: E402
+from corsa.files import atomic_write_json  # noqa: E402
+from corsa.machine import library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
 from corsa.prompts import PromptFormat, collate, collate_shared, encode_edits  # noqa: E402
 from corsa.scoring import score, score_shared  # noqa: E402

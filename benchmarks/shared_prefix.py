@@ -26,7 +26,8 @@ import torch  # noqa: E402
 
 from corsa import Editor, scoring  # noqa: E402
 from corsa.step import compute_reference, corsa_step, trainable_parameters  # noqa: E402
-from corsa.io import atomic_write_json, library_versions  # noqa: E402
+from corsa.files import atomic_write_json  # noqa: E402
+from corsa.machine import library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
 from corsa.prompts import collate_shared, encode_edits, pad_id  # noqa: E402
 

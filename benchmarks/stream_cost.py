@@ -35,7 +35,8 @@ from corsa import Editor, engine  # noqa: E402
 from corsa import old_answers  # noqa: E402
 from corsa.comparison.spec import parse_sets, select  # noqa: E402
 from corsa.updates import split_in_order  # noqa: E402
-from corsa.io import atomic_write_json, library_versions  # noqa: E402
+from corsa.files import atomic_write_json  # noqa: E402
+from corsa.machine import library_versions  # noqa: E402
 from corsa.loaders import load_edits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -163,7 +163,7 @@ def test_empty_out_is_refused_before_anything_is_written(tmp_path, capsys, monke
             main(argv)
         assert info.value.code == 2 and "--out" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
-    from corsa.io import check_writable
+    from corsa.publish import check_writable
     from corsa.errors import ConfigError
 
     with pytest.raises(ConfigError, match="empty"):
@@ -242,10 +242,10 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_one_leaves_no_l
     import sys
 
     from corsa.errors import ConfigError
-    from corsa.io import output_lock
+    from corsa.locks import output_lock
 
     out = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from corsa.io import output_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from corsa.locks import output_lock\n"
                                f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:

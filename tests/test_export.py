@@ -95,7 +95,7 @@ def test_an_export_folder_is_corsas_only_by_its_marker_and_the_files_it_lists(se
     the user changed, an unlisted file beside a whole export: each refused before the model loads,
     naming the path, every file unchanged. An earlier version's export (a marker without `files`) is
     still replaced."""
-    from corsa.io import foreign_files
+    from corsa.ownership import foreign_files
 
     root, model, runs = setup
     ours = root / "proof"

@@ -91,9 +91,9 @@ def test_no_module_of_corsa_imports_itself_back():
     assert cycles(import_graph()) == []
 
 
-# files whose function-level imports wait for the data-safety work under way in them (issue 35:
-# io.py is renamed after it merges); every other module imports corsa's own modules at the top
-WAITING = {"adapter.py", "io.py", "sandbox/__init__.py"}
+# files whose function-level imports wait for the data-safety work under way in them (issue 35);
+# every other module imports corsa's own modules at the top
+WAITING = {"adapter.py", "sandbox/__init__.py"}
 
 
 def test_a_function_imports_corsa_only_to_keep_torch_out_of_the_help():

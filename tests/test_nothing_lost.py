@@ -21,7 +21,9 @@ import torch
 
 from corsa import ConfigError, DataError, Editor, ModelError, TrainingError
 from corsa.cli import main
-from corsa.io import foreign_files, jsonl_line, jsonl_lines, jsonl_text, output_lock
+from corsa.files import jsonl_line, jsonl_lines, jsonl_text
+from corsa.locks import output_lock
+from corsa.ownership import foreign_files
 from corsa.records import Edit, Probe
 from corsa.testing import FAST as TRAIN_FAST, save_tiny_llama
 

@@ -6,8 +6,10 @@ import os
 
 import pytest
 
-from corsa import io
 from corsa.cli import main
+from corsa.files import stage_dir, stage_text
+from corsa.locks import output_lock
+from corsa.publish import PARTIAL_LOG, publish, recover_entry
 
 
 class Killed(BaseException):
@@ -44,11 +46,11 @@ def make_run(folder, tag):
 
 
 def stage_run(folder, tag):
-    staged = {"adapter": io.stage_dir(folder, "adapter")}
+    staged = {"adapter": stage_dir(folder, "adapter")}
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         (staged["adapter"] / name).write_text(tag)
     for name in ("run.json", "log.jsonl", "edits.jsonl"):
-        staged[name] = io.stage_text(folder, name, tag)
+        staged[name] = stage_text(folder, name, tag)
     return staged
 
 
@@ -76,14 +78,14 @@ def test_a_kill_at_any_rename_of_a_publish_leaves_the_old_run_or_the_new_one(tmp
 
         monkeypatch.setattr(os, "replace", replace)
         try:
-            io.publish(out, staged)
+            publish(out, staged)
             finished = True
         except Killed:
             finished = False
         monkeypatch.setattr(os, "replace", real)
         # a reader in the window sees a whole adapter (it finishes the publish when no run holds it)
         assert (find_adapter_dir(out) / "adapter_model.safetensors").read_text() in ("old", "new")
-        with io.output_lock(out):  # the next run on the folder recovers it before anything else
+        with output_lock(out):  # the next run on the folder recovers it before anything else
             pass
         # the journal is the first rename: killed before it, the old run stays; after it, the new one
         assert whole(out, "old" if n == 0 else "new"), (n, state(out))
@@ -117,14 +119,14 @@ def test_a_kill_while_the_adapter_is_written_keeps_the_previous_run_whole(tmp_pa
     monkeypatch.setattr(adapters, "write", real)
     left = state(out)
     # the previous run's adapter, record, edits and log, as they were; the killed run's leftovers aside
-    assert {k: v for k, v in left.items() if not k.startswith(".") and k != io.PARTIAL_LOG} == \
+    assert {k: v for k, v in left.items() if not k.startswith(".") and k != PARTIAL_LOG} == \
         {k: v for k, v in before.items() if k != ".corsa-lock"}
-    assert any(k.startswith(".adapter.") for k in left) and io.PARTIAL_LOG in left
+    assert any(k.startswith(".adapter.") for k in left) and PARTIAL_LOG in left
 
     editor = Editor(str(base), adapter=out, **fast)
     record = editor.update(toy_edits[2:4], out=out)  # the rerun removes the leftovers first
     after = state(out)
-    assert not [k for k in after if k.startswith(".") or k == io.PARTIAL_LOG]
+    assert not [k for k in after if k.startswith(".") or k == PARTIAL_LOG]
     run = json.loads(after["run.json"])
     assert after["log.jsonl"].count("\n") == record.result.steps == run["updates"][-1]["steps"]
     assert [json.loads(line)["id"] for line in after["edits.jsonl"].splitlines()] == ["e2", "e3"]
@@ -185,7 +187,7 @@ def test_a_killed_model_conversion_is_cleaned_for_that_model_only(tmp_path):
     (tmp_path / ".m.abcd_123.tmp" / "model.safetensors").write_text("half")
     (tmp_path / ".other.abcd_123.tmp").mkdir()  # another model's conversion, maybe under way
     (tmp_path / ".m.lock").write_text("")
-    io.recover_entry(tmp_path, "m")
+    recover_entry(tmp_path, "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".m.lock", ".other.abcd_123.tmp"]
 
 
@@ -193,7 +195,7 @@ def test_recovery_never_removes_what_corsa_did_not_write(tmp_path):
     out = tmp_path / "run"
     make_run(out, "old")
     (out / ".notes.tmp").write_text("mine")  # not a name corsa's temporaries have
-    with io.output_lock(out):
+    with output_lock(out):
         pass
     assert (out / ".notes.tmp").read_text() == "mine"
 
@@ -219,4 +221,4 @@ def test_a_full_disk_while_a_rerun_writes_keeps_the_previous_run(tmp_path, toy_e
     with pytest.raises(OutputError, match="No space left.*unchanged"):
         Editor(str(base), adapter=out, **fast).update(toy_edits[2:4], out=out)
     after = state(out)
-    assert {k: v for k, v in after.items() if k != io.PARTIAL_LOG} == before  # its staged adapter is gone too
+    assert {k: v for k, v in after.items() if k != PARTIAL_LOG} == before  # its staged adapter is gone too

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError, ModelError
-from .io import atomic_dir
+from .publish import atomic_dir
 
 if TYPE_CHECKING:  # annotations only: config is above adapter in the import graph
     from .config import EditConfig
@@ -98,7 +98,8 @@ def _finish_publish(path: Path) -> None:
     import contextlib
 
     from .errors import CorsaError
-    from .io import JOURNAL, output_lock
+    from .locks import output_lock
+    from .publish import JOURNAL
 
     if path.is_dir() and any(path.glob(JOURNAL.format("*"))):
         with contextlib.suppress(CorsaError, OSError), output_lock(path):
@@ -112,7 +113,7 @@ MAX_TRAINED_EDITS_BYTES = 1 << 30  # the same cap as an edit file
 
 def _read_json(file: Path, what: str, error=ModelError):
     """A JSON document corsa wrote beside an adapter, read bounded (regular file, size cap); keys given twice refused."""
-    from .io import read_text_bounded
+    from .files import read_text_bounded
 
     text = read_text_bounded(file, MAX_MARKER_BYTES, what, error)
 
@@ -324,7 +325,8 @@ def write(model, folder: str | Path, fingerprint: str | None = None, extra: dict
     writes further files (a locate-then-edit adapter's keys). The marker is written last and
     lists every file with its size and sha256: what makes the folder provably corsa's.
     """
-    from .io import jsonl_text, manifest
+    from .files import jsonl_text
+    from .ownership import manifest
     from .models import hub_id
 
     folder = Path(folder)
@@ -354,7 +356,7 @@ def trained_edits(path: str | Path) -> list:
     from .errors import DataError
     from .records import Edit
 
-    from .io import jsonl_lines, read_text_bounded
+    from .files import jsonl_lines, read_text_bounded
     from .loaders import check_trained_edit
 
     file = find_adapter_dir(path) / TRAINED_EDITS

@@ -29,7 +29,10 @@ from .engine import UpdateResult, train_update
 from .errors import ConfigError, DataError, TrainingError
 from .generate import generate
 from .editors.stats import MAX_CORPUS_BYTES
-from .io import PARTIAL_LOG, check_input_file, check_ours, check_writable, jsonl_text, output_lock
+from .files import check_input_file, jsonl_text
+from .locks import output_lock
+from .ownership import check_ours
+from .publish import PARTIAL_LOG, check_writable
 from .lifelong import Lifelong, Plan, not_edited_again
 from .loaders import check_edit_objects, edits_from_records, load_edits
 from .methods import METHODS

@@ -16,7 +16,7 @@ from . import negatives
 from .config import EditConfig
 from .errors import TrainingError
 from .generate import generate
-from .io import append_jsonl
+from .files import append_jsonl
 from .metrics import contains
 from .prompts import Encoded, PromptFormat, pad_id
 from .scoring import BaseScores, holds, margins

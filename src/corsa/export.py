@@ -16,8 +16,11 @@ from pathlib import Path
 from . import adapter as adapters
 from .api import Editor
 from .errors import ConfigError, CorsaError
-from .io import (check_not_inside, check_ours, check_writable, library_versions, manifest, output_lock, read_bounded,
-                 publish_contents, sha256_file)
+from .files import read_bounded, sha256_file
+from .locks import output_lock
+from .machine import library_versions
+from .ownership import check_not_inside, check_ours, manifest
+from .publish import check_writable, publish_contents
 from .models import hub_id
 from .text import printable
 

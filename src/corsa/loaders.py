@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 from .code.arena import edit_id, tasks_of
 from .code.programs import fence, task_prompt
 from .errors import ConfigError, DataError
-from .io import atomic_write_text, jsonl_lines, jsonl_text
+from .files import atomic_write_text, jsonl_lines, jsonl_text
 from .metrics import normalise
 from .records import Edit, Probe
 

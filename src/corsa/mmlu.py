@@ -32,7 +32,7 @@ import torch
 
 from . import distributed as dist
 from .errors import ConfigError, DataError
-from .io import jsonl_lines, read_text_bounded
+from .files import jsonl_lines, read_text_bounded
 from .scope import routed
 from .prompts import collate, pad_id
 from .scoring import autocast, eval_mode, score

@@ -31,7 +31,7 @@ import torch
 
 from .unedited import adapter_off
 from .errors import DataError
-from .io import jsonl_lines, read_text_bounded
+from .files import jsonl_lines, read_text_bounded
 from .generate import generate_ids
 from . import subjects
 from .metrics import normalise

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .comparison.results import BenchResults, MethodResults
-from .io import atomic_write_text
+from .files import atomic_write_text
 from .metrics import contains
 from .text import fmt_metric, show_table
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import distributed as dist
 from .errors import ConfigError
-from .io import atomic_write_json
+from .files import atomic_write_json
 from .models import damaged_weights
 
 

@@ -17,7 +17,9 @@ from . import adapter as adapters
 from . import distributed as dist
 from .editors.apply import write_keys
 from .engine import UpdateResult
-from .io import PARTIAL_LOG, jsonl_text, library_versions, publish, stage_dir, stage_text, writing
+from .files import jsonl_text, stage_dir, stage_text
+from .machine import library_versions
+from .publish import PARTIAL_LOG, publish, writing
 from .records import Edit
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .io import atomic_dir
+from .publish import atomic_dir
 
 
 # the training settings under which the tiny model learns in a few steps: the one setting of every

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from . import distributed as dist
 from .errors import ConfigError
-from .io import atomic_write_json, check_writable, peak_rss_mb, publish, stage_dir, stage_text, writing
+from .files import atomic_write_json, stage_dir, stage_text
+from .machine import peak_rss_mb
+from .publish import check_writable, publish, writing
 from .records import Edit
 from .resume import last_readable, refuse_changes
 

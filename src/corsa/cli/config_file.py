@@ -132,7 +132,7 @@ def _loader():
 def _read(path: Path, command: str, flags: dict[str, argparse.Action]) -> list[str]:
     import yaml
 
-    from ..io import read_text_bounded
+    from ..files import read_text_bounded
 
     text = read_text_bounded(path, MAX_CONFIG_BYTES, "config file")
     try:

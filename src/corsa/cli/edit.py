@@ -36,7 +36,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..api import continued_config
-    from ..io import check_not_inside, check_ours, output_lock
+    from ..locks import output_lock
+    from ..ownership import check_not_inside, check_ours
 
     # a continued adapter keeps its method unless --method is given (the Editor's rule), before the
     # options are checked against a method's row
@@ -51,7 +52,7 @@ def run(args) -> int:
 def _run(args, cfg, out: Path) -> int:
     from ..api import Editor, as_edits
     from ..prompts import encode_edits
-    from ..io import peak_rss_mb
+    from ..machine import peak_rss_mb
     from ..metrics import contains
     from ..updates import run_updates, settings_of
 

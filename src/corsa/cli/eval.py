@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, refuse_given
-from ..io import check_not_inside, check_writable
+from ..ownership import check_not_inside
+from ..publish import check_writable
 from ..scope import MODES
 from .options import (add_adapter, add_config_file, add_device, add_edits_file, add_eval_options, add_model, add_quiet,
                       add_skip_invalid, add_template, eval_settings, output_path, progress)
@@ -60,7 +61,7 @@ def _ours(path: Path) -> bool:
     import json
 
     from ..errors import CorsaError
-    from ..io import read_bounded
+    from ..files import read_bounded
 
     try:
         data = json.loads(read_bounded(path, 1 << 30, "--out"))  # a FIFO or a device is not a metrics file
@@ -98,7 +99,8 @@ def run_code(args) -> int:
     from ..api import Editor
     from ..code import load_arena
     from ..code.evaluate import TIMEOUT_S, drawing, evaluate_code
-    from ..io import atomic_write_json, library_versions
+    from ..files import atomic_write_json
+    from ..machine import library_versions
 
     settings = eval_settings(args)
     out = Path(args.out)
@@ -114,7 +116,7 @@ def run_code(args) -> int:
     tasks = [t for g in groups for t in g]
     split = {"train": [], "held_out": [t.id for t in tasks]}
     if args.code_split is not None:  # a code bench's tasks.json: its trained tasks are reported apart
-        from ..io import read_text_bounded
+        from ..files import read_text_bounded
 
         try:
             chosen = json.loads(read_text_bounded(args.code_split, 64 * 2**20, "--code-split"))
@@ -160,7 +162,8 @@ def run_facts(args) -> int:
     from .. import old_answers
     from ..api import Editor, as_edits
     from ..evaluate import HEADLINE, evaluate
-    from ..io import atomic_write_json, library_versions
+    from ..files import atomic_write_json
+    from ..machine import library_versions
 
     settings = eval_settings(args)
     out = Path(args.out)

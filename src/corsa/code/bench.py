@@ -28,7 +28,7 @@ from pathlib import Path
 from .. import distributed as dist
 from .. import old_answers, sandbox
 from ..errors import ConfigError, refuse_given
-from ..io import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 from ..methods import METHODS, get_method
 from ..records import Edit
 from ..report import save_figure

@@ -20,7 +20,8 @@ import torch
 
 from .. import mmlu, old_answers, report
 from ..evaluate import counts, evaluate, summarise
-from ..io import peak_rss_mb, sha256_file
+from ..files import sha256_file
+from ..machine import peak_rss_mb
 from ..loaders import load_edits
 from ..text import fmt_metric
 from ..updates import split_in_order

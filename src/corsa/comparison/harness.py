@@ -42,8 +42,10 @@ from ..api import Editor, seed_everything
 from ..code.arena_file import is_arena
 from ..code.bench import Code
 from ..errors import ConfigError
-from ..io import (atomic_dir_on_main, atomic_write_json, check_input_file, check_not_inside, check_ours,
-                  check_writable, output_lock, sha256_file)
+from ..files import atomic_write_json, check_input_file, sha256_file
+from ..locks import output_lock
+from ..ownership import check_not_inside, check_ours
+from ..publish import atomic_dir_on_main, check_writable
 from ..loaders import MAX_FILE_BYTES, load_edits, save_edits_jsonl
 from ..methods import METHODS
 from ..models import load_model, model_fingerprint

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .. import metrics as M
-from ..io import library_versions
+from ..machine import library_versions
 
 # keys whose values differ between two runs of the same command (time, memory)
 TIMING_KEYS = ("train_seconds", "eval_seconds", "peak_rss_mb", "peak_gpu_mb", "seconds", "finished_at")

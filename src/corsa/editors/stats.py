@@ -33,7 +33,7 @@ from .. import distributed as dist
 from ..unedited import adapter_off
 from ..errors import DataError
 from ..generate import generate_ids
-from ..io import atomic_write_json, jsonl_lines, read_bounded, read_text_bounded
+from ..files import atomic_write_json, jsonl_lines, read_bounded, read_text_bounded
 from ..models import model_fingerprint
 from ..models.aliases import default_cache_dir
 from ..preserve import read_anchors

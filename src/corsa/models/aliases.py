@@ -14,7 +14,9 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import ModelError
-from ..io import atomic_dir, library_versions, recover_entry, sha256_file
+from ..files import sha256_file
+from ..machine import library_versions
+from ..publish import atomic_dir, recover_entry
 from . import gguf_convert
 from .weights import damaged_weights
 
