@@ -241,6 +241,30 @@ class EditConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 
+# Options added after runs were saved: the value every run saved before them trained with, so
+# that a rerun of such a run compares what really differs (config.upgraded).
+ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8}
+
+
+def upgraded(record: dict) -> dict:
+    """A saved configuration (EditConfig.resolved()) as today's would read for the same training.
+
+    An option added since it was written (ADDED_OPTIONS) gets, under "resolved", the value the
+    run trained with: its top-level value where the record has one (anchor_batch was a plain
+    setting, 8 by default), else the old behaviour; at the top level it reads "not given" (None)
+    unless the run gave another value. A record without "resolved" is returned as it is.
+    """
+    if not isinstance(record, dict) or not isinstance(record.get("resolved"), dict):
+        return record
+    out = {**record, "resolved": dict(record["resolved"])}
+    for name, old in ADDED_OPTIONS.items():
+        if name not in out["resolved"]:
+            was = out.get(name)
+            out["resolved"][name] = old if was is None else was
+            out[name] = None if was in (None, old) else was
+    return out
+
+
 # Named sets of options. `release` is the authors' release (method.md §4), for reproducing the
 # paper at 8B scale on thousands of edits; on a 135M model with tens of edits it takes a handful
 # of steps and edits nothing.

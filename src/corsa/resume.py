@@ -63,16 +63,19 @@ def readable_adapter(adapter: Path) -> bool:
     return (adapter / "adapter_model.safetensors").is_file() and not damaged_weights(adapter)
 
 
-def check_same(path: Path, now: dict, what: str, hint: str) -> None:
+def check_same(path: Path, now: dict, what: str, hint: str, saved_as=None) -> None:
     """Write `now` to `path`, or, when a previous run left it, refuse to go on if it differs.
 
-    Under a launcher the main worker checks and writes; every worker stops with its error.
+    `saved_as` reads the saved record as today's code writes it (config.upgraded for a training
+    configuration). Under a launcher the main worker checks and writes; every worker stops with
+    its error.
     """
-    dist.on_main(_check_here, path, now, what, hint)
+    dist.on_main(_check_here, path, now, what, hint, saved_as)
 
 
-def _check_here(path: Path, now: dict, what: str, hint: str) -> None:
+def _check_here(path: Path, now: dict, what: str, hint: str, saved_as=None) -> None:
     if path.exists():
-        refuse_changes(json.loads(path.read_text()), now, path.parent, what, hint)
+        saved = json.loads(path.read_text())
+        refuse_changes(saved_as(saved) if saved_as else saved, now, path.parent, what, hint)
     else:
         atomic_write_json(path, now)

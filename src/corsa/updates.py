@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from . import distributed as dist
+from .config import upgraded
 from .errors import ConfigError
 from .files import atomic_write_json, stage_dir, stage_text
 from .machine import peak_rss_mb
@@ -54,7 +55,10 @@ def completed(out: Path, settings: dict) -> int:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path} cannot be read ({e}); remove it to start over") from None
-    refuse_changes(saved.get("settings") or {}, settings, out, "settings", "or choose another --out")
+    settings_saved = dict(saved.get("settings") or {})
+    if "config" in settings_saved:  # options added since it was saved read as what the run trained with
+        settings_saved["config"] = upgraded(settings_saved["config"])
+    refuse_changes(settings_saved, settings, out, "settings", "or choose another --out")
     # a complete update is one whose adapter is there and readable; never trust a count beyond that
     return last_readable(out, int(saved.get("completed", 0)))
 

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import TRAINING_FIELDS, EditConfig, EvalSettings
+from ..config import TRAINING_FIELDS, EditConfig, EvalSettings, upgraded
 from ..errors import ConfigError
 from ..methods import METHODS, OPTIONS, get_method
 from ..records import Edit
@@ -92,7 +92,7 @@ class BenchSpec:
 
         cfg, folder = self.method_config(method), self.out / method
         check_same(folder / "config.json", cfg.resolved(), f"training options for {method}",
-                   f"or delete {folder} to train {method} again")
+                   f"or delete {folder} to train {method} again", saved_as=upgraded)
         return cfg, folder
 
     def method_config(self, method: str) -> EditConfig:
