@@ -188,7 +188,10 @@ class Bench:
 
     # --- everything --------------------------------------------------------------------------
     def run(self) -> dict:
-        with output_lock(self.out):  # a second bench on the same folder is refused while this one runs
+        # a folder of the user's is refused before the lock is taken (taking it cleans up a killed run's
+        # leftovers), and again under it (prepare)
+        dist.on_main(check_ours, self.out, "bench", tuple(METHODS))
+        with output_lock(self.out, "bench", tuple(METHODS)):  # a second bench on the same folder is refused while this one runs
             return self._run()
 
     def _run(self) -> dict:
