@@ -286,6 +286,11 @@ def _foreign_export(folder: Path) -> list[str]:
 def _foreign_bench(folder: Path, dirs: tuple[str, ...]) -> list[str]:
     settings = json_object(folder / "bench.json") if (folder / "bench.json").exists() else None
     ours = isinstance(settings, dict) and "model_fingerprint" in settings and "n_updates" in settings
+    # this version's bench.json lists the files written beside it (size, sha256), unless a run was
+    # killed while writing them; an earlier version's has no run_id, and its names are corsa's
+    listed = settings.get("files") if ours and "run_id" in settings and settings.get("writing") is not True else None
+    if listed is not None and not (isinstance(listed, dict) and all(isinstance(v, dict) for v in listed.values())):
+        ours = False
     found = []
     for entry in sorted(folder.iterdir()):
         name = entry.name
@@ -308,7 +313,18 @@ def _foreign_bench(folder: Path, dirs: tuple[str, ...]) -> list[str]:
             found += [name] if not entry.is_dir() or entry.is_symlink() else []
         elif not _ENTRIES["bench"].match(name) or not ours or not entry.is_file() or entry.is_symlink():
             found.append(name)
+        elif listed is not None and name != "bench.json" and not _same(entry, listed.get(name)):
+            found.append(name)
     return found
+
+
+def _same(entry: Path, want: dict | None) -> bool:
+    """Whether regular file `entry` is as a marker lists it (size, and sha256 where listed)."""
+    try:
+        return (isinstance(want, dict) and entry.stat().st_size == want.get("bytes")
+                and ("sha256" not in want or sha256_file(entry) == want["sha256"]))
+    except OSError:
+        return False
 
 
 def foreign_files(folder: str | os.PathLike, kind: str, dirs: tuple[str, ...] = ()) -> list[str]:
