@@ -112,13 +112,17 @@ def publish(folder: str | os.PathLike, staged: dict[str, str | os.PathLike]) -> 
     _fsync_dir(folder)
 
 
-def _pending_targets(folder: Path) -> set[str]:
-    """The names an interrupted publish in `folder` is about to replace (its journals' moves)."""
+def _pending_targets(folder: Path, kind: str) -> set[str]:
+    """The names an interrupted publish in `folder` replaces (its journals' moves): each a name corsa
+    writes in a folder of `kind`, from a temporary staged for that name (or renamed already)."""
     names = set()
     for journal in folder.glob(JOURNAL.format("*")):
         if is_own_temporary(journal):
-            moves = json_object(journal)["moves"]
-            names |= {str(m[0]) for m in moves if isinstance(m, list) and len(m) == 2}
+            for move in json_object(journal)["moves"]:
+                if (isinstance(move, list) and len(move) == 2 and all(isinstance(x, str) for x in move)
+                        and is_corsa_name(kind, move[0]) and move[1].startswith(f".{move[0]}.")
+                        and (is_staged(folder / move[1], kind) or not os.path.lexists(folder / move[1]))):
+                    names.add(move[0])
     return names
 
 
@@ -136,7 +140,7 @@ def recover(folder: str | os.PathLike, kind: str = "run", dirs: tuple[str, ...] 
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
         return
-    pending = _pending_targets(folder)
+    pending = _pending_targets(folder, kind)
     if any(f.split("/")[0] not in pending for f in foreign_files(folder, kind, dirs)):
         return
     _clean(folder, kind, dirs, 0)
