@@ -158,6 +158,34 @@ def test_rerun_skips_every_finished_pair(setup, first, monkeypatch, capsys):
     assert "report:" in capsys.readouterr().out
 
 
+def test_a_bench_folder_is_corsas_by_the_files_its_bench_json_lists(setup, first, tmp_path, monkeypatch, capsys):
+    """A report.md edited by hand is the user's: a rerun is refused and leaves it as it is (it was overwritten).
+    A folder of an earlier version (bench.json without run_id or files) still resumes, and is listed from then on."""
+    out, before = first
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["run_id"] and bench["writing"] is False
+    assert set(bench["files"]) >= {"results.json", "results.csv", "report.md", "edits.jsonl", "base.json"}
+    copy = tmp_path / "edited"
+    shutil.copytree(out, copy)
+    (copy / "report.md").write_text("# my notes on the bench\n")
+    assert main(argv(setup, copy)) == 2
+    assert "report.md" in capsys.readouterr().err
+    assert (copy / "report.md").read_text() == "# my notes on the bench\n"
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished pair was trained or evaluated again")
+
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    (older / "bench.json").write_text(json.dumps({k: v for k, v in bench.items()
+                                                  if k not in ("run_id", "files", "writing")}))
+    monkeypatch.setattr("corsa.api.train_update", refuse)
+    monkeypatch.setattr("corsa.comparison.facts.evaluate", refuse)
+    assert main(argv(setup, older)) == 0
+    adopted = json.loads((older / "bench.json").read_text())
+    assert adopted["run_id"] and set(adopted["files"]) == set(bench["files"])
+
+
 def test_resume_trains_only_the_missing_update_and_matches(setup, first, tmp_path, monkeypatch):
     out, before = first
     copy = tmp_path / "run"

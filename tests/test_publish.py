@@ -36,27 +36,42 @@ def state(out):
     return {str(p.relative_to(out)): p.read_bytes().decode("latin-1") for p in sorted(out.rglob("*")) if p.is_file()}
 
 
+def _fill_adapter(adapter, tag):
+    """An adapter folder as corsa writes it (its marker lists its files), each file tagged; the run's
+    other files, whose run.json names the same run: markers that prove the folder corsa's."""
+    from corsa.ownership import manifest
+
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (adapter / name).write_text(tag)
+    marker = {"base_fingerprint": None, "method": "lora", "model": "m", "run_id": tag,
+              "files": manifest(adapter, ["adapter_config.json", "adapter_model.safetensors"], None)}
+    (adapter / "corsa-adapter.json").write_text(json.dumps(marker))
+    return {"run.json": json.dumps({"corsa_run": 1, "config": {}, "updates": [], "run_id": tag}),
+            "log.jsonl": tag, "edits.jsonl": tag}
+
+
 def make_run(folder, tag):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "adapter").mkdir()
-    (folder / "adapter" / "adapter_config.json").write_text(tag)
-    (folder / "adapter" / "adapter_model.safetensors").write_text(tag)
-    for name in ("run.json", "log.jsonl", "edits.jsonl"):
-        (folder / name).write_text(tag)
+    for name, text in _fill_adapter(folder / "adapter", tag).items():
+        (folder / name).write_text(text)
 
 
 def stage_run(folder, tag):
     staged = {"adapter": stage_dir(folder, "adapter")}
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        (staged["adapter"] / name).write_text(tag)
-    for name in ("run.json", "log.jsonl", "edits.jsonl"):
-        staged[name] = stage_text(folder, name, tag)
+    for name, text in _fill_adapter(staged["adapter"], tag).items():
+        staged[name] = stage_text(folder, name, text)
     return staged
 
 
 def whole(out, tag):
-    return state(out) == {"adapter/adapter_config.json": tag, "adapter/adapter_model.safetensors": tag,
-                          "edits.jsonl": tag, "log.jsonl": tag, "run.json": tag}
+    """`out` holds exactly one run's files, the run `tag`'s (temporaries count against it)."""
+    found = state(out)
+    return (set(found) == {"adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                           "adapter/corsa-adapter.json", "edits.jsonl", "log.jsonl", "run.json"}
+            and all(json.loads(found[n])["run_id"] == tag for n in ("run.json", "adapter/corsa-adapter.json"))
+            and all(found[n] == tag for n in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                                             "edits.jsonl", "log.jsonl")))
 
 
 def test_a_kill_at_any_rename_of_a_publish_leaves_the_old_run_or_the_new_one(tmp_path, monkeypatch):

@@ -321,6 +321,8 @@ class Editor:
         number of updates the adapter has been through (its lineage, kept across continuations).
         A resumed run passes it explicitly.
         """
+        if out is not None:  # refused before the lock is taken, and again under it
+            dist.on_main(check_ours, out, "run")
         with output_lock(out) if out is not None else contextlib.nullcontext():
             return self._update(edits, out, limit, index)
 
@@ -386,6 +388,7 @@ class Editor:
         """Write the adapter, the edits (with their filled y⁻) and the run record into `out` (corsa.runs),
         holding `out` and refusing a folder with files corsa cannot prove it wrote, as `update` does.
         Under a launcher the main process writes and the others wait for it (call it on all)."""
+        dist.on_main(check_ours, out, "run")  # refused before the lock is taken, and again under it
         with output_lock(out):
             dist.on_main(check_ours, out, "run")
             return dist.on_main(runs.write, self, Path(out), record, started)

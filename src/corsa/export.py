@@ -49,7 +49,7 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None
     check_not_inside({"--adapter": folder, "--model": model if Path(model).exists() else None}, out)
     check_ours(out, "export")
     check_writable(out, need_bytes=0)
-    with output_lock(out):
+    with output_lock(out, "export"):
         editor = Editor(model, adapter=folder, device=device, progress=progress)  # any method's adapter
         check_ours(out, "export")  # again under the lock: nothing came in while the model loaded
         merged = editor.model.merge_and_unload()

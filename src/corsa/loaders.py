@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 from .code.arena import edit_id, tasks_of
 from .code.programs import fence, task_prompt
 from .errors import ConfigError, DataError
-from .files import atomic_write_text, jsonl_lines, jsonl_text
+from .files import atomic_write_text, jsonl_lines, jsonl_text, read_bounded
 from .metrics import normalise
 from .records import Edit, Probe
 
@@ -378,10 +378,13 @@ def _read_records(path: Path) -> tuple[list, list[int] | None]:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise DataError(f"is {path.stat().st_size / 2**30:.1f} GiB, more than the {MAX_FILE_BYTES // 2**30} GiB an "
                         f"edit file may be; split it", path=str(path))
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot be read: {e.strerror or e}", path=str(path)) from None
+    class _Unreadable(Exception):  # read_bounded's message, carried into a DataError naming the file
+        pass
+
+    try:  # checked again on the open descriptor: the file may have been swapped (a FIFO) since
+        raw = read_bounded(path, MAX_FILE_BYTES, "the edit file", _Unreadable)
+    except _Unreadable as e:
+        raise DataError(str(e).replace(f"the edit file {path} ", "", 1), path=str(path)) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -21,13 +21,14 @@ _HELD_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | os.PathLike):
+def output_lock(folder: str | os.PathLike, kind: str = "run", dirs: tuple[str, ...] = ()):
     """Hold `folder` for one run: a second run on it, at the same time, is refused at once.
 
     An OS file lock (flock) on ``folder/.corsa-lock``: a killed run's lock goes with its process,
     so it never stays stuck. Within a process the lock is re-entrant for the thread that holds
     it and refused to any other thread (two Editors of one service writing one folder). Under
-    a launcher only the main process (RANK 0) locks.
+    a launcher only the main process (RANK 0) locks. `kind` and `dirs` say what the folder is
+    (`ownership.foreign_files`): a killed run's leftovers are removed only where it is proved corsa's.
     """
     import fcntl  # POSIX only: imported where it is used
 
@@ -55,7 +56,7 @@ def output_lock(folder: str | os.PathLike):
                 _HELD[folder][1] -= 1
         return
     try:
-        with _file_lock(folder, fcntl):
+        with _file_lock(folder, fcntl, kind, dirs):
             yield
     finally:
         with _HELD_GUARD:
@@ -63,32 +64,47 @@ def output_lock(folder: str | os.PathLike):
 
 
 @contextlib.contextmanager
-def _file_lock(folder: Path, fcntl):
+def _file_lock(folder: Path, fcntl, kind: str = "run", dirs: tuple[str, ...] = ()):
     path = folder / ".corsa-lock"
-    if (path.exists() or path.is_symlink()) and not is_own_temporary(path):  # a file of the user's under corsa's lock name
-        raise ConfigError(f"output folder {folder} holds {path}, which corsa did not write (its lock file holds a "
-                          f"process id); corsa never replaces it. Choose another folder, or move it out")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+")
-    except OSError as e:
-        raise ConfigError(f"output folder {folder} is not writable: {e.strerror or e}") from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read(64).strip()
+    while True:
+        f = _open_lock(folder, path)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read(64).strip()
+            f.close()
+            raise ConfigError(f"{folder} is in use by another corsa run{f' (process {holder})' if holder else ''}; "
+                              f"wait for it to finish, or choose another --out") from None
+        # the holder before us unlinks the lock file as it lets go: a lock on that unlinked file
+        # holds nothing (a third run creates a new file and locks it). Locked the file the name
+        # names now, or try again.
+        try:
+            same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
         f.close()
-        raise ConfigError(f"{folder} is in use by another corsa run{f' (process {holder})' if holder else ''}; "
-                          f"wait for it to finish, or choose another --out") from None
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))
     f.flush()
     try:
-        recover(folder)  # what a killed run left here: no other run can be writing it now
+        recover(folder, kind, dirs)  # what a killed run left here: no other run can be writing it now
         yield
     finally:
         with contextlib.suppress(OSError):
             path.unlink()
         f.close()
+
+
+def _open_lock(folder: Path, path: Path):
+    if (path.exists() or path.is_symlink()) and not is_own_temporary(path):  # a file of the user's under corsa's lock name
+        raise ConfigError(f"output folder {folder} holds {path}, which corsa did not write (its lock file holds a "
+                          f"process id); corsa never replaces it. Choose another folder, or move it out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return open(path, "a+")
+    except OSError as e:
+        raise ConfigError(f"output folder {folder} is not writable: {e.strerror or e}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 
 from .errors import ConfigError, CorsaError
@@ -18,7 +19,13 @@ from .files import MAX_SMALL_FILE, json_object, jsonl_lines, read_bounded, sha25
 
 _ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json", "corsa-adapter.json", "trained-edits.jsonl",
                   "README.md", "locate-keys.safetensors"}
-_TEMP = re.compile(r"^\..+\.(tmp|old)$|^\.corsa-write-test|^\.corsa-lock$|^\.corsa-publish\..+\.json$")  # atomic_write_text/atomic_dir leftovers, probes
+_TEMP = re.compile(r"^\.corsa-write-test|^\.corsa-lock$|^\.corsa-publish\..+\.json$")  # the lock, a journal, a write probe
+# what tempfile.mkstemp/mkdtemp make for `files.stage_text` / `stage_dir` / `atomic_write_text` and
+# `publish.atomic_dir` (".NAME.xxxxxxxx.tmp"; a replaced folder waits as ".NAME.xxxxxxxx.old")
+_STAGED = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}\.(?P<end>tmp|old)$")
+# names staged in a folder of a kind beside those it holds (_ENTRIES): an update's eval.json (written
+# into the staged update-k folder), the folder `publish_contents` fills
+_STAGED_TOO = {"run": ("eval.json",), "export": ("contents",)}
 _ENTRIES = {
     # a `corsa edit` run folder (one update, or --updates K)
     "run": re.compile(r"^(adapter|adapter-last-good|run\.json|edits\.jsonl|log\.jsonl|log\.partial\.jsonl|progress\.json|"
@@ -56,11 +63,27 @@ def _head(path: Path, n: int = 64) -> bytes:
         return b"\0"
 
 
-def is_own_temporary(entry: Path) -> bool:
+def is_staged(entry: Path, kind: str | None) -> bool:
+    """Whether `entry` is a temporary corsa stages in a folder of `kind`: ".NAME.xxxxxxxx.tmp" (a
+    file or folder) or ".NAME.xxxxxxxx.old" (a replaced folder) where NAME is one corsa writes
+    there. Any other name, ".thesis.20261207.tmp" or ".photos.backup12.old", is the user's."""
+    m = _STAGED.match(entry.name)
+    if m is None or kind not in _ENTRIES or entry.is_symlink():
+        return False
+    stem = m["stem"]
+    if not (is_corsa_name(kind, stem) or stem in _STAGED_TOO.get(kind, ())):
+        return False
+    return entry.is_dir() if m["end"] == "old" else (entry.is_file() or entry.is_dir())
+
+
+def is_own_temporary(entry: Path, kind: str | None = None) -> bool:
     """Whether `entry` is one of corsa's own temporaries, which an ownership check passes over: a
-    lock file holds a pid, a journal its renames, a write probe "ok"; a user's file of that name
-    holds something else and is reported like any other."""
+    lock file holds a pid, a journal its renames, a write probe "ok", a staged file or folder is
+    named for what corsa writes in a folder of `kind` (`is_staged`; None: no staged names); a
+    user's file of that name holds something else and is reported like any other."""
     name = entry.name
+    if is_staged(entry, kind):
+        return True
     if not _TEMP.match(name):
         return False
     if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
@@ -70,9 +93,7 @@ def is_own_temporary(entry: Path) -> bool:
     if name.startswith(".corsa-publish."):
         journal = json_object(entry)
         return isinstance(journal, dict) and set(journal) == {"moves"} and isinstance(journal["moves"], list)
-    if name.startswith(".corsa-write-test"):
-        return entry.is_file() and _head(entry) in (b"", b"ok")
-    return True
+    return entry.is_file() and _head(entry) in (b"", b"ok")  # a write probe
 
 
 def is_corsa_name(kind: str, name: str) -> bool:
@@ -95,14 +116,14 @@ def manifest(folder: str | os.PathLike, names, hashed: int | None = MANIFEST_HAS
     return out
 
 
-def _unlisted(folder: Path, files, skip: str) -> list[str] | None:
+def _unlisted(folder: Path, files, skip: str, kind: str | None = None) -> list[str] | None:
     """The entries of `folder` (but `skip`, the marker) that the marker's `files` does not list as they are;
     None when `files` is not such a list."""
     if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
         return None
     found = []
     for entry in sorted(folder.iterdir()):
-        if is_own_temporary(entry) or entry.name == skip:
+        if is_own_temporary(entry, kind) or entry.name == skip:
             continue
         want = files.get(entry.name)
         try:
@@ -151,9 +172,11 @@ def _foreign_adapter(folder: Path, record: dict | None, name: str) -> list[str]:
         if listed is None:
             return every
         # a listed weights file that is no longer whole safetensors is corsa's own file damaged (a
-        # resume trains that update again), not a user's file: a user's weights would be whole
+        # resume trains that update again), not a user's file: a user's weights would be whole. Only a
+        # regular file: a FIFO or a device under that name is no file of corsa's, and is never opened
         return [f"{name}/{x}" for x in listed
-                if not (x in mark["files"] and x.endswith(".safetensors") and not _whole_safetensors(folder / x))]
+                if not (x in mark["files"] and x.endswith(".safetensors") and (folder / x).is_file()
+                        and not (folder / x).is_symlink() and not _whole_safetensors(folder / x))]
     return [f"{name}/{x.name}" for x in sorted(folder.iterdir())  # an earlier version's: its names only
             if (x.name not in _ADAPTER_FILES or not x.is_file() or x.is_symlink()) and not is_own_temporary(x)]
 
@@ -161,8 +184,13 @@ def _foreign_adapter(folder: Path, record: dict | None, name: str) -> list[str]:
 def _whole_safetensors(path: Path) -> bool:
     """Whether `path` is a whole safetensors file: its header parses and its tensors end where the file does."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # opened without blocking and checked on the descriptor: a FIFO under the name would hang a plain open
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return False
+            size = info.st_size
             n = int.from_bytes(f.read(8), "little")
             if not 2 <= n <= min(size - 8, 100 * 2**20):
                 return False
@@ -197,7 +225,7 @@ def _foreign_run(folder: Path, depth: int = 0) -> list[str]:
     found = []
     for entry in sorted(folder.iterdir()):
         name = entry.name
-        if is_own_temporary(entry):
+        if is_own_temporary(entry, "run"):
             continue
         if name == "run.json":
             if not ours or entry.is_symlink():
@@ -235,12 +263,12 @@ def _foreign_events(folder: Path) -> list[str]:
 
 
 def _foreign_export(folder: Path) -> list[str]:
-    entries = [x for x in sorted(folder.iterdir()) if not is_own_temporary(x)]
+    entries = [x for x in sorted(folder.iterdir()) if not is_own_temporary(x, "export")]
     mark = json_object(folder / "corsa-export.json") if (folder / "corsa-export.json").exists() else None
     if not (isinstance(mark, dict) and mark.get("corsa_export") == 1 and isinstance(mark.get("adapter_sha256"), str)):
         return [x.name for x in entries]
     if "files" in mark:
-        listed = _unlisted(folder, mark["files"], "corsa-export.json")
+        listed = _unlisted(folder, mark["files"], "corsa-export.json", "export")
         return [x.name for x in entries] if listed is None else listed
     # an export of an earlier version: corsa's names only, and its own model card
     found = [x.name for x in entries if not _ENTRIES["export"].match(x.name) or not x.is_file() or x.is_symlink()]
@@ -258,17 +286,22 @@ def _foreign_export(folder: Path) -> list[str]:
 def _foreign_bench(folder: Path, dirs: tuple[str, ...]) -> list[str]:
     settings = json_object(folder / "bench.json") if (folder / "bench.json").exists() else None
     ours = isinstance(settings, dict) and "model_fingerprint" in settings and "n_updates" in settings
+    # this version's bench.json lists the files written beside it (size, sha256), unless a run was
+    # killed while writing them; an earlier version's has no run_id, and its names are corsa's
+    listed = settings.get("files") if ours and "run_id" in settings and settings.get("writing") is not True else None
+    if listed is not None and not (isinstance(listed, dict) and all(isinstance(v, dict) for v in listed.values())):
+        ours = False
     found = []
     for entry in sorted(folder.iterdir()):
         name = entry.name
-        if is_own_temporary(entry):
+        if is_own_temporary(entry, "bench"):
             continue
         if name in dirs and entry.is_dir() and not entry.is_symlink():
             config = json_object(entry / "config.json") if (entry / "config.json").exists() else None
             if (entry / "config.json").exists() and not (isinstance(config, dict) and "method" in config):
                 found.append(f"{name}/config.json")
             for x in sorted(entry.iterdir()):
-                if is_own_temporary(x) or x.name == "config.json":
+                if is_own_temporary(x, "method") or x.name == "config.json":
                     continue
                 if re.fullmatch(r"update-\d+", x.name) and x.is_dir() and not x.is_symlink():
                     # an update's run folder (Editor.update) and its eval.json: corsa's by the run's markers
@@ -280,7 +313,18 @@ def _foreign_bench(folder: Path, dirs: tuple[str, ...]) -> list[str]:
             found += [name] if not entry.is_dir() or entry.is_symlink() else []
         elif not _ENTRIES["bench"].match(name) or not ours or not entry.is_file() or entry.is_symlink():
             found.append(name)
+        elif listed is not None and name != "bench.json" and not _same(entry, listed.get(name)):
+            found.append(name)
     return found
+
+
+def _same(entry: Path, want: dict | None) -> bool:
+    """Whether regular file `entry` is as a marker lists it (size, and sha256 where listed)."""
+    try:
+        return (isinstance(want, dict) and entry.stat().st_size == want.get("bytes")
+                and ("sha256" not in want or sha256_file(entry) == want["sha256"]))
+    except OSError:
+        return False
 
 
 def foreign_files(folder: str | os.PathLike, kind: str, dirs: tuple[str, ...] = ()) -> list[str]:

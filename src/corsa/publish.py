@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import ConfigError, OutputError
 from .files import atomic_write_json, json_object, stage_dir
-from .ownership import is_corsa_name, is_own_temporary
+from .ownership import _is_step_log, is_corsa_name, is_own_temporary, is_staged
 
 JOURNAL = ".corsa-publish.{}.json"  # named by the first entry published: one per target, so the model
                                      # cache can convert two models side by side
@@ -112,21 +112,55 @@ def publish(folder: str | os.PathLike, staged: dict[str, str | os.PathLike]) -> 
     _fsync_dir(folder)
 
 
-def recover(folder: str | os.PathLike, recursive: bool = True, _depth: int = 0) -> None:
+def _pending_targets(folder: Path, kind: str) -> set[str]:
+    """The names an interrupted publish in `folder` replaces (its journals' moves): each a name corsa
+    writes in a folder of `kind`, from a temporary staged for that name (or renamed already)."""
+    names = set()
+    for journal in folder.glob(JOURNAL.format("*")):
+        if is_own_temporary(journal):
+            for move in json_object(journal)["moves"]:
+                if (isinstance(move, list) and len(move) == 2 and all(isinstance(x, str) for x in move)
+                        and is_corsa_name(kind, move[0]) and move[1].startswith(f".{move[0]}.")
+                        and (is_staged(folder / move[1], kind) or not os.path.lexists(folder / move[1]))):
+                    names.add(move[0])
+    return names
+
+
+def recover(folder: str | os.PathLike, kind: str = "run", dirs: tuple[str, ...] = ()) -> None:
     """Finish what a killed run left in `folder`: replay an interrupted publish, remove temporaries.
 
-    Call it only while holding the folder (`output_lock`): a temporary there belongs to no live
-    run. Recurses into subfolders (update-k, a bench's method folders), three levels at most.
+    Only in a folder proved corsa's (`ownership.foreign_files` of `kind` finds nothing there but
+    the entries an interrupted publish replaces): in any other folder nothing is touched, and the
+    run's `check_ours` refuses it. Only what corsa stages there (`ownership.is_staged`) and step
+    logs are removed, in corsa's own subfolders (update-k, a bench's method folders in `dirs`).
+    Call it only while holding the folder (`output_lock`): a temporary there belongs to no live run.
     """
+    from .ownership import foreign_files
+
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
         return
+    pending = _pending_targets(folder, kind)
+    if any(f.split("/")[0] not in pending for f in foreign_files(folder, kind, dirs)):
+        return
+    _clean(folder, kind, dirs, 0)
+
+
+def _clean(folder: Path, kind: str, dirs: tuple[str, ...], depth: int) -> None:
     _finish_pending(folder)
-    for entry in folder.iterdir():
-        if _LEFTOVER.match(entry.name) or entry.name.startswith(".corsa-write-test-") or entry.name == PARTIAL_LOG:
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if is_staged(entry, kind) or (name.startswith(".corsa-write-test-") and is_own_temporary(entry)):
             _remove(entry)
-        elif recursive and _depth < 3 and entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
-            recover(entry, recursive, _depth + 1)
+        elif name == PARTIAL_LOG and kind == "run" and entry.is_file() and not entry.is_symlink() and _is_step_log(entry):
+            _remove(entry)
+        elif entry.is_dir() and not entry.is_symlink():
+            if kind == "run" and depth == 0 and re.fullmatch(r"update-\d+", name):
+                _clean(entry, "run", (), 1)
+            elif kind == "bench" and name in dirs:
+                _clean(entry, "method", (), 1)
+            elif kind == "method" and re.fullmatch(r"update-\d+", name):
+                _clean(entry, "run", (), 2)
 
 
 def recover_entry(folder: str | os.PathLike, name: str) -> None:

@@ -45,8 +45,12 @@ def _vllm():
 def adapter_rank(adapter_dir: str | Path) -> int:
     """The LoRA rank in a saved adapter's ``adapter_config.json``, for vLLM's ``max_lora_rank``."""
     path = Path(adapter_dir) / "adapter_config.json"
-    try:
-        r = int(json.loads(path.read_text())["r"])
+    from .files import MAX_SMALL_FILE, read_text_bounded
+
+    try:  # bounded, regular files only: a FIFO or /dev/zero under the name is refused unread
+        r = int(json.loads(read_text_bounded(path, MAX_SMALL_FILE, "adapter config"))["r"])
+    except ConfigError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: cannot read the adapter's rank (field 'r'): {exc}") from exc
     return r

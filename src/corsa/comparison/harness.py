@@ -27,10 +27,12 @@ worker runs the protocol and only the main one writes.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -42,15 +44,15 @@ from ..api import Editor, seed_everything
 from ..code.arena_file import is_arena
 from ..code.bench import Code
 from ..errors import ConfigError
-from ..files import atomic_write_json, check_input_file, sha256_file
+from ..files import atomic_write_json, check_input_file, json_object, sha256_file
 from ..locks import output_lock
-from ..ownership import check_not_inside, check_ours
+from ..ownership import check_not_inside, check_ours, is_corsa_name, manifest
 from ..publish import atomic_dir_on_main, check_writable
 from ..loaders import MAX_FILE_BYTES, load_edits, save_edits_jsonl
 from ..methods import METHODS
 from ..models import load_model, model_fingerprint
 from ..prompts import PromptFormat
-from ..resume import check_same, finished_evals
+from ..resume import finished_evals, refuse_changes
 from ..updates import train_in_order
 from .facts import Facts
 from .spec import BenchSpec
@@ -121,10 +123,46 @@ class Bench:
         self.settings = {"model": spec.model, "model_fingerprint": model_fingerprint(model),
                          "data": str(data), "data_sha256": sha256_file(data), **self.domain.settings(fmt)}
         compared = {k: v for k, v in self.settings.items() if k not in ("model", "data")}
-        check_same(self.out / "bench.json", compared, "settings", "or choose another --out")
-        self.updates, self.base = self.domain.prepare(self, model, fmt)
+        dist.on_main(self._settings_here, compared)
+        with self.recording():  # edits.jsonl, base.json, tasks.json
+            self.updates, self.base = self.domain.prepare(self, model, fmt)
         del model
         gc.collect()
+
+    # --- bench.json: the settings, the run's identity, and the files the bench wrote ------------
+    # bench.json lists every file the bench writes at the top of its folder with its size and
+    # sha256 (ownership.manifest), as an adapter's marker does: a file changed since (a report.md
+    # edited by hand) is not corsa's, and the folder is refused before anything is written.
+    # "writing" is true while the bench writes them: a run killed then left files not yet listed.
+    def _settings_here(self, compared: dict) -> None:
+        path = self.out / "bench.json"
+        if not path.exists():
+            atomic_write_json(path, {**compared, "run_id": uuid.uuid4().hex, "files": {}, "writing": False})
+            return
+        saved = json.loads(path.read_text())
+        refuse_changes({k: v for k, v in saved.items() if k not in BENCH_LEDGER}, compared, self.out, "settings",
+                       "or choose another --out")
+        if "run_id" not in saved:  # an earlier version's folder (check_ours found its names consistent): adopt it
+            atomic_write_json(path, {**saved, "run_id": uuid.uuid4().hex, "files": self._written(), "writing": False})
+
+    def _written(self) -> dict:
+        return manifest(self.out, [x.name for x in self.out.iterdir() if x.name != "bench.json" and x.is_file()
+                                   and not x.is_symlink() and is_corsa_name("bench", x.name)])
+
+    def _ledger(self, writing: bool) -> None:
+        path = self.out / "bench.json"
+        saved = json_object(path)
+        if saved is None:
+            return
+        atomic_write_json(path, {**saved, "files": saved.get("files", {}) if writing else self._written(),
+                                 "writing": writing})
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Around the bench's writes at the top of its folder: bench.json then lists what they left."""
+        dist.on_main(self._ledger, True)
+        yield
+        dist.on_main(self._ledger, False)
 
     # under a launcher every worker takes the same branch (the main one decides) and reads only
     # files that an earlier run completed
@@ -188,7 +226,10 @@ class Bench:
 
     # --- everything --------------------------------------------------------------------------
     def run(self) -> dict:
-        with output_lock(self.out):  # a second bench on the same folder is refused while this one runs
+        # a folder of the user's is refused before the lock is taken (taking it cleans up a killed run's
+        # leftovers), and again under it (prepare)
+        dist.on_main(check_ours, self.out, "bench", tuple(METHODS))
+        with output_lock(self.out, "bench", tuple(METHODS)):  # a second bench on the same folder is refused while this one runs
             return self._run()
 
     def _run(self) -> dict:
@@ -206,7 +247,11 @@ class Bench:
             atomic_write_json(self.out / "results.json", content)
             return content
 
-        return dist.on_main(write)
+        with self.recording():
+            return dist.on_main(write)
+
+
+BENCH_LEDGER = ("run_id", "files", "writing")  # what bench.json holds besides the settings a rerun must keep
 
 
 def domain_of(spec: BenchSpec) -> Domain:
