@@ -80,7 +80,7 @@ def test_the_graph_sees_imports_at_every_level():
     assert "corsa.lifelong" in graph["corsa.api"]            # module level, `from .lifelong import`
     assert "corsa.negatives" in graph["corsa.lifelong"]      # `from . import negatives`
     assert "corsa.generate" in graph["corsa.engine"]         # inside a function
-    assert "corsa.code.arena" in graph["corsa.loaders"] and "corsa.loaders" in graph["corsa.code.arena_file"]
+    assert "corsa.code.arena" in graph["corsa.formats"] and "corsa.loaders" in graph["corsa.code.arena_file"]
 
 
 def test_the_cycle_finder_finds_a_circle():

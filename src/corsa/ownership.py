@@ -201,7 +201,7 @@ def _whole_safetensors(path: Path) -> bool:
         return False
 
 
-def _is_step_log(path: Path) -> bool:
+def is_step_log(path: Path) -> bool:
     """Whether `path` is a step log corsa was writing (one JSON object per line; the last may be torn)."""
     try:
         lines = list(jsonl_lines(read_bounded(path, 1 << 30, "step log").decode("utf-8")))
@@ -234,7 +234,7 @@ def _foreign_run(folder: Path, depth: int = 0) -> list[str]:
             if not ours or not entry.is_file() or entry.is_symlink():
                 found.append(name)
         elif name == "log.partial.jsonl":  # an update's step log until it is published (a kill leaves it)
-            if entry.is_symlink() or ((entry.parent / "run.json").exists() and not ours) or not _is_step_log(entry):
+            if entry.is_symlink() or ((entry.parent / "run.json").exists() and not ours) or not is_step_log(entry):
                 found.append(name)
         elif name == "progress.json":
             saved = json_object(entry)

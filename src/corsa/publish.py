@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import ConfigError, OutputError
 from .files import atomic_write_json, json_object, stage_dir
-from .ownership import _is_step_log, is_corsa_name, is_own_temporary, is_staged
+from .ownership import foreign_files, is_corsa_name, is_own_temporary, is_staged, is_step_log
 
 JOURNAL = ".corsa-publish.{}.json"  # named by the first entry published: one per target, so the model
                                      # cache can convert two models side by side
@@ -135,8 +135,6 @@ def recover(folder: str | os.PathLike, kind: str = "run", dirs: tuple[str, ...] 
     logs are removed, in corsa's own subfolders (update-k, a bench's method folders in `dirs`).
     Call it only while holding the folder (`output_lock`): a temporary there belongs to no live run.
     """
-    from .ownership import foreign_files
-
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
         return
@@ -152,7 +150,7 @@ def _clean(folder: Path, kind: str, dirs: tuple[str, ...], depth: int) -> None:
         name = entry.name
         if is_staged(entry, kind) or (name.startswith(".corsa-write-test-") and is_own_temporary(entry)):
             _remove(entry)
-        elif name == PARTIAL_LOG and kind == "run" and entry.is_file() and not entry.is_symlink() and _is_step_log(entry):
+        elif name == PARTIAL_LOG and kind == "run" and entry.is_file() and not entry.is_symlink() and is_step_log(entry):
             _remove(entry)
         elif entry.is_dir() and not entry.is_symlink():
             if kind == "run" and depth == 0 and re.fullmatch(r"update-\d+", name):

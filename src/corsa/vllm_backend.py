@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError
+from .files import MAX_SMALL_FILE, read_text_bounded
 from .prompts import PromptFormat
 
 # ranks vLLM's LoRA kernels accept for max_lora_rank (newer versions add 1); we round up to one
@@ -45,8 +46,6 @@ def _vllm():
 def adapter_rank(adapter_dir: str | Path) -> int:
     """The LoRA rank in a saved adapter's ``adapter_config.json``, for vLLM's ``max_lora_rank``."""
     path = Path(adapter_dir) / "adapter_config.json"
-    from .files import MAX_SMALL_FILE, read_text_bounded
-
     try:  # bounded, regular files only: a FIFO or /dev/zero under the name is refused unread
         r = int(json.loads(read_text_bounded(path, MAX_SMALL_FILE, "adapter config"))["r"])
     except ConfigError:
