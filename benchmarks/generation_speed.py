@@ -1,6 +1,15 @@
 """Greedy generation, today's path (``model.generate``) against corsa's decoding loop, side by side.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/generation_speed.py --out benchmarks/generation-speed.json
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/generation_speed.py --edits 16 --fast-batch-size 64 \
+        --out benchmarks/eval-speed.json
+
+With ``--edits N`` the adapter is corsa-lifelong trained (its defaults) on the first N CounterFact
+edits, and the prompts are those the bench's evaluation generates for them: edit prompts,
+paraphrases and questions about the edited subjects (the locality probes lie outside the
+subject scope and are answered from the unedited model's cache). A third path joins: the loop
+with the evaluation's drafts (y⁺ for an edit's prompts, the unedited answer for a question;
+corsa.generate's "Drafts") at ``--fast-batch-size``.
 
 At the bench's settings (evaluation batches of 16, ``config.NEW_TOKENS`` new tokens, the chat
 template), on the edit prompts and paraphrases of the first CounterFact records (96 prompts by
@@ -47,6 +56,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 leaves torch's choice")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--edits", type=int, default=0, help="train corsa-lifelong on this many edits first (0: a random adapter)")
+    p.add_argument("--fast-batch-size", type=int, default=0, help="the drafted loop's batch size (with --edits; 0: --batch-size)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -56,24 +67,34 @@ def main(argv=None) -> dict:
         model, name = tiny_llama(seed=0), "tiny"
     else:
         model = name = "smollm2-135m"
-    editor = Editor(model, method="corsa", device=a.device, progress=False)
-    prompts: list[str] = []
-    for e in load_edits(a.data, on_invalid="skip", limit=a.prompts):
-        prompts = list(dict.fromkeys([*prompts, e.prompt, *e.paraphrases]))
-        if len(prompts) >= a.prompts:
-            break
-    prompts = prompts[:a.prompts]
-    m, fmt = editor.model, editor.fmt
-    with torch.no_grad():  # a trained adapter, not B = 0
-        g = torch.Generator().manual_seed(0)
-        for q in (q for q in m.parameters() if q.requires_grad):
-            q.add_(torch.randn(q.shape, generator=g).to(q) * 0.01)
+    drafts: dict[str, str] = {}
+    if a.edits:
+        editor, prompts, drafts = edited(model, a)
+        m, fmt = editor.model, editor.fmt
+    else:
+        editor = Editor(model, method="corsa", device=a.device, progress=False)
+        prompts = []
+        for e in load_edits(a.data, on_invalid="skip", limit=a.prompts):
+            prompts = list(dict.fromkeys([*prompts, e.prompt, *e.paraphrases]))
+            if len(prompts) >= a.prompts:
+                break
+        prompts = prompts[:a.prompts]
+        m, fmt = editor.model, editor.fmt
+        with torch.no_grad():  # a trained adapter, not B = 0
+            g = torch.Generator().manual_seed(0)
+            for q in (q for q in m.parameters() if q.requires_grad):
+                q.add_(torch.randn(q.shape, generator=g).to(q) * 0.01)
+    fast = a.fast_batch_size or a.batch_size
 
     def run(engine, part=prompts):
+        if engine == "drafts":
+            return generate(m, fmt, part, a.new_tokens, fast, drafts=[drafts.get(x) for x in part])
         return generate(m, fmt, part, a.new_tokens, a.batch_size, engine=engine)
 
-    run("hf", prompts[:a.batch_size]), run("loop", prompts[:a.batch_size])  # warm up: one batch each
-    seconds: dict[str, list[float]] = {"hf": [], "loop": []}
+    engines = ["hf", "loop"] + (["drafts"] if a.edits else [])
+    for engine in engines:
+        run(engine, prompts[:a.batch_size])  # warm up: one batch each
+    seconds: dict[str, list[float]] = {k: [] for k in engines}
     answers = {}
     for _ in range(a.rounds):
         for engine in seconds:
@@ -81,7 +102,7 @@ def main(argv=None) -> dict:
             answers[engine] = run(engine)
             seconds[engine].append(time.perf_counter() - t)
     rate = {k: len(prompts) / statistics.median(v) for k, v in seconds.items()}
-    same = sum(x == y for x, y in zip(answers["hf"], answers["loop"]))
+    same = sum(all(x == answers[k][i] for k in engines) for i, x in enumerate(answers["hf"]))
     ids = [fmt.prompt_ids(x) for x in prompts]
     device = next(m.parameters()).device
     doc = {"command": " ".join(["benchmarks/generation_speed.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -91,22 +112,40 @@ def main(argv=None) -> dict:
            "shared_prefix_tokens": shared_prefix(ids),
            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
            "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "prompts_per_s": {"model_generate": round(rate["hf"], 2), "loop": round(rate["loop"], 2)},
+           "prompts_per_s": {("model_generate" if k == "hf" else k): round(v, 2) for k, v in rate.items()},
            "ratio": round(rate["loop"] / rate["hf"], 2),
-           "identical_answers": same, "different": [{"prompt": x, "model_generate": h, "loop": lo}
-                                                    for x, h, lo in zip(prompts, answers["hf"], answers["loop"])
-                                                    if h != lo],
+           **({"edits": a.edits, "fast_batch_size": fast, "drafts_ratio": round(rate["drafts"] / rate["hf"], 2)}
+              if a.edits else {}),
+           "identical_answers": same, "different": [{"prompt": x, **{k: answers[k][i] for k in engines}}
+                                                    for i, x in enumerate(prompts)
+                                                    if any(answers[k][i] != answers["hf"][i] for k in engines)],
            "seconds": {("model_generate" if k == "hf" else k): [round(x, 2) for x in v] for k, v in seconds.items()},
            "machine": {"platform": platform.platform(), "processor": platform.processor(),
                        "cpu_count": os.cpu_count()},
            "versions": library_versions()}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out, doc)
+    extra = f", drafted loop at {fast} {rate['drafts']:.2f} ({doc['drafts_ratio']}×)" if a.edits else ""
     print(f"{name}: model.generate {rate['hf']:.2f} prompts/s, loop {rate['loop']:.2f} prompts/s "
-          f"({doc['ratio']}×), identical answers {same}/{len(prompts)}")
+          f"({doc['ratio']}×){extra}, identical answers {same}/{len(prompts)}")
     if same != len(prompts):
         raise SystemExit(f"{len(prompts) - same} answers differ between the engines")
     return doc
+
+
+def edited(model, a):
+    """corsa-lifelong trained on the first `a.edits` edits; the prompts its bench evaluation generates
+    (under the subject scope) and their drafts."""
+    from corsa.evaluate import expected_answers, unedited_answers
+    from corsa.subjects import probes
+
+    editor = Editor(model, method="corsa-lifelong", device=a.device, progress=False)
+    edits = load_edits(a.data, on_invalid="skip", limit=a.edits * 2)[:a.edits]
+    reference = unedited_answers(editor, None, edits)
+    editor.update(edits)
+    asked = [x for e in edits for x in (e.prompt, *e.paraphrases, *probes(e))]
+    prompts = [x for x in dict.fromkeys(asked) if editor.scope is None or editor.scope.covers(x)]
+    return editor, prompts, expected_answers(edits, False, reference)
 
 
 if __name__ == "__main__":

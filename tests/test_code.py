@@ -220,7 +220,7 @@ def test_the_code_bench_runs_measures_and_resumes(tmp_path):
 
 # the flags of `corsa bench` that the code domain refuses (each by name, below); every other one
 # works for it as for facts: the training options through the Editor, the rest through the harness
-CODE_REFUSES = {"--skip-invalid", "--mmlu", "--mmlu-file", "--mmlu-seed", "--sample-seed", "--scope"}
+CODE_REFUSES = {"--skip-invalid", "--mmlu", "--mmlu-file", "--mmlu-seed", "--sample-seed", "--scope", "--earlier-sample"}
 CODE_HONOURS = {"--config", "--data", "--device", "--edits", "--help", "--method", "--methods", "--model", "--out",
                 "--preset", "--quiet", "--report-to", "--seed", "--set", "--updates", "--sample", "--temperature",
                 "--eval-batch-size", "--max-new-tokens"}
@@ -242,6 +242,7 @@ def test_every_flag_of_the_bench_is_honoured_or_refused_for_api_updates():
 @pytest.mark.parametrize("flags, named", [
     (["--skip-invalid"], "--skip-invalid"), (["--mmlu", "4"], "--mmlu"), (["--mmlu-file", "x.jsonl"], "--mmlu-file"),
     (["--mmlu-seed", "3"], "--mmlu-seed"), (["--sample-seed", "3"], "--sample-seed"), (["--scope", "subject"], "--scope"),
+    (["--earlier-sample", "5"], "--earlier-sample"),
     (["--set", "corsa.scope=subject"], "--scope"), (["--methods", "lora,rome"], "rome")])
 def test_the_code_bench_refuses_by_name_each_flag_it_cannot_honour(tmp_path, capsys, flags, named):
     """Every flag of `corsa bench` works for API updates (--report-to, --device, training and sampling

@@ -347,3 +347,37 @@ def test_lifelong_replays_earlier_updates_and_resumes_to_the_same_adapter(setup,
     a = load_file(str(whole / "update-2" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(resumed / "update-2" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_earlier_sample_measures_the_earlier_edits_on_a_seeded_sample_and_resumes_alike(setup, tmp_path):
+    """--earlier-sample 2 on 4 updates of 2: after update 3 the 4 earlier edits are sampled (2, drawn with the
+    seed and k as Facts.measured_edits says), update 3's own are all measured, and the last update measures all."""
+    import random
+
+    root, model, data, _ = setup
+    out = tmp_path / "sampled"
+    cmd = ["bench", "--model", str(model), "--data", str(data), "--methods", "lora", "--edits", "8", "--updates", "4",
+           "--seed", "0", "--out", str(out), "--earlier-sample", "2", *FAST]
+    assert main(cmd) == 0
+    evals = [json.loads((out / "lora" / f"update-{k}" / "eval.json").read_text()) for k in range(1, 5)]
+    updates = json.loads((out / "results.json").read_text())["update_edit_ids"]
+    assert [e["sample"] for e in evals[:2]] == [None, None]  # 2 earlier edits: no fewer to sample
+    assert evals[3]["sample"] is None and [r["id"] for r in evals[3]["records"]] == sum(updates, [])
+    third = evals[2]
+    assert third["sample"] == {"earlier": 4, "sampled": 2, "seed": 0, "update": 3}
+    picked = sorted(random.Random(3).sample([(j, i) for j in range(2) for i in range(2)], 2))
+    assert [r["id"] for r in third["records"]] == [updates[j][i] for j, i in picked] + updates[2]
+    assert [u["counts"]["edits"] for u in third["per_update"]] == [sum(j == u for j, _ in picked) for u in range(2)] + [2]
+    results = json.loads((out / "results.json").read_text())
+    assert results["earlier_sample"] == 2 and len(results["methods"]["lora"]["retention"]) == 4
+    # an earlier edit outside update 3's sample has no answer there
+    row = next(a for a in results["methods"]["lora"]["answers"] if a["id"] == updates[0][0])
+    assert len(row["after"]) == 4 and (row["after"][2] is None) == ((0, 0) not in picked)
+    # resumed from update 2, the same sample and the same numbers
+    shutil.rmtree(out / "lora" / "update-3")
+    shutil.rmtree(out / "lora" / "update-4")
+    assert main(cmd) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert without_timing(again["methods"]) == without_timing(results["methods"])
+    # the sample size is a setting: another is refused on the same folder
+    assert main(cmd[:-len(FAST) - 2] + ["--earlier-sample", "3", *FAST]) == 2

@@ -122,3 +122,44 @@ def test_the_speed_benchmark_runs_on_the_tiny_model(tmp_path):
     assert saved["identical_answers"] == saved["prompts"] == 10 and saved["different"] == []
     assert set(saved["prompts_per_s"]) == {"model_generate", "loop"} and saved["threads"] >= 1
     assert doc["ratio"] == saved["ratio"]
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "raw"])
+def test_drafts_change_nothing_but_the_work(chat, monkeypatch):
+    """Drafts right, right in part, wrong, absent, too long, or without an end: the same tokens as without."""
+    import corsa.generate as G
+
+    model, fmt = varied_model(chat, adapter=True)
+    ends = answer_ends(fmt)
+    plain = _generate(model, fmt, PROMPTS, 10, 4, ends=ends)
+    right = [r for (r,) in plain]
+    drafts = [
+        right[0],                       # the answer itself
+        right[1][:2],                   # its start, no end
+        right[2][:1] + [5, 6, 7],       # right first token, then wrong
+        [9, 9, 9],                      # wrong from the first token
+        None,                           # no draft
+        right[5] + [11] * 20,           # the answer and more than the budget
+        [],                             # empty
+    ] + [right[i] if i % 2 else None for i in range(7, len(PROMPTS))]
+    decoded = []
+    greedy = G._greedy_batch
+    monkeypatch.setattr(G, "_greedy_batch", lambda m, ids, *a: decoded.extend(ids) or greedy(m, ids, *a))
+    drafted = _generate(model, fmt, PROMPTS, 10, 4, ends=ends, drafts=drafts)
+    assert drafted == plain
+    # rows whose draft was their whole answer were not decoded token by token; the others were,
+    # from their prompt and what the check had found (so longer than the prompt)
+    whole = [i for i, d in enumerate(drafts) if d and d[:len(right[i])] == right[i]]  # cut at its end or at 10
+    assert len(whole) >= 4 and len(decoded) <= len(PROMPTS) - len(whole)
+    prompts = {tuple(fmt.prompt_ids(p)) for p in PROMPTS}
+    assert decoded and all(tuple(x) not in prompts for x in decoded)
+    # text drafts through generate(), with the decoded answers as drafts and with wrong ones
+    texts = generate(model, fmt, PROMPTS, 10, 4)
+    assert generate(model, fmt, PROMPTS, 10, 4, drafts=texts) == texts
+    assert generate(model, fmt, PROMPTS, 10, 4, drafts=["Paris"] * len(PROMPTS)) == texts
+
+
+def test_drafts_must_match_the_prompts():
+    model, fmt = varied_model(chat=True)
+    with pytest.raises(ValueError, match="2 drafts for 3 prompts"):
+        generate(model, fmt, PROMPTS[:3], 4, drafts=["a", "b"])

@@ -186,8 +186,21 @@ def test_resting_edits_are_tested_every_kth_pass_and_an_update_ends_on_a_test_of
     # corsa-lifelong spaces its tests by default; with per-edit stopping off there is nothing to space
     assert EditConfig(method="corsa-lifelong").value("retest_every") == 2
     assert not EditConfig(method="corsa-lifelong", edit_stop=False, early_stop=True).edit_stop
-    with pytest.raises(ConfigError, match="at least 1"):
-        EditConfig(retest_every=0)
+    with pytest.raises(ConfigError, match="non-negative"):
+        EditConfig(retest_every=-1)
+
+
+def test_with_retest_every_0_resting_edits_are_tested_only_once_the_trained_ones_hold(tiny, monkeypatch):
+    T, F = True, False
+    answers = [[F, F, T],            # pass 1: only the trained edits (0, 1, 5); 5 holds
+               [F, T],               # pass 2: 0 and 1; 0 does not yet
+               [T], [T] * 5,         # pass 3: 0 holds, so every other edit is tested at once: all hold
+               ]
+    result, trained, tested = _scripted_update(tiny, monkeypatch, answers, [T, T, T, F], retest_every=0)
+    assert trained == [[0, 1, 5], [0, 1], [0]]
+    # pass 1 tested what it trained; pass 2 the two still training; pass 3 the one, then the rest at once
+    assert tested == [(0, 1, 5), (0, 1), (0,), (1, 2, 3, 4, 5)]
+    assert result.stopped_early and result.held == [T] * 6
 
 
 def test_a_spent_budget_leaves_the_last_tests_answers(tiny, monkeypatch):

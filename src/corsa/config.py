@@ -165,7 +165,7 @@ class EditConfig:
             raise ConfigError("--early-stop and --edit-stop are two stopping rules; choose one "
                               "(--no-edit-stop --early-stop for the whole-update rule)")
         # a row's default spacing (corsa-lifelong's) simply has nothing to space without per-edit stopping
-        if not self.edit_stop and self.retest_every is not None and self.value("retest_every") > 1:
+        if not self.edit_stop and self.retest_every is not None and self.value("retest_every") != 1:
             raise ConfigError("--retest-every spaces the tests of per-edit stopping, which is off; "
                               "drop it or use --edit-stop")
         if self.sft_weight == 0 and not m.dpo and m.solver is None and not self.value("preserve"):

@@ -103,13 +103,15 @@ def hold_test(model, fmt, encoded, cfg, batch_size, trained: list[int], held: li
 
     Every edit is tested after every pass, or, with retest_every = k > 1, the edits at rest
     (those that held at the last test and did not train in this pass) only after every k-th
-    pass: in between they keep their last result. Resting edits are the bulk of a lifelong
-    update (every earlier edit), so this spares most of its tests. The edits the pass trained
-    are always tested; when all of them hold, or on the last pass, everything is tested, so an
-    update ends only on a test of every edit and what it reports as held was measured.
+    pass, and with k = 0 never in between: they keep their last result. Resting edits are the
+    bulk of a lifelong update (every earlier edit), so this spares most of its tests. The edits
+    the pass trained are always tested; when all of them hold, or on the last pass, everything
+    is tested, so an update ends only on a test of every edit and what it reports as held was
+    measured. With k = 0 an update that ends as it should (every trained edit held) tests its
+    resting edits once, whatever their number, and once more for each time that finds some lost.
     """
     k = cfg.value("retest_every")
-    if held is None or k == 1 or epoch % k == 0 or last:
+    if held is None or k == 1 or (k and epoch % k == 0) or last:
         return holding(model, fmt, encoded, cfg, batch_size), len(encoded)
     now = holding(model, fmt, [encoded[i] for i in trained], cfg, batch_size)
     held = list(held)

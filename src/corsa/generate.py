@@ -9,6 +9,16 @@ row has ended. It gives the tokens ``model.generate`` gives (``engine="hf"``, ke
 comparison and used for sampling): the same batches, the argmax of the same model's logits.
 Those logits may differ in their last bits (the prefix runs at another shape), which changed
 no answer of the bundled model (benchmarks/generation-speed.json) nor of the tiny one's tests.
+
+**Drafts.** Where the caller expects an answer (an edit's y⁺ to its prompt, the unedited
+model's answer to a locality probe), :func:`generate` takes it as a draft and checks it in one
+forward pass over prompt + draft instead of decoding it token by token: greedy decoding is
+the argmax at every position, so the longest prefix of the draft that the argmax repeats,
+followed by the argmax at the first position it does not, is exactly the greedy answer so
+far (the reasoning of speculative decoding, Leviathan et al. 2023, with the expected answer
+as the draft model). A row whose draft was its whole answer is done; any other row goes on
+decoding from there. The draft changes how much is computed, never which tokens come out
+(up to the last bits of the logits, as above).
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ MIN_SHARED_PREFIX = 4  # fewer shared tokens than this are not worth a forward o
 @torch.no_grad()  # not inference_mode: a model may cache tensors (rotary tables) that training reuses
 def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int = 16,
              batch_size: int = 16, progress=None, num_samples: int = 0,
-             temperature: float = 1.0, prefill: bool = False, shots=(), engine: str = "loop") -> list[str] | list[list[str]]:
+             temperature: float = 1.0, prefill: bool = False, shots=(), engine: str = "loop",
+             drafts: list[str | None] | None = None) -> list[str] | list[list[str]]:
     """Greedy answers to `prompts`, decoded up to the end of turn (chat) or line (raw).
 
     With `num_samples` > 0, each prompt gets that many answers sampled at `temperature` (no
@@ -34,10 +45,17 @@ def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int =
     continuation (PromptFormat.prefill_ids): a chat model completes the statement. `shots`,
     worked examples (prompt, answer), come before each prompt (PromptFormat.few_shot_ids).
     `engine` "hf" decodes greedily with ``model.generate`` instead of corsa's loop (same answers,
-    slower); samples are always drawn by ``model.generate``.
+    slower); samples are always drawn by ``model.generate``. `drafts`, one expected answer (or None)
+    per prompt, are checked before decoding (the module's "Drafts"): the answers are the same
+    with or without them, only faster where a draft is right. Greedy with corsa's loop only.
     """
+    if drafts is not None and len(drafts) != len(prompts):
+        raise ValueError(f"{len(drafts)} drafts for {len(prompts)} prompts")
+    ids = None
+    if drafts is not None and num_samples == 0 and engine == "loop":
+        ids = [draft_ids(fmt, d) for d in drafts]
     rows = _generate(model, fmt, prompts, max_new_tokens, batch_size, progress, num_samples, temperature, prefill,
-                     shots, engine, answer_ends(fmt))
+                     shots, engine, answer_ends(fmt), ids)
     texts = [[fmt.decode_answer(r) for r in per_prompt] for per_prompt in rows]
     return texts if num_samples > 0 else [t[0] for t in texts]
 
@@ -68,8 +86,20 @@ def answer_ends(fmt: PromptFormat) -> frozenset[int]:
     return frozenset(ends | cached)
 
 
+def draft_ids(fmt: PromptFormat, answer: str | None) -> list[int] | None:
+    """The tokens a model would generate to answer `answer` (a chat answer closed by the end of turn),
+    or None for no draft (no text, or text the format refuses: a draft is a guess, never an error)."""
+    if answer is None or not answer.strip():
+        return None
+    try:
+        return fmt.answer_ids(answer, eos=True)
+    except ValueError:
+        return None
+
+
 def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, num_samples=0,
-              temperature=1.0, prefill=False, shots=(), engine="loop", ends=None) -> list[list[list[int]]]:
+              temperature=1.0, prefill=False, shots=(), engine="loop", ends=None,
+              drafts: list[list[int] | None] | None = None) -> list[list[list[int]]]:
     """The generated token ids, n rows per prompt (n = max(num_samples, 1)), in prompt order.
 
     A greedy row from the loop stops at the first of `ends` (default: the end of turn), included;
@@ -93,7 +123,11 @@ def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, nu
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids = [fmt.few_shot_ids(shots, prompts[i]) + (fmt.prefill_ids(prompts[i]) if prefill else []) for i in idx]
-            if loop:
+            if loop and drafts is not None and any(drafts[i] for i in idx):
+                for i, row in zip(idx, _drafted_batch(model, ids, [drafts[i] for i in idx], max_new_tokens, pad,
+                                                      ends, device)):
+                    rows[i] = [row]
+            elif loop:
                 for i, row in zip(idx, _greedy_batch(model, ids, max_new_tokens, pad, ends, device)):
                     rows[i] = [row]
             else:
@@ -126,24 +160,21 @@ def shared_prefix(ids: list[list[int]]) -> int:
     return L if L >= MIN_SHARED_PREFIX else 0
 
 
-def _greedy_batch(model, ids: list[list[int]], max_new_tokens: int, pad: int, ends, device) -> list[list[int]]:
-    """Greedy continuations of one batch of prompts (token ids), each up to and including its first
-    token in `ends`, or `max_new_tokens` long.
+def _prefill(model, ids: list[list[int]], pad: int, device, keep: int, room: int):
+    """One forward pass over a batch of token rows, left-padded: (cache, logits of the last `keep`
+    positions, attention mask, cache argument's name).
 
-    The shared prefix runs once and its KV cache is repeated for every row; each prompt's own
+    The rows' shared prefix runs once and its KV cache is repeated for every row; each row's own
     tokens follow it left-padded, so pads sit between the prefix and the rest, masked out, and
-    positions count real tokens only, as model.generate counts them. Finished rows leave the
-    cache, the mask and the positions.
+    positions count real tokens only, as model.generate counts them. `room`: how many tokens
+    may follow (a sliding window must still see the prefix).
     """
     B = len(ids)
-    rows: list[list[int]] = [[] for _ in range(B)]
-    if max_new_tokens <= 0:
-        return rows
     name = _cache_argument(model)
     lengths = [len(x) for x in ids]
     L = shared_prefix(ids)
     window = getattr(getattr(model, "config", None), "sliding_window", None)
-    if L and window is not None and window < max(lengths) + max_new_tokens:
+    if L and window is not None and window < max(lengths) + room:
         L = 0  # the pads between prefix and rest would count against the window
     kw = {}
     if L:
@@ -162,11 +193,25 @@ def _greedy_batch(model, ids: list[list[int]], max_new_tokens: int, pad: int, en
     positions = L + (rest_mask.cumsum(-1) - 1).clamp_min(0)
     mask = torch.cat([torch.ones((B, L), dtype=torch.long), rest_mask], dim=1).to(device)
     out = model(input_ids=rest.to(device), attention_mask=mask, position_ids=positions.to(device),
-                use_cache=True, logits_to_keep=1, **kw)
-    cache = getattr(out, name)
-    logits = out.logits[:, -1]
+                use_cache=True, logits_to_keep=keep, **kw)
+    return getattr(out, name), out.logits, mask, name
+
+
+def _greedy_batch(model, ids: list[list[int]], max_new_tokens: int, pad: int, ends, device) -> list[list[int]]:
+    """Greedy continuations of one batch of prompts (token ids), each up to and including its first
+    token in `ends`, or `max_new_tokens` long.
+
+    The prompts run in one pass (:func:`_prefill`, the shared prefix once); then one token per
+    step for every live row. Finished rows leave the cache, the mask and the positions.
+    """
+    B = len(ids)
+    rows: list[list[int]] = [[] for _ in range(B)]
+    if max_new_tokens <= 0:
+        return rows
+    cache, logits, mask, name = _prefill(model, ids, pad, device, 1, max_new_tokens)
+    logits = logits[:, -1]
     alive = list(range(B))                                   # the batch row of each live row
-    pos = torch.tensor(lengths, device=device)[:, None]      # each live row's next position
+    pos = torch.tensor([len(x) for x in ids], device=device)[:, None]  # each live row's next position
     for step in range(max_new_tokens):
         nxt = logits.float().argmax(-1)
         keep = []
@@ -187,4 +232,44 @@ def _greedy_batch(model, ids: list[list[int]], max_new_tokens: int, pad: int, en
         cache = getattr(out, name)
         logits = out.logits[:, -1]
         pos = pos + 1
+    return rows
+
+
+def _drafted_batch(model, ids: list[list[int]], drafts: list[list[int] | None], max_new_tokens: int, pad: int,
+                   ends, device) -> list[list[int]]:
+    """Greedy continuations of one batch of prompts, each checked against its draft first.
+
+    One pass over prompt + draft (its first `max_new_tokens` tokens, up to its first end) gives
+    the argmax g_i after every draft prefix d_<i. With k the first i where g_i ≠ d_i (or the
+    draft's length), the greedy answer starts with d_<k followed by g_k: a row that ends there
+    (g_k or d_k−1 an end token, or `max_new_tokens` reached) is done; the others are decoded on
+    by :func:`_greedy_batch` from prompt + what is known, with the tokens left.
+    """
+    if max_new_tokens <= 0:
+        return [[] for _ in ids]
+    cut = []
+    for d in drafts:
+        d = list(d or [])[:max_new_tokens]
+        end = next((j for j, t in enumerate(d) if t in ends), None)
+        cut.append(d if end is None else d[:end + 1])
+    keep = max(len(d) for d in cut) + 1
+    _, logits, _, _ = _prefill(model, [x + d for x, d in zip(ids, cut)], pad, device, keep, 0)
+    rows, todo = [], []
+    for b, d in enumerate(cut):
+        n = len(d)
+        # the row is right-aligned: position keep-1-n predicts the answer's first token
+        g = logits[b, keep - 1 - n:].float().argmax(-1).tolist()
+        k = next((i for i in range(n) if g[i] != d[i]), n)
+        if k == n and n and (d[-1] in ends or n == max_new_tokens):
+            rows.append(d)  # the whole draft is the greedy answer
+            continue
+        row = d[:k] + [g[k]]
+        rows.append(row)
+        if row[-1] not in ends and len(row) < max_new_tokens:
+            todo.append(b)
+    if todo:
+        left = max_new_tokens - min(len(rows[b]) for b in todo)
+        more = _greedy_batch(model, [ids[b] + rows[b] for b in todo], left, pad, ends, device)
+        for b, extra in zip(todo, more):
+            rows[b] = rows[b] + extra[:max_new_tokens - len(rows[b])]
     return rows

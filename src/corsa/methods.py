@@ -113,9 +113,10 @@ OPTIONS: dict[str, Option] = {
                             off=1.0),
     "retest_every": Option("train", 1, "--retest-every",
                            "with --edit-stop: test the edits at rest (those that held at the last test) after every "
-                           "k-th pass only; the edits a pass trained are tested after it, and an update ends only on "
-                           "a test of every edit",
-                           off=1, range=AT_LEAST_1),
+                           "k-th pass only (0: only once every edit a pass trained holds, and after the last pass); "
+                           "the edits a pass trained are tested after it, and an update ends only on a test of "
+                           "every edit",
+                           off=1, range=NON_NEGATIVE),
     # the locate-then-edit rows (corsa.editors): where they edit, how they find the target vector,
     # how they keep other keys, and the adapter that carries their change
     "layers": Option("locate", "auto", "--layers",

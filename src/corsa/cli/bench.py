@@ -40,6 +40,10 @@ def register(sub) -> None:
     b.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="a training option for one method, e.g. corsa.rho=0.1 (repeatable); a plain flag such "
                         "as --lr sets it for every method, and --rho/--beta/--combine for those that use them")
+    b.add_argument("--earlier-sample", type=int, default=_DEFAULT["earlier_sample"], metavar="N",
+                   help="after each update but the last, measure the earlier updates' edits on a seeded sample "
+                        "of N (the update's own edits are all measured, and every edit after the last update): "
+                        "a long stream's bench then grows linearly, not quadratically (default: 0, all of them)")
     add_skip_invalid(b)
     add_device(b)
     add_quiet(b)
@@ -59,7 +63,8 @@ def spec_of(args, data, methods: str, sets=()):
                      train=config_values(args, skip=("method", "seed")), sets=parse_sets(list(sets)),
                      eval=eval_settings(args), mmlu=getattr(args, "mmlu", 0),
                      mmlu_file=getattr(args, "mmlu_file", None), mmlu_seed=getattr(args, "mmlu_seed", 0),
-                     skip_invalid=getattr(args, "skip_invalid", False), device=getattr(args, "device", None),
+                     skip_invalid=getattr(args, "skip_invalid", False),
+                     earlier_sample=getattr(args, "earlier_sample", 0), device=getattr(args, "device", None),
                      progress=progress(args), report_to=getattr(args, "report_to", "none"))
 
 

@@ -45,7 +45,8 @@ from .programs import fence, program_for, task_prompt
 NOT_FOR_CODE = (("skip_invalid", "--skip-invalid", False, "a CodeUpdateArena file has no edit records to skip"),
                 ("mmlu", "--mmlu", 0, "the code bench measures programs (Pass@k), not MMLU"),
                 ("mmlu_file", "--mmlu-file", None, "the code bench measures programs (Pass@k), not MMLU"),
-                ("mmlu_seed", "--mmlu-seed", 0, "the code bench measures programs (Pass@k), not MMLU"))
+                ("mmlu_seed", "--mmlu-seed", 0, "the code bench measures programs (Pass@k), not MMLU"),
+                ("earlier_sample", "--earlier-sample", 0, "the code bench measures a few API updates, each whole"))
 
 
 class Code:

@@ -7,12 +7,18 @@ teacher-forced metrics (method.md §5), typed results (:mod:`.results`) and :mod
 2. The unedited model is evaluated on all N edits (``DIR/base.json``); its answers to the
    locality probes are the cache every later locality number compares against.
 3. After update k every edit seen so far is evaluated in one pass, which gives R[k][j]
-   (reliability on update j) for all j ≤ k; MMLU, when asked for, after the last update.
+   (reliability on update j) for all j ≤ k; MMLU, when asked for, after the last update. With
+   ``--earlier-sample n`` the earlier updates' edits are measured, after each update but the last,
+   on a sample of n drawn with the seed and k (:meth:`Facts.measured_edits`): update k's own
+   edits are all measured, and after the last update every edit, so a long stream's bench costs
+   what its edits cost, not their square. R[k][j] then stands on update j's edits in the sample
+   (``per_update[j].counts`` says how many) and ``sample`` in eval.json says what was drawn.
 4. ``results.json``, ``results.csv``, ``report.md`` and the plots are written from all of it.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 
@@ -48,8 +54,11 @@ class Facts:
 
     def settings(self, fmt) -> dict:
         spec = self.spec
-        return {"skip_invalid": spec.skip_invalid, "n_edits": spec.n_edits, "n_updates": spec.n_updates,
-                "seed": spec.seed, "template": fmt.name, "eval": spec.eval.identity(), "mmlu": self.mmlu_info}
+        settings = {"skip_invalid": spec.skip_invalid, "n_edits": spec.n_edits, "n_updates": spec.n_updates,
+                    "seed": spec.seed, "template": fmt.name, "eval": spec.eval.identity(), "mmlu": self.mmlu_info}
+        if spec.earlier_sample:  # a bench without it keeps the settings an earlier version saved
+            settings["earlier_sample"] = spec.earlier_sample
+        return settings
 
     def prepare(self, bench, model, fmt):
         spec = self.spec
@@ -73,22 +82,44 @@ class Facts:
         return self.updates, self.base
 
     def measured(self, k: int) -> str:
-        return f"{sum(len(u) for u in self.updates[:k])} edits"
+        per_update, _ = self.measured_edits(k)
+        total, seen = sum(map(len, per_update)), sum(len(u) for u in self.updates[:k])
+        return f"{seen} edits" if total == seen else f"{total} of {seen} edits (the earlier ones sampled)"
+
+    def measured_edits(self, k: int) -> tuple[list[list], dict | None]:
+        """The edits measured after update k, per update j ≤ k, and what was sampled (None: nothing).
+
+        Every edit seen so far, unless --earlier-sample n is smaller than the earlier updates' edits and
+        k is not the last update: then update k's edits and n of the earlier ones, drawn with the
+        seed and k (the same on a resumed run), each update's in their order.
+        """
+        n, updates = self.spec.earlier_sample, self.updates[:k]
+        earlier = [(j, i) for j, u in enumerate(updates[:-1]) for i in range(len(u))]
+        if not n or k == self.spec.n_updates or len(earlier) <= n:
+            return [list(u) for u in updates], None
+        picked = set(random.Random(self.spec.seed * 1_000_003 + k).sample(earlier, n))
+        per_update = [[e for i, e in enumerate(u) if (j, i) in picked] for j, u in enumerate(updates[:-1])]
+        return per_update + [list(updates[-1])], {"earlier": len(earlier), "sampled": n, "seed": self.spec.seed,
+                                                  "update": k}
 
     def evaluate(self, bench, editor, method: str, k: int, record) -> dict:
-        """Every edit seen so far, with R[k][j] per update j ≤ k (eval.json of update k)."""
+        """The edits seen so far (or update k's and a sample of the earlier ones), with R[k][j] per
+        update j ≤ k (eval.json of update k)."""
         spec, updates = self.spec, self.updates
-        seen = [e for u in updates[:k] for e in u]
+        per_update_edits, sample = self.measured_edits(k)
+        seen = [e for u in per_update_edits for e in u]
         mmlu_questions = self.mmlu if k == spec.n_updates else None  # after the last update only
         ev = evaluate(editor, seen, base_answers=self.base["base_answers"], mmlu=mmlu_questions, settings=spec.eval,
                       progress=spec.progress)
-        pool = [e.target_new for e in seen]  # crossover counts every edited answer seen so far
-        sizes = [len(u) for u in updates[:k]]
+        pool = [e.target_new for u in updates[:k] for e in u]  # crossover counts every edited answer seen so far
+        if sample is not None:  # the sample's crossover and hijack against every edit seen, as without one
+            ev["metrics"] = summarise(ev["records"], pool)
+        sizes = [len(u) for u in per_update_edits]
         bounds = [sum(sizes[:j]) for j in range(k + 1)]
         per_update = [{"update": j + 1, "metrics": summarise(ev["records"][bounds[j]:bounds[j + 1]], pool),
                        "counts": counts(ev["records"][bounds[j]:bounds[j + 1]])} for j in range(k)]
         return {
-            "method": method, "update": k, "edit_ids": [e.id for e in updates[k - 1]],
+            "method": method, "update": k, "edit_ids": [e.id for e in updates[k - 1]], "sample": sample,
             "train": {"seconds": record.result.seconds, "steps": record.result.steps,
                       "epochs": record.result.epochs, "stopped_early": record.result.stopped_early},
             "eval_seconds": ev["seconds"], "peak_rss_mb": peak_rss_mb(),

@@ -53,7 +53,7 @@ class MethodResults:
                                   "never took (not y⁺ right after their own update), or lost to y⁻, to another "
                                   "edit's y⁺, or elsewhere (corsa.metrics.lost_edits)")
     answers: list = doc("per edit: its greedy answer after each update, from the update that brought it "
-                        "(after[0]) to the last")
+                        "(after[0]) to the last; None where that update's evaluation left it out of its sample")
 
     @classmethod
     def of(cls, entry: "MethodResults | dict") -> "MethodResults":
@@ -165,28 +165,31 @@ def assemble(settings: dict, updates: list[list], protocol: dict, base: dict, pe
 def lost_edits(evals: list[dict], sizes: list[int]) -> dict | None:
     """After the last update, where the earlier updates' edits went (metrics.lost_edits); greedy only.
 
-    The records are in update order, so the earlier updates' edits are the first ones; an edit
-    counts as lost only if it took (answered y⁺) right after its own update.
+    The last evaluation measures every edit, in update order, so the earlier updates' edits are
+    its first records; an edit counts as lost only if it took (answered y⁺) in the evaluation
+    right after its own update, which always measures that update's edits (`edit_ids`).
     """
     last = evals[-1]["records"]
     n_earlier = sum(sizes[:len(evals) - 1])
     old = last[:n_earlier]
     if not old or not all(isinstance(r["answer"], str) for r in old):
         return None
-    took = []
-    for j in range(len(evals) - 1):  # update j's edits, in the evaluation right after update j
-        start = sum(sizes[:j])
-        took += [M.contains(r["answer"], r["target_new"]) for r in evals[j]["records"][start:start + sizes[j]]]
+    own = {r["id"]: r for ev in evals[:-1] for r in ev["records"] if r["id"] in set(ev["edit_ids"])}
+    took = [M.contains(own[r["id"]]["answer"], r["target_new"]) for r in old]
     return M.lost_edits([r["answer"] for r in old], [r["target_new"] for r in old], [r["target_old"] for r in old],
                         [r["target_new"] for r in last], took)
 
 
 def answers(evals: list[dict]) -> list[dict]:
-    """Every edit's greedy answer after each update from its own on (what does it answer now?)."""
+    """Every edit's greedy answer after each update from its own on (what does it answer now?); None
+    after an update whose evaluation measured a sample of the earlier edits without it (--earlier-sample)."""
     rows: dict[str, dict] = {}
+    said: dict[str, dict[int, str]] = {}
     for k, ev in enumerate(evals):
         for r in ev["records"]:
-            row = rows.setdefault(r["id"], {"id": r["id"], "prompt": r["prompt"], "target_new": r["target_new"],
-                                            "target_old": r["target_old"], "from_update": k + 1, "after": []})
-            row["after"].append(r["answer"])
+            rows.setdefault(r["id"], {"id": r["id"], "prompt": r["prompt"], "target_new": r["target_new"],
+                                      "target_old": r["target_old"], "from_update": k + 1, "after": []})
+            said.setdefault(r["id"], {})[k + 1] = r["answer"]
+    for key, row in rows.items():
+        row["after"] = [said[key].get(k) for k in range(row["from_update"], len(evals) + 1)]
     return list(rows.values())

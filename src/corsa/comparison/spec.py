@@ -43,6 +43,9 @@ class BenchSpec:
     mmlu_file: str | None = None
     mmlu_seed: int = 0
     skip_invalid: bool = False
+    # after update k < K, the earlier updates' edits measured on a seeded sample of this many (0: all of
+    # them); the update's own edits, and after the last update every edit, are always measured
+    earlier_sample: int = 0
     device: str | None = None
     progress: bool = True
     report_to: str = "none"  # "tensorboard": every method's steps in OUT/tensorboard/METHOD (corsa.tracking)
@@ -67,6 +70,8 @@ class BenchSpec:
             lo = self.n_edits - self.n_edits % self.n_updates
             raise ConfigError(f"--edits {self.n_edits} does not split into {self.n_updates} updates of equal size "
                               f"(method.md §6); use --edits {lo} or {lo + self.n_updates}")
+        if self.earlier_sample < 0:
+            raise ConfigError(f"--earlier-sample must be 0 (every earlier edit) or a number of edits, not {self.earlier_sample}")
         if self.mmlu < 0:
             raise ConfigError(f"--mmlu must be 0 (off) or a number of questions, not {self.mmlu}")
         for key in self.train:
