@@ -108,15 +108,28 @@ def test_sam_step_uses_gradient_at_perturbed_point_and_restores_exactly(tiny, to
 
 
 def test_reference_is_computed_once_per_update(tiny, toy_edits, monkeypatch):
-    import corsa.engine as engine
+    import corsa.step as step
 
-    calls = []
-    real = engine.compute_reference
-    monkeypatch.setattr(engine, "compute_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    scored = []  # the edits whose reference was scored, at each scoring (later calls find nothing to do)
+    real = step.score_negatives
+    monkeypatch.setattr(step, "score_negatives", lambda m, f, enc, ref, which, bs: scored.append(list(which))
+                        or real(m, f, enc, ref, which, bs))
     editor = Editor(tiny, method="corsa", **FAST)
     editor.update(toy_edits)
     editor.update(toy_edits[:3])
-    assert len(calls) == 2
+    assert scored == [list(range(len(toy_edits))), [0, 1, 2]]
+
+
+def test_a_resting_edit_gets_its_reference_only_once_it_trains(tiny, toy_edits):
+    editor, params, enc, _ = setup_step(tiny, toy_edits, method="corsa")
+    ref = compute_reference(editor.model, editor.fmt, enc, editor.config, 8, which=[0, 2])
+    assert [not torch.isnan(x) for x in ref.chosen] == [i in (0, 2) for i in range(len(enc))]
+    full = compute_reference(editor.model, editor.fmt, enc, editor.config, 8)
+    compute_reference(editor.model, editor.fmt, enc, editor.config, 8, which=range(len(enc)), ref=ref)
+    assert torch.allclose(ref.chosen, full.chosen, atol=1e-5) and torch.allclose(ref.rejected, full.rejected, atol=1e-5)
+    # 'previous' scores every edit at once, before the adapter moves
+    prev = compute_reference(editor.model, editor.fmt, enc, EditConfig(reference="previous"), 8, which=[0])
+    assert not torch.isnan(prev.chosen).any()
 
 
 def test_base_reference_ignores_the_adapter(tiny, toy_edits):

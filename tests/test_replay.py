@@ -184,7 +184,7 @@ def test_resting_edits_are_tested_every_kth_pass_and_an_update_ends_on_a_test_of
     with pytest.raises(ConfigError, match="--retest-every"):
         EditConfig(retest_every=2, edit_stop=False, early_stop=True)
     # corsa-lifelong spaces its tests by default; with per-edit stopping off there is nothing to space
-    assert EditConfig(method="corsa-lifelong").value("retest_every") == 2
+    assert EditConfig(method="corsa-lifelong").value("retest_every") == 0
     assert not EditConfig(method="corsa-lifelong", edit_stop=False, early_stop=True).edit_stop
     with pytest.raises(ConfigError, match="non-negative"):
         EditConfig(retest_every=-1)
@@ -236,3 +236,26 @@ def test_later_updates_score_only_new_reference_pairs_and_reuse_the_last_hold_te
     fresh = compute_reference(editor.model, editor.fmt, enc, editor.config, 16)
     kept = compute_reference(editor.model, editor.fmt, enc, editor.config, 16, editor.lifelong.base_scores)
     assert torch.allclose(fresh.chosen, kept.chosen, atol=1e-4) and torch.allclose(fresh.rejected, kept.rejected, atol=1e-4)
+
+
+def test_an_update_gets_negatives_and_anchors_only_for_what_it_trains(tiny, monkeypatch):
+    """Replayed edits that hold (the last test) rest: no negatives, no anchors, no reference until lost."""
+    import corsa.lifelong as L
+
+    editor = Editor(tiny, method="corsa-lifelong", progress=False, keep_subject=2, negatives=("interference",))
+    history = [Edit(f"h{i}", f"The capital of Land{i} is", f"City{i}", f"Town{i}", subject=f"Land{i}") for i in range(4)]
+    new = [Edit("n0", "The capital of Land9 is", "City9", "Town9", subject="Land9")]
+    editor.lifelong.tested(history, [True, False, True, True])  # the last update's final test: h1 lost
+    tests = []
+    monkeypatch.setattr(L, "holding", lambda *a: tests.append(1) or [True] * len(a[2]))
+    plan = editor.lifelong.plan(history, new, index=1)
+    assert [e.id for e in plan.replay] == ["h0", "h1", "h2", "h3"] and plan.replay_held == [True, False, True, True]
+    assert tests == []  # known from the last test: not tested again
+    named = {s for p in plan.anchors.prompts for s in ("Land9", "Land0", "Land1", "Land2", "Land3") if s in p}
+    assert named == {"Land9", "Land1"}  # the new edit's subject and the lost one's
+    assert plan.encoded[0].extra and plan.encoded[2].extra and not plan.encoded[1].extra  # h1 lost: negatives
+    # in a new process nothing is known: the replayed edits are tested once, in the plan
+    fresh = Editor(tiny, method="corsa-lifelong", progress=False, keep_subject=2)
+    monkeypatch.setattr(L, "holding", lambda *a: tests.append(len(a[2])) or [True, True, False, True])
+    plan = fresh.lifelong.plan(history, new, index=1)
+    assert tests == [4] and plan.replay_held == [True, True, False, True]

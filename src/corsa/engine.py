@@ -188,7 +188,6 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
     online = "online" in cfg.value("negatives")  # () on a row without DPO
     for e in encoded:
         e.online = False
-    ref = compute_reference(model, fmt, encoded, cfg, eval_bs, base_scores) if cfg.spec.dpo else None
     pres = None
     if cfg.value("preserve") > 0 and anchors is not None and len(anchors):
         pres = Preservation(anchors, cfg.value("preserve"), cfg.value("anchor_batch"))
@@ -219,6 +218,8 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
         held = replay_held if replay_held is not None else holding(model, fmt, encoded[n_new:], cfg, eval_bs)
         active = list(range(n_new)) + [n_new + j for j, ok in enumerate(held) if not ok]
         final_held = [False] * n_new + list(held)  # what is known before the first pass (hold_test)
+    # the reference of the edits that train; a resting edit gets its own once it is lost (below)
+    ref = compute_reference(model, fmt, encoded, cfg, eval_bs, base_scores, active) if cfg.spec.dpo else None
     memory = SamMemory()  # the last step's direction, for sharpness="momentum"; none at an update's start
     model.train()
     bar = tqdm(total=total, desc=f"update {update_index + 1} · {cfg.method}", unit="step", leave=False,
@@ -254,6 +255,8 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
             last = epoch == cfg.epochs or step >= total
             final_held, tested = hold_test(model, fmt, encoded, cfg, eval_bs, active, final_held, epoch, last)
             active = [i for i, ok in enumerate(final_held) if not ok]
+            if ref is not None:
+                compute_reference(model, fmt, encoded, cfg, eval_bs, base_scores, active, ref)
             record({"update": update_index + 1, "epoch": epoch, "step": step, "edit_stop/tested": tested,
                     "edit_stop/holding": len(encoded) - len(active), "edit_stop/edits": len(encoded)})
             model.train()

@@ -56,7 +56,7 @@ class Plan:
     replay: list[Edit]  # earlier edits trained again
     encoded: list[Encoded]  # of edits + replay, with their extra negatives
     anchors: preserve.Anchors | None  # the preservation term's anchors (None with the term off)
-    replay_held: list[bool] | None  # which replayed edits hold now, when known without a test
+    replay_held: list[bool] | None  # which replayed edits hold now (None without per-edit stopping)
     held_before: dict = field(default_factory=dict, repr=False)  # Lifelong's last test, should the update fail
 
     @property
@@ -83,11 +83,29 @@ class Lifelong:
         replay = self.replay_set(history, edits, index)
         pool = edits + replay
         encoded = encode_edits(self.fmt, pool, self.max_length, need_rejected=True, eos=cfg.value("train_eos"))
-        self.add_negatives(encoded, pool, history + edits)
-        anchors = self.anchors(history, pool, index, scoped) if cfg.value("preserve") > 0 else None
-        plan = Plan(list(edits), replay, encoded, anchors, self.known_held(replay) if replay else None, self._held)
+        replay_held = self.replay_held(replay, encoded[len(edits):])
+        # what trains from the start: the new edits and, with per-edit stopping, the replayed ones
+        # that do not hold; only these get negatives and anchors, so an update's cost follows what it
+        # trains, not every edit the adapter holds (a resting edit lost mid-update trains on y⁻ alone)
+        trains = list(range(len(edits))) + [len(edits) + j for j, ok in enumerate(replay_held or []) if not ok]
+        if replay_held is None:
+            trains = list(range(len(pool)))
+        self.add_negatives([encoded[i] for i in trains], [pool[i] for i in trains], history + edits)
+        anchors = (self.anchors(history, [pool[i] for i in trains], index, scoped) if cfg.value("preserve") > 0
+                   else None)
+        plan = Plan(list(edits), replay, encoded, anchors, replay_held, self._held)
         self._held = {}  # from here on the adapter moves
         return plan
+
+    def replay_held(self, replay: list[Edit], encoded: list[Encoded]) -> list[bool] | None:
+        """Whether each replayed edit holds now (with per-edit stopping; None without it, or without replay):
+        the last update's final test where it covers them all (the adapter has not moved since), else a test now."""
+        if not replay or not self.config.edit_stop:
+            return None
+        known = self.known_held(replay)
+        if known is not None:
+            return known
+        return holding(self.model, self.fmt, encoded, self.config, self.config.eval_batch_size)
 
     def undo(self, plan: Plan) -> None:
         """The update of `plan` failed and the adapter is back where it was: what held then holds again."""
@@ -116,6 +134,7 @@ class Lifelong:
         if held is None:
             enc = encode_edits(self.fmt, earlier, None, need_rejected=True, eos=self.config.value("train_eos"))
             held = holding(self.model, self.fmt, enc, self.config, self.config.eval_batch_size)
+            self._held.update((held_key(e), h) for e, h in zip(earlier, held))  # the adapter has not moved
         lost = [e for e, ok in zip(earlier, held) if not ok]
         rest = [] if mode == "lost" else [e for e, ok in zip(earlier, held) if ok]
         random.Random(self.config.seed + 1000 * index).shuffle(rest)

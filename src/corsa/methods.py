@@ -226,9 +226,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # defaults that study chose (see "Edits that last" there). Rival negatives (the other edits'
     # answers that take rephrasings over) add two answer rows per edit; the momentum sharpness
     # step pays for them (one pass a step instead of two). Over all runs the pair leaves
-    # generality where it was and cuts the time. Resting edits are tested every other pass
-    # (retest_every 2): a lifelong update's tests grow with every edit it holds, and this keeps
-    # a long stream under 2x corsa's time with the same quality on 3 seeds and the 10 x 10 stream.
+    # generality where it was and cuts the time. Resting edits are tested only once the edits
+    # an update trains all hold (retest_every 0): a lifelong update's tests grow with every
+    # edit it holds, and a test of every held edit is then paid about once an update (every
+    # other pass, retest_every 2, kept the 10 x 10 stream under 2x corsa's time, and a
+    # thousand-edit stream would still test its history four or five times an update).
     # Trained on y⁺ alone, the adapter answered every question naming an edited subject in a word
     # (often y⁺: "What is Sven Wollter?" → "Norway"); three questions about each edited subject
     # ("Who is {subject}?", corsa.subjects.KEPT), kept at the unedited model's answers by the KL
@@ -236,11 +238,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
            description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
                        "a firmer hold (γ = 12), two rival negatives (other edits' answers of the same kind), "
-                       "the momentum sharpness step, resting edits tested every other pass, "
+                       "the momentum sharpness step, resting edits tested once the trained ones hold, "
                        "the adapter scoped to prompts that name an edited subject, and three questions about "
                        "each edited subject kept as the unedited model answers them (KL, 4 a step)",
            defaults={"replay": "all", "scope": "subject", "margin_target": 12.0, "negatives": ("rivals",),
-                     "max_negatives": 2, "sharpness": "momentum", "retest_every": 2,
+                     "max_negatives": 2, "sharpness": "momentum", "retest_every": 0,
                      "preserve": 1.0, "keep_subject": 3, "anchor_batch": 4}),
     # locate-then-edit methods (corsa.editors): a closed-form change of MLP output projections
     Method("rome", dpo=False, combine="none", sam=False, solver="rome",

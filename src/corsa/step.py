@@ -65,23 +65,37 @@ def flat(grads, params) -> torch.Tensor:
 
 
 def compute_reference(model, fmt: PromptFormat, encoded: list[Encoded], cfg: EditConfig,
-                      batch_size: int, base: BaseScores | None = None) -> Reference:
+                      batch_size: int, base: BaseScores | None = None, which=None,
+                      ref: Reference | None = None) -> Reference:
     """Reference log-probabilities: the base model (adapter off) or the model as it stands now.
 
     Under 'base' the scores come from `base` (kept across updates: only pairs it has not seen
-    are scored). Under data parallelism each worker scores its shard of the pairs and every
-    worker receives all of them, once per update.
+    are scored), and only the edits `which` (default: all) are scored, into `ref` when given:
+    an edit that does not train needs none, so a lifelong update scores its resting edits only
+    once one of them is lost and trains (train_update), and the entry of an unscored edit is
+    NaN, which a step that used it would report (check_finite). Under 'previous' every edit is
+    scored at once, before the adapter moves. Under data parallelism each worker scores its
+    shard of the pairs and every worker receives all of them.
     """
     base = BaseScores() if base is None else base
-    pairs = [(e.prompt, e.chosen) for e in encoded] + [(e.prompt, e.rejected) for e in encoded]
+    n = len(encoded)
+    if ref is None:
+        nan = torch.full((n,), float("nan"))
+        ref = Reference(nan, nan.clone(), [torch.empty(0) for _ in encoded], base)
+    if cfg.reference != "base":
+        which = range(n)
+    todo = [i for i in (range(n) if which is None else which) if torch.isnan(ref.chosen[i])]
+    if not todo:
+        return ref
+    pairs = [(encoded[i].prompt, encoded[i].chosen) for i in todo] + [(encoded[i].prompt, encoded[i].rejected)
+                                                                       for i in todo]
     if cfg.reference == "base":
         lp = base.of(model, fmt, pairs, batch_size)
     else:
         scored = lambda part: score_pairs(model, fmt, part, batch_size).tolist()  # noqa: E731
         lp = torch.tensor(dist.gather_sharded(scored, pairs))
-    n = len(encoded)
-    ref = Reference(lp[:n], lp[n:], [torch.empty(0) for _ in encoded], base)
-    score_negatives(model, fmt, encoded, ref, range(n), batch_size)
+    ref.chosen[todo], ref.rejected[todo] = lp[:len(todo)], lp[len(todo):]
+    score_negatives(model, fmt, encoded, ref, todo, batch_size)
     return ref
 
 
