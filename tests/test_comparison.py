@@ -66,7 +66,7 @@ def without_timing(obj):
 def test_every_file_and_key(first):
     out, r = first
     for name in ("results.json", "results.csv", "report.md", "bench.json", "edits.jsonl", "base.json",
-                 "forgetting.png", "margins.png", *(f"retention-{m}.png" for m in METHODS)):
+                 "forgetting.png", "margins.png", "stream.png", *(f"retention-{m}.png" for m in METHODS)):
         assert (out / name).exists(), name
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -86,6 +86,12 @@ def test_every_file_and_key(first):
         assert m["update_efficacy"] == pytest.approx((R[0][0] + R[1][1]) / 2)
         assert m["retention_final"] == pytest.approx(R[1][0])
         assert m["forgetting"] == pytest.approx(R[0][0] - R[1][0])
+        from corsa.comparison.results import MethodResults
+        from corsa.report import stream_series
+
+        series = stream_series(MethodResults.of(m), r["update_sizes"])  # stream.png's points
+        assert series["held"] == [2, 4] and series["retention"] == [None, pytest.approx(R[1][0])]
+        assert series["train_seconds"] == [u["train"]["seconds"] for u in m["per_update"]]
         T = m["retention_teacher_forced"]
         assert [len(row) for row in T] == [1, 2]
         assert m["teacher_forced"]["forgetting"] == pytest.approx(T[0][0] - T[1][0])

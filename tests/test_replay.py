@@ -259,3 +259,29 @@ def test_an_update_gets_negatives_and_anchors_only_for_what_it_trains(tiny, monk
     monkeypatch.setattr(L, "holding", lambda *a: tests.append(len(a[2])) or [True, True, False, True])
     plan = fresh.lifelong.plan(history, new, index=1)
     assert tests == [4] and plan.replay_held == [True, True, False, True]
+
+
+def test_a_continued_adapter_knows_what_held_at_its_last_test(tmp_path, monkeypatch):
+    """run.json keeps the last update's final test; continuing the adapter replays without testing its
+    history first, and a damaged record only costs that test."""
+    import corsa
+    import corsa.lifelong as L
+    from corsa.testing import save_tiny_llama
+
+    model = str(save_tiny_llama(tmp_path / "model", seed=0))
+    first = [{"prompt": f"The code of item {i} is", "target_new": f"Q{i}", "target_old": f"A{i}"} for i in range(3)]
+    corsa.edit(first, model=model, method="corsa-lifelong", out=tmp_path / "first", epochs=2, progress=False)
+    run = json.loads((tmp_path / "first" / "run.json").read_text())
+    assert sorted(run["held"]["held"] + run["held"]["lost"]) == ["edit-0", "edit-1", "edit-2"]
+    tests = []
+    real = L.holding
+    monkeypatch.setattr(L, "holding", lambda *a: tests.append(len(a[2])) or real(*a))
+    editor = Editor(model, adapter=tmp_path / "first", progress=False)
+    plan = editor.lifelong.plan(editor.history, [Edit("n", "The code of item 9 is", "Q9", "A9")], index=1)
+    assert tests == [] and plan.replay_held == [i in run["held"]["held"] for i in ("edit-0", "edit-1", "edit-2")]
+    # a record without it (an older version's, or damaged): the replayed edits are tested once
+    run["held"] = {"held": "edit-0"}
+    (tmp_path / "first" / "run.json").write_text(json.dumps(run))
+    editor = Editor(model, adapter=tmp_path / "first", progress=False)
+    editor.lifelong.plan(editor.history, [Edit("n", "The code of item 9 is", "Q9", "A9")], index=1)
+    assert tests == [3]

@@ -41,7 +41,7 @@ from .models.loading import import_libraries
 from .preserve import MAX_ANCHOR_BYTES
 from .prompts import PromptFormat
 from .records import Edit
-from .runs import UpdateRecord, lineage
+from .runs import UpdateRecord, last_held, lineage
 from .scope import Scope, routed
 from .text import printable
 
@@ -257,6 +257,7 @@ class Editor:
         self.parent, self.history, self.updates, self.keys = None, [], [], {}  # history: every edit held, oldest first
         # a loaded adapter's scope and method (its marker); the Scope and the history it was made from
         self._saved_scope, self._adapter_method, self._scope = None, None, (None, None)
+        held = None
         if adapter is not None:
             saved = adapters.marker(adapter)
             self._adapter_method, self._saved_scope = saved.get("method"), saved.get("scope")
@@ -269,9 +270,14 @@ class Editor:
                 self.keys = read_keys(adapters.find_adapter_dir(adapter))
             self.history = adapters.trained_edits(adapter)
             self.updates = lineage(adapter, self.history)
+            held = last_held(adapter)
         else:
             self.model = adapters.attach_new(base, self.config)
         self.lifelong = Lifelong(self.model, self.fmt, self.config, self.max_length)  # kept across updates
+        if held is not None:  # what the saved adapter's last test found
+            said = {**dict.fromkeys(held["held"], True), **dict.fromkeys(held["lost"], False)}
+            known = [e for e in self.history if e.id in said]
+            self.lifelong.tested(known, [said[e.id] for e in known])
 
     @property
     def scope_mode(self) -> str:
@@ -359,7 +365,11 @@ class Editor:
         finally:
             if board is not None:
                 board.close()
-        record = UpdateRecord(index, edits, result, Path(out) if out is not None else None, [e.id for e in plan.replay])
+        held = None if result.held is None else {
+            "held": [e.id for e, ok in zip(plan.pool, result.held) if ok],
+            "lost": [e.id for e, ok in zip(plan.pool, result.held) if not ok]}
+        record = UpdateRecord(index, edits, result, Path(out) if out is not None else None, [e.id for e in plan.replay],
+                              held=held)
         self.updates.append(record)
         self.history = not_edited_again(self.history, edits) + list(edits)
         self.lifelong.tested(plan.pool, result.held)

@@ -287,6 +287,42 @@ def plot_forgetting(results: BenchResults, path: Path) -> None:
     save_figure(fig, path)
 
 
+def stream_series(res: MethodResults, sizes: list[int]) -> dict[str, list]:
+    """Per update k of one method: the edits held after it, the retention of the earlier updates' edits
+    (the mean of R[k][j] over j < k; None after the first update), generality on the edits measured
+    after it, and its training seconds."""
+    held = [sum(sizes[:k + 1]) for k in range(len(res.retention))]
+    retention = [sum(row[:-1]) / len(row[:-1]) if len(row) > 1 else None for row in res.retention]
+    generality = [u["metrics"].get("generated/generality") for u in res.per_update]
+    return {"held": held, "retention": retention, "generality": generality,
+            "train_seconds": [u["train"]["seconds"] for u in res.per_update]}
+
+
+def plot_stream(results: BenchResults, path: Path) -> None:
+    """Retention, generality and training seconds per update against the number of edits held."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
+    for name, res in results.methods.items():
+        s = stream_series(res, results.update_sizes)
+        for ax, key in zip(axes, ("retention", "generality", "train_seconds")):
+            points = [(x, y) for x, y in zip(s["held"], s[key]) if y is not None]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, [100 * y for y in ys] if key != "train_seconds" else ys, marker="o", markersize=3,
+                        label=name)
+    for ax, label in zip(axes, ("retention of earlier updates (%, generated)", "generality (%, generated)",
+                                "training seconds of the update")):
+        ax.set_xlabel("edits held after the update")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.set_ylim(-5, 105)
+    axes[0].legend()
+    save_figure(fig, path)
+
+
 def plot_margins(results: BenchResults, path: Path) -> None:
     import numpy as np
     from matplotlib.figure import Figure
@@ -327,5 +363,7 @@ def write_all(results: BenchResults | dict, out: str | os.PathLike) -> dict[str,
     plots["forgetting curves"] = "forgetting.png"
     plot_margins(results, out / "margins.png")
     plots["margins before and after"] = "margins.png"
+    plot_stream(results, out / "stream.png")
+    plots["retention, generality and training time along the stream"] = "stream.png"
     atomic_write_text(out / "report.md", markdown(results, plots))
     return {"results": "results.json", "csv": "results.csv", "report": "report.md", "plots": list(plots.values())}

@@ -31,6 +31,8 @@ class UpdateRecord:
     out: Path | None = None
     replayed: list[str] = field(default_factory=list)  # ids of earlier edits trained again
     edit_ids: list[str] | None = None  # as the run record lists them (default: the ids of `edits`)
+    # the ids of the edits that held, and of those that did not, at the update's final test (None: no test)
+    held: dict[str, list[str]] | None = None
 
     def __post_init__(self):
         if self.edit_ids is None:
@@ -55,6 +57,17 @@ def lineage(adapter, history: list[Edit]) -> list[UpdateRecord]:
         return out
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []  # an older or damaged record: a new lineage starts here
+
+
+def last_held(adapter) -> dict[str, list[str]] | None:
+    """run.json's "held" (see run_record), or None where the record has none or a damaged one."""
+    try:
+        held = adapters.run_record(adapter).get("held")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = (isinstance(held, dict) and set(held) == {"held", "lost"}
+          and all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in held.values()))
+    return held if ok else None
 
 
 def write(editor, out: Path, record: UpdateRecord | None, started: float | None) -> Path:
@@ -91,6 +104,9 @@ def run_record(editor, started: float | None) -> dict:
         "scope": editor.scope.describe() if editor.scope else {"mode": "all"},
         "versions": library_versions(),
         "world_size": dist.world_size(),
+        # which held edits hold the saved adapter, from the last update's final test: a continued
+        # adapter replays without testing its whole history first (Editor reads it back)
+        "held": editor.updates[-1].held if editor.updates else None,
         "updates": [{
             "index": r.index + 1,
             "edit_ids": r.edit_ids,

@@ -2,7 +2,7 @@
 
 A config file is the command it stands for, as YAML: each key is a flag of that command
 (`lr: 1e-3` is `--lr 1e-3`, `skip_invalid: true` is `--skip-invalid`, a list is joined by
-commas), and the optional key `command` names the command it is for. The file's values become
+commas, and for a repeatable flag such as `--set` it is the flag once per item), and the optional key `command` names the command it is for. The file's values become
 flags placed right after the command's name, so every flag (`--lr 3e-4`) and every `key=value`
 given on the command line after it overrides the file: the last value wins, as in argparse.
 Everything else (types, choices, required options) is argparse's own checking, so a config file
@@ -44,6 +44,8 @@ def _tokens(key: str, value, action: argparse.Action, source: str) -> list[str]:
     if isinstance(value, (list, tuple)):
         if action.nargs in ("*", "+"):
             return [flag, *map(str, value)]
+        if isinstance(action, argparse._AppendAction):  # `set: [a.x=1, b.y=2]`: the flag once per item
+            return [t for v in value for t in (flag, str(v))]
         value = ",".join(map(str, value))
     elif isinstance(value, bool):
         value = str(value).lower()
