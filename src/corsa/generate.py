@@ -119,6 +119,8 @@ def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, nu
     # longest first, so batches hold prompts of similar length and padding stays small; the
     # batches are those corsa.distributed.gather_batches deals out (key: -len(prompt))
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    if drafts is not None:  # rows checked together pad to the longest prompt + draft: group by draft length
+        order = sorted(order, key=lambda i: -len(drafts[i] or []))
     with eval_mode(model) as device:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
