@@ -158,3 +158,20 @@ def test_stream_cost_runs_one_method_beside_itself_under_a_label(tmp_path):
     m = doc["methods"]["corsa-lifelong"]
     assert m["update_ratio_to_before"] == round(m["update_seconds"] / doc["methods"]["before"]["update_seconds"], 3)
     assert all(u["update_seconds"] >= u["seconds"] for u in m["updates"])
+
+
+def test_stream_projection_fits_the_cost_curve_and_sums_it(tmp_path):
+    """Training seconds 10 + 0.5·held on updates 2-4 (update 1 left out of the fit): the projection of
+    200 edits in updates of 50 is Σ (10 + 0.5·50k) for k = 0..3 = 40 + 150 seconds."""
+    import stream_projection
+
+    for k, seconds in enumerate([99.0, 35.0, 60.0, 85.0], start=1):  # held 0, 50, 100, 150
+        folder = tmp_path / "bench" / "corsa-lifelong" / f"update-{k}"
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"edit_ids": [f"e{k}-{i}" for i in range(50)],
+                                                      "train": {"seconds": seconds}}))
+    doc = stream_projection.main([str(tmp_path / "bench"), "--gpu-speedup", "10", "--out", str(tmp_path / "p.json")])
+    assert doc["fit"]["a_seconds"] == pytest.approx(10.0) and doc["fit"]["b_seconds_per_held_edit"] == pytest.approx(0.5)
+    assert stream_projection.project(10.0, 0.5, 200, 50) == pytest.approx(190.0)
+    assert doc["projection_cpu_hours"]["1000"] == pytest.approx(round((20 * 10 + 0.5 * 50 * 190) / 3600, 1))
+    assert doc["projection_gpu_hours"]["1000"] == pytest.approx(round((20 * 10 + 0.5 * 50 * 190) / 36000, 2))
