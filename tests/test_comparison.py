@@ -356,29 +356,27 @@ def test_lifelong_replays_earlier_updates_and_resumes_to_the_same_adapter(setup,
 
 
 def test_earlier_sample_measures_the_earlier_edits_on_a_seeded_sample_and_resumes_alike(setup, tmp_path):
-    """--earlier-sample 2 on 4 updates of 2: after update 3 the 4 earlier edits are sampled (2, drawn with the
-    seed and k as Facts.measured_edits says), update 3's own are all measured, and the last update measures all."""
-    import random
-
+    """--earlier-sample on 4 updates of 2: after update 3 the 4 earlier edits are sampled, the same share of
+    each earlier update; update 3's own are all measured, and the last update measures all."""
     root, model, data, _ = setup
     out = tmp_path / "sampled"
     cmd = ["bench", "--model", str(model), "--data", str(data), "--methods", "lora", "--edits", "8", "--updates", "4",
-           "--seed", "0", "--out", str(out), "--earlier-sample", "2", *FAST]
+           "--seed", "1", "--out", str(out), "--earlier-sample", "2", *FAST]
     assert main(cmd) == 0
     evals = [json.loads((out / "lora" / f"update-{k}" / "eval.json").read_text()) for k in range(1, 5)]
     updates = json.loads((out / "results.json").read_text())["update_edit_ids"]
     assert [e["sample"] for e in evals[:2]] == [None, None]  # 2 earlier edits: no fewer to sample
     assert evals[3]["sample"] is None and [r["id"] for r in evals[3]["records"]] == sum(updates, [])
     third = evals[2]
-    assert third["sample"] == {"earlier": 4, "sampled": 2, "seed": 0, "update": 3}
-    picked = sorted(random.Random(3).sample([(j, i) for j in range(2) for i in range(2)], 2))
-    assert [r["id"] for r in third["records"]] == [updates[j][i] for j, i in picked] + updates[2]
-    assert [u["counts"]["edits"] for u in third["per_update"]] == [sum(j == u for j, _ in picked) for u in range(2)] + [2]
+    assert third["sample"] == {"earlier": 4, "sampled": 2, "seed": 1, "update": 3}
+    ids = [r["id"] for r in third["records"]]
+    assert [u["counts"]["edits"] for u in third["per_update"]] == [1, 1, 2]  # one of each earlier update
+    assert ids[0] in updates[0] and ids[1] in updates[1] and ids[2:] == updates[2]
     results = json.loads((out / "results.json").read_text())
     assert results["earlier_sample"] == 2 and len(results["methods"]["lora"]["retention"]) == 4
     # an earlier edit outside update 3's sample has no answer there
     row = next(a for a in results["methods"]["lora"]["answers"] if a["id"] == updates[0][0])
-    assert len(row["after"]) == 4 and (row["after"][2] is None) == ((0, 0) not in picked)
+    assert len(row["after"]) == 4 and (row["after"][2] is None) == (updates[0][0] not in ids)
     # resumed from update 2, the same sample and the same numbers
     shutil.rmtree(out / "lora" / "update-3")
     shutil.rmtree(out / "lora" / "update-4")
@@ -387,3 +385,19 @@ def test_earlier_sample_measures_the_earlier_edits_on_a_seeded_sample_and_resume
     assert without_timing(again["methods"]) == without_timing(results["methods"])
     # the sample size is a setting: another is refused on the same folder
     assert main(cmd[:-len(FAST) - 2] + ["--earlier-sample", "3", *FAST]) == 2
+
+
+@pytest.mark.parametrize("n, shares", [(1, [1, 1, 1, 1, 1]), (7, [2, 2, 1, 1, 1]), (12, [3, 3, 2, 2, 2])])
+def test_a_sample_smaller_than_the_earlier_updates_still_measures_each_of_them(n, shares):
+    """10 updates of 4, after update 6: n split over the 5 earlier updates, at least one each (so R[6][j]
+    exists for every j), the remainder to updates drawn with the seed."""
+    from corsa.comparison.facts import Facts
+
+    spec = BenchSpec(model="m", data="d", out="o", methods=("lora",), n_edits=40, n_updates=10, earlier_sample=n)
+    facts = Facts(spec)
+    facts.updates = [[Edit(f"u{j}e{i}", f"Prompt {j} {i} is", "Y") for i in range(4)] for j in range(10)]
+    per_update, sample = facts.measured_edits(6)
+    assert sorted(map(len, per_update[:5]), reverse=True) == shares and len(per_update[5]) == 4
+    assert sample == {"earlier": 20, "sampled": sum(shares), "seed": 0, "update": 6}
+    assert facts.measured_edits(6) == (per_update, sample)          # seeded
+    assert facts.measured_edits(10)[1] is None                       # the last update measures every edit

@@ -107,7 +107,7 @@ def test_sam_step_uses_gradient_at_perturbed_point_and_restores_exactly(tiny, to
     assert not torch.allclose(step_grad, pcgrad([grads.dpo, grads.sft]), atol=1e-6)
 
 
-def test_reference_is_computed_once_per_update(tiny, toy_edits, monkeypatch):
+def test_reference_is_scored_once_per_edit_and_update(tiny, toy_edits, monkeypatch):
     import corsa.step as step
 
     scored = []  # the edits whose reference was scored, at each scoring (later calls find nothing to do)

@@ -163,3 +163,24 @@ def test_drafts_must_match_the_prompts():
     model, fmt = varied_model(chat=True)
     with pytest.raises(ValueError, match="2 drafts for 3 prompts"):
         generate(model, fmt, PROMPTS[:3], 4, drafts=["a", "b"])
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "raw"])
+def test_drafts_of_prompts_that_begin_one_another(chat):
+    """The same prompt twice, and (raw) a prompt that begins another: the prefix the rows share must not
+    take a row's draft tokens, whose logits are the check."""
+    model, fmt = varied_model(chat, adapter=True)
+    ends = answer_ends(fmt)
+    a = PROMPTS[0]
+    prompts = [a, a, a + " very very very", PROMPTS[1]]
+    plain = _generate(model, fmt, prompts, 10, 4, ends=ends)
+    right = [r for (r,) in plain]
+    cont = fmt.prompt_ids(prompts[2])[len(fmt.prompt_ids(a)):]  # a's draft: the rest of the longer prompt
+    for drafts in ([right[0], right[1], right[2], right[3]], [[9, 9, 9], [9, 9], None, right[3]],
+                   [cont + right[2], right[0], right[2], None]):
+        assert _generate(model, fmt, prompts, 10, 4, ends=ends, drafts=drafts) == plain
+    # batches of two that share all of a prompt: [a, a], and [a, a + more] with a's draft running into more
+    for pair, drafts in (([0, 1], [right[0], right[1]]), ([0, 1], [[9, 9, 9], [9, 9]]),
+                         ([0, 2], [cont + right[2], right[2]])):
+        two = [prompts[i] for i in pair]
+        assert _generate(model, fmt, two, 10, 2, ends=ends, drafts=drafts) == [plain[i] for i in pair]

@@ -272,16 +272,23 @@ def test_a_continued_adapter_knows_what_held_at_its_last_test(tmp_path, monkeypa
     first = [{"prompt": f"The code of item {i} is", "target_new": f"Q{i}", "target_old": f"A{i}"} for i in range(3)]
     corsa.edit(first, model=model, method="corsa-lifelong", out=tmp_path / "first", epochs=2, progress=False)
     run = json.loads((tmp_path / "first" / "run.json").read_text())
-    assert sorted(run["held"]["held"] + run["held"]["lost"]) == ["edit-0", "edit-1", "edit-2"]
+    keys = [[r["prompt"], r["target_new"], r["target_old"]] for r in first]
+    assert sorted(run["held"]["held"] + run["held"]["lost"]) == keys
+    assert (run["held"]["margin_target"], run["held"]["train_eos"]) == (12.0, True)
     tests = []
     real = L.holding
     monkeypatch.setattr(L, "holding", lambda *a: tests.append(len(a[2])) or real(*a))
+    new = [Edit("n", "The code of item 9 is", "Q9", "A9")]
     editor = Editor(model, adapter=tmp_path / "first", progress=False)
-    plan = editor.lifelong.plan(editor.history, [Edit("n", "The code of item 9 is", "Q9", "A9")], index=1)
-    assert tests == [] and plan.replay_held == [i in run["held"]["held"] for i in ("edit-0", "edit-1", "edit-2")]
-    # a record without it (an older version's, or damaged): the replayed edits are tested once
-    run["held"] = {"held": "edit-0"}
+    plan = editor.lifelong.plan(editor.history, new, index=1)
+    assert tests == [] and plan.replay_held == [k in run["held"]["held"] for k in keys]
+    # tested at another γ, the record says nothing about this one: the replayed edits are tested once
+    Editor(model, adapter=tmp_path / "first", progress=False, margin_target=4.0).lifelong.plan(
+        Editor(model, adapter=tmp_path / "first", progress=False).history, new, index=1)
+    assert tests == [3]
+    # a record without it (an older version's, by ids, or damaged): tested once too
+    run["held"] = {"held": ["edit-0"], "lost": []}
     (tmp_path / "first" / "run.json").write_text(json.dumps(run))
     editor = Editor(model, adapter=tmp_path / "first", progress=False)
-    editor.lifelong.plan(editor.history, [Edit("n", "The code of item 9 is", "Q9", "A9")], index=1)
-    assert tests == [3]
+    editor.lifelong.plan(editor.history, new, index=1)
+    assert tests == [3, 3]

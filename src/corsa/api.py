@@ -33,7 +33,7 @@ from .files import check_input_file, jsonl_text
 from .locks import output_lock
 from .ownership import check_ours
 from .publish import PARTIAL_LOG, check_writable
-from .lifelong import Lifelong, Plan, not_edited_again
+from .lifelong import Lifelong, Plan, held_key, not_edited_again
 from .loaders import check_edit_objects, edits_from_records, load_edits
 from .methods import METHODS
 from .models import load_model, model_fingerprint
@@ -274,10 +274,10 @@ class Editor:
         else:
             self.model = adapters.attach_new(base, self.config)
         self.lifelong = Lifelong(self.model, self.fmt, self.config, self.max_length)  # kept across updates
-        if held is not None:  # what the saved adapter's last test found
-            said = {**dict.fromkeys(held["held"], True), **dict.fromkeys(held["lost"], False)}
-            known = [e for e in self.history if e.id in said]
-            self.lifelong.tested(known, [said[e.id] for e in known])
+        # what the saved adapter's last test found, where it tested as this configuration tests
+        if held is not None and (held["margin_target"], held["train_eos"]) == (
+                self.config.value("margin_target"), self.config.value("train_eos")):
+            self.lifelong.restore({**{tuple(k): True for k in held["held"]}, **{tuple(k): False for k in held["lost"]}})
 
     @property
     def scope_mode(self) -> str:
@@ -366,8 +366,9 @@ class Editor:
             if board is not None:
                 board.close()
         held = None if result.held is None else {
-            "held": [e.id for e, ok in zip(plan.pool, result.held) if ok],
-            "lost": [e.id for e, ok in zip(plan.pool, result.held) if not ok]}
+            "margin_target": self.config.value("margin_target"), "train_eos": self.config.value("train_eos"),
+            "held": [list(held_key(e)) for e, ok in zip(plan.pool, result.held) if ok],
+            "lost": [list(held_key(e)) for e, ok in zip(plan.pool, result.held) if not ok]}
         record = UpdateRecord(index, edits, result, Path(out) if out is not None else None, [e.id for e in plan.replay],
                               held=held)
         self.updates.append(record)

@@ -67,7 +67,7 @@ from . import preserve, subjects
 from .unedited import adapter_off
 from .config import EvalSettings
 from .errors import ConfigError
-from .generate import generate
+from .generate import generate, order_key
 from .records import Edit
 from .scope import routed
 from .prompts import collate, pad_id
@@ -115,7 +115,7 @@ def _greedy(model, fmt, prompts: list[str], settings: EvalSettings, bar=None, ge
     drafts = drafts or {}
     return dist.gather_batches(lambda part: generate(model, fmt, part, settings.max_new_tokens, settings.batch_size,
                                                      bar, drafts=[drafts.get(p) for p in part]),
-                               prompts, settings.batch_size, key=lambda p: -len(p))
+                               prompts, settings.batch_size, key=lambda p: order_key(p, len(drafts.get(p) or "")))
 
 
 def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | None = None,

@@ -55,7 +55,7 @@ def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int =
     if drafts is not None and num_samples == 0 and engine == "loop":
         ids = [draft_ids(fmt, d) for d in drafts]
     rows = _generate(model, fmt, prompts, max_new_tokens, batch_size, progress, num_samples, temperature, prefill,
-                     shots, engine, answer_ends(fmt), ids)
+                     shots, engine, answer_ends(fmt), ids, None if ids is None else [len(d or "") for d in drafts])
     texts = [[fmt.decode_answer(r) for r in per_prompt] for per_prompt in rows]
     return texts if num_samples > 0 else [t[0] for t in texts]
 
@@ -86,6 +86,12 @@ def answer_ends(fmt: PromptFormat) -> frozenset[int]:
     return frozenset(ends | cached)
 
 
+def order_key(prompt: str, draft_size: int = 0) -> tuple[int, int]:
+    """How prompts are batched: longest draft first (rows checked together pad to the longest prompt +
+    draft), then longest prompt. corsa.distributed.gather_batches must sort with the same key."""
+    return -draft_size, -len(prompt)
+
+
 def draft_ids(fmt: PromptFormat, answer: str | None) -> list[int] | None:
     """The tokens a model would generate to answer `answer` (a chat answer closed by the end of turn),
     or None for no draft (no text, or text the format refuses: a draft is a guess, never an error)."""
@@ -99,8 +105,13 @@ def draft_ids(fmt: PromptFormat, answer: str | None) -> list[int] | None:
 
 def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, num_samples=0,
               temperature=1.0, prefill=False, shots=(), engine="loop", ends=None,
-              drafts: list[list[int] | None] | None = None) -> list[list[list[int]]]:
+              drafts: list[list[int] | None] | None = None,
+              draft_sizes: list[int] | None = None) -> list[list[list[int]]]:
     """The generated token ids, n rows per prompt (n = max(num_samples, 1)), in prompt order.
+
+    With `drafts` (token ids, or None, per prompt) the rows are checked against them first
+    (:func:`_drafted_batch`), and batched longest draft first (`draft_sizes`: the drafts' text
+    lengths, as :func:`order_key` sorts them).
 
     A greedy row from the loop stops at the first of `ends` (default: the end of turn), included;
     model.generate's rows run on to `max_new_tokens`, padded after the end of turn.
@@ -117,10 +128,9 @@ def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, nu
     decoding = (dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=n)
                 if num_samples > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
     # longest first, so batches hold prompts of similar length and padding stays small; the
-    # batches are those corsa.distributed.gather_batches deals out (key: -len(prompt))
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    if drafts is not None:  # rows checked together pad to the longest prompt + draft: group by draft length
-        order = sorted(order, key=lambda i: -len(drafts[i] or []))
+    # batches are those corsa.distributed.gather_batches deals out (key: order_key)
+    sizes = draft_sizes if drafts is not None and draft_sizes is not None else [0] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: order_key(prompts[i], sizes[i]))
     with eval_mode(model) as device:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -162,19 +172,22 @@ def shared_prefix(ids: list[list[int]]) -> int:
     return L if L >= MIN_SHARED_PREFIX else 0
 
 
-def _prefill(model, ids: list[list[int]], pad: int, device, keep: int, room: int):
+def _prefill(model, ids: list[list[int]], pad: int, device, keep: int, room: int, cap: int | None = None):
     """One forward pass over a batch of token rows, left-padded: (cache, logits of the last `keep`
     positions, attention mask, cache argument's name).
 
     The rows' shared prefix runs once and its KV cache is repeated for every row; each row's own
     tokens follow it left-padded, so pads sit between the prefix and the rest, masked out, and
     positions count real tokens only, as model.generate counts them. `room`: how many tokens
-    may follow (a sliding window must still see the prefix).
+    may follow (a sliding window must still see the prefix); `cap`: the most tokens the prefix
+    may take (a row's positions after it are the ones whose logits can be kept).
     """
     B = len(ids)
     name = _cache_argument(model)
     lengths = [len(x) for x in ids]
     L = shared_prefix(ids)
+    if cap is not None and L > cap:
+        L = cap if cap >= MIN_SHARED_PREFIX else 0
     window = getattr(getattr(model, "config", None), "sliding_window", None)
     if L and window is not None and window < max(lengths) + room:
         L = 0  # the pads between prefix and rest would count against the window
@@ -255,12 +268,16 @@ def _drafted_batch(model, ids: list[list[int]], drafts: list[list[int] | None], 
         end = next((j for j, t in enumerate(d) if t in ends), None)
         cut.append(d if end is None else d[:end + 1])
     keep = max(len(d) for d in cut) + 1
-    _, logits, _, _ = _prefill(model, [x + d for x, d in zip(ids, cut)], pad, device, keep, 0)
+    # the prefix shared by the rows stays inside every prompt (identical prompts, or a raw prompt
+    # that begins another, would otherwise share draft tokens): every draft token is a row's own
+    cap = min(len(x) for x in ids) - 1
+    _, logits, _, _ = _prefill(model, [x + d for x, d in zip(ids, cut)], pad, device, keep, 0, cap)
+    width = logits.shape[1]  # keep, or fewer where the rows are shorter (then every row fits in it)
     rows, todo = [], []
     for b, d in enumerate(cut):
         n = len(d)
-        # the row is right-aligned: position keep-1-n predicts the answer's first token
-        g = logits[b, keep - 1 - n:].float().argmax(-1).tolist()
+        # the row is right-aligned: position width-1-n predicts the answer's first token
+        g = logits[b, width - 1 - n:].float().argmax(-1).tolist()
         k = next((i for i in range(n) if g[i] != d[i]), n)
         if k == n and n and (d[-1] in ends or n == max_new_tokens):
             rows.append(d)  # the whole draft is the greedy answer

@@ -116,6 +116,10 @@ class Lifelong:
         if held is not None:
             self._held = {held_key(e): h for e, h in zip(pool, held)}
 
+    def restore(self, held: dict[tuple, bool]) -> None:
+        """What a saved adapter's last test found (run.json's "held", by held_key): the adapter is that one."""
+        self._held = dict(held)
+
     def replay_set(self, history: list[Edit], edits: list[Edit], index: int = 0) -> list[Edit]:
         """The earlier edits this update trains again (EditConfig.replay and replay_budget).
 
@@ -188,10 +192,15 @@ class Lifelong:
         seed = self.config.seed + 1000 * index
         swapped = preserve.swapped_prompts(edits, history + list(edits), k, seed) if k else []
         asked = preserve.subject_prompts(edits, self.config.value("keep_subject"))
-        asked_by: dict[str, list[Edit]] = {}  # each question about a subject, the edits of that subject
+        # each question about a subject, and every edit of that subject (a resting one's y⁻ too)
+        of_subject: dict[str, list[Edit]] = {}
+        for e in history + list(edits):
+            if e.subject and e.subject.strip():
+                of_subject.setdefault(normalise(e.subject), []).append(e)
+        asked_by: dict[str, list[Edit]] = {}
         for e in edits:
             for q in preserve.subject_prompts([e], self.config.value("keep_subject")):
-                asked_by.setdefault(q, []).append(e)
+                asked_by.setdefault(q, []).extend(of_subject.get(normalise(e.subject or ""), [e]))
         prompts = preserve.without_probes(list(dict.fromkeys(self._generic + swapped + asked)), list(edits) + history)
         if scoped:
             prompts = list(filter(Scope(history + list(edits)).covers, prompts))

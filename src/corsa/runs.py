@@ -31,8 +31,9 @@ class UpdateRecord:
     out: Path | None = None
     replayed: list[str] = field(default_factory=list)  # ids of earlier edits trained again
     edit_ids: list[str] | None = None  # as the run record lists them (default: the ids of `edits`)
-    # the ids of the edits that held, and of those that did not, at the update's final test (None: no test)
-    held: dict[str, list[str]] | None = None
+    # the update's final test (None: no test): the edits that held and those that did not, each as its
+    # prompt and both answers (lifelong.held_key: ids may repeat), and the test's γ and train_eos
+    held: dict | None = None
 
     def __post_init__(self):
         if self.edit_ids is None:
@@ -59,14 +60,16 @@ def lineage(adapter, history: list[Edit]) -> list[UpdateRecord]:
         return []  # an older or damaged record: a new lineage starts here
 
 
-def last_held(adapter) -> dict[str, list[str]] | None:
+def last_held(adapter) -> dict | None:
     """run.json's "held" (see run_record), or None where the record has none or a damaged one."""
     try:
         held = adapters.run_record(adapter).get("held")
     except (OSError, ValueError, AttributeError):
         return None
-    ok = (isinstance(held, dict) and set(held) == {"held", "lost"}
-          and all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in held.values()))
+    keys = lambda v: isinstance(v, list) and all(  # noqa: E731
+        isinstance(k, list) and len(k) == 3 and all(x is None or isinstance(x, str) for x in k) for k in v)
+    ok = (isinstance(held, dict) and set(held) == {"margin_target", "train_eos", "held", "lost"}
+          and keys(held["held"]) and keys(held["lost"]))
     return held if ok else None
 
 

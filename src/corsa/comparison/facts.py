@@ -9,7 +9,8 @@ teacher-forced metrics (method.md §5), typed results (:mod:`.results`) and :mod
 3. After update k every edit seen so far is evaluated in one pass, which gives R[k][j]
    (reliability on update j) for all j ≤ k; MMLU, when asked for, after the last update. With
    ``--earlier-sample n`` the earlier updates' edits are measured, after each update but the last,
-   on a sample of n drawn with the seed and k (:meth:`Facts.measured_edits`): update k's own
+   on a sample of n drawn with the seed and k, the same share from each earlier update
+   (:meth:`Facts.measured_edits`): update k's own
    edits are all measured, and after the last update every edit, so a long stream's bench costs
    what its edits cost, not their square. R[k][j] then stands on update j's edits in the sample
    (``per_update[j].counts`` says how many) and ``sample`` in eval.json says what was drawn.
@@ -89,18 +90,27 @@ class Facts:
     def measured_edits(self, k: int) -> tuple[list[list], dict | None]:
         """The edits measured after update k, per update j ≤ k, and what was sampled (None: nothing).
 
-        Every edit seen so far, unless --earlier-sample n is smaller than the earlier updates' edits and
-        k is not the last update: then update k's edits and n of the earlier ones, drawn with the
-        seed and k (the same on a resumed run), each update's in their order.
+        Every edit seen so far, unless --earlier-sample n is smaller than the earlier updates' edits
+        and k is not the last update: then all of update k's edits and a sample of the earlier ones,
+        stratified so that R[k][j] stands on every earlier update: n split evenly over the k − 1
+        earlier updates (the remainder to updates drawn with the seed and k), at least one each,
+        each update's share drawn with the same generator and kept in its order.
         """
         n, updates = self.spec.earlier_sample, self.updates[:k]
-        earlier = [(j, i) for j, u in enumerate(updates[:-1]) for i in range(len(u))]
-        if not n or k == self.spec.n_updates or len(earlier) <= n:
+        earlier = updates[:-1]
+        total = sum(map(len, earlier))
+        if not n or k == self.spec.n_updates or total <= n:
             return [list(u) for u in updates], None
-        picked = set(random.Random(self.spec.seed * 1_000_003 + k).sample(earlier, n))
-        per_update = [[e for i, e in enumerate(u) if (j, i) in picked] for j, u in enumerate(updates[:-1])]
-        return per_update + [list(updates[-1])], {"earlier": len(earlier), "sampled": n, "seed": self.spec.seed,
-                                                  "update": k}
+        rng = random.Random(self.spec.seed * 1_000_003 + k)
+        share = [n // len(earlier)] * len(earlier)
+        for j in rng.sample(range(len(earlier)), n % len(earlier)):
+            share[j] += 1
+        per_update = []
+        for u, m in zip(earlier, share):
+            keep = set(rng.sample(range(len(u)), min(max(m, 1), len(u))))
+            per_update.append([e for i, e in enumerate(u) if i in keep])
+        return per_update + [list(updates[-1])], {"earlier": total, "sampled": sum(map(len, per_update)),
+                                                  "seed": self.spec.seed, "update": k}
 
     def evaluate(self, bench, editor, method: str, k: int, record) -> dict:
         """The edits seen so far (or update k's and a sample of the earlier ones), with R[k][j] per
