@@ -4,7 +4,8 @@
         --out benchmarks/stream-projection.json
 
 Reads the training seconds of every finished update (``METHOD/update-k/eval.json``) and the
-edits the adapter held before it, fits training seconds = a + b·held by least squares, and
+edits the adapter held before it (and lists each update's headline metrics: the stream so far,
+while it runs), fits training seconds = a + b·held by least squares, and
 projects streams of 10,000 and 100,000 edits in updates of the same size on the same machine:
 the sum of a + b·held over their updates. Evaluation is left out (with ``--earlier-sample`` it
 is one sample and the update's own edits per update, plus a last evaluation of every edit). The
@@ -38,6 +39,23 @@ def project(a: float, b: float, total: int, size: int) -> float:
     return sum(a + b * size * k for k in range(total // size))
 
 
+def row(ev: dict, held: int) -> dict:
+    """One update of the stream as measured after it: the edits held, training, and the headline
+    metrics (retention: the mean over the earlier updates of their generated reliability, on the
+    sample measured when --earlier-sample was given)."""
+    m = ev["metrics"]
+    earlier = [u["metrics"]["generated/reliability"] for u in ev["per_update"][:-1]]
+    pick = lambda key: None if m.get(key) is None else round(100 * m[key], 1)  # noqa: E731
+    return {"update": ev["update"], "held": held, "train_seconds": round(ev["train"]["seconds"], 1),
+            "steps": ev["train"]["steps"], "eval_seconds": round(ev["eval_seconds"], 1),
+            "peak_rss_mb": ev["peak_rss_mb"], "measured_edits": ev["counts"]["edits"],
+            "retention": round(100 * sum(earlier) / len(earlier), 1) if earlier else None,
+            "own_update_reliability": round(100 * ev["per_update"][-1]["metrics"]["generated/reliability"], 1),
+            "reliability": pick("generated/reliability"), "generality": pick("generated/generality"),
+            "locality": pick("generated/locality"), "locality_tf": pick("teacher_forced/locality"),
+            "subject_locality": pick("generated/subject_locality"), "hijack": pick("generated/hijack")}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bench", type=Path, help="a bench folder (corsa bench --out)")
@@ -62,6 +80,7 @@ def main(argv=None) -> dict:
     doc = {"command": " ".join(["benchmarks/stream_projection.py", *(argv if argv is not None else sys.argv[1:])]),
            "bench": str(a.bench), "method": a.method, "updates_measured": len(evals), "update_size": size,
            "held_before": held, "train_seconds": [round(s, 1) for s in seconds],
+           "updates": [row(e, h + n) for e, h, n in zip(evals, held, sizes)],
            "fit": {"a_seconds": round(ca, 2), "b_seconds_per_held_edit": round(cb, 5),
                    "what": "training seconds of an update = a + b · edits held before it, from update 2 on"},
            "projection_cpu_hours": {str(n): round(project(ca, cb, n, size) / 3600, 1) for n in (1000, 10_000, 100_000)},

@@ -168,10 +168,16 @@ def test_stream_projection_fits_the_cost_curve_and_sums_it(tmp_path):
     for k, seconds in enumerate([99.0, 35.0, 60.0, 85.0], start=1):  # held 0, 50, 100, 150
         folder = tmp_path / "bench" / "corsa-lifelong" / f"update-{k}"
         folder.mkdir(parents=True)
-        (folder / "eval.json").write_text(json.dumps({"edit_ids": [f"e{k}-{i}" for i in range(50)],
-                                                      "train": {"seconds": seconds}}))
+        per_update = [{"metrics": {"generated/reliability": 1.0 if j < k - 1 else 0.5}} for j in range(k)]
+        (folder / "eval.json").write_text(json.dumps({
+            "update": k, "edit_ids": [f"e{k}-{i}" for i in range(50)], "train": {"seconds": seconds, "steps": 3},
+            "eval_seconds": 1.0, "peak_rss_mb": 10.0, "counts": {"edits": 50 * k}, "per_update": per_update,
+            "metrics": {"generated/reliability": 0.9, "generated/generality": None}}))
     doc = stream_projection.main([str(tmp_path / "bench"), "--gpu-speedup", "10", "--out", str(tmp_path / "p.json")])
     assert doc["fit"]["a_seconds"] == pytest.approx(10.0) and doc["fit"]["b_seconds_per_held_edit"] == pytest.approx(0.5)
     assert stream_projection.project(10.0, 0.5, 200, 50) == pytest.approx(190.0)
+    rows = doc["updates"]
+    assert [r["held"] for r in rows] == [50, 100, 150, 200] and [r["retention"] for r in rows] == [None, 100.0, 100.0, 100.0]
+    assert rows[0]["own_update_reliability"] == 50.0 and rows[1]["reliability"] == 90.0 and rows[1]["generality"] is None
     assert doc["projection_cpu_hours"]["1000"] == pytest.approx(round((20 * 10 + 0.5 * 50 * 190) / 3600, 1))
     assert doc["projection_gpu_hours"]["1000"] == pytest.approx(round((20 * 10 + 0.5 * 50 * 190) / 36000, 2))
