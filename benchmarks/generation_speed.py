@@ -8,8 +8,7 @@ With ``--edits N`` the adapter is corsa-lifelong trained (its defaults) on the f
 edits, and the prompts are those the bench's evaluation generates for them: edit prompts,
 paraphrases and questions about the edited subjects (the locality probes lie outside the
 subject scope and are answered from the unedited model's cache). A third path joins: the loop
-with the evaluation's drafts (y⁺ for an edit's prompts, the unedited answer for a question;
-corsa.generate's "Drafts") at ``--fast-batch-size``.
+at ``--fast-batch-size``.
 
 At the bench's settings (evaluation batches of 16, ``config.NEW_TOKENS`` new tokens, the chat
 template), on the edit prompts and paraphrases of the first CounterFact records (96 prompts by
@@ -57,7 +56,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--edits", type=int, default=0, help="train corsa-lifelong on this many edits first (0: a random adapter)")
-    p.add_argument("--fast-batch-size", type=int, default=0, help="the drafted loop's batch size (with --edits; 0: --batch-size)")
+    p.add_argument("--fast-batch-size", type=int, default=0, help="the third path's batch size (with --edits; 0: --batch-size)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -67,9 +66,8 @@ def main(argv=None) -> dict:
         model, name = tiny_llama(seed=0), "tiny"
     else:
         model = name = "smollm2-135m"
-    drafts: dict[str, str] = {}
     if a.edits:
-        editor, prompts, drafts = edited(model, a)
+        editor, prompts = edited(model, a)
         m, fmt = editor.model, editor.fmt
     else:
         editor = Editor(model, method="corsa", device=a.device, progress=False)
@@ -89,11 +87,9 @@ def main(argv=None) -> dict:
     def run(engine, part=prompts):
         if engine == "loop_fast":
             return generate(m, fmt, part, a.new_tokens, fast)
-        if engine == "drafts":
-            return generate(m, fmt, part, a.new_tokens, fast, drafts=[drafts.get(x) for x in part])
         return generate(m, fmt, part, a.new_tokens, a.batch_size, engine=engine)
 
-    engines = ["hf", "loop"] + (["loop_fast", "drafts"] if a.edits else [])
+    engines = ["hf", "loop"] + (["loop_fast"] if a.edits else [])
     for engine in engines:
         run(engine, prompts[:a.batch_size])  # warm up: one batch each
     seconds: dict[str, list[float]] = {k: [] for k in engines}
@@ -116,8 +112,8 @@ def main(argv=None) -> dict:
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "prompts_per_s": {("model_generate" if k == "hf" else k): round(v, 2) for k, v in rate.items()},
            "ratio": round(rate["loop"] / rate["hf"], 2),
-           **({"edits": a.edits, "fast_batch_size": fast, "loop_fast_ratio": round(rate["loop_fast"] / rate["hf"], 2),
-               "drafts_ratio": round(rate["drafts"] / rate["hf"], 2)} if a.edits else {}),
+           **({"edits": a.edits, "fast_batch_size": fast, "loop_fast_ratio": round(rate["loop_fast"] / rate["hf"], 2)}
+              if a.edits else {}),
            "identical_answers": same, "different": [{"prompt": x, **{k: answers[k][i] for k in engines}}
                                                     for i, x in enumerate(prompts)
                                                     if any(answers[k][i] != answers["hf"][i] for k in engines)],
@@ -127,8 +123,7 @@ def main(argv=None) -> dict:
            "versions": library_versions()}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out, doc)
-    extra = (f", loop at {fast} {rate['loop_fast']:.2f} ({doc['loop_fast_ratio']}×), drafted loop at {fast} "
-             f"{rate['drafts']:.2f} ({doc['drafts_ratio']}×)") if a.edits else ""
+    extra = f", loop at {fast} {rate['loop_fast']:.2f} ({doc['loop_fast_ratio']}×)" if a.edits else ""
     print(f"{name}: model.generate {rate['hf']:.2f} prompts/s, loop {rate['loop']:.2f} prompts/s "
           f"({doc['ratio']}×){extra}, identical answers {same}/{len(prompts)}")
     if same != len(prompts):
@@ -137,18 +132,16 @@ def main(argv=None) -> dict:
 
 
 def edited(model, a):
-    """corsa-lifelong trained on the first `a.edits` edits; the prompts its bench evaluation generates
-    (under the subject scope) and their drafts."""
-    from corsa.evaluate import expected_answers, unedited_answers
+    """corsa-lifelong trained on the first `a.edits` edits, and the prompts its bench evaluation generates
+    (under the subject scope)."""
     from corsa.subjects import probes
 
     editor = Editor(model, method="corsa-lifelong", device=a.device, progress=False)
     edits = load_edits(a.data, on_invalid="skip", limit=a.edits * 2)[:a.edits]
-    reference = unedited_answers(editor, None, edits)
     editor.update(edits)
     asked = [x for e in edits for x in (e.prompt, *e.paraphrases, *probes(e))]
     prompts = [x for x in dict.fromkeys(asked) if editor.scope is None or editor.scope.covers(x)]
-    return editor, prompts, expected_answers(edits, False, reference)
+    return editor, prompts
 
 
 if __name__ == "__main__":

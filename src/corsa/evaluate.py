@@ -67,7 +67,7 @@ from . import preserve, subjects
 from .unedited import adapter_off
 from .config import EvalSettings
 from .errors import ConfigError
-from .generate import generate, order_key
+from .generate import generate
 from .records import Edit
 from .scope import routed
 from .prompts import collate, pad_id
@@ -99,23 +99,19 @@ def _unique(items) -> list:
 
 
 def _greedy(model, fmt, prompts: list[str], settings: EvalSettings, bar=None, generator=None,
-            adapter: bool = True, drafts: dict[str, str] | None = None) -> list[str]:
+            adapter: bool = True) -> list[str]:
     """Greedy answers, split across workers under a launcher with the batches of one process.
 
     With a `generator` (:class:`corsa.vllm_backend.VLLMGenerator`) vLLM answers instead, with the
     adapter applied or not as `adapter` says (the transformers path takes it from `model`'s state).
-    `drafts`: the answer expected of a prompt, checked in one pass before decoding
-    (corsa.generate's "Drafts": the same answers, sooner where the draft is right).
     """
     if generator is not None:
         answers = generator.generate(prompts, settings.max_new_tokens, adapter=adapter)
         if bar is not None:
             bar.update(len(prompts))
         return answers
-    drafts = drafts or {}
     return dist.gather_batches(lambda part: generate(model, fmt, part, settings.max_new_tokens, settings.batch_size,
-                                                     bar, drafts=[drafts.get(p) for p in part]),
-                               prompts, settings.batch_size, key=lambda p: order_key(p, len(drafts.get(p) or "")))
+                                                     bar), prompts, settings.batch_size, key=lambda p: -len(p))
 
 
 def unedited_answers(model, fmt, edits: list[Edit], settings: EvalSettings | None = None,
@@ -171,14 +167,12 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     sampled_prompts = ask if settings.sample else []
     n = settings.max_new_tokens
     reference = None if base else _reference(model, fmt, probes, base_answers, settings, progress, generator)
-    drafts = expected_answers(edits, base, reference)
     with adapter_off(model, base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
                                         desc="eval · generate", disable=not dist.show_bar(progress),
                                         leave=False) as bar:
         answers = dict(zip(greedy_prompts, routed(
             model, scope, greedy_prompts,
-            lambda part, on: _greedy(model, fmt, part, settings, bar, generator, adapter=on and not base,
-                                     drafts=drafts))))
+            lambda part, on: _greedy(model, fmt, part, settings, bar, generator, adapter=on and not base))))
         if sampled_prompts and generator is not None:
             answers.update(zip(sampled_prompts, routed(model, scope, sampled_prompts, lambda part, on: generator.generate(
                 part, n, adapter=on and not base, num_samples=settings.sample,
@@ -230,19 +224,6 @@ def _reference(model, fmt, probes: list[str], base_answers: dict | None, setting
     if missing:
         reference.update(_unedited(model, fmt, missing, settings, progress, generator))
     return reference
-
-
-def expected_answers(edits: list[Edit], base: bool, reference: dict | None) -> dict[str, str]:
-    """The answer each prompt is expected to get, as a draft for the greedy pass (never a result):
-    an edit's prompts and paraphrases y⁺ (y⁻ from the unedited model), a probe the unedited answer."""
-    drafts = dict(reference or {})
-    for e in edits:
-        expected = e.target_old if base else e.target_new
-        for p in (e.prompt, *e.paraphrases):
-            drafts.setdefault(p, expected)
-        for q in e.portability:
-            drafts.setdefault(q.prompt, q.answer)
-    return drafts
 
 
 def _scope_counts(scope, asked: list[str], probes: list[str], about: list[str]) -> dict:

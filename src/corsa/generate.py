@@ -10,15 +10,6 @@ comparison and used for sampling): the same batches, the argmax of the same mode
 Those logits may differ in their last bits (the prefix runs at another shape), which changed
 no answer of the bundled model (benchmarks/generation-speed.json) nor of the tiny one's tests.
 
-**Drafts.** Where the caller expects an answer (an edit's y⁺ to its prompt, the unedited
-model's answer to a locality probe), :func:`generate` takes it as a draft and checks it in one
-forward pass over prompt + draft instead of decoding it token by token: greedy decoding is
-the argmax at every position, so the longest prefix of the draft that the argmax repeats,
-followed by the argmax at the first position it does not, is exactly the greedy answer so
-far (the reasoning of speculative decoding, Leviathan et al. 2023, with the expected answer
-as the draft model). A row whose draft was its whole answer is done; any other row goes on
-decoding from there. The draft changes how much is computed, never which tokens come out
-(up to the last bits of the logits, as above).
 """
 
 from __future__ import annotations
@@ -35,8 +26,7 @@ MIN_SHARED_PREFIX = 4  # fewer shared tokens than this are not worth a forward o
 @torch.no_grad()  # not inference_mode: a model may cache tensors (rotary tables) that training reuses
 def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int = 16,
              batch_size: int = 16, progress=None, num_samples: int = 0,
-             temperature: float = 1.0, prefill: bool = False, shots=(), engine: str = "loop",
-             drafts: list[str | None] | None = None) -> list[str] | list[list[str]]:
+             temperature: float = 1.0, prefill: bool = False, shots=(), engine: str = "loop") -> list[str] | list[list[str]]:
     """Greedy answers to `prompts`, decoded up to the end of turn (chat) or line (raw).
 
     With `num_samples` > 0, each prompt gets that many answers sampled at `temperature` (no
@@ -45,17 +35,10 @@ def generate(model, fmt: PromptFormat, prompts: list[str], max_new_tokens: int =
     continuation (PromptFormat.prefill_ids): a chat model completes the statement. `shots`,
     worked examples (prompt, answer), come before each prompt (PromptFormat.few_shot_ids).
     `engine` "hf" decodes greedily with ``model.generate`` instead of corsa's loop (same answers,
-    slower); samples are always drawn by ``model.generate``. `drafts`, one expected answer (or None)
-    per prompt, are checked before decoding (the module's "Drafts"): the answers are the same
-    with or without them, only faster where a draft is right. Greedy with corsa's loop only.
+    slower); samples are always drawn by ``model.generate``.
     """
-    if drafts is not None and len(drafts) != len(prompts):
-        raise ValueError(f"{len(drafts)} drafts for {len(prompts)} prompts")
-    ids = None
-    if drafts is not None and num_samples == 0 and engine == "loop":
-        ids = [draft_ids(fmt, d) for d in drafts]
     rows = _generate(model, fmt, prompts, max_new_tokens, batch_size, progress, num_samples, temperature, prefill,
-                     shots, engine, answer_ends(fmt), ids, None if ids is None else [len(d or "") for d in drafts])
+                     shots, engine, answer_ends(fmt))
     texts = [[fmt.decode_answer(r) for r in per_prompt] for per_prompt in rows]
     return texts if num_samples > 0 else [t[0] for t in texts]
 
@@ -86,35 +69,10 @@ def answer_ends(fmt: PromptFormat) -> frozenset[int]:
     return frozenset(ends | cached)
 
 
-def order_key(prompt: str, draft_size: int = 0) -> tuple[int, int]:
-    """How prompts are batched: longest draft first (rows checked together pad to the longest prompt +
-    draft), then longest prompt. corsa.distributed.gather_batches must sort with the same key."""
-    return -draft_size, -len(prompt)
-
-
-def draft_ids(fmt: PromptFormat, answer: str | None) -> list[int] | None:
-    """The tokens a model would generate to answer `answer` (a chat answer closed by the end of turn),
-    or None for no draft (no text, or text the format refuses: a draft is a guess, never an error)."""
-    if answer is None or not answer.strip():
-        return None
-    try:
-        return fmt.answer_ids(answer, eos=True)
-    except ValueError:
-        return None
-
-
 def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, num_samples=0,
-              temperature=1.0, prefill=False, shots=(), engine="loop", ends=None,
-              drafts: list[list[int] | None] | None = None,
-              draft_sizes: list[int] | None = None) -> list[list[list[int]]]:
+              temperature=1.0, prefill=False, shots=(), engine="loop", ends=None) -> list[list[list[int]]]:
     """The generated token ids, n rows per prompt (n = max(num_samples, 1)), in prompt order.
 
-    With `drafts` (token ids, or None, per prompt) the rows are checked against them first
-    (:func:`_drafted_batch`), and batched longest draft first (`draft_sizes`: the drafts' text
-    lengths, as :func:`order_key` sorts them).
-
-    A greedy row from the loop stops at the first of `ends` (default: the end of turn), included;
-    model.generate's rows run on to `max_new_tokens`, padded after the end of turn.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -128,18 +86,13 @@ def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, nu
     decoding = (dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=n)
                 if num_samples > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
     # longest first, so batches hold prompts of similar length and padding stays small; the
-    # batches are those corsa.distributed.gather_batches deals out (key: order_key)
-    sizes = draft_sizes if drafts is not None and draft_sizes is not None else [0] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: order_key(prompts[i], sizes[i]))
+    # batches are those corsa.distributed.gather_batches deals out (key: -len(prompt))
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     with eval_mode(model) as device:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids = [fmt.few_shot_ids(shots, prompts[i]) + (fmt.prefill_ids(prompts[i]) if prefill else []) for i in idx]
-            if loop and drafts is not None and any(drafts[i] for i in idx):
-                for i, row in zip(idx, _drafted_batch(model, ids, [drafts[i] for i in idx], max_new_tokens, pad,
-                                                      ends, device)):
-                    rows[i] = [row]
-            elif loop:
+            if loop:
                 for i, row in zip(idx, _greedy_batch(model, ids, max_new_tokens, pad, ends, device)):
                     rows[i] = [row]
             else:
@@ -172,22 +125,19 @@ def shared_prefix(ids: list[list[int]]) -> int:
     return L if L >= MIN_SHARED_PREFIX else 0
 
 
-def _prefill(model, ids: list[list[int]], pad: int, device, keep: int, room: int, cap: int | None = None):
+def _prefill(model, ids: list[list[int]], pad: int, device, keep: int, room: int):
     """One forward pass over a batch of token rows, left-padded: (cache, logits of the last `keep`
     positions, attention mask, cache argument's name).
 
     The rows' shared prefix runs once and its KV cache is repeated for every row; each row's own
     tokens follow it left-padded, so pads sit between the prefix and the rest, masked out, and
     positions count real tokens only, as model.generate counts them. `room`: how many tokens
-    may follow (a sliding window must still see the prefix); `cap`: the most tokens the prefix
-    may take (a row's positions after it are the ones whose logits can be kept).
+    may follow (a sliding window must still see the prefix).
     """
     B = len(ids)
     name = _cache_argument(model)
     lengths = [len(x) for x in ids]
     L = shared_prefix(ids)
-    if cap is not None and L > cap:
-        L = cap if cap >= MIN_SHARED_PREFIX else 0
     window = getattr(getattr(model, "config", None), "sliding_window", None)
     if L and window is not None and window < max(lengths) + room:
         L = 0  # the pads between prefix and rest would count against the window
@@ -249,46 +199,3 @@ def _greedy_batch(model, ids: list[list[int]], max_new_tokens: int, pad: int, en
         pos = pos + 1
     return rows
 
-
-def _drafted_batch(model, ids: list[list[int]], drafts: list[list[int] | None], max_new_tokens: int, pad: int,
-                   ends, device) -> list[list[int]]:
-    """Greedy continuations of one batch of prompts, each checked against its draft first.
-
-    One pass over prompt + draft (its first `max_new_tokens` tokens, up to its first end) gives
-    the argmax g_i after every draft prefix d_<i. With k the first i where g_i ≠ d_i (or the
-    draft's length), the greedy answer starts with d_<k followed by g_k: a row that ends there
-    (g_k or d_k−1 an end token, or `max_new_tokens` reached) is done; the others are decoded on
-    by :func:`_greedy_batch` from prompt + what is known, with the tokens left.
-    """
-    if max_new_tokens <= 0:
-        return [[] for _ in ids]
-    cut = []
-    for d in drafts:
-        d = list(d or [])[:max_new_tokens]
-        end = next((j for j, t in enumerate(d) if t in ends), None)
-        cut.append(d if end is None else d[:end + 1])
-    keep = max(len(d) for d in cut) + 1
-    # the prefix shared by the rows stays inside every prompt (identical prompts, or a raw prompt
-    # that begins another, would otherwise share draft tokens): every draft token is a row's own
-    cap = min(len(x) for x in ids) - 1
-    _, logits, _, _ = _prefill(model, [x + d for x, d in zip(ids, cut)], pad, device, keep, 0, cap)
-    width = logits.shape[1]  # keep, or fewer where the rows are shorter (then every row fits in it)
-    rows, todo = [], []
-    for b, d in enumerate(cut):
-        n = len(d)
-        # the row is right-aligned: position width-1-n predicts the answer's first token
-        g = logits[b, width - 1 - n:].float().argmax(-1).tolist()
-        k = next((i for i in range(n) if g[i] != d[i]), n)
-        if k == n and n and (d[-1] in ends or n == max_new_tokens):
-            rows.append(d)  # the whole draft is the greedy answer
-            continue
-        row = d[:k] + [g[k]]
-        rows.append(row)
-        if row[-1] not in ends and len(row) < max_new_tokens:
-            todo.append(b)
-    if todo:
-        left = max_new_tokens - min(len(rows[b]) for b in todo)
-        more = _greedy_batch(model, [ids[b] + rows[b] for b in todo], left, pad, ends, device)
-        for b, extra in zip(todo, more):
-            rows[b] = rows[b] + extra[:max_new_tokens - len(rows[b])]
-    return rows
