@@ -85,7 +85,7 @@ class Facts:
     def measured(self, k: int) -> str:
         per_update, _ = self.measured_edits(k)
         total, seen = sum(map(len, per_update)), sum(len(u) for u in self.updates[:k])
-        return f"{seen} edits" if total == seen else f"{total} of {seen} edits (the earlier ones sampled)"
+        return f"all {seen} edits" if total == seen else f"{total} of {seen} edits (the earlier ones sampled)"
 
     def measured_edits(self, k: int) -> tuple[list[list], dict | None]:
         """The edits measured after update k, per update j ≤ k, and what was sampled (None: nothing).
@@ -141,7 +141,7 @@ class Facts:
 
     def line(self, result: dict) -> str:
         m, first, key = result["metrics"], result["per_update"][0]["metrics"], "generated/reliability"
-        return (f"reliability {fmt_metric(m[key], key)} on all {self.measured(result['update'])}, on update 1 "
+        return (f"reliability {fmt_metric(m[key], key)} on {self.measured(result['update'])}, on update 1 "
                 f"{fmt_metric(first[key], key)}, locality {fmt_metric(m['generated/locality'], 'generated/locality')}")
 
     def results(self, bench, per_method: dict[str, list[dict]], started: float) -> dict:
