@@ -132,30 +132,3 @@ def test_show_subjects_counts_cut_short_answers_and_new_answers_alone(capsys):
     assert "--keep-subject" in captured.err
     assert show_subjects(Asked(), edits[2:]) == (0, 0, 0)
 
-
-def test_a_question_whose_unedited_answer_states_the_old_fact_is_no_anchor(tiny, monkeypatch):
-    """Kept, "Who is Obj0?" → "… made in Wood0 …" would train y⁻ back; the questions of other subjects stay."""
-    from corsa import lifelong
-
-    edits = _edits()
-    editor = Editor(tiny, method="corsa-lifelong", template="raw", keep_subject=2, progress=False)
-    fmt = editor.fmt
-
-    def prepare(model, fmt_, prompts, batch_size=16):
-        said = {p: (f"It was made in {edits[0].target_old} long ago" if "Obj0" in p else "A thing of note") for p in prompts}
-        return preserve.Anchors(list(prompts), [(fmt.prompt_ids(p), fmt.answer_ids(said[p], eos=False)) for p in prompts])
-
-    monkeypatch.setattr(lifelong.preserve, "prepare", prepare)
-    anchors = editor.lifelong.anchors([], edits, scoped=True)
-    asked = preserve.subject_prompts(edits, 2)
-    assert edits[0].target_old and [p for p in asked if "Obj0" in p]
-    assert sorted(anchors.prompts) == sorted(p for p in asked if "Obj0" not in p)
-    # the old answer of a resting edit about the same subject counts too
-    resting = Edit("r", "Obj1 was made by", "Maker", "Wood0", subject="Obj1")  # "… made in Wood0 …" for Obj0 only
-    fresh = Editor(tiny, method="corsa-lifelong", template="raw", keep_subject=2, progress=False)
-    said_obj1 = {"Obj1": "It was made in Wood0 long ago"}
-    monkeypatch.setattr(lifelong.preserve, "prepare", lambda model, fmt_, prompts, batch_size=16: preserve.Anchors(
-        list(prompts), [(fmt.prompt_ids(p), fmt.answer_ids(said_obj1.get("Obj1" if "Obj1" in p else "", "A thing"),
-                                                          eos=False)) for p in prompts]))
-    anchors = fresh.lifelong.anchors([resting], edits[1:2], scoped=True)
-    assert anchors.prompts == []  # Obj1's questions state the resting edit's y⁻

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from . import negatives, preserve
 from .config import EditConfig
 from .engine import holding
-from .metrics import contains, normalise
+from .metrics import normalise
 from .prompts import Encoded, PromptFormat, encode_edits
 from .records import Edit
 from .scope import Scope
@@ -181,9 +181,8 @@ class Lifelong:
         Generic prompts, prompts with another edit's subject (swap_anchors) and questions about
         each edit's own subject (keep_subject). With `scoped` (the subject scope) an anchor that
         names no edited subject is dropped: the unedited model answers it, exactly, whatever the
-        adapter; so is a question about a subject whose unedited answer states that subject's old
-        answer y⁻ (`states_old`). The unedited model's answers are computed once per anchor prompt
-        and kept for later updates.
+        adapter. The unedited model's answers are computed once per anchor prompt and kept for
+        later updates.
         """
         if self._anchors is None:
             self._anchors = {}
@@ -192,15 +191,6 @@ class Lifelong:
         seed = self.config.seed + 1000 * index
         swapped = preserve.swapped_prompts(edits, history + list(edits), k, seed) if k else []
         asked = preserve.subject_prompts(edits, self.config.value("keep_subject"))
-        # each question about a subject, and every edit of that subject (a resting one's y⁻ too)
-        of_subject: dict[str, list[Edit]] = {}
-        for e in history + list(edits):
-            if e.subject and e.subject.strip():
-                of_subject.setdefault(normalise(e.subject), []).append(e)
-        asked_by: dict[str, list[Edit]] = {}
-        for e in edits:
-            for q in preserve.subject_prompts([e], self.config.value("keep_subject")):
-                asked_by.setdefault(q, []).extend(of_subject.get(normalise(e.subject or ""), [e]))
         prompts = preserve.without_probes(list(dict.fromkeys(self._generic + swapped + asked)), list(edits) + history)
         if scoped:
             prompts = list(filter(Scope(history + list(edits)).covers, prompts))
@@ -210,15 +200,5 @@ class Lifelong:
             self._anchors.update(dict.fromkeys(todo))  # None: answered with nothing, and not asked again
             self._anchors.update(zip(made.prompts, made.pairs))
         kept = [p for p in prompts if self._anchors[p] is not None]  # an anchor answered with nothing is left out
-        kept = [p for p in kept if not self.states_old(p, asked_by.get(p, ()))]
         return preserve.Anchors(kept, [self._anchors[p] for p in kept])
 
-    def states_old(self, prompt: str, edits: list[Edit]) -> bool:
-        """Whether the unedited answer to a question about the subject of `edits` states one of their old
-        answers y⁻ ("Who is Sven Wollter?" → "… a Swedish actor born in Sweden" for Sweden → Norway):
-        kept, it would train the old fact back. Such an anchor is left out."""
-        olds = [e.target_old for e in edits if e.target_old and e.target_old.strip()]
-        if not olds:
-            return False
-        answer = self.fmt.tokenizer.decode(self._anchors[prompt][1], skip_special_tokens=True)
-        return any(contains(answer, old) for old in olds)
