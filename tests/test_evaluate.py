@@ -65,7 +65,7 @@ def test_one_generation_pass_over_every_distinct_prompt(tiny, edits, monkeypatch
     # without the cache, the unedited answers are generated once more, adapter disabled
     calls.clear()
     evaluate(editor, edits)
-    assert len(calls) == 2 and len(calls[0]) == 6  # the unedited answers first
+    assert len(calls) == 2 and len(calls[1]) == 6
 
 
 def test_margins_are_the_scoring_margins(tiny, edits):

@@ -122,4 +122,3 @@ def test_the_speed_benchmark_runs_on_the_tiny_model(tmp_path):
     assert saved["identical_answers"] == saved["prompts"] == 10 and saved["different"] == []
     assert set(saved["prompts_per_s"]) == {"model_generate", "loop"} and saved["threads"] >= 1
     assert doc["ratio"] == saved["ratio"]
-

@@ -166,7 +166,6 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     greedy_prompts = asked_probes if settings.sample else _unique(ask + asked_probes)
     sampled_prompts = ask if settings.sample else []
     n = settings.max_new_tokens
-    reference = None if base else _reference(model, fmt, probes, base_answers, settings, progress, generator)
     with adapter_off(model, base), tqdm(total=len(greedy_prompts) + len(sampled_prompts), unit="prompt",
                                         desc="eval · generate", disable=not dist.show_bar(progress),
                                         leave=False) as bar:
@@ -193,6 +192,13 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
     if base:
         reference = {p: answers[p] for p in probes}
     else:
+        if base_answers is None and not hasattr(model, "disable_adapter"):
+            raise ConfigError("this model has no adapter to disable: pass base_answers (the unedited model's "
+                              "answers to the locality probes) or evaluate with base=True")
+        reference = dict(base_answers or {})
+        missing = [p for p in probes if p not in reference]  # an older cache lacks the subject questions
+        if missing:
+            reference.update(_unedited(model, fmt, missing, settings, progress, generator))
         answers.update((p, reference[p]) for p in unscoped)
     records = _records(model, fmt, scope, edits, answers, reference, base, settings)
     kl = _subject_kl(model, fmt, scope, _unique(q for e in edits for q in subjects.probes(e)), reference, base,
@@ -212,18 +218,6 @@ def evaluate(target, edits: list[Edit], *, fmt=None, base: bool = False, base_an
         result["metrics"]["teacher_forced/mmlu_accuracy"] = result["mmlu"]["accuracy"]
     result["seconds"] = time.perf_counter() - started
     return result
-
-
-def _reference(model, fmt, probes: list[str], base_answers: dict | None, settings, progress, generator) -> dict:
-    """The unedited model's answer to every probe: `base_answers`, and those it lacks generated here."""
-    if base_answers is None and not hasattr(model, "disable_adapter"):
-        raise ConfigError("this model has no adapter to disable: pass base_answers (the unedited model's "
-                          "answers to the locality probes) or evaluate with base=True")
-    reference = dict(base_answers or {})
-    missing = [p for p in probes if p not in reference]  # an older cache lacks the subject questions
-    if missing:
-        reference.update(_unedited(model, fmt, missing, settings, progress, generator))
-    return reference
 
 
 def _scope_counts(scope, asked: list[str], probes: list[str], about: list[str]) -> dict:

@@ -9,7 +9,6 @@ row has ended. It gives the tokens ``model.generate`` gives (``engine="hf"``, ke
 comparison and used for sampling): the same batches, the argmax of the same model's logits.
 Those logits may differ in their last bits (the prefix runs at another shape), which changed
 no answer of the bundled model (benchmarks/generation-speed.json) nor of the tiny one's tests.
-
 """
 
 from __future__ import annotations
@@ -73,6 +72,8 @@ def _generate(model, fmt, prompts, max_new_tokens, batch_size, progress=None, nu
               temperature=1.0, prefill=False, shots=(), engine="loop", ends=None) -> list[list[list[int]]]:
     """The generated token ids, n rows per prompt (n = max(num_samples, 1)), in prompt order.
 
+    A greedy row from the loop stops at the first of `ends` (default: the end of turn), included;
+    model.generate's rows run on to `max_new_tokens`, padded after the end of turn.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -125,21 +126,24 @@ def shared_prefix(ids: list[list[int]]) -> int:
     return L if L >= MIN_SHARED_PREFIX else 0
 
 
-def _prefill(model, ids: list[list[int]], pad: int, device, keep: int, room: int):
-    """One forward pass over a batch of token rows, left-padded: (cache, logits of the last `keep`
-    positions, attention mask, cache argument's name).
+def _greedy_batch(model, ids: list[list[int]], max_new_tokens: int, pad: int, ends, device) -> list[list[int]]:
+    """Greedy continuations of one batch of prompts (token ids), each up to and including its first
+    token in `ends`, or `max_new_tokens` long.
 
-    The rows' shared prefix runs once and its KV cache is repeated for every row; each row's own
+    The shared prefix runs once and its KV cache is repeated for every row; each prompt's own
     tokens follow it left-padded, so pads sit between the prefix and the rest, masked out, and
-    positions count real tokens only, as model.generate counts them. `room`: how many tokens
-    may follow (a sliding window must still see the prefix).
+    positions count real tokens only, as model.generate counts them. Finished rows leave the
+    cache, the mask and the positions.
     """
     B = len(ids)
+    rows: list[list[int]] = [[] for _ in range(B)]
+    if max_new_tokens <= 0:
+        return rows
     name = _cache_argument(model)
     lengths = [len(x) for x in ids]
     L = shared_prefix(ids)
     window = getattr(getattr(model, "config", None), "sliding_window", None)
-    if L and window is not None and window < max(lengths) + room:
+    if L and window is not None and window < max(lengths) + max_new_tokens:
         L = 0  # the pads between prefix and rest would count against the window
     kw = {}
     if L:
@@ -158,25 +162,11 @@ def _prefill(model, ids: list[list[int]], pad: int, device, keep: int, room: int
     positions = L + (rest_mask.cumsum(-1) - 1).clamp_min(0)
     mask = torch.cat([torch.ones((B, L), dtype=torch.long), rest_mask], dim=1).to(device)
     out = model(input_ids=rest.to(device), attention_mask=mask, position_ids=positions.to(device),
-                use_cache=True, logits_to_keep=keep, **kw)
-    return getattr(out, name), out.logits, mask, name
-
-
-def _greedy_batch(model, ids: list[list[int]], max_new_tokens: int, pad: int, ends, device) -> list[list[int]]:
-    """Greedy continuations of one batch of prompts (token ids), each up to and including its first
-    token in `ends`, or `max_new_tokens` long.
-
-    The prompts run in one pass (:func:`_prefill`, the shared prefix once); then one token per
-    step for every live row. Finished rows leave the cache, the mask and the positions.
-    """
-    B = len(ids)
-    rows: list[list[int]] = [[] for _ in range(B)]
-    if max_new_tokens <= 0:
-        return rows
-    cache, logits, mask, name = _prefill(model, ids, pad, device, 1, max_new_tokens)
-    logits = logits[:, -1]
+                use_cache=True, logits_to_keep=1, **kw)
+    cache = getattr(out, name)
+    logits = out.logits[:, -1]
     alive = list(range(B))                                   # the batch row of each live row
-    pos = torch.tensor([len(x) for x in ids], device=device)[:, None]  # each live row's next position
+    pos = torch.tensor(lengths, device=device)[:, None]      # each live row's next position
     for step in range(max_new_tokens):
         nxt = logits.float().argmax(-1)
         keep = []
@@ -198,4 +188,3 @@ def _greedy_batch(model, ids: list[list[int]], max_new_tokens: int, pad: int, en
         logits = out.logits[:, -1]
         pos = pos + 1
     return rows
-
