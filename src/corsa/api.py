@@ -33,7 +33,7 @@ from .files import check_input_file, jsonl_text
 from .locks import output_lock
 from .ownership import check_ours
 from .publish import PARTIAL_LOG, check_writable
-from .lifelong import Lifelong, Plan, held_key, not_edited_again
+from .lifelong import Lifelong, Plan, not_edited_again
 from .loaders import check_edit_objects, edits_from_records, load_edits
 from .methods import METHODS
 from .models import load_model, model_fingerprint
@@ -274,10 +274,8 @@ class Editor:
         else:
             self.model = adapters.attach_new(base, self.config)
         self.lifelong = Lifelong(self.model, self.fmt, self.config, self.max_length)  # kept across updates
-        # what the saved adapter's last test found, where it tested as this configuration tests
-        if held is not None and (held["margin_target"], held["train_eos"]) == (
-                self.config.value("margin_target"), self.config.value("train_eos")):
-            self.lifelong.restore({**{tuple(k): True for k in held["held"]}, **{tuple(k): False for k in held["lost"]}})
+        if held is not None:  # what the saved adapter's last test found
+            self.lifelong.restore(held)
 
     @property
     def scope_mode(self) -> str:
@@ -365,15 +363,11 @@ class Editor:
         finally:
             if board is not None:
                 board.close()
-        held = None if result.held is None else {
-            "margin_target": self.config.value("margin_target"), "train_eos": self.config.value("train_eos"),
-            "held": [list(held_key(e)) for e, ok in zip(plan.pool, result.held) if ok],
-            "lost": [list(held_key(e)) for e, ok in zip(plan.pool, result.held) if not ok]}
+        self.lifelong.tested(plan.pool, result.held)
         record = UpdateRecord(index, edits, result, Path(out) if out is not None else None, [e.id for e in plan.replay],
-                              held=held)
+                              held=self.lifelong.last_test())
         self.updates.append(record)
         self.history = not_edited_again(self.history, edits) + list(edits)
-        self.lifelong.tested(plan.pool, result.held)
         if out is not None:
             self.save(out, record, started)
         return record

@@ -87,9 +87,8 @@ class Lifelong:
         # what trains from the start: the new edits and, with per-edit stopping, the replayed ones
         # that do not hold; only these get negatives and anchors, so an update's cost follows what it
         # trains, not every edit the adapter holds (a resting edit lost mid-update trains on y⁻ alone)
-        trains = list(range(len(edits))) + [len(edits) + j for j, ok in enumerate(replay_held or []) if not ok]
-        if replay_held is None:
-            trains = list(range(len(pool)))
+        trains = (list(range(len(pool))) if replay_held is None else
+                  list(range(len(edits))) + [len(edits) + j for j, ok in enumerate(replay_held) if not ok])
         self.add_negatives([encoded[i] for i in trains], [pool[i] for i in trains], history + edits)
         anchors = (self.anchors(history, [pool[i] for i in trains], index, scoped) if cfg.value("preserve") > 0
                    else None)
@@ -116,9 +115,21 @@ class Lifelong:
         if held is not None:
             self._held = {held_key(e): h for e, h in zip(pool, held)}
 
-    def restore(self, held: dict[tuple, bool]) -> None:
-        """What a saved adapter's last test found (run.json's "held", by held_key): the adapter is that one."""
-        self._held = dict(held)
+    def last_test(self) -> dict | None:
+        """What the last final test found, as run.json keeps it ("held": by held_key, since ids may repeat,
+        with the γ and train_eos it tested with); None when nothing was tested since the adapter moved."""
+        if not self._held:
+            return None
+        return {"margin_target": self.config.value("margin_target"), "train_eos": self.config.value("train_eos"),
+                "held": [list(k) for k, ok in self._held.items() if ok],
+                "lost": [list(k) for k, ok in self._held.items() if not ok]}
+
+    def restore(self, saved: dict) -> None:
+        """A saved adapter's last test (`last_test`, read back from run.json): trusted where it tested as this
+        configuration tests, else left out (the replayed edits are then tested before the first step)."""
+        if (saved["margin_target"], saved["train_eos"]) == (self.config.value("margin_target"),
+                                                            self.config.value("train_eos")):
+            self._held = {**{tuple(k): True for k in saved["held"]}, **{tuple(k): False for k in saved["lost"]}}
 
     def replay_set(self, history: list[Edit], edits: list[Edit], index: int = 0) -> list[Edit]:
         """The earlier edits this update trains again (EditConfig.replay and replay_budget).
@@ -201,4 +212,3 @@ class Lifelong:
             self._anchors.update(zip(made.prompts, made.pairs))
         kept = [p for p in prompts if self._anchors[p] is not None]  # an anchor answered with nothing is left out
         return preserve.Anchors(kept, [self._anchors[p] for p in kept])
-
