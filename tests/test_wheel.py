@@ -41,7 +41,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_what_corsa_reads_at_run_time(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("corsa/data/counterfact_sample.jsonl", "corsa/data/anchors.txt", "corsa/data/spillover.txt",
-                   "corsa/data/mmlu_subset.jsonl", "corsa/py.typed", "corsa/cli/main.py", "corsa/comparison/harness.py",
+                   "corsa/data/mmlu_subset.jsonl", "corsa/data/relation_templates.json", "corsa/py.typed",
+                   "corsa/cli/main.py", "corsa/comparison/harness.py",
                    "corsa/models/__init__.py", "corsa/models/loading.py", "corsa/models/gguf_convert.py"):
         assert needed in names, needed
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -95,6 +95,7 @@ class EditConfig:
     anchor_batch: int | None = option("anchor_batch")
     swap_anchors: int | None = option("swap_anchors")
     keep_subject: int | None = option("keep_subject")
+    rephrase: int | None = option("rephrase")
     scope: str | None = option("scope")
     sharpness: str | None = option("sharpness")
     # prompts
@@ -243,7 +244,7 @@ class EditConfig:
 
 # Options added after runs were saved: the value every run saved before them trained with, so
 # that a rerun of such a run compares what really differs (config.upgraded).
-ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8}
+ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8, "rephrase": 0}
 
 
 def upgraded(record: dict) -> dict:

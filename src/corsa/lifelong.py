@@ -7,6 +7,8 @@ and, depending on the method's row, also
   replay_budget; lost ones first);
 - **negatives**: more rejected answers per edit than y⁻ (corsa.negatives: other edits' y⁺ that
   share its template, or that the unedited model finds plausible for its prompt);
+- **rephrasings**: other wordings of each edit's prompt, trained with its y⁺ (EditConfig.rephrase,
+  corsa.rephrase);
 - **anchors**: prompts unrelated to the edits, and questions about each edit's subject that do
   not ask the edited fact (keep_subject), whose unedited answers the preservation term keeps
   (corsa.preserve).
@@ -27,7 +29,7 @@ import functools
 import random
 from dataclasses import dataclass, field
 
-from . import negatives, preserve
+from . import negatives, preserve, rephrase
 from .config import EditConfig
 from .engine import holding
 from .metrics import normalise
@@ -90,6 +92,7 @@ class Lifelong:
         trains = (list(range(len(pool))) if replay_held is None else
                   list(range(len(edits))) + [len(edits) + j for j, ok in enumerate(replay_held) if not ok])
         self.add_negatives([encoded[i] for i in trains], [pool[i] for i in trains], history + edits)
+        self.add_rephrasings([encoded[i] for i in trains], [pool[i] for i in trains], history + edits)
         anchors = (self.anchors(history, [pool[i] for i in trains], index, scoped) if cfg.value("preserve") > 0
                    else None)
         plan = Plan(list(edits), replay, encoded, anchors, replay_held, self._held)
@@ -176,6 +179,17 @@ class Lifelong:
             found = negatives.merge(found, negatives.rivals(pool, seen, self.plausibility(encoded, eos), room), room)
         for enc, answers in zip(encoded, found):
             enc.extra = [self.fmt.answer_ids(a, eos) for a in answers]
+
+    def add_rephrasings(self, encoded: list[Encoded], pool: list[Edit], seen: list[Edit]) -> None:
+        """Each edit's other wordings of its prompt (EditConfig.rephrase, corsa.rephrase) as prompt ids in
+        `enc.rephrased`; a wording that is an evaluation probe of any edit in `seen` is left out."""
+        if not self.config.value("rephrase"):
+            return
+        bank = rephrase.Bank.read()
+        for enc, e in zip(encoded, pool):
+            wordings = preserve.without_probes(bank.wordings(e.prompt, e.subject), seen)
+            enc.rephrased = [ids for ids in map(self.fmt.prompt_ids, wordings)
+                             if self.max_length is None or len(ids) + len(enc.chosen) <= self.max_length]
 
     def plausibility(self, encoded: list[Encoded], eos: bool):
         """plausibility(i, answer) for negatives.rivals: log p_base of `answer`'s first token after

@@ -104,6 +104,11 @@ OPTIONS: dict[str, Option] = {
                            "not what the subject is",
                            off=0, range=Range(lambda v: 0 <= v <= len(KEPT),
                                               f"from 0 to {len(KEPT)} (the questions corsa.subjects.KEPT holds)")),
+    "rephrase": Option("train", 0, "--rephrase",
+                       "per edit and step, this many other wordings of its prompt (the relation's other templates "
+                       "from corsa.rephrase's bank, never an evaluation probe) trained with y⁺ beside it (SFT); "
+                       "an edit whose prompt is no known template has none",
+                       off=0, range=NON_NEGATIVE),
     "scope": Option(None, "all", "--scope",
                     "which prompts the adapter answers: all, or subject (only prompts that name an edited subject; "
                     "the rest get the unedited model, exactly). Saved with the adapter (corsa.scope)",

@@ -109,6 +109,7 @@ class Encoded:
     rejected: list[int] | None
     extra: list[list[int]] = field(default_factory=list)
     online: bool = False  # the last of `extra` is an online negative (refreshed every pass)
+    rephrased: list[list[int]] = field(default_factory=list)  # other wordings of the prompt (corsa.rephrase)
 
 
 def check_edit_text(fmt: PromptFormat, e) -> None:

@@ -119,7 +119,7 @@ def score_negatives(model, fmt, encoded: list[Encoded], ref: Reference, which, b
 
 def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], ref: Reference | None,
                         group: list[list[int]], pad: int, pres: Preservation | None = None,
-                        mix: tuple[float, float] | None = None) -> Gradients:
+                        mix: tuple[float, float] | None = None, rephrased: dict | None = None) -> Gradients:
     """∇(λL_SFT + κL_pres) and ∇L_DPO over a group of micro-batches, as one big batch would give them.
 
     With `mix` = (a, b) it takes ONE backward, of a·L_DPO + b·(λL_SFT + κL_pres), and returns
@@ -130,7 +130,9 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
     from it, and each gradient is one backward through that shared graph. Micro-batch losses
     are weighted by their share of the group's edits, so accumulation equals the large-batch
     mean exactly. The preservation term (`pres`, corsa.preserve) is computed once per group on
-    the step's anchors and joins the SFT side.
+    the step's anchors and joins the SFT side, and so does the SFT loss of y⁺ after the step's
+    other wordings of each edit's prompt (`rephrased`: edit index → prompt ids, drawn in
+    corsa_step; EditConfig.rephrase), weighted as the edit's own SFT loss: λ·L_SFT(wordings).
 
     Data parallel: `group` is the step's global group, the same on every worker. Each worker
     takes its shard of every micro-batch (edits r::world), weights it by its share of the
@@ -145,6 +147,8 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
     g_dpo = torch.zeros_like(g_sft) if spec.dpo and mix is None else None
     a_dpo, b_sft = mix if mix is not None else (1.0, 1.0)
     stats = {"loss/sft": 0.0}
+    if rephrased is not None:
+        stats["loss/rephrase"] = 0.0
     if spec.dpo:
         stats.update({"loss/dpo": 0.0, "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0})
     for mb in group:
@@ -181,6 +185,14 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
             stats["logps/chosen"] += w * lp_chosen.mean().item()
             stats["logps/rejected"] += w * lp_rejected[:, 0].mean().item()
         loss = b_sft * w * cfg.sft_weight * loss_sft
+        rows = [(p, encoded[i].chosen) for i in mb for p in (rephrased or {}).get(i, ())]
+        if rows:  # the edit's y⁺ after other wordings of its prompt, one row each
+            other = collate_shared([p for p, _ in rows], [[c] for _, c in rows], pad).to(device)
+            with autocast(device):
+                lp_other = score_shared(model, other)[:, 0]
+            loss_other = sft_loss(lp_other, other.answer_mask.sum(-1))
+            stats["loss/rephrase"] += w * loss_other.item()
+            loss = loss + b_sft * w * cfg.sft_weight * loss_other
         if spec.dpo and mix is not None:
             loss = loss + a_dpo * w * loss_dpo
         g_sft += flat(torch.autograd.grad(loss, params, allow_unused=True), params)
@@ -233,6 +245,19 @@ def combine(grads: Gradients, cfg: EditConfig, generator: torch.Generator) -> to
     return COMBINERS[cfg.combiner]([grads.dpo, grads.sft], generator)
 
 
+def draw_rephrasings(encoded: list[Encoded], group: list[list[int]], k: int, generator: torch.Generator) -> dict | None:
+    """This step's other wordings: for each edit of the group that has some, k of them drawn from the
+    shared generator (the same on every worker; both SAM passes see the same ones). None when k is 0."""
+    if not k:
+        return None
+    drawn = {}
+    for i in (i for mb in group for i in mb):
+        options = encoded[i].rephrased
+        if options:
+            drawn[i] = [options[j] for j in torch.randperm(len(options), generator=generator)[:k].tolist()]
+    return drawn
+
+
 @dataclass
 class SamMemory:
     """What ``sharpness="momentum"`` keeps from one step to the next: the last step's direction g'."""
@@ -257,11 +282,12 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Pr
         pres.idx = torch.randperm(len(pres.anchors), generator=generator)[:pres.batch_size].tolist()
         pres.batch = preserve.batch(pres.anchors, pres.idx, pad)
         pres.base_logp = None
+    rephrased = draw_rephrasings(encoded, group, cfg.value("rephrase"), generator)
     rho = cfg.sam_rho
     if rho > 0 and cfg.value("sharpness") == "momentum" and memory is not None and memory.direction is not None:
         saved = snapshot(params)                            # exact copy of φ
         add_flat_(params, sam_perturbation(memory.direction, rho))  # φ ← φ + ρ·d/‖d‖, d the last g'
-        perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
+        perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres, rephrased=rephrased)
         g = combine(perturbed, cfg, generator)              # g' at φ+ε
         restore_(params, saved)
         log = dict(perturbed.stats)
@@ -271,7 +297,7 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Pr
         memory.direction = g
         _set_grads(params, g)
         return log
-    grads = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
+    grads = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres, rephrased=rephrased)
     g = combine(grads, cfg, generator)                      # g = PCGrad(g_dpo, g_sft)
     log = dict(grads.stats)
     if grads.dpo is not None:
@@ -283,9 +309,9 @@ def corsa_step(model, params, cfg, encoded, ref, group, pad, generator, pres: Pr
         if cfg.value("sharpness") == "reuse" and grads.dpo is not None:
             # g = a·g_dpo + b·g_sft at φ; at φ+ε one backward of a·L_DPO + b·λL_SFT, the same mix
             mix = coefficients(grads.dpo, grads.sft, cfg.combiner)
-            g = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres, mix).sft
+            g = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres, mix, rephrased).sft
         else:
-            perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres)
+            perturbed = objective_gradients(model, params, cfg, encoded, ref, group, pad, pres, rephrased=rephrased)
             g = combine(perturbed, cfg, generator)          # g' at φ+ε
         restore_(params, saved)                             # φ ← saved φ, not φ − ε
         log["sam/grad_norm"] = g.norm().item()
