@@ -140,3 +140,16 @@ def test_wordings_add_the_sft_gradient_of_y_plus_after_them(tiny, toy_edits):
     assert torch.allclose(more.sft - plain.sft, want, atol=1e-6, rtol=1e-4)
     assert torch.equal(more.dpo, plain.dpo)  # the wordings are SFT's alone
     assert more.stats["loss/rephrase"] > 0 and "loss/rephrase" not in plain.stats
+
+
+def test_corsa_lifelong_trains_the_wordings_of_a_known_relation(tiny):
+    from corsa.testing import FAST
+
+    editor = Editor(tiny, method="corsa-lifelong", **FAST)
+    assert editor.config.value("rephrase") == 1
+    record = editor.update([Edit("e0", "The mother tongue of Ann Lee is", "French", "English", subject="Ann Lee"),
+                            Edit("e1", "The code of item 1 is", "QQ", "AB")])     # no template: no wording
+    assert record.result.last_step["loss/rephrase"] > 0
+    off = Editor(tiny, method="corsa-lifelong", **{**FAST, "rephrase": 0})
+    assert "loss/rephrase" not in off.update([Edit("e0", "The mother tongue of Ann Lee is", "French", "English",
+                                                    subject="Ann Lee")]).result.last_step

@@ -245,10 +245,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
                        "a firmer hold (γ = 12), two rival negatives (other edits' answers of the same kind), "
                        "the momentum sharpness step, resting edits tested once the trained ones hold, "
                        "the adapter scoped to prompts that name an edited subject, and three questions about "
-                       "each edited subject kept as the unedited model answers them (KL, 4 a step)",
+                       "each edited subject kept as the unedited model answers them (KL, 4 a step), "
+                       "and one other wording of each edit's relation trained a step",
            defaults={"replay": "all", "scope": "subject", "margin_target": 12.0, "negatives": ("rivals",),
                      "max_negatives": 2, "sharpness": "momentum", "retest_every": 0,
-                     "preserve": 1.0, "keep_subject": 3, "anchor_batch": 4}),
+                     "preserve": 1.0, "keep_subject": 3, "anchor_batch": 4, "rephrase": 1}),
     # locate-then-edit methods (corsa.editors): a closed-form change of MLP output projections
     Method("rome", dpo=False, combine="none", sam=False, solver="rome",
            description="ROME (Meng et al. 2022): a rank-one change of one layer's MLP per edit",
