@@ -17,6 +17,8 @@ from corsa.scoring import score
 from corsa.step import compute_reference, draw_rephrasings, objective_gradients, trainable_parameters
 from corsa.objectives import sft_loss
 
+from conftest import SHARED_DATA
+
 
 def rec(prompt, subject, neighbour):
     return {"prompt": prompt, "subject": subject, "locality_prompt": neighbour}
@@ -51,6 +53,22 @@ def test_bank_joins_templates_seen_together_and_drops_loose_ones():
     assert build_bank(RECORDS) == [["{} is a citizen of", "{}, who holds a citizenship from"]]
 
 
+def test_a_template_that_bridges_two_relations_links_neither():
+    # "{} is in" is seen with continent wordings and with place wordings, which never meet otherwise
+    pairs = [("{} is in", "{} belongs to the continent of"), ("{} is in", "{} is a part of the continent of"),
+             ("{} belongs to the continent of", "{} is a part of the continent of"),
+             ("{} is in", "{} is within"), ("{} is in", "{} can be found in"), ("{} is within", "{} can be found in")]
+    records = [rec(a.format(f"S{k}"), f"S{k}", b.format(f"T{k}")) for k, (a, b) in enumerate(pairs * 2)]
+    records += [rec(b.format(f"U{k}"), f"U{k}", a.format(f"V{k}")) for k, (a, b) in enumerate(pairs * 2)]
+    assert build_bank(records) == [["{} belongs to the continent of", "{} is a part of the continent of"],
+                                   ["{} can be found in", "{} is within"]]
+    # one relation whose templates all meet through a hub keeps it: the hub's removal leaves single templates
+    star = [("{} is in", "{} is within"), ("{} is in", "{} can be found in")]
+    records = [rec(a.format(f"S{k}"), f"S{k}", b.format(f"T{k}")) for k, (a, b) in enumerate(star * 2)]
+    records += [rec(b.format(f"U{k}"), f"U{k}", a.format(f"V{k}")) for k, (a, b) in enumerate(star * 2)]
+    assert build_bank(records) == [["{} can be found in", "{} is in", "{} is within"]]
+
+
 def test_wordings_are_the_relations_other_templates_with_the_subject():
     bank = Bank(build_bank(RECORDS))
     assert bank.wordings("Mia Ng is a citizen of", "Mia Ng") == ["Mia Ng, who holds a citizenship from"]
@@ -70,6 +88,7 @@ def test_the_bundled_bank_gives_counterfact_wordings():
     ("{not json", "not JSON"),
     ('{"relations": 3}', "a list 'relations'"),
     ('{"relations": [["{} is", "no slot"]]}', "exactly one '{}'"),
+    ('{"relations": [["{} is in", "{} lies in"], ["{} is in", "{} sits in"]]}', "in two relations"),
 ])
 def test_a_bad_bank_file_is_a_clear_error(tmp_path, text, message):
     path = tmp_path / "bank.json"
@@ -88,21 +107,43 @@ def test_the_command_writes_a_bank_and_never_overwrites(tmp_path, capsys):
     with pytest.raises(SystemExit, match="exists"):
         main(["--from", str(src), "--out", str(out)])
     assert out.read_bytes() == before
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"prompt": "not a list"}')
+    with pytest.raises(SystemExit, match=f"file {bad}.*list of records"):
+        main(["--from", str(bad), "--out", str(tmp_path / "other.json")])
+    assert not (tmp_path / "other.json").exists()
+
+
+def test_a_bank_of_ones_own_is_used_and_refused_without_rephrase(tiny, tmp_path):
+    from corsa import ConfigError, EditConfig
+
+    path = tmp_path / "bank.json"
+    path.write_text(json.dumps({"relations": [["{} lives in", "{} resides in"]]}))
+    editor = Editor(tiny, method="corsa-lifelong", rephrase_templates=str(path), progress=False)
+    life = Lifelong(editor.model, editor.fmt, editor.config, None)
+    enc = encode_edits(editor.fmt, [Edit("e0", "Ann Lee lives in", "Oslo", "Rome", subject="Ann Lee")], None, True)
+    life.add_rephrasings(enc, [Edit("e0", "Ann Lee lives in", "Oslo", "Rome", subject="Ann Lee")], [])
+    assert enc[0].rephrased == [editor.fmt.prompt_ids("Ann Lee resides in")]
+    with pytest.raises(ConfigError, match="--rephrase-templates.*off"):
+        EditConfig(method="corsa", rephrase_templates=str(path))
 
 
 def test_no_wording_is_an_evaluation_probe(tiny):
     editor = Editor(tiny, method="corsa-lifelong", rephrase=1, progress=False)
     life = Lifelong(editor.model, editor.fmt, editor.config, None)
     bank_prompt = "The mother tongue of Ann Lee is"
-    edit = Edit("e0", bank_prompt, "French", "English", subject="Ann Lee")
-    # another edit's paraphrase is one of the wordings: it must not be trained
+    # another edit's paraphrase is one of the wordings, and the edit's own paraphrase is another one behind a
+    # sentence of noise (as CounterFact's are): neither is trained
     other = Edit("e1", "Bo Chan is a citizen of", "Peru", "Chile", subject="Bo Chan",
                  paraphrases=("The native language of Ann Lee is",))
+    edit = Edit("e0", bank_prompt, "French", "English", subject="Ann Lee",
+                paraphrases=("It rained all day. Ann Lee is a native speaker of",))
     enc = encode_edits(editor.fmt, [edit], None, need_rejected=True)
     life.add_rephrasings(enc, [edit], [edit, other])
     wordings = Bank.read().wordings(bank_prompt, "Ann Lee")
-    kept = [w for w in wordings if w != "The native language of Ann Lee is"]
-    assert len(kept) == len(wordings) - 1
+    gone = {"The native language of Ann Lee is", "Ann Lee is a native speaker of"}
+    kept = [w for w in wordings if w not in gone]
+    assert len(kept) == len(wordings) - 2
     assert enc[0].rephrased == [editor.fmt.prompt_ids(w) for w in kept]
 
 
@@ -127,17 +168,23 @@ def test_wordings_add_the_sft_gradient_of_y_plus_after_them(tiny, toy_edits):
     enc = encode_edits(editor.fmt, toy_edits[:3], None, need_rejected=True)
     ref = compute_reference(editor.model, editor.fmt, enc, editor.config, 8)
     pad, group = editor.tokenizer.pad_token_id, [[0, 1], [2]]
-    other = {0: [editor.fmt.prompt_ids("Country 0 has its capital in")],
+    other = {0: [editor.fmt.prompt_ids("Country 0 has its capital in"), editor.fmt.prompt_ids("Country 0's capital is")],
              2: [editor.fmt.prompt_ids("Where is the capital of country 2?")]}
     plain = objective_gradients(editor.model, params, editor.config, enc, ref, group, pad)
     more = objective_gradients(editor.model, params, editor.config, enc, ref, group, pad, rephrased=other)
-    # by hand: micro-batch [0, 1] weighs 2/3 and has one wording row, [2] weighs 1/3 and has one
-    loss = 0.0
-    for w, i in ((2 / 3, 0), (1 / 3, 2)):
-        b = collate([(other[i][0], enc[i].chosen)], pad)
-        loss = loss + w * editor.config.sft_weight * sft_loss(score(editor.model, b), b.n_answer_tokens)
+    # by hand: edit 0's mean over its two wordings and edit 2's one, each over the group's 3 edits
+    def nll(prompt, i):
+        b = collate([(prompt, enc[i].chosen)], pad)
+        return sft_loss(score(editor.model, b), b.n_answer_tokens)
+
+    loss = editor.config.sft_weight / 3 * ((nll(other[0][0], 0) + nll(other[0][1], 0)) / 2 + nll(other[2][0], 2))
     want = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
     assert torch.allclose(more.sft - plain.sft, want, atol=1e-6, rtol=1e-4)
+    # the same however the group is split into micro-batches
+    split = objective_gradients(editor.model, params, editor.config, enc, ref, [[0], [1, 2]], pad, rephrased=other)
+    whole = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1, 2]], pad, rephrased=other)
+    assert torch.allclose(split.sft - plain.sft, want, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(whole.sft - plain.sft, want, atol=1e-6, rtol=1e-4)
     assert torch.equal(more.dpo, plain.dpo)  # the wordings are SFT's alone
     assert more.stats["loss/rephrase"] > 0 and "loss/rephrase" not in plain.stats
 
@@ -153,3 +200,15 @@ def test_corsa_lifelong_trains_the_wordings_of_a_known_relation(tiny):
     off = Editor(tiny, method="corsa-lifelong", **{**FAST, "rephrase": 0})
     assert "loss/rephrase" not in off.update([Edit("e0", "The mother tongue of Ann Lee is", "French", "English",
                                                     subject="Ann Lee")]).result.last_step
+
+
+def test_the_bundled_bank_is_the_commands_output_on_counterfacts_train_split(tmp_path):
+    from importlib import resources
+
+    out = tmp_path / "bank.json"
+    main(["--from", str(SHARED_DATA / "counterfact" / "easyedit" / "counterfact-train.json"), "--out", str(out)])
+    bundled = json.loads(resources.files("corsa").joinpath("data", "relation_templates.json").read_text())
+    assert json.loads(out.read_text()) == bundled
+    # the continent and the place are two relations ("{} is in" asks either)
+    bank = Bank(bundled["relations"])
+    assert "X is within" not in bank.wordings("X belongs to the continent of", "X")

@@ -96,6 +96,10 @@ class EditConfig:
     swap_anchors: int | None = option("swap_anchors")
     keep_subject: int | None = option("keep_subject")
     rephrase: int | None = option("rephrase")
+    rephrase_templates: str | None = field(default=None, metadata={
+        "help": "relation templates for --rephrase, a JSON file {\"relations\": [[template, …], …]} with {} "
+                "for the subject (python -m corsa.rephrase builds one; default: corsa's bundled bank, from "
+                "CounterFact's train split)"})
     scope: str | None = option("scope")
     sharpness: str | None = option("sharpness")
     # prompts
@@ -158,6 +162,9 @@ class EditConfig:
         if not self.value("preserve") and (self.swap_anchors or self.keep_subject or self.anchors is not None):
             raise ConfigError("--swap-anchors, --keep-subject and --anchors shape the preservation term, which is "
                               "off; set --preserve κ > 0 or drop them")
+        if self.rephrase_templates is not None and not self.value("rephrase"):
+            raise ConfigError("--rephrase-templates gives the wordings of --rephrase, which is off; set --rephrase k "
+                              "or drop it")
         if self.replay_budget and self.value("replay") == "none":
             raise ConfigError("--replay-budget limits replay, which is off; set --replay all or lost, or drop it")
         if self.edit_stop is None:

@@ -92,7 +92,8 @@ class Lifelong:
         trains = (list(range(len(pool))) if replay_held is None else
                   list(range(len(edits))) + [len(edits) + j for j, ok in enumerate(replay_held) if not ok])
         self.add_negatives([encoded[i] for i in trains], [pool[i] for i in trains], history + edits)
-        self.add_rephrasings([encoded[i] for i in trains], [pool[i] for i in trains], history + edits)
+        # every edit of the pool: a resting edit lost mid-update trains them too, and they cost only tokenising
+        self.add_rephrasings(encoded, pool, history + edits)
         anchors = (self.anchors(history, [pool[i] for i in trains], index, scoped) if cfg.value("preserve") > 0
                    else None)
         plan = Plan(list(edits), replay, encoded, anchors, replay_held, self._held)
@@ -182,12 +183,13 @@ class Lifelong:
 
     def add_rephrasings(self, encoded: list[Encoded], pool: list[Edit], seen: list[Edit]) -> None:
         """Each edit's other wordings of its prompt (EditConfig.rephrase, corsa.rephrase) as prompt ids in
-        `enc.rephrased`; a wording that is an evaluation probe of any edit in `seen` is left out."""
+        `enc.rephrased`; a wording that an evaluation probe of any edit in `seen` is, or ends with, is left out."""
         if not self.config.value("rephrase"):
             return
-        bank = rephrase.Bank.read()
+        bank = rephrase.Bank.read(self.config.rephrase_templates)
+        probes = preserve.probe_prompts(seen)
         for enc, e in zip(encoded, pool):
-            wordings = preserve.without_probes(bank.wordings(e.prompt, e.subject), seen)
+            wordings = bank.unprobed(bank.wordings(e.prompt, e.subject), probes)
             enc.rephrased = [ids for ids in map(self.fmt.prompt_ids, wordings)
                              if self.max_length is None or len(ids) + len(enc.chosen) <= self.max_length]
 

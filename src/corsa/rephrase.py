@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .errors import DataError
 from .files import atomic_write_json, read_text_bounded
+from .metrics import normalise
 
 SLOT = "{}"
 BUNDLED = "relation_templates.json"
@@ -62,36 +63,53 @@ def build_bank(records: list[dict], min_count: int = 2, min_words: int = 2) -> l
 
     A template is kept when at least `min_count` records use it as their prompt and it has at
     least `min_words` words besides the slot ("{}, the" is too loose to be a wording of one
-    relation). Two templates join one relation when a record's prompt has one and its
-    neighbourhood prompt exactly one (the neighbourhood prompt's subject is not given, so it is
-    matched against the kept templates); templates that begin another kept template link nothing.
-    Relations of one template are left out: they have no other wording.
+    relation). Two templates are linked when a record's prompt has one and its neighbourhood
+    prompt exactly one (the neighbourhood prompt's subject is not given, so it is matched against
+    the kept templates); a relation is a connected set of linked templates. Two kinds of template
+    could belong to two relations and link nothing: one that begins another kept template
+    ("{} is located in" / "{} is located in the continent"), and a *bridge*, whose removal splits
+    its set into two or more parts of at least two templates each ("{} is in" asks both the
+    continent and the place: "{} belongs to the continent of" and "{} is within" meet only
+    through it). Relations of one template are left out: they have no other wording.
     """
     counts = Counter(t for r in records if (t := template_of(r.get("prompt", ""), r.get("subject"))))
     kept = sorted(t for t, c in counts.items() if c >= min_count and len(_words(t)) >= min_words)
     loose = {t for t in kept if any(u != t and u.startswith(t) for u in kept)}
-    parent = {t: t for t in kept}
-
-    def root(t: str) -> str:
-        while parent[t] != t:
-            t = parent[t]
-        return t
-
-    kept_set = set(kept)
+    links: dict[str, set[str]] = {t: set() for t in kept}
     for r in records:
         t = template_of(r.get("prompt", ""), r.get("subject"))
         other = " ".join(str(r.get("locality_prompt") or "").split())
-        if t not in kept_set or t in loose or not other:
+        if t not in links or t in loose or not other:
             continue
         found = [u for u in kept if _matches(other, u)]
         if len(found) == 1 and found[0] != t and found[0] not in loose:
-            a, b = root(t), root(found[0])
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    groups: dict[str, list[str]] = {}
-    for t in kept:
-        groups.setdefault(root(t), []).append(t)
-    return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+            links[t].add(found[0])
+            links[found[0]].add(t)
+    bridges = {t for group in _components(links, set()) for t in group
+               if sum(len(part) >= 2 for part in _components(links, {t}, within=group)) >= 2}
+    return sorted((sorted(g) for g in _components(links, bridges) if len(g) > 1), key=lambda g: g[0])
+
+
+def _components(links: dict[str, set[str]], without: set[str], within: set[str] | None = None) -> list[set[str]]:
+    """The connected sets of templates (of `within`, default all) once the templates `without` are cut out,
+    each of which then stands alone."""
+    nodes = set(links if within is None else within)
+    seen: set[str] = set()
+    out = []
+    for start in sorted(nodes):
+        if start in seen:
+            continue
+        group, todo = set(), [start]
+        while todo:
+            t = todo.pop()
+            if t in group:
+                continue
+            group.add(t)
+            if t not in without:
+                todo.extend(u for u in links[t] if u in nodes and u not in without and u not in group)
+        seen |= group
+        out.append(group)
+    return out
 
 
 class Bank:
@@ -104,7 +122,10 @@ class Bank:
                 raise DataError("each relation must be a list of templates with exactly one '{}'",
                                 path=source, record=k)
             for t in group:
-                self.relation[" ".join(t.split())] = tuple(" ".join(u.split()) for u in group)
+                key = " ".join(t.split())
+                if key in self.relation:
+                    raise DataError(f"template {t!r} is in two relations", path=source, record=k)
+                self.relation[key] = tuple(" ".join(u.split()) for u in group)
 
     def wordings(self, prompt: str, subject: str | None) -> list[str]:
         """The other templates of `prompt`'s relation, filled with `subject` (none if the prompt is no template)."""
@@ -112,6 +133,17 @@ class Bank:
         if t is None or t not in self.relation:
             return []
         return [u.replace(SLOT, subject) for u in self.relation[t] if u != t]
+
+    @staticmethod
+    def unprobed(wordings: list[str], probes: set[str]) -> list[str]:
+        """The wordings that no evaluation probe ends with (`probes`: normalised prompts, preserve.probe_prompts).
+
+        CounterFact's paraphrases are mostly another template of the relation behind a sentence
+        of noise ("… . Ann Lee, who holds a citizenship from"); a wording that is such a
+        paraphrase without its noise is that paraphrase, and is not trained.
+        """
+        tails = {" ".join(words[k:]) for p in probes if (words := p.split()) for k in range(len(words))}
+        return [w for w in wordings if normalise(w) not in tails]
 
     @classmethod
     def read(cls, path: str | Path | None = None) -> "Bank":
@@ -144,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"error: {out} exists; corsa does not overwrite it (remove it first)")
-    records = json.loads(Path(args.source).read_text(encoding="utf-8"))
+    try:
+        records = json.loads(read_text_bounded(args.source, 1 << 30, "records", DataError))
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise DataError("expected a JSON list of records (objects)", path=args.source)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: file {args.source}: not JSON: {e}") from None
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
     relations = build_bank(records)
     atomic_write_json(out, {"source": Path(args.source).name, "records": len(records), "relations": relations})
     print(f"{out}: {len(relations)} relations, {sum(map(len, relations))} templates from {len(records)} records")

@@ -132,7 +132,9 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
     mean exactly. The preservation term (`pres`, corsa.preserve) is computed once per group on
     the step's anchors and joins the SFT side, and so does the SFT loss of y⁺ after the step's
     other wordings of each edit's prompt (`rephrased`: edit index → prompt ids, drawn in
-    corsa_step; EditConfig.rephrase), weighted as the edit's own SFT loss: λ·L_SFT(wordings).
+    corsa_step; EditConfig.rephrase): λ·(1/|group|) Σ_edits mean over its wordings of the
+    token-mean NLL, an edit without wordings adding 0, so that it too is the same however the
+    group is split into micro-batches or shards.
 
     Data parallel: `group` is the step's global group, the same on every worker. Each worker
     takes its shard of every micro-batch (edits r::world), weights it by its share of the
@@ -185,14 +187,15 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
             stats["logps/chosen"] += w * lp_chosen.mean().item()
             stats["logps/rejected"] += w * lp_rejected[:, 0].mean().item()
         loss = b_sft * w * cfg.sft_weight * loss_sft
-        rows = [(p, encoded[i].chosen) for i in mb for p in (rephrased or {}).get(i, ())]
-        if rows:  # the edit's y⁺ after other wordings of its prompt, one row each
-            other = collate_shared([p for p, _ in rows], [[c] for _, c in rows], pad).to(device)
+        rows = [(p, encoded[i].chosen, 1 / len(rephrased[i])) for i in mb for p in (rephrased or {}).get(i, ())]
+        if rows:  # y⁺ after other wordings of the prompt: per edit the mean over its wordings, each edit 1/|group|
+            other = collate_shared([p for p, _, _ in rows], [[c] for _, c, _ in rows], pad).to(device)
             with autocast(device):
                 lp_other = score_shared(model, other)[:, 0]
-            loss_other = sft_loss(lp_other, other.answer_mask.sum(-1))
-            stats["loss/rephrase"] += w * loss_other.item()
-            loss = loss + b_sft * w * cfg.sft_weight * loss_other
+            nll = -lp_other / other.answer_mask.sum(-1).clamp_min(1)
+            loss_other = (nll * torch.tensor([share for _, _, share in rows], device=device)).sum() / n_group
+            stats["loss/rephrase"] += loss_other.item()
+            loss = loss + b_sft * cfg.sft_weight * loss_other
         if spec.dpo and mix is not None:
             loss = loss + a_dpo * w * loss_dpo
         g_sft += flat(torch.autograd.grad(loss, params, allow_unused=True), params)
