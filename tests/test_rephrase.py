@@ -212,3 +212,10 @@ def test_the_bundled_bank_is_the_commands_output_on_counterfacts_train_split(tmp
     # the continent and the place are two relations ("{} is in" asks either)
     bank = Bank(bundled["relations"])
     assert "X is within" not in bank.wordings("X belongs to the continent of", "X")
+
+
+def test_a_bad_bank_is_refused_before_the_model_loads(tmp_path):
+    path = tmp_path / "bank.json"
+    path.write_text('{"relations": [["no slot here"]]}')
+    with pytest.raises(DataError, match="exactly one"):
+        Editor("/nonexistent/model/folder", method="corsa-lifelong", rephrase_templates=str(path))

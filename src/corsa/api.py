@@ -41,6 +41,7 @@ from .models.loading import import_libraries
 from .preserve import MAX_ANCHOR_BYTES
 from .prompts import PromptFormat
 from .records import Edit
+from .rephrase import Bank
 from .runs import UpdateRecord, last_held, lineage
 from .scope import Scope, routed
 from .text import printable
@@ -161,6 +162,8 @@ def _config_of(adapter, config: EditConfig | None, overrides: dict, progress: bo
         check_input_file(config.anchors, MAX_ANCHOR_BYTES, "--anchors", ConfigError)
     if config.stats_corpus is not None:
         check_input_file(config.stats_corpus, MAX_CORPUS_BYTES, "--stats-corpus", ConfigError)
+    if config.rephrase_templates is not None:
+        Bank.read(config.rephrase_templates)  # read whole: a bad bank is an error before any model loads
     return config
 
 
