@@ -75,6 +75,7 @@ class Lifelong:
         self._held: dict[tuple, bool] = {}  # which edits held at the last final test
         self._anchors: dict | None = None  # anchor prompt → (prompt ids, the unedited model's answer ids)
         self._generic: list[str] = []
+        self._bank: rephrase.Bank | None = None  # the relation templates (EditConfig.rephrase), read once
 
     def plan(self, history: list[Edit], edits: list[Edit], index: int, scoped: bool = False) -> Plan:
         """Everything one update trains: its edits, the replayed ones, their negatives, the anchors.
@@ -186,10 +187,11 @@ class Lifelong:
         `enc.rephrased`; a wording that an evaluation probe of any edit in `seen` is, or ends with, is left out."""
         if not self.config.value("rephrase"):
             return
-        bank = rephrase.Bank.read(self.config.rephrase_templates)
-        probes = preserve.probe_prompts(seen)
+        if self._bank is None:
+            self._bank = rephrase.Bank.read(self.config.rephrase_templates)
+        tails = rephrase.probe_tails(preserve.probe_prompts(seen))  # once: every edit's wordings are checked
         for enc, e in zip(encoded, pool):
-            wordings = bank.unprobed(bank.wordings(e.prompt, e.subject), probes)
+            wordings = self._bank.unprobed(e.prompt, e.subject, tails)
             enc.rephrased = [ids for ids in map(self.fmt.prompt_ids, wordings)
                              if self.max_length is None or len(ids) + len(enc.chosen) <= self.max_length]
 

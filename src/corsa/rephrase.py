@@ -112,6 +112,16 @@ def _components(links: dict[str, set[str]], without: set[str], within: set[str] 
     return out
 
 
+def probe_tails(probes: set[str]) -> set[str]:
+    """Every word-aligned ending of the normalised probes (preserve.probe_prompts), built once per update.
+
+    CounterFact's paraphrases are mostly another template of the relation behind a sentence of
+    noise ("… . Ann Lee, who holds a citizenship from"); a wording that is such a paraphrase
+    without its noise is that paraphrase, and is not trained.
+    """
+    return {" ".join(words[k:]) for p in probes if (words := p.split()) for k in range(len(words))}
+
+
 class Bank:
     """Relation templates: for a prompt and its subject, the relation's other wordings."""
 
@@ -134,16 +144,9 @@ class Bank:
             return []
         return [u.replace(SLOT, subject) for u in self.relation[t] if u != t]
 
-    @staticmethod
-    def unprobed(wordings: list[str], probes: set[str]) -> list[str]:
-        """The wordings that no evaluation probe ends with (`probes`: normalised prompts, preserve.probe_prompts).
-
-        CounterFact's paraphrases are mostly another template of the relation behind a sentence
-        of noise ("… . Ann Lee, who holds a citizenship from"); a wording that is such a
-        paraphrase without its noise is that paraphrase, and is not trained.
-        """
-        tails = {" ".join(words[k:]) for p in probes if (words := p.split()) for k in range(len(words))}
-        return [w for w in wordings if normalise(w) not in tails]
+    def unprobed(self, prompt: str, subject: str | None, tails: set[str]) -> list[str]:
+        """`wordings` without those that an evaluation probe is or ends with (`tails`: `probe_tails`)."""
+        return [w for w in self.wordings(prompt, subject) if normalise(w) not in tails]
 
     @classmethod
     def read(cls, path: str | Path | None = None) -> "Bank":
