@@ -3,6 +3,7 @@ built from records by hand-checked rules, the wordings it gives, that no wording
 probe, the step's draw, and the SFT gradient the wordings add, against a direct computation.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -189,6 +190,60 @@ def test_wordings_add_the_sft_gradient_of_y_plus_after_them(tiny, toy_edits):
     assert more.stats["loss/rephrase"] > 0 and "loss/rephrase" not in plain.stats
 
 
+def test_rephrase_dpo_adds_the_dpo_gradient_of_each_wording_against_the_edits_negatives(tiny, toy_edits):
+    import torch.nn.functional as F
+
+    editor = Editor(tiny, method="corsa", rephrase=1, rephrase_dpo=True, progress=False)
+    params = trainable_parameters(editor.model)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+    enc = encode_edits(editor.fmt, toy_edits[:3], None, need_rejected=True)
+    enc[0].extra = [editor.fmt.answer_ids("Lyon", True)]        # edit 0: y⁻ and one negative; the others y⁻
+    other = {0: [editor.fmt.prompt_ids("Country 0 has its capital in"), editor.fmt.prompt_ids("Country 0's capital is")],
+             2: [editor.fmt.prompt_ids("Where is the capital of country 2?")]}
+    for i, wordings in other.items():
+        enc[i].rephrased = wordings
+    ref = compute_reference(editor.model, editor.fmt, enc, editor.config, 8)  # scores the wordings' pairs too
+    pad = editor.tokenizer.pad_token_id
+    plain = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1], [2]], pad)
+    more = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1], [2]], pad, rephrased=other)
+
+    def logp(prompt, answer):
+        b = collate([(prompt, answer)], pad)
+        return score(editor.model, b)[0]
+
+    def dpo(prompt, i):  # Σ over the edit's rejected answers of −log σ(β(Δ⁺ − Δ⁻)), the base as reference
+        with torch.no_grad(), editor.model.disable_adapter():
+            ref_chosen = logp(prompt, enc[i].chosen)
+            ref_rejected = [logp(prompt, a) for a in [enc[i].rejected, *enc[i].extra]]
+        up = logp(prompt, enc[i].chosen) - ref_chosen
+        return -sum(F.logsigmoid(0.1 * (up - (logp(prompt, a) - r)))
+                    for a, r in zip([enc[i].rejected, *enc[i].extra], ref_rejected))
+
+    loss = ((dpo(other[0][0], 0) + dpo(other[0][1], 0)) / 2 + dpo(other[2][0], 2)) / 3
+    want = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+    assert torch.allclose(more.dpo - plain.dpo, want, atol=1e-6, rtol=1e-4)
+    whole = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1, 2]], pad, rephrased=other)
+    assert torch.allclose(whole.dpo - plain.dpo, want, atol=1e-6, rtol=1e-4)
+    # the SFT side is the same as without DPO on the wordings
+    sft_only = dataclasses.replace(editor.config, rephrase_dpo=False)
+    assert torch.allclose(objective_gradients(editor.model, params, sft_only, enc, ref, [[0, 1], [2]], pad,
+                                              rephrased=other).sft, more.sft, atol=1e-6, rtol=1e-4)
+    assert more.stats["loss/rephrase_dpo"] > 0
+
+
+def test_rephrase_dpo_is_refused_where_it_has_nothing_to_train(tiny):
+    from corsa import ConfigError
+
+    with pytest.raises(ConfigError, match="--rephrase is off"):
+        Editor(tiny, method="corsa", rephrase_dpo=True, progress=False)
+    with pytest.raises(ConfigError, match="reference base"):
+        Editor(tiny, method="corsa", rephrase=1, rephrase_dpo=True, reference="previous", progress=False)
+    with pytest.raises(ConfigError):
+        Editor(tiny, method="lora", rephrase=1, rephrase_dpo=True, progress=False)  # no DPO to join
+
+
 def test_corsa_lifelong_trains_the_wordings_of_a_known_relation(tiny):
     from corsa.testing import FAST
 
@@ -197,6 +252,9 @@ def test_corsa_lifelong_trains_the_wordings_of_a_known_relation(tiny):
     record = editor.update([Edit("e0", "The mother tongue of Ann Lee is", "French", "English", subject="Ann Lee"),
                             Edit("e1", "The code of item 1 is", "QQ", "AB")])     # no template: no wording
     assert record.result.last_step["loss/rephrase"] > 0
+    both = Editor(tiny, method="corsa-lifelong", **{**FAST, "rephrase_dpo": True})
+    assert both.update([Edit("e0", "The mother tongue of Ann Lee is", "French", "English", subject="Ann Lee")]
+                       ).result.last_step["loss/rephrase_dpo"] > 0
     off = Editor(tiny, method="corsa-lifelong", **{**FAST, "rephrase": 0})
     assert "loss/rephrase" not in off.update([Edit("e0", "The mother tongue of Ann Lee is", "French", "English",
                                                     subject="Ann Lee")]).result.last_step

@@ -96,6 +96,7 @@ class EditConfig:
     swap_anchors: int | None = option("swap_anchors")
     keep_subject: int | None = option("keep_subject")
     rephrase: int | None = option("rephrase")
+    rephrase_dpo: bool | None = option("rephrase_dpo")
     rephrase_templates: str | None = field(default=None, metadata={
         "help": "relation templates for --rephrase, a JSON file {\"relations\": [[template, …], …]} with {} "
                 "for the subject (python -m corsa.rephrase builds one; default: corsa's bundled bank, from "
@@ -165,6 +166,12 @@ class EditConfig:
         if self.rephrase_templates is not None and not self.value("rephrase"):
             raise ConfigError("--rephrase-templates gives the wordings of --rephrase, which is off; set --rephrase k "
                               "or drop it")
+        if self.rephrase_dpo and not self.value("rephrase"):
+            raise ConfigError("--rephrase-dpo trains the wordings of --rephrase with DPO, and --rephrase is off; "
+                              "set --rephrase k or drop it")
+        if self.value("rephrase_dpo") and self.reference != "base":
+            raise ConfigError("--rephrase-dpo needs --reference base: a wording is drawn during training, when the "
+                              "model of the last update is gone")
         if self.replay_budget and self.value("replay") == "none":
             raise ConfigError("--replay-budget limits replay, which is off; set --replay all or lost, or drop it")
         if self.edit_stop is None:
@@ -251,7 +258,7 @@ class EditConfig:
 
 # Options added after runs were saved: the value every run saved before them trained with, so
 # that a rerun of such a run compares what really differs (config.upgraded).
-ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8, "rephrase": 0}
+ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8, "rephrase": 0, "rephrase_dpo": False}
 
 
 def upgraded(record: dict) -> dict:

@@ -20,7 +20,8 @@ from .files import append_jsonl
 from .metrics import contains
 from .prompts import Encoded, PromptFormat, pad_id
 from .scoring import BaseScores, holds, margins
-from .step import Preservation, SamMemory, compute_reference, corsa_step, score_negatives, trainable_parameters
+from .step import (Preservation, SamMemory, compute_reference, corsa_step, score_negatives, score_wordings,
+                   trainable_parameters)
 
 
 @dataclass
@@ -148,6 +149,8 @@ def refresh_online_negatives(model, fmt, edits, encoded, ref, which, cfg, batch_
             enc.online = True
         changed.append(i)
     score_negatives(model, fmt, encoded, ref, changed, batch_size)
+    if cfg.value("rephrase_dpo"):  # the new negatives after each wording, too
+        score_wordings(model, fmt, encoded, ref.base, changed, batch_size)
     for i in changed:
         if not encoded[i].extra:
             ref.extra[i] = torch.empty(0)

@@ -109,6 +109,11 @@ OPTIONS: dict[str, Option] = {
                        "from corsa.rephrase's bank, never an evaluation probe) trained with y⁺ beside it (SFT); "
                        "an edit whose prompt is no known template has none",
                        off=0, range=NON_NEGATIVE),
+    "rephrase_dpo": Option("dpo", False, "--rephrase-dpo",
+                           "with --rephrase: each drawn wording joins DPO too, y⁺ chosen against y⁻ and the "
+                           "edit's negatives after it (the base model's log-probs there as reference), so another "
+                           "edit's answer does not win the fact asked in other words",
+                           off=False),
     "scope": Option(None, "all", "--scope",
                     "which prompts the adapter answers: all, or subject (only prompts that name an edited subject; "
                     "the rest get the unedited model, exactly). Saved with the adapter (corsa.scope)",

@@ -263,6 +263,10 @@ class BaseScores:
                         lambda todo: dist.gather_sharded(scored, [(list(p), list(a)) for p, a in todo]))
         return torch.tensor(lp, dtype=torch.float32)
 
+    def stored(self, pairs: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """log p_base of pairs scored before (by :meth:`of`), (N,), without a model: inside a training step."""
+        return torch.tensor([self._lp[(tuple(p), tuple(a))] for p, a in pairs], dtype=torch.float32)
+
     def next_token(self, model, fmt: PromptFormat, prompts: list[list[int]], batch_size: int) -> list[dict[int, float]]:
         """log p_base of each prompt's most likely first answer tokens (scoring.next_token_logprobs), kept too."""
         scored = lambda part: next_token_logprobs(model, fmt, part, batch_size)  # noqa: E731

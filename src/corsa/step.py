@@ -96,7 +96,20 @@ def compute_reference(model, fmt: PromptFormat, encoded: list[Encoded], cfg: Edi
         lp = torch.tensor(dist.gather_sharded(scored, pairs))
     ref.chosen[todo], ref.rejected[todo] = lp[:len(todo)], lp[len(todo):]
     score_negatives(model, fmt, encoded, ref, todo, batch_size)
+    if cfg.value("rephrase_dpo"):
+        score_wordings(model, fmt, encoded, base, todo, batch_size)
     return ref
+
+
+def wording_pairs(enc: Encoded) -> list[tuple[list[int], list[int]]]:
+    """(wording, answer) for each of an edit's other wordings and each of y⁺, y⁻ and its negatives."""
+    return [(w, a) for w in enc.rephrased for a in (enc.chosen, enc.rejected, *enc.extra)]
+
+
+def score_wordings(model, fmt: PromptFormat, encoded: list[Encoded], base: BaseScores, which, batch_size: int) -> None:
+    """Score under the base model every pair a step may draw for the edits `which` (EditConfig.rephrase_dpo):
+    the step reads them from `base` (BaseScores.stored), and a pair scored in an earlier update is not scored again."""
+    base.of(model, fmt, [pair for i in which for pair in wording_pairs(encoded[i])], batch_size)
 
 
 def score_negatives(model, fmt, encoded: list[Encoded], ref: Reference, which, batch_size: int) -> None:
@@ -151,6 +164,8 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
     stats = {"loss/sft": 0.0}
     if rephrased is not None:
         stats["loss/rephrase"] = 0.0
+        if spec.dpo and cfg.value("rephrase_dpo"):
+            stats["loss/rephrase_dpo"] = 0.0
     if spec.dpo:
         stats.update({"loss/dpo": 0.0, "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0})
     for mb in group:
@@ -187,17 +202,39 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
             stats["logps/chosen"] += w * lp_chosen.mean().item()
             stats["logps/rejected"] += w * lp_rejected[:, 0].mean().item()
         loss = b_sft * w * cfg.sft_weight * loss_sft
-        rows = [(p, encoded[i].chosen, 1 / len(rephrased[i])) for i in mb for p in (rephrased or {}).get(i, ())]
-        if rows:  # y⁺ after other wordings of the prompt: per edit the mean over its wordings, each edit 1/|group|
-            other = collate_shared([p for p, _, _ in rows], [[c] for _, c, _ in rows], pad).to(device)
-            with autocast(device):
-                lp_other = score_shared(model, other)[:, 0]
-            nll = -lp_other / other.answer_mask.sum(-1).clamp_min(1)
-            loss_other = (nll * torch.tensor([share for _, _, share in rows], device=device)).sum() / n_group
-            stats["loss/rephrase"] += loss_other.item()
-            loss = loss + b_sft * cfg.sft_weight * loss_other
         if spec.dpo and mix is not None:
             loss = loss + a_dpo * w * loss_dpo
+        rows = [(i, p, 1 / len(rephrased[i])) for i in mb for p in (rephrased or {}).get(i, ())]
+        if rows:  # y⁺ after other wordings of the prompt: per edit the mean over its wordings, each edit 1/|group|
+            share = torch.tensor([sh for _, _, sh in rows], device=device)
+            if with_dpo := spec.dpo and cfg.value("rephrase_dpo"):  # y⁺ against y⁻ and the negatives there too
+                M = 1 + max(len(encoded[i].extra) for i, _, _ in rows)
+                answers = [[encoded[i].chosen, encoded[i].rejected, *encoded[i].extra,
+                            *[encoded[i].rejected] * (M - 1 - len(encoded[i].extra))] for i, _, _ in rows]
+            else:
+                answers = [[encoded[i].chosen] for i, _, _ in rows]
+            other = collate_shared([p for _, p, _ in rows], answers, pad).to(device)
+            with autocast(device):
+                lp_other = score_shared(model, other)                     # (R, 1) or (R, 1 + M)
+            n_tokens = other.answer_mask[::lp_other.shape[1]].sum(-1).clamp_min(1)
+            loss_other = (-lp_other[:, 0] / n_tokens * share).sum() / n_group
+            stats["loss/rephrase"] += loss_other.item()
+            loss = loss + b_sft * cfg.sft_weight * loss_other
+            if with_dpo:
+                pairs = [(p, a) for (_, p, _), row in zip(rows, answers) for a in row]
+                ref_other = ref.base.stored(pairs).view(len(rows), 1 + M).to(device)
+                weights = torch.tensor([[1.0] * (1 + len(encoded[i].extra)) + [0.0] * (M - 1 - len(encoded[i].extra))
+                                        for i, _, _ in rows], device=device)
+                # dpo_loss is the mean over rows of each row's sum over its pairs: × R/|group| and the row's
+                # share make it Σ_edits 1/|group| · mean over its wordings, as for SFT
+                loss_dpo_other = dpo_loss(lp_other[:, 0], lp_other[:, 1:], ref_other[:, 0], ref_other[:, 1:],
+                                          cfg.dpo_beta, weights * share[:, None]) * len(rows) / n_group
+                stats["loss/rephrase_dpo"] += loss_dpo_other.item()
+                if mix is None:
+                    g_dpo += flat(torch.autograd.grad(loss_dpo_other, params, retain_graph=True, allow_unused=True),
+                                  params)
+                else:
+                    loss = loss + a_dpo * loss_dpo_other
         g_sft += flat(torch.autograd.grad(loss, params, allow_unused=True), params)
     if pres is not None and pres.weight > 0:
         loss = preservation_loss(model, pres, device)
