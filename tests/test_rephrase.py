@@ -199,8 +199,11 @@ def test_rephrase_dpo_adds_the_dpo_gradient_of_each_wording_against_the_edits_ne
         for p in params:
             p.add_(torch.randn_like(p) * 0.05)
     enc = encode_edits(editor.fmt, toy_edits[:3], None, need_rejected=True)
-    enc[0].extra = [editor.fmt.answer_ids("Lyon", True)]        # edit 0: y⁻ and one negative; the others y⁻
-    other = {0: [editor.fmt.prompt_ids("Country 0 has its capital in"), editor.fmt.prompt_ids("Country 0's capital is")],
+    # edit 0: y⁻ and one negative longer than y⁺ (a wrong stride would count its tokens); the others y⁻
+    enc[0].extra = [editor.fmt.answer_ids("the old harbour town of Lyon", True)]
+    # three wordings for edit 0, none for edit 1: a micro-batch's rows are not its edits
+    other = {0: [editor.fmt.prompt_ids("Country 0 has its capital in"), editor.fmt.prompt_ids("Country 0's capital is"),
+                 editor.fmt.prompt_ids("The seat of government of country 0 is")],
              2: [editor.fmt.prompt_ids("Where is the capital of country 2?")]}
     for i, wordings in other.items():
         enc[i].rephrased = wordings
@@ -221,7 +224,7 @@ def test_rephrase_dpo_adds_the_dpo_gradient_of_each_wording_against_the_edits_ne
         return -sum(F.logsigmoid(0.1 * (up - (logp(prompt, a) - r)))
                     for a, r in zip([enc[i].rejected, *enc[i].extra], ref_rejected))
 
-    loss = ((dpo(other[0][0], 0) + dpo(other[0][1], 0)) / 2 + dpo(other[2][0], 2)) / 3
+    loss = (sum(dpo(w, 0) for w in other[0]) / 3 + dpo(other[2][0], 2)) / 3
     want = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
     assert torch.allclose(more.dpo - plain.dpo, want, atol=1e-6, rtol=1e-4)
     whole = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1, 2]], pad, rephrased=other)
@@ -231,6 +234,10 @@ def test_rephrase_dpo_adds_the_dpo_gradient_of_each_wording_against_the_edits_ne
     assert torch.allclose(objective_gradients(editor.model, params, sft_only, enc, ref, [[0, 1], [2]], pad,
                                               rephrased=other).sft, more.sft, atol=1e-6, rtol=1e-4)
     assert more.stats["loss/rephrase_dpo"] > 0
+    # SAM's reuse pass: one backward of a·L_DPO + b·(λL_SFT + …), the wordings' terms on both sides
+    mixed = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1], [2]], pad,
+                                 mix=(0.3, 0.7), rephrased=other)
+    assert torch.allclose(mixed.sft, 0.3 * more.dpo + 0.7 * more.sft, atol=1e-6, rtol=1e-4)
 
 
 def test_rephrase_dpo_is_refused_where_it_has_nothing_to_train(tiny):
@@ -240,8 +247,8 @@ def test_rephrase_dpo_is_refused_where_it_has_nothing_to_train(tiny):
         Editor(tiny, method="corsa", rephrase_dpo=True, progress=False)
     with pytest.raises(ConfigError, match="reference base"):
         Editor(tiny, method="corsa", rephrase=1, rephrase_dpo=True, reference="previous", progress=False)
-    with pytest.raises(ConfigError):
-        Editor(tiny, method="lora", rephrase=1, rephrase_dpo=True, progress=False)  # no DPO to join
+    with pytest.raises(ConfigError, match="does not train DPO"):
+        Editor(tiny, method="lora", rephrase=1, rephrase_dpo=True, progress=False)
 
 
 def test_corsa_lifelong_trains_the_wordings_of_a_known_relation(tiny):

@@ -166,7 +166,7 @@ class EditConfig:
         if self.rephrase_templates is not None and not self.value("rephrase"):
             raise ConfigError("--rephrase-templates gives the wordings of --rephrase, which is off; set --rephrase k "
                               "or drop it")
-        if self.rephrase_dpo and not self.value("rephrase"):
+        if self.value("rephrase_dpo") and not self.value("rephrase"):
             raise ConfigError("--rephrase-dpo trains the wordings of --rephrase with DPO, and --rephrase is off; "
                               "set --rephrase k or drop it")
         if self.value("rephrase_dpo") and self.reference != "base":
