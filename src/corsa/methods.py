@@ -112,7 +112,8 @@ OPTIONS: dict[str, Option] = {
     "rephrase_dpo": Option("dpo", False, "--rephrase-dpo",
                            "with --rephrase: each drawn wording joins DPO too, y⁺ chosen against y⁻ and the "
                            "edit's negatives after it (the base model's log-probs there as reference), so another "
-                           "edit's answer does not win the fact asked in other words",
+                           "edit's answer does not win the fact asked in other words (measured: fewer paraphrases reached and "
+                           "more answers that are y⁺ alone, docs/results.md)",
                            off=False),
     "scope": Option(None, "all", "--scope",
                     "which prompts the adapter answers: all, or subject (only prompts that name an edited subject; "
