@@ -246,18 +246,16 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # (often y⁺: "What is Sven Wollter?" → "Norway"); three questions about each edited subject
     # ("Who is {subject}?", corsa.subjects.KEPT), kept at the unedited model's answers by the KL
     # term (κ 1, 4 anchors a step), keep what the subject is (docs/results.md, "Precise edits").
-    # Two other wordings of the relation a step carry the fact to its rephrasings (one: 75.0 and
-    # 65.0 generality on two seeds; two: 81.7 and 71.7, docs/results.md, "Other wordings").
     Method("corsa-lifelong", dpo=True, combine="pcgrad", sam=True,
            description="CoRSA + replay of every earlier edit (per-edit stopping lets held ones rest), "
                        "a firmer hold (γ = 12), two rival negatives (other edits' answers of the same kind), "
                        "the momentum sharpness step, resting edits tested once the trained ones hold, "
                        "the adapter scoped to prompts that name an edited subject, and three questions about "
                        "each edited subject kept as the unedited model answers them (KL, 4 a step), "
-                       "and two other wordings of each edit's relation trained a step",
+                       "and one other wording of each edit's relation trained a step",
            defaults={"replay": "all", "scope": "subject", "margin_target": 12.0, "negatives": ("rivals",),
                      "max_negatives": 2, "sharpness": "momentum", "retest_every": 0,
-                     "preserve": 1.0, "keep_subject": 3, "anchor_batch": 4, "rephrase": 2}),
+                     "preserve": 1.0, "keep_subject": 3, "anchor_batch": 4, "rephrase": 1}),
     # locate-then-edit methods (corsa.editors): a closed-form change of MLP output projections
     Method("rome", dpo=False, combine="none", sam=False, solver="rome",
            description="ROME (Meng et al. 2022): a rank-one change of one layer's MLP per edit",
