@@ -174,11 +174,7 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
             continue
         w = len(mb) / n_group
         if spec.dpo:  # the prompt runs once; y⁺, y⁻ and the negatives all continue from its KV cache
-            M = 1 + max(len(encoded[i].extra) for i in mb)
-            # every prompt gets M rejected rows; a prompt with fewer negatives repeats y⁻ at weight 0
-            rejected = [[encoded[i].rejected, *encoded[i].extra] for i in mb]
-            weights = torch.tensor([[1.0] * len(r) + [0.0] * (M - len(r)) for r in rejected], device=device)
-            answers = [[encoded[i].chosen, *r, *[encoded[i].rejected] * (M - len(r))] for i, r in zip(mb, rejected)]
+            M, answers, weights = dpo_answers([encoded[i] for i in mb], device)
             batch = collate_shared([encoded[i].prompt for i in mb], answers, pad).to(device)
             with autocast(device):
                 lp = score_shared(model, batch)                          # (B, 1 + M)
@@ -208,9 +204,7 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
         if rows:  # y⁺ after other wordings of the prompt: per edit the mean over its wordings, each edit 1/|group|
             share = torch.tensor([sh for _, _, sh in rows], device=device)
             if with_dpo := spec.dpo and cfg.value("rephrase_dpo"):  # y⁺ against y⁻ and the negatives there too
-                M = 1 + max(len(encoded[i].extra) for i, _, _ in rows)
-                answers = [[encoded[i].chosen, encoded[i].rejected, *encoded[i].extra,
-                            *[encoded[i].rejected] * (M - 1 - len(encoded[i].extra))] for i, _, _ in rows]
+                M, answers, weights = dpo_answers([encoded[i] for i, _, _ in rows], device)
             else:
                 answers = [[encoded[i].chosen] for i, _, _ in rows]
             other = collate_shared([p for _, p, _ in rows], answers, pad).to(device)
@@ -223,8 +217,6 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
             if with_dpo:
                 pairs = [(p, a) for (_, p, _), row in zip(rows, answers) for a in row]
                 ref_other = ref.base.stored(pairs).view(len(rows), 1 + M).to(device)
-                weights = torch.tensor([[1.0] * (1 + len(encoded[i].extra)) + [0.0] * (M - 1 - len(encoded[i].extra))
-                                        for i, _, _ in rows], device=device)
                 # dpo_loss is the mean over rows of each row's sum over its pairs: × R/|group| and the row's
                 # share make it Σ_edits 1/|group| · mean over its wordings, as for SFT
                 loss_dpo_other = dpo_loss(lp_other[:, 0], lp_other[:, 1:], ref_other[:, 0], ref_other[:, 1:],
@@ -248,6 +240,15 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
         summed = dist.all_reduce_sum_(torch.tensor(list(stats.values()), dtype=torch.float64, device=device))
         stats = dict(zip(stats, summed.tolist()))
     return Gradients(g_sft, g_dpo, stats)
+
+
+def dpo_answers(encs: list[Encoded], device) -> tuple[int, list[list[list[int]]], torch.Tensor]:
+    """M and each prompt's answers for one shared forward: y⁺, y⁻, its negatives, then y⁻ repeated up to
+    1 + M (a prompt with fewer negatives than the most), and the (B, M) weights, 1 on the real rejected ones."""
+    M = 1 + max(len(e.extra) for e in encs)
+    rejected = [[e.rejected, *e.extra] for e in encs]
+    weights = torch.tensor([[1.0] * len(r) + [0.0] * (M - len(r)) for r in rejected], device=device)
+    return M, [[e.chosen, *r, *[e.rejected] * (M - len(r))] for e, r in zip(encs, rejected)], weights
 
 
 def _reference_rejected(ref: Reference, i: int, M: int) -> torch.Tensor:
