@@ -75,6 +75,33 @@ def test_an_update_trains_on_them(tiny, monkeypatch):
     assert all(len(answer) > 0 for _, answer in seen["anchors"].pairs)
 
 
+def test_keep_earlier_keeps_the_questions_of_a_seeded_sample_of_the_earlier_edits_at_rest(tiny):
+    from corsa.lifelong import held_key
+
+    history = [Edit(f"e{i}", f"Obj{i} is made of", f"Stone{i}", f"Wood{i}", subject=f"Obj{i}",
+                    paraphrases=(f"The material of Obj{i} is",)) for i in range(6)]
+    again = Edit("n1", "Obj4 is made of", "Glass", "Wood4", subject="Obj4")    # edits Obj4's prompt again
+    new = [Edit("n0", "Obj9 is made of", "Iron", "Wood9", subject="Obj9"), again]
+    editor = Editor(tiny, method="corsa-lifelong", template="raw", keep_earlier=3, progress=False)
+    trains = [*new, history[1]]                                              # e1 was lost: it trains
+    picked = editor.lifelong.earlier_subjects(history, new, trains, index=2)
+    assert len(picked) == 3 and len({e.id for e in picked}) == 3
+    assert {e.id for e in picked} <= {"e0", "e2", "e3", "e5"}                # neither trained nor superseded
+    assert picked == editor.lifelong.earlier_subjects(history, new, trains, index=2)   # seeded by the update
+    assert {tuple(e.id for e in editor.lifelong.earlier_subjects(history, new, trains, index=k))
+            for k in range(8)} != {tuple(e.id for e in picked)}              # another update, another sample
+    assert len(editor.lifelong.earlier_subjects(history[:2], new, trains, index=2)) == 1   # only e0 rests
+    # in the plan: every earlier edit held at the last test, so only the new edits train
+    editor.lifelong._held = {held_key(e): True for e in history}
+    plan = editor.lifelong.plan(history, new, 2, scoped=True)
+    want = preserve.subject_prompts(new + editor.lifelong.earlier_subjects(history, new, new, 2), 3)
+    assert sorted(plan.anchors.prompts) == sorted(want)
+    probes = {normalise(q) for e in history + new for q in [*subjects.probes(e), e.prompt, *e.paraphrases]}
+    assert not {normalise(p) for p in plan.anchors.prompts} & probes
+    off = Editor(tiny, method="corsa-lifelong", template="raw", progress=False)
+    assert off.lifelong.earlier_subjects(history, new, trains, index=2) == []
+
+
 def test_corsa_lifelong_without_the_preservation_term_drops_its_subject_questions_too():
     cfg = EditConfig(method="corsa-lifelong", preserve=0.0)        # the row's keep_subject 3 goes with it
     assert cfg.value("preserve") == 0 and cfg.value("keep_subject") == 3
@@ -84,6 +111,9 @@ def test_corsa_lifelong_without_the_preservation_term_drops_its_subject_question
     (dict(method="corsa", keep_subject=2), "--preserve"),
     (dict(method="corsa", preserve=1.0, keep_subject=99), "keep_subject"),
     (dict(method="rome", keep_subject=2), "does not"),
+    (dict(method="corsa", preserve=1.0, keep_earlier=2), "--keep-subject k"),
+    (dict(method="corsa-lifelong", keep_subject=0, keep_earlier=2), "--keep-subject k"),
+    (dict(method="memit", keep_earlier=2), "does not"),
 ])
 def test_keep_subject_is_refused_where_it_means_nothing(kwargs, message):
     from corsa.config import EditConfig

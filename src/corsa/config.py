@@ -95,6 +95,7 @@ class EditConfig:
     anchor_batch: int | None = option("anchor_batch")
     swap_anchors: int | None = option("swap_anchors")
     keep_subject: int | None = option("keep_subject")
+    keep_earlier: int | None = option("keep_earlier")
     rephrase: int | None = option("rephrase")
     rephrase_dpo: bool | None = option("rephrase_dpo")
     rephrase_templates: str | None = field(default=None, metadata={
@@ -163,6 +164,9 @@ class EditConfig:
         if not self.value("preserve") and (self.swap_anchors or self.keep_subject or self.anchors is not None):
             raise ConfigError("--swap-anchors, --keep-subject and --anchors shape the preservation term, which is "
                               "off; set --preserve κ > 0 or drop them")
+        if self.value("keep_earlier") and not self.value("keep_subject"):
+            raise ConfigError("--keep-earlier keeps the subject questions of earlier edits, and --keep-subject "
+                              "(the questions per edit) is 0; set --keep-subject k or drop it")
         if self.rephrase_templates is not None and not self.value("rephrase"):
             raise ConfigError("--rephrase-templates gives the wordings of --rephrase, which is off; set --rephrase k "
                               "or drop it")
@@ -258,7 +262,7 @@ class EditConfig:
 
 # Options added after runs were saved: the value every run saved before them trained with, so
 # that a rerun of such a run compares what really differs (config.upgraded).
-ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8, "rephrase": 0, "rephrase_dpo": False}
+ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8, "rephrase": 0, "rephrase_dpo": False, "keep_earlier": 0}
 
 
 def upgraded(record: dict) -> dict:

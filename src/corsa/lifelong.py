@@ -95,8 +95,9 @@ class Lifelong:
         self.add_negatives([encoded[i] for i in trains], [pool[i] for i in trains], history + edits)
         # every edit of the pool: a resting edit lost mid-update trains them too, and they cost only tokenising
         self.add_rephrasings(encoded, pool, history + edits)
-        anchors = (self.anchors(history, [pool[i] for i in trains], index, scoped) if cfg.value("preserve") > 0
-                   else None)
+        anchors = (self.anchors(history, [pool[i] for i in trains], index, scoped,
+                                earlier=self.earlier_subjects(history, edits, [pool[i] for i in trains], index))
+                   if cfg.value("preserve") > 0 else None)
         plan = Plan(list(edits), replay, encoded, anchors, replay_held, self._held)
         self._held = {}  # from here on the adapter moves
         return plan
@@ -203,12 +204,24 @@ class Lifelong:
         first = functools.lru_cache(maxsize=None)(lambda answer: self.fmt.answer_ids(answer, eos)[0])
         return lambda i, answer: nexts[i].get(first(answer))
 
+    def earlier_subjects(self, history: list[Edit], edits: list[Edit], trains: list[Edit], index: int) -> list[Edit]:
+        """The earlier edits whose subject questions this update keeps although they do not train
+        (EditConfig.keep_earlier): a sample of that many, seeded by the update, of the edits the adapter
+        holds from before that this update neither edits again nor trains."""
+        n = self.config.value("keep_earlier")
+        if not n or not self.config.value("keep_subject"):
+            return []
+        training = {held_key(e) for e in trains}
+        resting = [e for e in not_edited_again(history, edits) if held_key(e) not in training and e.subject]
+        return random.Random(f"keep-earlier {self.config.seed} {index}").sample(resting, min(n, len(resting)))
+
     def anchors(self, history: list[Edit], edits: list[Edit], index: int = 0,
-                scoped: bool = False) -> preserve.Anchors:
+                scoped: bool = False, earlier: list[Edit] = ()) -> preserve.Anchors:
         """The preservation term's anchors (corsa.preserve), without any evaluation probe of `edits`.
 
         Generic prompts, prompts with another edit's subject (swap_anchors) and questions about
-        each edit's own subject (keep_subject). With `scoped` (the subject scope) an anchor that
+        each edit's own subject (keep_subject), and about the subjects of `earlier` edits at rest
+        (keep_earlier). With `scoped` (the subject scope) an anchor that
         names no edited subject is dropped: the unedited model answers it, exactly, whatever the
         adapter. The unedited model's answers are computed once per anchor prompt and kept for
         later updates.
@@ -219,7 +232,7 @@ class Lifelong:
         k = self.config.value("swap_anchors")
         seed = self.config.seed + 1000 * index
         swapped = preserve.swapped_prompts(edits, history + list(edits), k, seed) if k else []
-        asked = preserve.subject_prompts(edits, self.config.value("keep_subject"))
+        asked = preserve.subject_prompts(list(edits) + list(earlier), self.config.value("keep_subject"))
         prompts = preserve.without_probes(list(dict.fromkeys(self._generic + swapped + asked)), list(edits) + history)
         if scoped:
             prompts = list(filter(Scope(history + list(edits)).covers, prompts))

@@ -104,6 +104,12 @@ OPTIONS: dict[str, Option] = {
                            "not what the subject is",
                            off=0, range=Range(lambda v: 0 <= v <= len(KEPT),
                                               f"from 0 to {len(KEPT)} (the questions corsa.subjects.KEPT holds)")),
+    "keep_earlier": Option("train", 0, "--keep-earlier",
+                           "with --keep-subject: the subject questions of this many earlier edits at rest (a "
+                           "sample seeded by the update, of those the update does not train) join the anchors "
+                           "too, so later updates keep the manner of the subjects edited before; a fixed number, "
+                           "so an update's cost does not grow with the edits held",
+                           off=0, range=NON_NEGATIVE),
     "rephrase": Option("train", 0, "--rephrase",
                        "per edit and step, this many other wordings of its prompt (the relation's other templates "
                        "from corsa.rephrase's bank, never an evaluation probe) trained with y⁺ beside it (SFT); "
