@@ -75,31 +75,43 @@ def test_an_update_trains_on_them(tiny, monkeypatch):
     assert all(len(answer) > 0 for _, answer in seen["anchors"].pairs)
 
 
-def test_keep_earlier_keeps_the_questions_of_a_seeded_sample_of_the_earlier_edits_at_rest(tiny):
+def test_keep_earlier_keeps_the_questions_of_replayed_edits_at_rest_in_an_order_seeded_by_the_update(tiny):
     from corsa.lifelong import held_key
 
     history = [Edit(f"e{i}", f"Obj{i} is made of", f"Stone{i}", f"Wood{i}", subject=f"Obj{i}",
-                    paraphrases=(f"The material of Obj{i} is",)) for i in range(6)]
+                    paraphrases=(f"The material of Obj{i} is",)) for i in range(7)]
+    history[6] = Edit("e6", "The capital of X is", "Y", "Z")                  # no subject: no questions
     again = Edit("n1", "Obj4 is made of", "Glass", "Wood4", subject="Obj4")    # edits Obj4's prompt again
-    new = [Edit("n0", "Obj9 is made of", "Iron", "Wood9", subject="Obj9"), again]
-    editor = Editor(tiny, method="corsa-lifelong", template="raw", keep_earlier=3, progress=False)
+    twin = Edit("n2", "Obj5 is found in", "Peru", "Chile", subject="Obj5")     # Obj5's questions are its own now
+    new = [Edit("n0", "Obj9 is made of", "Iron", "Wood9", subject="Obj9"), again, twin]
+    editor = Editor(tiny, method="corsa-lifelong", template="raw", keep_earlier=2, progress=False)
+    replay = editor.lifelong.replay_set(history, new)
+    assert [e.id for e in replay] == ["e0", "e1", "e2", "e3", "e5", "e6"]     # e4 superseded
     trains = [*new, history[1]]                                              # e1 was lost: it trains
-    picked = editor.lifelong.earlier_subjects(history, new, trains, index=2)
-    assert len(picked) == 3 and len({e.id for e in picked}) == 3
-    assert {e.id for e in picked} <= {"e0", "e2", "e3", "e5"}                # neither trained nor superseded
-    assert picked == editor.lifelong.earlier_subjects(history, new, trains, index=2)   # seeded by the update
-    assert {tuple(e.id for e in editor.lifelong.earlier_subjects(history, new, trains, index=k))
-            for k in range(8)} != {tuple(e.id for e in picked)}              # another update, another sample
-    assert len(editor.lifelong.earlier_subjects(history[:2], new, trains, index=2)) == 1   # only e0 rests
-    # in the plan: every earlier edit held at the last test, so only the new edits train
-    editor.lifelong._held = {held_key(e): True for e in history}
+    picked = editor.lifelong.earlier_subjects(replay, trains, index=2)
+    assert len(picked) == 2 and {e.id for e in picked} <= {"e0", "e2", "e3"}
+    assert picked == editor.lifelong.earlier_subjects(replay, trains, index=2)      # seeded by the update
+    assert len({tuple(e.id for e in editor.lifelong.earlier_subjects(replay, trains, index=k))
+                for k in range(8)}) > 1                                      # another update, another sample
+    # which edits hold moves no other edit in or out: the order depends on the update alone
+    kept = [e for e in picked if e.id != "e0"]
+    assert editor.lifelong.earlier_subjects(replay, trains + [history[0]], index=2)[:len(kept)] == kept
+    # in the plan: every earlier edit held at the last test but e1, so the new edits and e1 train
+    editor.lifelong._held = {held_key(e): e.id != "e1" for e in history}
+    asked = preserve.subject_prompts([history[0]], 3)[0]                     # one of e0's kept questions ...
+    history[0] = Edit("e0", "Obj0 is made of", "Stone0", "Wood0", subject="Obj0", paraphrases=(asked,))  # ... a probe
+    editor = Editor(tiny, method="corsa-lifelong", template="raw", keep_earlier=3, progress=False)
+    editor.lifelong._held = {held_key(e): e.id != "e1" for e in history}
     plan = editor.lifelong.plan(history, new, 2, scoped=True)
-    want = preserve.subject_prompts(new + editor.lifelong.earlier_subjects(history, new, new, 2), 3)
-    assert sorted(plan.anchors.prompts) == sorted(want)
+    assert [e.id for e in plan.replay if not plan.replay_held[plan.replay.index(e)]] == ["e1"]
+    earlier = editor.lifelong.earlier_subjects(plan.replay, [*new, history[1]], 2)
+    assert {e.id for e in earlier} == {"e0", "e2", "e3"}
+    want = set(preserve.subject_prompts([*new, history[1], *earlier], 3))
+    assert asked in want and set(plan.anchors.prompts) == want - {asked}
     probes = {normalise(q) for e in history + new for q in [*subjects.probes(e), e.prompt, *e.paraphrases]}
     assert not {normalise(p) for p in plan.anchors.prompts} & probes
     off = Editor(tiny, method="corsa-lifelong", template="raw", progress=False)
-    assert off.lifelong.earlier_subjects(history, new, trains, index=2) == []
+    assert off.lifelong.earlier_subjects(replay, trains, index=2) == []
 
 
 def test_corsa_lifelong_without_the_preservation_term_drops_its_subject_questions_too():
@@ -114,6 +126,8 @@ def test_corsa_lifelong_without_the_preservation_term_drops_its_subject_question
     (dict(method="corsa", preserve=1.0, keep_earlier=2), "--keep-subject k"),
     (dict(method="corsa-lifelong", keep_subject=0, keep_earlier=2), "--keep-subject k"),
     (dict(method="memit", keep_earlier=2), "does not"),
+    (dict(method="corsa-lifelong", preserve=0.0, keep_earlier=2), "--preserve"),
+    (dict(method="corsa-lifelong", replay="lost", keep_earlier=2), "--replay all"),
 ])
 def test_keep_subject_is_refused_where_it_means_nothing(kwargs, message):
     from corsa.config import EditConfig

@@ -161,12 +161,17 @@ class EditConfig:
             raise ConfigError("--negatives needs --reference base: negatives are scored by the base model (an "
                               "online one appears during training, when the model of the last update is gone)")
         # what the user gave, not the row's defaults: corsa-lifelong --preserve 0 switches the term off whole
-        if not self.value("preserve") and (self.swap_anchors or self.keep_subject or self.anchors is not None):
-            raise ConfigError("--swap-anchors, --keep-subject and --anchors shape the preservation term, which is "
-                              "off; set --preserve κ > 0 or drop them")
+        if not self.value("preserve") and (self.swap_anchors or self.keep_subject or self.keep_earlier
+                                           or self.anchors is not None):
+            raise ConfigError("--swap-anchors, --keep-subject, --keep-earlier and --anchors shape the preservation "
+                              "term, which is off; set --preserve κ > 0 or drop them")
         if self.value("keep_earlier") and not self.value("keep_subject"):
             raise ConfigError("--keep-earlier keeps the subject questions of earlier edits, and --keep-subject "
                               "(the questions per edit) is 0; set --keep-subject k or drop it")
+        if self.value("keep_earlier") and self.value("replay") != "all":
+            raise ConfigError("--keep-earlier keeps the subject questions of earlier edits at rest, which only "
+                              "--replay all tests again (an earlier edit the term weakens is then trained again); "
+                              "set --replay all or drop it")
         if self.rephrase_templates is not None and not self.value("rephrase"):
             raise ConfigError("--rephrase-templates gives the wordings of --rephrase, which is off; set --rephrase k "
                               "or drop it")

@@ -96,7 +96,7 @@ class Lifelong:
         # every edit of the pool: a resting edit lost mid-update trains them too, and they cost only tokenising
         self.add_rephrasings(encoded, pool, history + edits)
         anchors = (self.anchors(history, [pool[i] for i in trains], index, scoped,
-                                earlier=self.earlier_subjects(history, edits, [pool[i] for i in trains], index))
+                                earlier=self.earlier_subjects(replay, [pool[i] for i in trains], index))
                    if cfg.value("preserve") > 0 else None)
         plan = Plan(list(edits), replay, encoded, anchors, replay_held, self._held)
         self._held = {}  # from here on the adapter moves
@@ -204,16 +204,27 @@ class Lifelong:
         first = functools.lru_cache(maxsize=None)(lambda answer: self.fmt.answer_ids(answer, eos)[0])
         return lambda i, answer: nexts[i].get(first(answer))
 
-    def earlier_subjects(self, history: list[Edit], edits: list[Edit], trains: list[Edit], index: int) -> list[Edit]:
-        """The earlier edits whose subject questions this update keeps although they do not train
-        (EditConfig.keep_earlier): a sample of that many, seeded by the update, of the edits the adapter
-        holds from before that this update neither edits again nor trains."""
+    def earlier_subjects(self, replay: list[Edit], trains: list[Edit], index: int) -> list[Edit]:
+        """The replayed edits whose subject questions this update keeps although they rest
+        (EditConfig.keep_earlier): the first N, in an order seeded by the update, of the replayed
+        edits that do not train, with a subject that no edit the update trains has. Only replayed
+        edits: the update ends on a test of them, so one that the term weakens is trained again."""
         n = self.config.value("keep_earlier")
         if not n or not self.config.value("keep_subject"):
             return []
+        taken = {normalise(e.subject) for e in trains if e.subject and e.subject.strip()}
         training = {held_key(e) for e in trains}
-        resting = [e for e in not_edited_again(history, edits) if held_key(e) not in training and e.subject]
-        return random.Random(f"keep-earlier {self.config.seed} {index}").sample(resting, min(n, len(resting)))
+        order = list(replay)  # the order depends on the update alone, not on which edits hold now
+        random.Random(f"keep-earlier {self.config.seed} {index}").shuffle(order)
+        out = []
+        for e in order:
+            if len(out) == n:
+                break
+            if held_key(e) in training or not (e.subject and e.subject.strip()) or normalise(e.subject) in taken:
+                continue
+            taken.add(normalise(e.subject))
+            out.append(e)
+        return out
 
     def anchors(self, history: list[Edit], edits: list[Edit], index: int = 0,
                 scoped: bool = False, earlier: list[Edit] = ()) -> preserve.Anchors:
