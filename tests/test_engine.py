@@ -213,7 +213,7 @@ def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
 def test_resolved_terms_per_method():
     locate = ("layers", "clamp_factor", "kl_weight", "target_steps", "target_lr", "stats_corpus", "stats_tokens",
               "edit_rank", "mom2_weight", "nullspace_threshold", "alphaedit_l2")
-    plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "swap_anchors": 0, "scope": "all",
+    plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "preserve_first": 0.0, "swap_anchors": 0, "scope": "all",
              "keep_subject": 0, "keep_earlier": 0, "anchor_batch": 8, "rephrase": 0, "rephrase_dpo": False,
              "margin_target": 1.0, "retest_every": 1, "solver": None, **dict.fromkeys(locate)}
     assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from corsa import Editor
+from corsa import ConfigError, Editor
 from corsa import preserve
 from corsa.records import Edit, Probe
 
@@ -36,6 +36,36 @@ def test_kl_is_hand_computed():
     mask = torch.tensor([[1.0, 0.0]])
     want = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     assert preserve.kl(base, logits, mask).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_the_first_answer_token_is_weighed_on_its_own_by_hand():
+    # two anchors; row 0's answer has 1 token (left-padded to K = 2), row 1's has 2
+    base = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]], [[0.5, 0.5], [0.2, 0.8]]]))
+    logits = torch.log(torch.tensor([[[0.7, 0.3], [0.6, 0.4]], [[0.1, 0.9], [0.5, 0.5]]]))
+    mask = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    k = lambda p, q: sum(a * math.log(a / b) for a, b in zip(p, q))  # noqa: E731
+    kl_01 = k([0.9, 0.1], [0.6, 0.4])                                 # row 0, position 0 is a pad
+    kl_10, kl_11 = k([0.5, 0.5], [0.1, 0.9]), k([0.2, 0.8], [0.5, 0.5])
+    mean = (kl_01 + kl_10 + kl_11) / 3
+    assert preserve.kl(base, logits, mask).item() == pytest.approx(mean, rel=1e-5)
+    # row 0's first answer token is its position 1 (the pad at 0 is not one), row 1's is position 0
+    want = mean + 2.0 * (kl_01 + kl_10) / 2
+    assert preserve.kl(base, logits, mask, first=2.0).item() == pytest.approx(want, rel=1e-5)
+    # two workers' shards with the whole batch's counts add up to the batch's term
+    shards = sum(preserve.kl(base[i:i + 1], logits[i:i + 1], mask[i:i + 1], tokens=3, first=2.0, rows=2)
+                 for i in range(2))
+    assert shards.item() == pytest.approx(want, rel=1e-5)
+    assert preserve.first_token_kl(torch.ones(1, 2), torch.zeros(1, 2)).item() == 0.0   # no answer, no term
+
+
+def test_an_update_with_the_first_token_term_trains_on_it(tiny):
+    from corsa.config import EditConfig
+
+    editor = Editor(tiny, method="lora", preserve=1.0, preserve_first=4.0, progress=False)
+    editor.update([Edit("e0", "The code of item 0 is", "QQ", "AB")])
+    assert editor.updates[-1].result.last_step["loss/preserve"] > 0
+    with pytest.raises(ConfigError, match="--preserve-first"):
+        EditConfig(method="lora", preserve_first=1.0)
 
 
 def test_anchor_prompts_are_never_evaluation_probes():

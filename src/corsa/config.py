@@ -90,6 +90,7 @@ class EditConfig:
     replay_budget: int = setting(0, "most earlier edits replayed per update, lost ones first (0: no cap)", NO_CAP)
     train_eos: bool | None = option("train_eos")
     preserve: float | None = option("preserve")
+    preserve_first: float | None = option("preserve_first")
     anchors: str | None = field(default=None, metadata={
         "help": "file of anchor prompts for --preserve, one per line (default: corsa's bundled generic set)"})
     anchor_batch: int | None = option("anchor_batch")
@@ -162,9 +163,9 @@ class EditConfig:
                               "online one appears during training, when the model of the last update is gone)")
         # what the user gave, not the row's defaults: corsa-lifelong --preserve 0 switches the term off whole
         if not self.value("preserve") and (self.swap_anchors or self.keep_subject or self.keep_earlier
-                                           or self.anchors is not None):
-            raise ConfigError("--swap-anchors, --keep-subject, --keep-earlier and --anchors shape the preservation "
-                              "term, which is off; set --preserve κ > 0 or drop them")
+                                           or self.preserve_first or self.anchors is not None):
+            raise ConfigError("--swap-anchors, --keep-subject, --keep-earlier, --preserve-first and --anchors shape "
+                              "the preservation term, which is off; set --preserve κ > 0 or drop them")
         if self.value("keep_earlier") and not self.value("keep_subject"):
             raise ConfigError("--keep-earlier keeps the subject questions of earlier edits, and --keep-subject "
                               "(the questions per edit) is 0; set --keep-subject k or drop it")
@@ -267,7 +268,8 @@ class EditConfig:
 
 # Options added after runs were saved: the value every run saved before them trained with, so
 # that a rerun of such a run compares what really differs (config.upgraded).
-ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8, "rephrase": 0, "rephrase_dpo": False, "keep_earlier": 0}
+ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8, "rephrase": 0, "rephrase_dpo": False, "keep_earlier": 0,
+                 "preserve_first": 0.0}
 
 
 def upgraded(record: dict) -> dict:

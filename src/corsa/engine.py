@@ -193,7 +193,7 @@ def train_update(model, fmt: PromptFormat, edits, encoded: list[Encoded], cfg: E
         e.online = False
     pres = None
     if cfg.value("preserve") > 0 and anchors is not None and len(anchors):
-        pres = Preservation(anchors, cfg.value("preserve"), cfg.value("anchor_batch"))
+        pres = Preservation(anchors, cfg.value("preserve"), cfg.value("anchor_batch"), first=cfg.value("preserve_first"))
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * update_index)
     n_micro = math.ceil(len(encoded) / cfg.batch_size)
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)

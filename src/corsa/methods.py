@@ -91,6 +91,10 @@ OPTIONS: dict[str, Option] = {
     "preserve": Option("train", 0.0, "--preserve",
                        "κ, weight of KL(unedited ‖ edited) on the unedited model's own answers to anchor prompts",
                        off=0.0, range=NON_NEGATIVE),
+    "preserve_first": Option("train", 0.0, "--preserve-first",
+                             "with --preserve: w, the weight of the KL at each anchor's first answer token, added "
+                             "to the token mean (whether an answer keeps its manner or becomes y⁺ is decided there)",
+                             off=0.0, range=NON_NEGATIVE),
     "swap_anchors": Option("train", 0, "--swap-anchors",
                            "with --preserve: per edit, this many extra anchors made of its prompt with another "
                            "edit's subject (the edit must not spill over to other subjects asked the same way)",

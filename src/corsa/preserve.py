@@ -6,10 +6,14 @@ next-token distributions equal to the unedited model's on prompts that have noth
 the edits, along the unedited model's own greedy answers to them (self-distillation, as in
 knowledge distillation with the teacher's samples):
 
-    L_pres = (1/T) Σ_t KL( p_θ(·|a, s_<t) ‖ p_θ+φ(·|a, s_<t) )
+    L_pres = (1/T) Σ_t KL( p_θ(·|a, s_<t) ‖ p_θ+φ(·|a, s_<t) )  +  w · (1/B) Σ_a KL( p_θ(·|a) ‖ p_θ+φ(·|a) )
 
 over the answer tokens s of every anchor prompt a in the step's anchor batch (T tokens in
-all), θ the frozen base and φ the adapter. At φ's start (LoRA B = 0) the two distributions are
+all, B anchors), θ the frozen base and φ the adapter. The second term (`preserve_first` w, 0 by
+default) weighs each answer's first token on its own: whether an answer about an edited
+subject keeps its manner or becomes y⁺ is decided there, and a token mean over the answer
+dilutes it (measured on hijacked answers: 1.0–4.3 nats at the first token, 0.14–1.16 as the
+mean; docs/results.md). At φ's start (LoRA B = 0) the two distributions are
 equal and L_pres = 0. Its gradient, weighted by κ (`EditConfig.preserve`), joins the SFT side:
 g_sft = ∇(λ L_SFT + κ L_pres), before PCGrad and SAM.
 
@@ -124,14 +128,27 @@ def prepare(model, fmt: PromptFormat, prompts: list[str], batch_size: int = 16) 
     return Anchors([p for p, a in zip(prompts, answers) if a], pairs)
 
 
-def kl(base_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, tokens=None) -> torch.Tensor:
-    """(1/T) Σ_t KL(p_base ‖ p) over the masked positions; base_logp and logits (B, K, V), mask (B, K).
+def kl(base_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, tokens=None, first: float = 0.0,
+       rows=None) -> torch.Tensor:
+    """(1/T) Σ_t KL(p_base ‖ p) over the masked positions, plus `first` · (1/B) Σ_b KL at row b's first
+    answer token; base_logp and logits (B, K, V), mask (B, K).
 
-    T is the number of masked positions, or `tokens` (the whole batch's count, when this is one
-    worker's shard of it: the workers' terms then add up to the batch's mean).
+    T is the number of masked positions, or `tokens`, and B the number of rows, or `rows` (the
+    whole batch's counts, when this is one worker's shard of it: the workers' terms then add up
+    to the batch's).
     """
     per_token = token_kl(base_logp, logits)
-    return (per_token * mask).sum() / (mask.sum() if tokens is None else torch.as_tensor(tokens)).clamp_min(1)
+    out = (per_token * mask).sum() / (mask.sum() if tokens is None else torch.as_tensor(tokens)).clamp_min(1)
+    if first:
+        out = out + first * first_token_kl(per_token, mask).sum() / (len(mask) if rows is None else rows)
+    return out
+
+
+def first_token_kl(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's KL at its answer's first token: (B,) from (B, K). Answers are left-padded in a batch
+    (prompts.collate), so that is the row's first masked position; a row without one gives 0."""
+    first = (mask > 0).int().argmax(-1)  # argmax returns the first of equal maxima
+    return per_token.gather(1, first[:, None]).squeeze(1) * (mask.sum(-1) > 0)
 
 
 def token_kl(base_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ class Preservation:
     idx: list[int] | None = None    # this step's anchors
     batch: object = None
     base_logp: torch.Tensor | None = None
+    first: float = 0.0              # w, the weight of each anchor's first answer token (preserve_first)
 
 
 @dataclass
@@ -274,9 +275,10 @@ def preservation_loss(model, pres: Preservation, device):
                                                        b.labels, b.label_mask)))
     with autocast(device):
         logits = preserve.answer_logits(model, sub)
-    # this shard's KL summed over its tokens, divided by the whole batch's token count: the sum
-    # over workers is the batch's token mean, as one process computes it
-    return preserve.kl(pres.base_logp[rows], logits, sub.label_mask, tokens=b.label_mask.sum())
+    # this shard's KL summed over its tokens (and first tokens), divided by the whole batch's token
+    # (and row) count: the sum over workers is the batch's mean, as one process computes it
+    return preserve.kl(pres.base_logp[rows], logits, sub.label_mask, tokens=b.label_mask.sum(), first=pres.first,
+                       rows=len(pres.idx))
 
 
 def combine(grads: Gradients, cfg: EditConfig, generator: torch.Generator) -> torch.Tensor:
