@@ -213,7 +213,7 @@ def test_invalid_configurations_are_errors_that_say_the_fix(kwargs, message):
 def test_resolved_terms_per_method():
     locate = ("layers", "clamp_factor", "kl_weight", "target_steps", "target_lr", "stats_corpus", "stats_tokens",
               "edit_rank", "mom2_weight", "nullspace_threshold", "alphaedit_l2")
-    plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "preserve_first": 0.0, "swap_anchors": 0, "scope": "all",
+    plain = {"negatives": [], "replay": "none", "train_eos": True, "preserve": 0.0, "preserve_first": 0.0, "swap_anchors": 0, "edit_weight": "group", "scope": "all",
              "keep_subject": 0, "keep_earlier": 0, "anchor_batch": 8, "rephrase": 0, "rephrase_dpo": False,
              "margin_target": 1.0, "retest_every": 1, "solver": None, **dict.fromkeys(locate)}
     assert EditConfig(method="lora").resolved()["resolved"] == {"rho": 0.0, "beta": None, "combine": "none",
@@ -447,3 +447,21 @@ def test_sharpness_is_an_option_of_the_rows_with_sam():
         EditConfig(method="dpo", sharpness="reuse")
     with pytest.raises(ConfigError, match="invalid --sharpness"):
         EditConfig(method="corsa", sharpness="cheap")
+
+
+def test_slot_weights_pull_a_short_steps_edits_as_a_full_step_would(tiny, toy_edits):
+    """--edit-weight slot: each edit weighs 1/(batch × accumulation), so a step with 2 edits of 4 slots takes
+    2/4 of the group mean's gradient (both objectives), and a full step is the group mean exactly."""
+    editor, params, enc, ref = setup_step(tiny, toy_edits, method="corsa", batch_size=2, grad_accum=2)
+    pad = editor.tokenizer.pad_token_id
+    mean = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1]], pad)
+    full = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1], [2, 3]], pad)
+    editor.config.edit_weight = "slot"
+    short = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1]], pad)
+    assert torch.allclose(short.sft, mean.sft / 2, atol=1e-7, rtol=1e-5)
+    assert torch.allclose(short.dpo, mean.dpo / 2, atol=1e-7, rtol=1e-5)
+    again = objective_gradients(editor.model, params, editor.config, enc, ref, [[0, 1], [2, 3]], pad)
+    assert torch.allclose(again.sft, full.sft, atol=1e-7, rtol=1e-5) and torch.allclose(again.dpo, full.dpo,
+                                                                                          atol=1e-7, rtol=1e-5)
+    with pytest.raises(ConfigError, match="--edit-weight edit: choose group or slot"):
+        EditConfig(method="corsa", edit_weight="edit")

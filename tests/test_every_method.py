@@ -173,7 +173,7 @@ def test_every_row_resolves_its_options_from_the_table():
                     EditConfig(method=name, **{option: {"rho": 0.1, "beta": 0.2, "combine": "pcgrad",
                                                         "negatives": ("online",), "sharpness": "reuse",
                                                         "max_negatives": 2, "replay": "all", "train_eos": True,
-                                                        "preserve": 1.0, "preserve_first": 1.0, "swap_anchors": 2, "margin_target": 5.0,
+                                                        "preserve": 1.0, "preserve_first": 1.0, "swap_anchors": 2, "edit_weight": "slot", "margin_target": 5.0,
                                                         "keep_subject": 2, "keep_earlier": 2, "anchor_batch": 4, "rephrase": 1, "rephrase_dpo": True,
                                                         "retest_every": 2, "layers": "1", "clamp_factor": 2.0,
                                                         "kl_weight": 0.1, "target_steps": 5, "target_lr": 0.1,

@@ -97,6 +97,7 @@ class EditConfig:
     swap_anchors: int | None = option("swap_anchors")
     keep_subject: int | None = option("keep_subject")
     keep_earlier: int | None = option("keep_earlier")
+    edit_weight: str | None = option("edit_weight")
     rephrase: int | None = option("rephrase")
     rephrase_dpo: bool | None = option("rephrase_dpo")
     rephrase_templates: str | None = field(default=None, metadata={
@@ -269,7 +270,7 @@ class EditConfig:
 # Options added after runs were saved: the value every run saved before them trained with, so
 # that a rerun of such a run compares what really differs (config.upgraded).
 ADDED_OPTIONS = {"keep_subject": 0, "anchor_batch": 8, "rephrase": 0, "rephrase_dpo": False, "keep_earlier": 0,
-                 "preserve_first": 0.0}
+                 "preserve_first": 0.0, "edit_weight": "group"}
 
 
 def upgraded(record: dict) -> dict:

@@ -108,6 +108,11 @@ OPTIONS: dict[str, Option] = {
                            "not what the subject is",
                            off=0, range=Range(lambda v: 0 <= v <= len(KEPT),
                                               f"from 0 to {len(KEPT)} (the questions corsa.subjects.KEPT holds)")),
+    "edit_weight": Option("train", "group", "--edit-weight",
+                          "how an edit's losses are weighed in a step: group (the mean over the step's edits) or "
+                          "slot (each edit 1/(batch × accumulation), so a step that trains a few edits left over "
+                          "pulls them no harder than a full one, and the preservation term keeps its share)",
+                          off="group", choices=("group", "slot")),
     "keep_earlier": Option("train", 0, "--keep-earlier",
                            "with --keep-subject: the subject questions of this many earlier edits at rest (a "
                            "sample seeded by the update, of those the update does not train) join the anchors "

@@ -159,6 +159,8 @@ def objective_gradients(model, params, cfg: EditConfig, encoded: list[Encoded], 
     spec = cfg.spec
     device = params[0].device
     n_group = sum(len(mb) for mb in group)
+    if cfg.value("edit_weight") == "slot":  # a step with fewer edits than its slots pulls them less (method.md §8)
+        n_group = max(n_group, cfg.batch_size * cfg.grad_accum)
     g_sft = torch.zeros(sum(p.numel() for p in params), device=device)
     g_dpo = torch.zeros_like(g_sft) if spec.dpo and mix is None else None
     a_dpo, b_sft = mix if mix is not None else (1.0, 1.0)
