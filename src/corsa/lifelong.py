@@ -209,10 +209,11 @@ class Lifelong:
         (EditConfig.keep_earlier): the first N, in an order seeded by the update, of the replayed
         edits that do not train, with a subject that no edit the update trains has. Only replayed
         edits: the update ends on a test of them, so one that the term weakens is trained again."""
-        n = self.config.value("keep_earlier")
-        if not n or not self.config.value("keep_subject"):
+        n = self.config.value("keep_earlier")  # config refuses it without keep_subject
+        if not n:
             return []
-        taken = {normalise(e.subject) for e in trains if e.subject and e.subject.strip()}
+        subject = lambda e: normalise(e.subject or "")  # noqa: E731 ("" for none, or a blank one)
+        taken = {subject(e) for e in trains}
         training = {held_key(e) for e in trains}
         order = list(replay)  # the order depends on the update alone, not on which edits hold now
         random.Random(f"keep-earlier {self.config.seed} {index}").shuffle(order)
@@ -220,9 +221,9 @@ class Lifelong:
         for e in order:
             if len(out) == n:
                 break
-            if held_key(e) in training or not (e.subject and e.subject.strip()) or normalise(e.subject) in taken:
+            if held_key(e) in training or not subject(e) or subject(e) in taken:
                 continue
-            taken.add(normalise(e.subject))
+            taken.add(subject(e))
             out.append(e)
         return out
 
